@@ -1,0 +1,103 @@
+//! Assembling and running the gateway: services, migrations, CA, TLS and the HTTP router.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::PgPool;
+
+use crate::config::Config;
+use crate::federation::ca::GatewayCa;
+use crate::sealing::SealingKey;
+use crate::services::Database;
+
+/// Shared state handed to every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub config: Arc<Config>,
+    pub ca: Arc<GatewayCa>,
+    pub sealing: SealingKey,
+}
+
+/// Runs `tessera serve` until SIGINT/SIGTERM.
+///
+/// # Errors
+/// Anything that prevents start-up; the message names the failing piece.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("TESSERA_DATA_DIR: cannot create {}", config.data_dir.display()))?;
+    // One gateway per data dir: the kernel releases this lock even after kill -9.
+    let lock_path = config.data_dir.join("gateway.lock");
+    let gateway_lock = std::fs::File::create(&lock_path)?;
+    if gateway_lock.try_lock().is_err() {
+        anyhow::bail!("another tessera gateway is already running on data dir {}", config.data_dir.display());
+    }
+
+    let mut db = Database::open(&config, 16).await?;
+    if let Some(pg) = db.embedded.as_mut() {
+        // An orphan adopted after a crash is ours to stop now.
+        pg.take_ownership();
+    }
+    let result = run(&config, &db.pool).await;
+    db.close().await;
+    drop(gateway_lock);
+    result
+}
+
+async fn run(config: &Config, pool: &PgPool) -> anyhow::Result<()> {
+    crate::store::migrate(pool).await?;
+    let sealing = SealingKey::load(config.sealing_key.as_ref(), &config.data_dir)?;
+    let ca = GatewayCa::load_or_create(pool, &sealing).await?;
+    write_ca_file(config, &ca)?;
+
+    let (chain, key) = match &config.tls_cert {
+        Some((cert, key)) => crate::tls::load_pem_pair(cert, key)?,
+        None => {
+            let issued = ca
+                .issue_server_cert(&config.tls_sans)
+                .context("TESSERA_TLS_SANS: cannot issue a server certificate")?;
+            (issued.chain, issued.key)
+        }
+    };
+    let tls = crate::tls::server_config(&ca, chain, key)?;
+
+    let state = AppState { pool: pool.clone(), config: Arc::new(config.clone()), ca, sealing };
+    let app = crate::http::router(state);
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("TESSERA_LISTEN: cannot bind {}", config.listen))?;
+    let local = listener.local_addr()?;
+    tracing::info!(listen = %local, tier = config.tier.as_str(), data_dir = %config.data_dir.display(), "tessera is serving");
+    crate::tls::serve(listener, tls, app, config.handshake_timeout, shutdown_signal(), Duration::from_secs(10)).await;
+    tracing::info!("shutting down");
+    Ok(())
+}
+
+/// Mirrors the CA certificate into the data dir so local CLI commands can trust the gateway.
+fn write_ca_file(config: &Config, ca: &GatewayCa) -> anyhow::Result<()> {
+    let path = config.ca_cert_path();
+    let tmp = path.with_extension("pem.tmp");
+    std::fs::write(&tmp, ca.cert_pem())?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

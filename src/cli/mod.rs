@@ -1,0 +1,147 @@
+//! The `tessera` command line (clap). `main.rs` only calls [`main`].
+//!
+//! Exit codes: 0 ok; 1 failure (for `doctor`: a red check). Logs go to stderr so that commands
+//! printing data (`openapi`, `doctor --json`) keep stdout clean.
+
+mod doctor;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Config, GatewayArgs, LogFormat};
+use crate::services::Database;
+
+/// tessera: a federated HTTP gateway. Peers read a scoped slice of this gateway's data over mutual TLS.
+#[derive(Debug, Parser)]
+#[command(name = "tessera", version, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway: start services, apply migrations, serve HTTPS until SIGINT/SIGTERM.
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Check tier, services, pgvector, data dir and CA; exit 1 when any check is red.
+    Doctor {
+        /// Print one JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Demonstration data.
+    #[command(subcommand)]
+    Demo(DemoCommand),
+    /// Print the OpenAPI document (the same JSON as openapi/tessera.json).
+    Openapi,
+    /// Manage the embedded Postgres cluster of the data dir (tier local).
+    #[command(subcommand)]
+    Db(DbCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DemoCommand {
+    /// Load a realistic data set: users, teams, personal and team projects, missions, tasks, notes, memory.
+    Seed {
+        /// How many tasks to create.
+        #[arg(long, default_value_t = 10_000)]
+        tasks: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Stop the embedded Postgres running on the data dir, if any.
+    Stop,
+}
+
+/// Parses the command line and runs the command.
+pub fn main() -> ExitCode {
+    crate::tls::install_crypto_provider();
+    let cli = Cli::parse();
+    if let Command::Openapi = cli.command {
+        print!("{}", crate::http::openapi_document_json());
+        return ExitCode::SUCCESS;
+    }
+    let config = match cli.gateway.resolve() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    init_tracing(config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, config)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve => crate::app::serve(config).await.map(|()| ExitCode::SUCCESS),
+        Command::Migrate => {
+            let db = Database::open(&config, 2).await?;
+            let result = crate::store::migrate(&db.pool).await;
+            db.close().await;
+            result?;
+            eprintln!("migrations applied");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Doctor { json } => doctor::run(&config, json).await,
+        Command::Demo(DemoCommand::Seed { tasks }) => {
+            let db = Database::open(&config, 4).await?;
+            let result = async {
+                crate::store::migrate(&db.pool).await?;
+                crate::store::demo::seed(&db.pool, tasks, true).await
+            }
+            .await;
+            db.close().await;
+            let summary = result?;
+            eprintln!("{summary}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Db(DbCommand::Stop) => {
+            let stopped = crate::services::postgres::stop_data_dir(&config.data_dir)?;
+            eprintln!("{}", if stopped { "embedded Postgres stopped" } else { "embedded Postgres was not running" });
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Openapi => unreachable!("handled before the runtime starts"),
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("TESSERA_LOG").unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_tree_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,388 @@
+//! Gateway configuration.
+//!
+//! Settings come from, in order of precedence: command-line flags, their environment variables
+//! (`TESSERA_*`, `DATABASE_URL`, `VALKEY_URL`), an optional TOML file (`--config` /
+//! `TESSERA_CONFIG`), and finally built-in defaults. Values are validated here, once, so that a bad
+//! setting stops start-up with a message naming the key instead of failing somewhere deep inside.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use serde::Deserialize;
+
+/// Where the gateway keeps its state and which external services it needs (DESIGN §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    /// Embedded Postgres supervised by the gateway; no Valkey.
+    Local,
+    /// External `DATABASE_URL`; Valkey optional.
+    Standalone,
+    /// External Postgres with pgvector and a required Valkey; several replicas.
+    Federated,
+}
+
+impl Tier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Local => "local",
+            Tier::Standalone => "standalone",
+            Tier::Federated => "federated",
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Settings shared by every command that touches the gateway's own state.
+///
+/// Every field is optional here so that the TOML file can fill what the command line and the
+/// environment leave out; [`GatewayArgs::resolve`] turns them into a validated [`Config`].
+#[derive(Debug, Clone, Default, Args)]
+pub struct GatewayArgs {
+    /// Optional TOML file with the same settings (keys as in the flags, with underscores).
+    #[arg(long = "config", env = "TESSERA_CONFIG", global = true)]
+    pub config_file: Option<PathBuf>,
+
+    /// Directory for the embedded database, the CA certificate and the sealing key [default: ./.tessera].
+    #[arg(long, env = "TESSERA_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+
+    /// Address the HTTPS listener binds to [default: 127.0.0.1:8443].
+    #[arg(long, env = "TESSERA_LISTEN", global = true)]
+    pub listen: Option<String>,
+
+    /// External Postgres (tier `standalone` or `federated`). When unset, the embedded cluster is used.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Valkey for shared state between replicas (required in tier `federated`).
+    #[arg(long, env = "VALKEY_URL", global = true, hide_env_values = true)]
+    pub valkey_url: Option<String>,
+
+    /// `local`, `standalone` or `federated` [default: `local`, or `standalone` when DATABASE_URL is set].
+    #[arg(long, env = "TESSERA_TIER", global = true)]
+    pub tier: Option<String>,
+
+    /// Directory holding `initdb` and `postgres`; overrides the project bundle and `pg_config`.
+    #[arg(long, env = "TESSERA_PG_BIN", global = true)]
+    pub pg_bin: Option<PathBuf>,
+
+    /// 64 hex characters (32 bytes) used to seal private keys at rest; by default a key file in the data dir.
+    #[arg(long, env = "TESSERA_SEALING_KEY", global = true, hide_env_values = true)]
+    pub sealing_key: Option<String>,
+
+    /// Extra subject alternative names for the server certificate, comma separated [default: localhost,127.0.0.1].
+    #[arg(long, env = "TESSERA_TLS_SANS", global = true, value_delimiter = ',')]
+    pub tls_sans: Option<Vec<String>>,
+
+    /// PEM certificate chain to serve instead of one signed by the gateway CA (needs --tls-key).
+    #[arg(long, env = "TESSERA_TLS_CERT", global = true)]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "TESSERA_TLS_KEY", global = true)]
+    pub tls_key: Option<PathBuf>,
+
+    /// Public base URL peers use to reach this gateway [default: https://<listen>].
+    #[arg(long, env = "TESSERA_PUBLIC_URL", global = true)]
+    pub public_url: Option<String>,
+
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "TESSERA_LOG_FORMAT", global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The subset of settings the TOML file may hold. Unknown keys are an error, so a typo is caught.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<String>,
+    database_url: Option<String>,
+    valkey_url: Option<String>,
+    tier: Option<String>,
+    pg_bin: Option<PathBuf>,
+    tls_sans: Option<Vec<String>>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    public_url: Option<String>,
+    log_format: Option<LogFormat>,
+}
+
+/// A configuration error that names the setting at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {key}: {message}")]
+pub struct ConfigError {
+    pub key: &'static str,
+    pub message: String,
+}
+
+fn bad(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError { key, message: message.into() }
+}
+
+/// A connection string whose `Debug` and `Display` never show the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    /// The URL with any password replaced by `***`, for logs and error messages.
+    pub fn redacted(&self) -> String {
+        redact_url(&self.0)
+    }
+}
+
+impl std::fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl std::fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// Replaces the password of `scheme://user:password@host` with `***`; other strings are unchanged.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else { return url.to_string() };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let Some(at) = authority.rfind('@') else { return url.to_string() };
+    let userinfo = &authority[..at];
+    let user = userinfo.split(':').next().unwrap_or("");
+    let masked = if userinfo.contains(':') { format!("{user}:***") } else { user.to_string() };
+    format!("{}://{}@{}", &url[..scheme_end], masked, &rest[at + 1..])
+}
+
+/// The validated configuration every command works from.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub tier: Tier,
+    pub database_url: Option<SecretUrl>,
+    pub valkey_url: Option<SecretUrl>,
+    pub pg_bin: Option<PathBuf>,
+    /// Raw sealing key setting; parsed by [`crate::sealing::SealingKey::load`].
+    pub sealing_key: Option<crate::sealing::SealingKeyHex>,
+    pub tls_sans: Vec<String>,
+    pub tls_cert: Option<(PathBuf, PathBuf)>,
+    pub public_url: String,
+    pub log_format: LogFormat,
+    pub handshake_timeout: Duration,
+}
+
+impl GatewayArgs {
+    /// Merges flags, environment and the optional TOML file into a validated [`Config`].
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the first setting that is missing or malformed.
+    pub fn resolve(&self) -> Result<Config, ConfigError> {
+        let file = match &self.config_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| bad("TESSERA_CONFIG", format!("cannot read {}: {e}", path.display())))?;
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|e| bad("TESSERA_CONFIG", format!("{}: {}", path.display(), e.message())))?
+            }
+            None => FileConfig::default(),
+        };
+
+        let data_dir = self.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from(".tessera"));
+        if data_dir.as_os_str().is_empty() {
+            return Err(bad("TESSERA_DATA_DIR", "must not be empty"));
+        }
+        let data_dir = absolute(&data_dir);
+
+        let listen_raw = self.listen.clone().or(file.listen).unwrap_or_else(|| "127.0.0.1:8443".into());
+        let listen: SocketAddr = listen_raw
+            .parse()
+            .map_err(|_| bad("TESSERA_LISTEN", format!("'{listen_raw}' is not an address like 127.0.0.1:8443")))?;
+
+        let database_url = self.database_url.clone().or(file.database_url).filter(|s| !s.is_empty());
+        if let Some(url) = &database_url
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            return Err(bad(
+                "DATABASE_URL",
+                format!("'{}' must start with postgres:// or postgresql://", redact_url(url)),
+            ));
+        }
+        let valkey_url = self.valkey_url.clone().or(file.valkey_url).filter(|s| !s.is_empty());
+        if let Some(url) = &valkey_url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("valkey://"))
+        {
+            return Err(bad("VALKEY_URL", format!("'{}' must start with redis:// or rediss://", redact_url(url))));
+        }
+
+        let tier = match self.tier.clone().or(file.tier).as_deref() {
+            None | Some("") => {
+                if database_url.is_some() {
+                    Tier::Standalone
+                } else {
+                    Tier::Local
+                }
+            }
+            Some("local") => Tier::Local,
+            Some("standalone") => Tier::Standalone,
+            Some("federated") => Tier::Federated,
+            Some(other) => {
+                return Err(bad("TESSERA_TIER", format!("'{other}' is not one of local, standalone, federated")));
+            }
+        };
+        match tier {
+            Tier::Local if database_url.is_some() => {
+                return Err(bad(
+                    "TESSERA_TIER",
+                    "tier local uses the embedded database; unset DATABASE_URL or choose standalone",
+                ));
+            }
+            Tier::Standalone | Tier::Federated if database_url.is_none() => {
+                return Err(bad("DATABASE_URL", format!("tier {} needs an external Postgres", tier.as_str())));
+            }
+            Tier::Federated if valkey_url.is_none() => {
+                return Err(bad("VALKEY_URL", "tier federated needs Valkey for state shared between replicas"));
+            }
+            _ => {}
+        }
+
+        let tls_cert = match (self.tls_cert.clone().or(file.tls_cert), self.tls_key.clone().or(file.tls_key)) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            (Some(_), None) => return Err(bad("TESSERA_TLS_KEY", "TESSERA_TLS_CERT is set but its key is not")),
+            (None, Some(_)) => {
+                return Err(bad("TESSERA_TLS_CERT", "TESSERA_TLS_KEY is set but its certificate is not"));
+            }
+        };
+
+        let mut tls_sans =
+            self.tls_sans.clone().or(file.tls_sans).unwrap_or_else(|| vec!["localhost".into(), "127.0.0.1".into()]);
+        tls_sans.retain(|s| !s.trim().is_empty());
+        if tls_sans.is_empty() {
+            return Err(bad("TESSERA_TLS_SANS", "needs at least one name"));
+        }
+
+        let public_url = match self.public_url.clone().or(file.public_url) {
+            Some(url) if url.starts_with("https://") => url.trim_end_matches('/').to_string(),
+            Some(url) => return Err(bad("TESSERA_PUBLIC_URL", format!("'{url}' must start with https://"))),
+            None => {
+                let host = if listen.ip().is_unspecified() { "localhost".to_string() } else { listen.ip().to_string() };
+                let host = if host.contains(':') { format!("[{host}]") } else { host };
+                format!("https://{host}:{}", listen.port())
+            }
+        };
+
+        let sealing_key = self.sealing_key.clone().map(crate::sealing::SealingKeyHex::new);
+
+        Ok(Config {
+            data_dir,
+            listen,
+            tier,
+            database_url: database_url.map(SecretUrl::new),
+            valkey_url: valkey_url.map(SecretUrl::new),
+            pg_bin: self.pg_bin.clone().or(file.pg_bin),
+            sealing_key,
+            tls_sans,
+            tls_cert,
+            public_url,
+            log_format: self.log_format.or(file.log_format).unwrap_or_default(),
+            handshake_timeout: Duration::from_secs(10),
+        })
+    }
+}
+
+impl Config {
+    /// Where the public CA certificate is mirrored for local CLI use.
+    pub fn ca_cert_path(&self) -> PathBuf {
+        self.data_dir.join("ca.pem")
+    }
+    /// The embedded Postgres cluster directory.
+    pub fn pg_data_dir(&self) -> PathBuf {
+        self.data_dir.join("pg")
+    }
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> GatewayArgs {
+        GatewayArgs::default()
+    }
+
+    #[test]
+    fn defaults_are_local_on_loopback() {
+        let c = args().resolve().unwrap();
+        assert_eq!(c.tier, Tier::Local);
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8443");
+        assert!(c.data_dir.ends_with(".tessera"));
+        assert_eq!(c.public_url, "https://127.0.0.1:8443");
+    }
+
+    #[test]
+    fn database_url_implies_standalone() {
+        let c = GatewayArgs { database_url: Some("postgres://u:p@h/db".into()), ..args() }.resolve().unwrap();
+        assert_eq!(c.tier, Tier::Standalone);
+        assert!(!format!("{c:?}").contains(":p@"));
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let e = GatewayArgs { listen: Some("nope".into()), ..args() }.resolve().unwrap_err();
+        assert_eq!(e.key, "TESSERA_LISTEN");
+        let e = GatewayArgs { tier: Some("cloud".into()), ..args() }.resolve().unwrap_err();
+        assert_eq!(e.key, "TESSERA_TIER");
+        let e = GatewayArgs { tier: Some("federated".into()), database_url: Some("postgres://h/d".into()), ..args() }
+            .resolve()
+            .unwrap_err();
+        assert_eq!(e.key, "VALKEY_URL");
+        let e = GatewayArgs { database_url: Some("mysql://h/d".into()), ..args() }.resolve().unwrap_err();
+        assert_eq!(e.key, "DATABASE_URL");
+    }
+
+    #[test]
+    fn toml_file_fills_gaps_and_rejects_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:9999\"\n").unwrap();
+        let c = GatewayArgs { config_file: Some(path.clone()), ..args() }.resolve().unwrap();
+        assert_eq!(c.listen.port(), 9999);
+        let c = GatewayArgs { config_file: Some(path.clone()), listen: Some("127.0.0.1:1".into()), ..args() }
+            .resolve()
+            .unwrap();
+        assert_eq!(c.listen.port(), 1, "flags and env win over the file");
+        std::fs::write(&path, "lisen = \"x\"\n").unwrap();
+        let e = GatewayArgs { config_file: Some(path), ..args() }.resolve().unwrap_err();
+        assert_eq!(e.key, "TESSERA_CONFIG");
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(redact_url("postgres://app:s3cret@db:5432/x"), "postgres://app:***@db:5432/x");
+        assert_eq!(redact_url("redis://:pw@h:6379"), "redis://:***@h:6379");
+        assert_eq!(redact_url("postgres://db/x"), "postgres://db/x");
+    }
+}

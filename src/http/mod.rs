@@ -1,0 +1,133 @@
+//! The HTTP surface: one router for every route, its OpenAPI document, and the per-request
+//! middleware stack.
+
+pub mod error;
+pub mod extract;
+pub mod health;
+
+use std::sync::OnceLock;
+
+use axum::Router;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::app::AppState;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "tessera", description = "Federated HTTP gateway: peers read a scoped slice of local data over mutual TLS."),
+    components(schemas(error::ErrorEnvelope, error::ErrorBody, error::ErrorCode)),
+    tags(
+        (name = "health", description = "Liveness, readiness and this document"),
+        (name = "federation", description = "Peer-facing federation endpoints"),
+    )
+)]
+struct ApiDoc;
+
+/// Every route with its OpenAPI metadata. Each area contributes a router with full paths.
+fn api_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::openapi_json))
+        .merge(crate::admin::router())
+        .merge(crate::federation::router())
+}
+
+/// The OpenAPI document generated from the code.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    api_router().split_for_parts().1
+}
+
+/// The document as pretty JSON with a trailing newline, exactly as committed in `openapi/tessera.json`.
+pub fn openapi_document_json() -> &'static str {
+    static DOC: OnceLock<String> = OnceLock::new();
+    DOC.get_or_init(|| {
+        let mut json = openapi_document().to_pretty_json().expect("the OpenAPI document always serialises");
+        json.push('\n');
+        json
+    })
+}
+
+/// The application router with its middleware.
+///
+/// Layer order (outermost first): the request id is set before tracing so every log line of the
+/// request carries it; it is propagated to the response after the handler; panics are caught
+/// innermost so the trace layer still records the resulting 500.
+pub fn router(state: AppState) -> Router {
+    let (router, _) = api_router().split_for_parts();
+    router
+        .fallback(error::not_found_fallback)
+        .method_not_allowed_fallback(error::method_not_allowed_fallback)
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+                .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+                    let request_id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
+                    tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id)
+                }))
+                .layer(PropagateRequestIdLayer::x_request_id())
+                .layer(CatchPanicLayer::custom(error::panic_response)),
+        )
+        .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    #[test]
+    fn committed_openapi_document_matches_the_code() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/tessera.json");
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed == super::openapi_document_json(),
+            "openapi/tessera.json is out of date with the routes in the code; regenerate it with `make openapi` \
+             (cargo run --quiet -- openapi > openapi/tessera.json) and commit the result"
+        );
+    }
+
+    #[derive(serde::Deserialize)]
+    #[expect(dead_code, reason = "only deserialised")]
+    struct Body1 {
+        email: String,
+    }
+
+    async fn echo(super::extract::Json(_): super::extract::Json<Body1>) -> StatusCode {
+        StatusCode::NO_CONTENT
+    }
+
+    async fn call(body: &'static str, content_type: &str) -> (StatusCode, serde_json::Value) {
+        let app = axum::Router::new().route("/x", axum::routing::post(echo));
+        let req = Request::post("/x").header("content-type", content_type).body(Body::from(body)).unwrap();
+        let resp = app.oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    }
+
+    #[tokio::test]
+    async fn body_rejections_use_the_envelope() {
+        let (status, body) = call("{not json", "application/json").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body["error"]["code"], "invalid_request");
+
+        let (status, body) = call("{\"name\": 1}", "application/json").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body["error"]["message"].as_str().unwrap().contains("email"), "{body}");
+
+        let (status, body) = call("{\"email\": \"a\"}", "text/plain").await;
+        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert_eq!(body["error"]["code"], "invalid_request");
+
+        let (status, _) = call("{\"email\": \"a\"}", "application/json").await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+    }
+}

@@ -1,0 +1,252 @@
+//! The walking skeleton, checked from outside: the real `tessera serve` binary over real TLS on
+//! real Postgres (embedded and external), crash recovery, the CLI.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Gateway, GatewayOptions, TestDb, postmasters_for, run_cli};
+
+#[tokio::test]
+async fn serves_health_ca_and_envelopes_over_tls() {
+    let db = TestDb::new().await;
+    let gw = Gateway::start(GatewayOptions { database_url: Some(db.url.clone()), ..Default::default() }).await;
+
+    let r = gw.client.get(gw.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.version(), reqwest::Version::HTTP_2, "ALPN negotiates h2");
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["status"], "ok");
+
+    let r = gw.client.get(gw.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["checks"]["database"], "ok");
+    assert_eq!(body["checks"]["migrations"], "ok");
+
+    // The CA served is the CA the server certificate chains to (the client trusts only it).
+    let r = gw.client.get(gw.url("/api/federation/ca")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let pem = r.text().await.unwrap();
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"));
+    assert_eq!(pem.as_bytes(), gw.ca_pem.as_slice());
+
+    // HTTP/1.1 works as well.
+    let h1 = reqwest::Client::builder()
+        .tls_backend_rustls()
+        .tls_certs_only([reqwest::Certificate::from_pem(&gw.ca_pem).unwrap()])
+        .http1_only()
+        .build()
+        .unwrap();
+    let r = h1.get(gw.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_11);
+    assert!(r.headers().contains_key("x-request-id"), "every response carries a request id");
+
+    // Unknown route and wrong method: the JSON envelope, not an empty body.
+    let r = gw.client.get(gw.url("/no/such/route")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "not_found");
+    assert!(body["error"]["message"].is_string());
+    let r = gw.client.delete(gw.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_request");
+
+    // The OpenAPI document is served and is the committed one.
+    let r = gw.client.get(gw.url("/api/openapi.json")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), tessera::http::openapi_document_json());
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_trust_the_gateway_ca_is_refused() {
+    let db = TestDb::new().await;
+    let gw = Gateway::start(GatewayOptions { database_url: Some(db.url.clone()), ..Default::default() }).await;
+    // A fresh, unrelated CA: the server certificate must not verify against it.
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let client = common::client_trusting(other.cert.pem().as_bytes());
+    assert!(client.get(gw.url("/healthz")).send().await.is_err());
+}
+
+#[tokio::test]
+async fn embedded_tier_survives_kill_9_with_its_data_and_one_postmaster() {
+    let gw = Gateway::start(GatewayOptions::default()).await;
+    let port = gw.port;
+    let pgdata = gw.data_dir.join("pg");
+    assert_eq!(postmasters_for(&pgdata).len(), 1);
+
+    // Write a row through the embedded cluster's socket.
+    let socket = tessera::services::postgres::running_socket_dir(&gw.data_dir).expect("socket");
+    let url = format!("postgres://tessera@localhost/tessera?host={}", socket.display());
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::query("insert into teams (id, name) values ($1, 'survivors')")
+        .bind(uuid::Uuid::new_v4())
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let ca_before = gw.ca_pem.clone();
+
+    let mut gw = gw;
+    gw.kill9();
+    let (data_dir, tmp) = gw.into_data_dir();
+    // The postmaster outlives the gateway: this is the orphan a restart must handle.
+    assert_eq!(postmasters_for(&pgdata).len(), 1);
+
+    let started = Instant::now();
+    let gw =
+        Gateway::start(GatewayOptions { data_dir: Some(data_dir.clone()), port: Some(port), ..Default::default() })
+            .await;
+    assert!(started.elapsed() < Duration::from_secs(10), "restart took {:?}", started.elapsed());
+    assert_eq!(postmasters_for(&pgdata).len(), 1, "exactly one postmaster after restart");
+    assert_eq!(gw.ca_pem, ca_before, "the CA survives restarts");
+
+    let socket = tessera::services::postgres::running_socket_dir(&data_dir).expect("socket");
+    let url = format!("postgres://tessera@localhost/tessera?host={}", socket.display());
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let n: i64 =
+        sqlx::query_scalar("select count(*) from teams where name = 'survivors'").fetch_one(&pool).await.unwrap();
+    assert_eq!(n, 1, "data written before kill -9 is still there");
+    pool.close().await;
+
+    // A second gateway on the same data dir is refused.
+    let (code, _, stderr) =
+        run_cli(&["serve"], &[("TESSERA_DATA_DIR", data_dir.to_str().unwrap()), ("TESSERA_LISTEN", "127.0.0.1:0")]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("already running"), "{stderr}");
+
+    // A graceful stop also stops Postgres.
+    let mut gw = gw;
+    let status = gw.terminate();
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
+    assert!(postmasters_for(&pgdata).is_empty(), "SIGTERM stops the embedded Postgres");
+    drop(gw);
+    drop(tmp);
+}
+
+#[tokio::test]
+async fn stale_postmaster_pid_from_a_dead_process_is_cleared() {
+    let gw = Gateway::start(GatewayOptions::default()).await;
+    let mut gw = gw;
+    gw.terminate();
+    let (data_dir, tmp) = gw.into_data_dir();
+    // Simulate a crash that left the lock file behind, naming a pid that is not a postgres.
+    let pid_file = data_dir.join("pg/postmaster.pid");
+    std::fs::write(&pid_file, format!("{}\n{}\n0\n5432\n/nonexistent\n\n", std::process::id(), data_dir.display()))
+        .unwrap();
+    let gw = Gateway::start(GatewayOptions { data_dir: Some(data_dir.clone()), ..Default::default() }).await;
+    assert_eq!(postmasters_for(&data_dir.join("pg")).len(), 1);
+    drop(gw);
+    drop(tmp);
+}
+
+#[tokio::test]
+async fn doctor_reports_json_and_exit_codes() {
+    let db = TestDb::new().await;
+    let gw = Gateway::start(GatewayOptions { database_url: Some(db.url.clone()), ..Default::default() }).await;
+    let dd = gw.data_dir.to_str().unwrap().to_string();
+    let (code, stdout, stderr) =
+        run_cli(&["doctor", "--json"], &[("DATABASE_URL", &db.url), ("TESSERA_DATA_DIR", &dd)]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("valid JSON");
+    assert_eq!(report["tier"], "standalone");
+    let names: Vec<&str> = report["checks"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    for expected in ["tier", "data_dir", "postgres", "pgvector", "migrations", "ca"] {
+        assert!(names.contains(&expected), "missing check {expected} in {names:?}");
+    }
+    assert_eq!(report["status"], "green");
+
+    // Unreachable database: red, exit 1, and the password never printed.
+    let port = common::free_port();
+    let bad = format!("postgres://app:hunter2@127.0.0.1:{port}/x");
+    let (code, stdout, stderr) = run_cli(&["doctor", "--json"], &[("DATABASE_URL", &bad), ("TESSERA_DATA_DIR", &dd)]);
+    assert_eq!(code, 1);
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("valid JSON");
+    assert_eq!(report["status"], "red");
+    assert!(!stdout.contains("hunter2") && !stderr.contains("hunter2"));
+
+    // Tier local with no gateway running: red as well.
+    let empty = tempfile::tempdir().unwrap();
+    let (code, stdout, _) = run_cli(&["doctor", "--json"], &[("TESSERA_DATA_DIR", empty.path().to_str().unwrap())]);
+    assert_eq!(code, 1);
+    assert!(stdout.contains("not running"));
+}
+
+#[tokio::test]
+async fn demo_seed_loads_a_realistic_data_set_once() {
+    let db = TestDb::new().await;
+    let (code, _, stderr) = run_cli(&["demo", "seed", "--tasks", "3000"], &[("DATABASE_URL", &db.url)]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("3000 tasks"), "{stderr}");
+    let tasks: i64 = sqlx::query_scalar("select count(*) from tasks").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(tasks, 3000);
+    // Realistic: personal and team projects, notes by several users on shared missions, memory.
+    let personal: i64 = sqlx::query_scalar("select count(*) from projects where owner_user_id is not null")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let team: i64 = sqlx::query_scalar("select count(*) from projects where team_id is not null")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(personal > 0 && team > 0);
+    let shared: i64 = sqlx::query_scalar(
+        "select count(*) from (select mission_id from mission_tasks group by mission_id having count(distinct user_id) > 1) m",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(shared > 0, "some missions carry notes from several users");
+    let embedded: i64 = sqlx::query_scalar("select count(*) from insights where embedding is not null")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(embedded > 0);
+    let orphan_tasks: i64 = sqlx::query_scalar(
+        "select count(*) from tasks t join missions m on m.id = t.mission_id where m.project_id <> t.project_id",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(orphan_tasks, 0, "a mission task belongs to the mission's project");
+
+    let (code, _, stderr) = run_cli(&["demo", "seed", "--tasks", "10"], &[("DATABASE_URL", &db.url)]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("already holds the demo data set"), "{stderr}");
+    let tasks: i64 = sqlx::query_scalar("select count(*) from tasks").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(tasks, 3000, "a refused second seed adds nothing");
+}
+
+#[tokio::test]
+async fn bad_configuration_names_the_key() {
+    let (code, _, stderr) = run_cli(&["serve"], &[("TESSERA_LISTEN", "not-an-address")]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("TESSERA_LISTEN"), "{stderr}");
+    let (code, _, stderr) = run_cli(&["serve"], &[("TESSERA_TIER", "cloud")]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("TESSERA_TIER"), "{stderr}");
+    let (code, _, stderr) =
+        run_cli(&["serve"], &[("DATABASE_URL", "postgres://u:topsecret@127.0.0.1:1/x"), ("TESSERA_SEALING_KEY", "zz")]);
+    assert_eq!(code, 1);
+    assert!(!stderr.contains("topsecret"), "{stderr}");
+}
+
+#[tokio::test]
+async fn concurrent_migrations_do_not_race() {
+    let pg_db = TestDb::new().await;
+    // A database with no schema at all: drop everything the template created.
+    sqlx::raw_sql("drop schema public cascade; create schema public").execute(&pg_db.pool).await.unwrap();
+    let url = pg_db.url.clone();
+    let runs: Vec<_> = (0..3)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || run_cli(&["migrate"], &[("DATABASE_URL", &url)]))
+        })
+        .collect();
+    for r in runs {
+        let (code, _, stderr) = r.join().unwrap();
+        assert_eq!(code, 0, "{stderr}");
+    }
+    let n: i64 = sqlx::query_scalar("select count(*) from _sqlx_migrations").fetch_one(&pg_db.pool).await.unwrap();
+    assert_eq!(n as usize, tessera::store::MIGRATOR.iter().count());
+}
