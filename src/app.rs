@@ -18,6 +18,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub ca: Arc<GatewayCa>,
     pub sealing: SealingKey,
+    /// Shared rate limiter (in process in tiers local/standalone; Valkey in federated).
+    pub limiter: crate::ratelimit::RateLimiter,
 }
 
 /// Runs `tessera serve` until SIGINT/SIGTERM.
@@ -62,7 +64,8 @@ async fn run(config: &Config, pool: &PgPool) -> anyhow::Result<()> {
     };
     let tls = crate::tls::server_config(&ca, chain, key)?;
 
-    let state = AppState { pool: pool.clone(), config: Arc::new(config.clone()), ca, sealing };
+    let limiter = crate::ratelimit::RateLimiter::in_memory();
+    let state = AppState { pool: pool.clone(), config: Arc::new(config.clone()), ca, sealing, limiter };
     let app = crate::http::router(state);
 
     let listener = tokio::net::TcpListener::bind(config.listen)

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod federation;
 pub mod http;
+pub mod ratelimit;
 pub mod sealing;
 pub mod services;
 pub mod store;

@@ -1,0 +1,62 @@
+//! Rate limiting: fixed-window counters keyed by a string (`signin:<email>:<addr>`,
+//! `grant:<id>`...).
+//!
+//! Tiers `local` and `standalone` count in process ([`memory::MemoryLimiter`]); tier
+//! `federated` counts in Valkey so that replicas share one budget. The limiter is an enum rather
+//! than a trait object because its methods are async and the set of back ends is closed.
+
+pub mod memory;
+
+use std::time::Duration;
+
+/// The outcome of a check or a hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Under the limit; `remaining` more hits fit in this window.
+    Allowed { remaining: u32 },
+    /// Over the limit until the window ends.
+    Denied { retry_after: Duration },
+}
+
+impl Decision {
+    pub fn is_allowed(self) -> bool {
+        matches!(self, Decision::Allowed { .. })
+    }
+}
+
+/// The back end could not be asked (for example Valkey is down). Callers fail closed.
+#[derive(Debug, thiserror::Error)]
+#[error("rate limiter unavailable: {0}")]
+pub struct RateLimitError(pub String);
+
+/// A rate limiter shared by all handlers (cheap to clone).
+#[derive(Debug, Clone)]
+pub enum RateLimiter {
+    Memory(memory::MemoryLimiter),
+}
+
+impl RateLimiter {
+    pub fn in_memory() -> Self {
+        Self::Memory(memory::MemoryLimiter::default())
+    }
+
+    /// Whether one more hit on `key` would be allowed, without counting it.
+    ///
+    /// # Errors
+    /// The back end is unavailable.
+    pub async fn check(&self, key: &str, limit: u32, window: Duration) -> Result<Decision, RateLimitError> {
+        match self {
+            Self::Memory(m) => Ok(m.check(key, limit, window)),
+        }
+    }
+
+    /// Counts one hit on `key` and says whether it was within `limit` per `window`.
+    ///
+    /// # Errors
+    /// The back end is unavailable.
+    pub async fn hit(&self, key: &str, limit: u32, window: Duration) -> Result<Decision, RateLimitError> {
+        match self {
+            Self::Memory(m) => Ok(m.hit(key, limit, window)),
+        }
+    }
+}
