@@ -66,14 +66,36 @@ async fn run(config: &Config, pool: &PgPool) -> anyhow::Result<()> {
 
     let limiter = crate::ratelimit::RateLimiter::in_memory();
     let state = AppState { pool: pool.clone(), config: Arc::new(config.clone()), ca, sealing, limiter };
-    let app = crate::http::router(state);
+    let app = crate::http::router(state.clone());
 
+    // Client certificates we hold for peers we call are renewed at about 2/3 of their lifetime.
+    // A timer for now; it moves onto the job queue once that lands.
+    let renewer = {
+        let (pool, sealing, lifetime) = (state.pool.clone(), state.sealing.clone(), config.federation.cert_ttl);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                tick.tick().await;
+                crate::federation::client::renew_due(&pool, &sealing, lifetime).await;
+            }
+        })
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("TESSERA_LISTEN: cannot bind {}", config.listen))?;
     let local = listener.local_addr()?;
     tracing::info!(listen = %local, tier = config.tier.as_str(), data_dir = %config.data_dir.display(), "tessera is serving");
-    crate::tls::serve(listener, tls, app, config.handshake_timeout, shutdown_signal(), Duration::from_secs(10)).await;
+    crate::tls::serve(
+        listener,
+        tls,
+        app,
+        config.federation.oids.clone(),
+        config.handshake_timeout,
+        shutdown_signal(),
+        Duration::from_secs(10),
+    )
+    .await;
+    renewer.abort();
     tracing::info!("shutting down");
     Ok(())
 }

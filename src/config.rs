@@ -100,6 +100,22 @@ pub struct GatewayArgs {
     /// Log format: `text` or `json`.
     #[arg(long, env = "TESSERA_LOG_FORMAT", global = true, value_enum)]
     pub log_format: Option<LogFormat>,
+
+    /// Lifetime of client certificates issued to peers, in seconds [default: 3600].
+    #[arg(long, env = "TESSERA_FEDERATION_CERT_TTL_SECS", global = true)]
+    pub federation_cert_ttl_secs: Option<u64>,
+
+    /// How long a peer's previous certificate stays valid after it renews, in seconds [default: 60].
+    #[arg(long, env = "TESSERA_FEDERATION_RENEW_GRACE_SECS", global = true)]
+    pub federation_renew_grace_secs: Option<u64>,
+
+    /// OID of the client-certificate extension carrying the grant id [default: 1.3.6.1.4.1.99999.1].
+    #[arg(long, env = "TESSERA_FEDERATION_GRANT_OID", global = true)]
+    pub federation_grant_oid: Option<String>,
+
+    /// OID of the client-certificate extension carrying the subject user id [default: 1.3.6.1.4.1.99999.2].
+    #[arg(long, env = "TESSERA_FEDERATION_SUBJECT_OID", global = true)]
+    pub federation_subject_oid: Option<String>,
 }
 
 /// The subset of settings the TOML file may hold. Unknown keys are an error, so a typo is caught.
@@ -117,6 +133,10 @@ struct FileConfig {
     tls_key: Option<PathBuf>,
     public_url: Option<String>,
     log_format: Option<LogFormat>,
+    federation_cert_ttl_secs: Option<u64>,
+    federation_renew_grace_secs: Option<u64>,
+    federation_grant_oid: Option<String>,
+    federation_subject_oid: Option<String>,
 }
 
 /// A configuration error that names the setting at fault.
@@ -189,6 +209,15 @@ pub struct Config {
     pub public_url: String,
     pub log_format: LogFormat,
     pub handshake_timeout: Duration,
+    pub federation: FederationSettings,
+}
+
+/// Settings of the federation trust layer.
+#[derive(Debug, Clone)]
+pub struct FederationSettings {
+    pub oids: crate::federation::identity::FederationOids,
+    pub cert_ttl: Duration,
+    pub renew_grace: Duration,
 }
 
 impl GatewayArgs {
@@ -293,6 +322,27 @@ impl GatewayArgs {
 
         let sealing_key = self.sealing_key.clone().map(crate::sealing::SealingKeyHex::new);
 
+        let cert_ttl = self.federation_cert_ttl_secs.or(file.federation_cert_ttl_secs).unwrap_or(3600);
+        if !(60..=30 * 86_400).contains(&cert_ttl) {
+            return Err(bad("TESSERA_FEDERATION_CERT_TTL_SECS", "must be between 60 and 2592000 seconds"));
+        }
+        let renew_grace = self.federation_renew_grace_secs.or(file.federation_renew_grace_secs).unwrap_or(60);
+        if renew_grace > 3600 {
+            return Err(bad("TESSERA_FEDERATION_RENEW_GRACE_SECS", "must be at most 3600 seconds"));
+        }
+        let mut oids = crate::federation::identity::FederationOids::default();
+        if let Some(oid) = self.federation_grant_oid.clone().or(file.federation_grant_oid) {
+            oids.grant =
+                crate::federation::identity::parse_oid(&oid).map_err(|m| bad("TESSERA_FEDERATION_GRANT_OID", m))?;
+        }
+        if let Some(oid) = self.federation_subject_oid.clone().or(file.federation_subject_oid) {
+            oids.subject =
+                crate::federation::identity::parse_oid(&oid).map_err(|m| bad("TESSERA_FEDERATION_SUBJECT_OID", m))?;
+        }
+        if oids.grant == oids.subject {
+            return Err(bad("TESSERA_FEDERATION_SUBJECT_OID", "must differ from the grant OID"));
+        }
+
         Ok(Config {
             data_dir,
             listen,
@@ -306,6 +356,11 @@ impl GatewayArgs {
             public_url,
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
             handshake_timeout: Duration::from_secs(10),
+            federation: FederationSettings {
+                oids,
+                cert_ttl: Duration::from_secs(cert_ttl),
+                renew_grace: Duration::from_secs(renew_grace),
+            },
         })
     }
 }

@@ -26,6 +26,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::federation::ca::GatewayCa;
+use crate::federation::identity::{FederationOids, IdentityError, PeerIdentity, parse_identity};
 
 /// What every request knows about the connection it arrived on.
 #[derive(Debug, Clone)]
@@ -33,6 +34,8 @@ pub struct ConnectionInfo {
     pub remote_addr: SocketAddr,
     /// The verified client certificate chain (leaf first), if the peer presented one.
     pub peer_chain: Option<Arc<Vec<CertificateDer<'static>>>>,
+    /// The federation identity read from the leaf, parsed once per connection.
+    pub peer_identity: Option<Result<PeerIdentity, IdentityError>>,
 }
 
 /// Installs the `ring` provider as the process default (idempotent).
@@ -90,6 +93,7 @@ pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     app: Router,
+    oids: FederationOids,
     handshake_timeout: Duration,
     shutdown: impl std::future::Future<Output = ()>,
     drain: Duration,
@@ -112,6 +116,7 @@ pub async fn serve(
         };
         let acceptor = acceptor.clone();
         let app = app.clone();
+        let oids = oids.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
@@ -131,7 +136,9 @@ pub async fn serve(
                 .1
                 .peer_certificates()
                 .map(|certs| Arc::new(certs.iter().map(|c| c.clone().into_owned()).collect::<Vec<_>>()));
-            let info = ConnectionInfo { remote_addr, peer_chain };
+            let peer_identity =
+                peer_chain.as_ref().and_then(|chain| chain.first()).map(|leaf| parse_identity(leaf.as_ref(), &oids));
+            let info = ConnectionInfo { remote_addr, peer_chain, peer_identity };
             let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(info.clone());
                 app.clone().oneshot(req)

@@ -4,6 +4,7 @@
 //! printing data (`openapi`, `doctor --json`) keep stdout clean.
 
 mod doctor;
+mod federation;
 
 use std::process::ExitCode;
 
@@ -44,6 +45,12 @@ pub enum Command {
     /// Manage the embedded Postgres cluster of the data dir (tier local).
     #[command(subcommand)]
     Db(DbCommand),
+    /// Federation peers: register, list, show, and enroll with a remote gateway (`add`).
+    #[command(subcommand)]
+    Peer(federation::PeerCommand),
+    /// Federation grants: create, list, show, revoke, and mint enrollment tokens.
+    #[command(subcommand)]
+    Grant(federation::GrantCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -123,7 +130,12 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             eprintln!("{}", if stopped { "embedded Postgres stopped" } else { "embedded Postgres was not running" });
             Ok(ExitCode::SUCCESS)
         }
-        Command::Openapi => unreachable!("handled before the runtime starts"),
+        Command::Peer(cmd) => federation::peer(&config, cmd).await,
+        Command::Grant(cmd) => federation::grant(&config, cmd).await,
+        Command::Openapi => {
+            print!("{}", crate::http::openapi_document_json());
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

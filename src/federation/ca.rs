@@ -140,6 +140,98 @@ impl GatewayCa {
     }
 }
 
+/// A client certificate issued to a peer.
+#[derive(Debug, Clone)]
+pub struct ClientCertificate {
+    pub pem: String,
+    /// Lowercase hex of the serial, as [`crate::federation::identity::PeerIdentity::serial`] reads it.
+    pub serial: String,
+    pub not_before: DateTime<Utc>,
+    pub not_after: DateTime<Utc>,
+}
+
+/// What goes into a peer's client certificate besides its public key.
+#[derive(Debug, Clone)]
+pub struct ClientCertRequest<'a> {
+    pub peer_name: &'a str,
+    pub grant_id: uuid::Uuid,
+    pub subject_user_id: uuid::Uuid,
+    pub oids: &'a crate::federation::identity::FederationOids,
+    pub ttl: std::time::Duration,
+}
+
+impl GatewayCa {
+    /// Issues a client certificate for `public_key` (taken from a verified CSR). Nothing else of
+    /// the CSR is used: CN is the peer name, KU digitalSignature, EKU clientAuth, a random
+    /// 128-bit serial, a short validity, and the two identity extensions, both non-critical
+    /// (webpki rejects unknown critical extensions).
+    ///
+    /// # Errors
+    /// rcgen refuses the parameters.
+    pub fn issue_client_cert(
+        &self,
+        public_key: &rcgen::SubjectPublicKeyInfo,
+        req: &ClientCertRequest<'_>,
+    ) -> anyhow::Result<ClientCertificate> {
+        use crate::federation::identity::encode_utf8string;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, req.peer_name);
+        params.distinguished_name = dn;
+        let now = time::OffsetDateTime::now_utc();
+        // A minute of back-dating absorbs clock skew between the two gateways.
+        params.not_before = now - time::Duration::minutes(1);
+        params.not_after = now + time::Duration::try_from(req.ttl).context("certificate lifetime out of range")?;
+        let serial = random_serial();
+        let serial_hex = hex::encode(serial.to_bytes());
+        params.serial_number = Some(serial);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        for (arcs, value) in [(&req.oids.grant, req.grant_id), (&req.oids.subject, req.subject_user_id)] {
+            let mut ext = rcgen::CustomExtension::from_oid_content(arcs, encode_utf8string(&value.to_string()));
+            ext.set_criticality(false);
+            params.custom_extensions.push(ext);
+        }
+        let cert = params.signed_by(public_key, &self.issuer)?;
+        let ts = |t: time::OffsetDateTime| DateTime::<Utc>::from_timestamp(t.unix_timestamp(), 0).unwrap_or_default();
+        Ok(ClientCertificate {
+            pem: cert.pem(),
+            serial: serial_hex,
+            not_before: ts(params.not_before),
+            not_after: ts(params.not_after),
+        })
+    }
+
+    /// A DER CRL listing `revoked` serials (hex) with their revocation times, signed by the CA.
+    ///
+    /// # Errors
+    /// rcgen refuses the parameters (for example a malformed serial).
+    pub fn crl_der(&self, revoked: &[(String, DateTime<Utc>)], crl_number: u64) -> anyhow::Result<Vec<u8>> {
+        let now = time::OffsetDateTime::now_utc();
+        let revoked_certs = revoked
+            .iter()
+            .map(|(serial, at)| {
+                Ok(rcgen::RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&hex::decode(serial).context("stored serial is not hex")?),
+                    revocation_time: time::OffsetDateTime::from_unix_timestamp(at.timestamp()).unwrap_or(now),
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now - time::Duration::minutes(1),
+            next_update: now + time::Duration::hours(1),
+            crl_number: SerialNumber::from(crl_number),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.der().to_vec())
+    }
+}
+
 /// A positive random 128-bit serial (the top bit cleared so DER needs no sign byte games).
 pub fn random_serial() -> SerialNumber {
     let mut bytes = [0u8; 16];

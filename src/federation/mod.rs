@@ -1,14 +1,52 @@
-//! Federation: the gateway CA and, as they land, identity, guard, scope, verbs and enrollment.
+//! Federation: the gateway CA, trust (peers, grants, enrollment, renewal, revocation, CRL), the
+//! mTLS guard, and the peer-facing verbs.
 
+pub mod audit;
 pub mod ca;
 pub mod ca_routes;
+pub mod client;
+pub mod csr;
+pub mod enrollment;
+pub mod grants;
+pub mod guard;
+pub mod identity;
+pub mod peers;
+pub mod scope;
+pub mod verbs;
 
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
+use uuid::Uuid;
 
 use crate::app::AppState;
 
-/// Routes under `/api/federation`.
-pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(ca_routes::get_ca))
+/// What the guard established about an authorised federation request (a request extension).
+#[derive(Debug, Clone)]
+pub struct FederationContext {
+    pub grant_id: Uuid,
+    pub peer_id: Uuid,
+    pub subject_user_id: Uuid,
+    pub scope: scope::GrantScope,
+    pub scope_version: i32,
+}
+
+/// Routes under `/api/federation` and the peer/grant admin routes. `state` is `None` only when
+/// the router is built to produce the OpenAPI document (layers do not change the document).
+pub fn router(state: Option<AppState>) -> OpenApiRouter<AppState> {
+    // The guard wraps only the peer-facing verbs; enrollment, the CA and the CRL are public.
+    let verbs = match state {
+        Some(state) => verbs::router().route_layer(axum::middleware::from_fn_with_state(state, guard::require_peer)),
+        None => verbs::router(),
+    };
+    OpenApiRouter::new()
+        .routes(routes!(ca_routes::get_ca))
+        .routes(routes!(enrollment::crl))
+        .routes(routes!(enrollment::create_token))
+        .routes(routes!(enrollment::redeem))
+        .routes(routes!(peers::create_peer, peers::list_peers))
+        .routes(routes!(peers::show_peer))
+        .routes(routes!(grants::create_grant, grants::list_grants))
+        .routes(routes!(grants::show_grant, grants::update_grant))
+        .routes(routes!(grants::revoke_grant))
+        .merge(verbs)
 }

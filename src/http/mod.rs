@@ -25,23 +25,24 @@ use crate::app::AppState;
     tags(
         (name = "health", description = "Liveness, readiness and this document"),
         (name = "federation", description = "Peer-facing federation endpoints"),
+        (name = "admin", description = "Admin plane: requires an admin token or session"),
     )
 )]
 struct ApiDoc;
 
 /// Every route with its OpenAPI metadata. Each area contributes a router with full paths.
-fn api_router() -> OpenApiRouter<AppState> {
+fn api_router(state: Option<AppState>) -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(health::openapi_json))
         .merge(crate::admin::router())
-        .merge(crate::federation::router())
+        .merge(crate::federation::router(state))
 }
 
 /// The OpenAPI document generated from the code.
 pub fn openapi_document() -> utoipa::openapi::OpenApi {
-    api_router().split_for_parts().1
+    api_router(None).split_for_parts().1
 }
 
 /// The document as pretty JSON with a trailing newline, exactly as committed in `openapi/tessera.json`.
@@ -60,7 +61,7 @@ pub fn openapi_document_json() -> &'static str {
 /// request carries it; it is propagated to the response after the handler; panics are caught
 /// innermost so the trace layer still records the resulting 500.
 pub fn router(state: AppState) -> Router {
-    let (router, _) = api_router().split_for_parts();
+    let (router, _) = api_router(Some(state.clone())).split_for_parts();
     router
         .fallback(error::not_found_fallback)
         .method_not_allowed_fallback(error::method_not_allowed_fallback)

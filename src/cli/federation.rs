@@ -1,0 +1,264 @@
+//! `tessera peer ...` and `tessera grant ...`: federation trust from the operator's shell.
+//!
+//! These commands run on the gateway's machine and work on its database directly (the same
+//! service functions the admin API calls), like `tessera migrate`: an operator setting up trust
+//! has the data dir at hand, and the embedded cluster is reused when the gateway is running.
+//! Rejections (unknown peer, invalid scope, wrong state) exit 3 with the reason.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Subcommand;
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::federation::{client, enrollment, grants, peers};
+use crate::http::error::ApiError;
+use crate::sealing::SealingKey;
+use crate::services::Database;
+
+#[derive(Debug, Subcommand)]
+pub enum PeerCommand {
+    /// Register a peer that will call this gateway.
+    Create {
+        name: String,
+        /// Where the peer is reached, if this gateway also calls it.
+        #[arg(long)]
+        endpoint: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List peers with state, CA fingerprint and certificate expiry.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one peer (by name or id).
+    Show {
+        peer: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Enroll with a remote gateway from the enrollment URL its admin gave you.
+    Add {
+        /// `https://host:port/api/federation/enrollment/<token>#sha256=<fingerprint>`
+        enrollment_url: String,
+        /// Local name for the peer [default: the URL's host].
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GrantCommand {
+    /// Create a pending grant of one local user's data to a peer.
+    Create {
+        /// Peer name or id.
+        #[arg(long)]
+        peer: String,
+        /// Subject user: email or id.
+        #[arg(long)]
+        user: String,
+        /// Scope JSON file (DESIGN §4).
+        #[arg(long)]
+        scope: std::path::PathBuf,
+        /// RFC 3339 expiry.
+        #[arg(long)]
+        expires_at: Option<chrono::DateTime<chrono::Utc>>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List grants.
+    List {
+        #[arg(long)]
+        peer: Option<String>,
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one grant.
+    Show {
+        id: Uuid,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a grant (irreversible).
+    Revoke {
+        id: Uuid,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Mint a single-use enrollment token (and URL) for a pending grant.
+    Token {
+        id: Uuid,
+        /// Token lifetime in seconds (at most 900).
+        #[arg(long)]
+        ttl: Option<i64>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn print<T: serde::Serialize>(json: bool, value: &T, text: impl FnOnce(&T) -> String) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        println!("{}", text(value));
+    }
+    Ok(())
+}
+
+/// Maps a rejection to exit code 3 with its message; other errors propagate (exit 1).
+fn rejected(e: ApiError) -> anyhow::Result<ExitCode> {
+    eprintln!("rejected ({}): {}", e.status().as_u16(), e.message());
+    Ok(ExitCode::from(3))
+}
+
+async fn resolve_peer(pool: &sqlx::PgPool, peer: &str) -> anyhow::Result<Option<peers::Peer>> {
+    Ok(match Uuid::parse_str(peer) {
+        Ok(id) => peers::find(pool, id).await?,
+        Err(_) => peers::find_by_name(pool, peer).await?,
+    })
+}
+
+fn peer_line(p: &peers::Peer) -> String {
+    let expiry = p.cert_not_after.or(p.client_cert_not_after).map_or_else(|| "-".to_string(), |t| t.to_rfc3339());
+    format!(
+        "{}  {:<20} {:<9} ca={} cert_expires={} endpoint={}",
+        p.id,
+        p.name,
+        p.state,
+        p.ca_fingerprint.as_deref().map_or("-", |f| &f[..16.min(f.len())]),
+        expiry,
+        p.endpoint_url.as_deref().unwrap_or("-")
+    )
+}
+
+fn grant_line(g: &grants::Grant) -> String {
+    format!(
+        "{}  peer={} subject={} status={} scope={}",
+        g.id,
+        g.peer_id,
+        g.subject_user_id.map_or_else(|| "-".to_string(), |u| u.to_string()),
+        g.status,
+        g.scope
+    )
+}
+
+pub async fn peer(config: &Config, cmd: PeerCommand) -> anyhow::Result<ExitCode> {
+    let db = Database::open(config, 2).await?;
+    crate::store::migrate(&db.pool).await?;
+    let result = peer_inner(config, &db.pool, cmd).await;
+    db.close().await;
+    result
+}
+
+async fn peer_inner(config: &Config, pool: &sqlx::PgPool, cmd: PeerCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        PeerCommand::Create { name, endpoint, json } => {
+            if let Err(e) = peers::validate_name(&name) {
+                return rejected(e);
+            }
+            match peers::insert(pool, &name, endpoint.as_deref()).await {
+                Ok(p) => print(json, &p, peer_line)?,
+                Err(e) => return rejected(e),
+            }
+        }
+        PeerCommand::List { json } => {
+            let all = peers::list(pool).await?;
+            print(json, &all, |all| all.iter().map(peer_line).collect::<Vec<_>>().join("\n"))?;
+        }
+        PeerCommand::Show { peer, json } => match resolve_peer(pool, &peer).await? {
+            Some(p) => print(json, &p, peer_line)?,
+            None => return rejected(ApiError::not_found(format!("no peer '{peer}'"))),
+        },
+        PeerCommand::Add { enrollment_url, name, json } => {
+            let url = client::parse_enrollment_url(&enrollment_url)?;
+            let sealing = SealingKey::load(config.sealing_key.as_ref(), &config.data_dir)?;
+            let opts = client::AddPeer { url: &url, name: name.as_deref(), oids: &config.federation.oids };
+            let enrolled = client::add_peer(pool, &sealing, &opts).await?;
+            print(json, &enrolled, |e| {
+                format!(
+                    "enrolled with {} as peer '{}' (grant {}, certificate valid until {})",
+                    e.endpoint_url, e.name, e.remote_grant_id, e.cert_not_after
+                )
+            })?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn grant(config: &Config, cmd: GrantCommand) -> anyhow::Result<ExitCode> {
+    let db = Database::open(config, 2).await?;
+    crate::store::migrate(&db.pool).await?;
+    let result = grant_inner(config, &db.pool, cmd).await;
+    db.close().await;
+    result
+}
+
+async fn grant_inner(config: &Config, pool: &sqlx::PgPool, cmd: GrantCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        GrantCommand::Create { peer, user, scope, expires_at, json } => {
+            let Some(peer) = resolve_peer(pool, &peer).await? else {
+                return rejected(ApiError::not_found(format!("no peer '{peer}'")));
+            };
+            let user_id: Option<Uuid> = match Uuid::parse_str(&user) {
+                Ok(id) => Some(id),
+                Err(_) => {
+                    sqlx::query_scalar("select id from users where lower(email) = lower($1)")
+                        .bind(&user)
+                        .fetch_optional(pool)
+                        .await?
+                }
+            };
+            let Some(subject_user_id) = user_id else {
+                return rejected(ApiError::not_found(format!("no user '{user}'")));
+            };
+            let text = std::fs::read_to_string(&scope).with_context(|| format!("cannot read {}", scope.display()))?;
+            let scope: serde_json::Value =
+                serde_json::from_str(&text).with_context(|| format!("{} is not JSON", scope.display()))?;
+            let body = grants::CreateGrant { peer_id: peer.id, subject_user_id, scope, expires_at };
+            match grants::create(pool, &body).await {
+                Ok(g) => print(json, &g, grant_line)?,
+                Err(e) => return rejected(e),
+            }
+        }
+        GrantCommand::List { peer, status, json } => {
+            let peer_id = match peer {
+                Some(p) => match resolve_peer(pool, &p).await? {
+                    Some(p) => Some(p.id),
+                    None => return rejected(ApiError::not_found(format!("no peer '{p}'"))),
+                },
+                None => None,
+            };
+            let all = grants::list(pool, &grants::GrantFilter { peer_id, status }).await?;
+            print(json, &all, |all| all.iter().map(grant_line).collect::<Vec<_>>().join("\n"))?;
+        }
+        GrantCommand::Show { id, json } => match grants::find(pool, id).await? {
+            Some(g) => print(json, &g, grant_line)?,
+            None => return rejected(ApiError::not_found("no such grant")),
+        },
+        GrantCommand::Revoke { id, reason } => {
+            let mut tx = pool.begin().await?;
+            match grants::revoke(&mut tx, id, &reason).await {
+                Ok(g) => {
+                    tx.commit().await?;
+                    println!("{}", grant_line(&g));
+                }
+                Err(e) => return rejected(e),
+            }
+        }
+        GrantCommand::Token { id, ttl, json } => {
+            let sealing = SealingKey::load(config.sealing_key.as_ref(), &config.data_dir)?;
+            let ca = crate::federation::ca::GatewayCa::load_or_create(pool, &sealing).await?;
+            match enrollment::mint(pool, &config.public_url, &ca, id, ttl).await {
+                Ok(t) => print(json, &t, |t| t.enrollment_url.clone())?,
+                Err(e) => return rejected(e),
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

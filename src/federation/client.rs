@@ -1,0 +1,358 @@
+//! The calling side of federation (gateway A): enrolling with a peer from an enrollment URL,
+//! keeping its certificate renewed, and building mTLS clients for it.
+//!
+//! First contact is authenticated by the pin in the URL fragment (`#sha256=<CA fingerprint>`):
+//! A fetches B's CA, compares its SHA-256 with the pin *before sending anything else*, and from
+//! then on trusts only that CA for B (`tls_certs_only`), for redemption and every later call.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, PKCS_ECDSA_P256_SHA256};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use sha2::Digest;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::enrollment::IssuedCertificate;
+use super::identity::{FederationOids, parse_identity};
+use crate::sealing::SealingKey;
+
+/// Sealing context of the client keys A stores for the peers it calls.
+pub const CLIENT_KEY_CONTEXT: &str = "peer-client-key";
+const TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A parsed enrollment URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrollmentUrl {
+    /// `https://host:port`
+    pub origin: String,
+    pub host: String,
+    pub token: String,
+    /// Lowercase hex SHA-256 of the peer's CA certificate (DER).
+    pub pin: String,
+}
+
+/// Parses `https://host[:port]/api/federation/enrollment/<token>#sha256=<hex>`.
+///
+/// # Errors
+/// Anything else, with a message saying what is wrong.
+pub fn parse_enrollment_url(url: &str) -> anyhow::Result<EnrollmentUrl> {
+    let (without_fragment, fragment) =
+        url.split_once('#').context("the enrollment URL has no #sha256=<fingerprint> pin")?;
+    let pin = fragment
+        .strip_prefix("sha256=")
+        .filter(|p| p.len() == 64 && p.chars().all(|c| c.is_ascii_hexdigit()))
+        .context("the enrollment URL pin must be #sha256=<64 hex characters>")?
+        .to_ascii_lowercase();
+    let rest = without_fragment.strip_prefix("https://").context("the enrollment URL must start with https://")?;
+    let (authority, path) = rest.split_once('/').context("the enrollment URL has no path")?;
+    let token = path
+        .strip_prefix("api/federation/enrollment/")
+        .filter(|t| !t.is_empty() && !t.contains('/'))
+        .context("the enrollment URL path must be /api/federation/enrollment/<token>")?
+        .to_string();
+    let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h).trim_matches(['[', ']']).to_string();
+    if host.is_empty() {
+        bail!("the enrollment URL has no host");
+    }
+    Ok(EnrollmentUrl { origin: format!("https://{authority}"), host, token, pin })
+}
+
+/// SHA-256 of a PEM certificate's DER, lowercase hex.
+///
+/// # Errors
+/// Not a PEM certificate.
+pub fn pem_fingerprint(pem: &str) -> anyhow::Result<String> {
+    let der = CertificateDer::from_pem_slice(pem.as_bytes()).context("not a PEM certificate")?;
+    Ok(hex::encode(sha2::Sha256::digest(der.as_ref())))
+}
+
+/// Options for `tessera peer add`.
+#[derive(Debug, Clone)]
+pub struct AddPeer<'a> {
+    pub url: &'a EnrollmentUrl,
+    /// Local name for the peer; defaults to the URL's host.
+    pub name: Option<&'a str>,
+    pub oids: &'a FederationOids,
+}
+
+/// What `peer add` stored.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnrolledPeer {
+    pub id: Uuid,
+    pub name: String,
+    pub endpoint_url: String,
+    pub ca_fingerprint: String,
+    pub remote_grant_id: Uuid,
+    pub subject_user_id: Uuid,
+    pub cert_not_after: DateTime<Utc>,
+}
+
+/// Fetches the peer's CA and checks it against the pin. Nothing else is sent before this passes.
+///
+/// # Errors
+/// Unreachable peer, or a CA whose fingerprint does not match the pin.
+pub async fn fetch_pinned_ca(url: &EnrollmentUrl) -> anyhow::Result<String> {
+    // The server cannot be verified yet (its CA is what we are fetching); the pin check below is
+    // what authenticates it, and nothing secret travels on this request.
+    let bootstrap =
+        reqwest::Client::builder().tls_backend_rustls().danger_accept_invalid_certs(true).timeout(TIMEOUT).build()?;
+    let ca_pem = bootstrap
+        .get(format!("{}/api/federation/ca", url.origin))
+        .send()
+        .await
+        .with_context(|| format!("could not reach the peer at {}", url.origin))?
+        .error_for_status()
+        .context("the peer did not serve its CA certificate")?
+        .text()
+        .await?;
+    let actual = pem_fingerprint(&ca_pem).context("the peer's CA endpoint did not return a PEM certificate")?;
+    if actual != url.pin {
+        bail!(
+            "CA fingerprint mismatch: {} presented a CA with sha256={actual}, but the enrollment URL pins sha256={}; \
+             refusing to enroll (nothing was sent)",
+            url.origin,
+            url.pin
+        );
+    }
+    Ok(ca_pem)
+}
+
+/// Enrolls with a peer: pin check, key + CSR, redemption, OID check, and storage (key sealed).
+///
+/// # Errors
+/// Pin mismatch, peer refusal (404/410), a returned certificate without the expected OIDs, or
+/// database errors.
+pub async fn add_peer(pool: &PgPool, sealing: &SealingKey, opts: &AddPeer<'_>) -> anyhow::Result<EnrolledPeer> {
+    let url = opts.url;
+    let ca_pem = fetch_pinned_ca(url).await?;
+
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "tessera peer");
+    params.distinguished_name = dn;
+    let csr_pem = params.serialize_request(&key)?.pem()?;
+
+    let client = pinned_client(&ca_pem, None)?;
+    let response = client
+        .post(format!("{}/api/federation/enrollment/{}", url.origin, url.token))
+        .json(&serde_json::json!({ "csrPem": csr_pem }))
+        .send()
+        .await
+        .with_context(|| format!("could not reach the peer at {}", url.origin))?;
+    let status = response.status();
+    if !status.is_success() {
+        let body = response.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+            .unwrap_or_else(|| body.chars().take(200).collect());
+        bail!("the peer refused the enrollment ({status}): {message}");
+    }
+    let issued: IssuedCertificate =
+        response.json().await.context("the peer returned an invalid enrollment response")?;
+    let leaf =
+        CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).context("the peer returned no certificate")?;
+    let identity = parse_identity(leaf.as_ref(), opts.oids)
+        .context("the certificate the peer issued does not carry the grant and subject extensions")?;
+    check_public_key(leaf.as_ref(), &key)?;
+
+    let name = opts.name.unwrap_or(&url.host).to_string();
+    let fingerprint = pem_fingerprint(&ca_pem)?;
+    let sealed_key = sealing.seal(CLIENT_KEY_CONTEXT, key.serialize_pem().as_bytes());
+    let id: Uuid = sqlx::query_scalar(
+        "insert into federation_peers
+            (id, name, state, endpoint_url, remote_grant_id, pinned_ca_pem, ca_fingerprint, client_cert_pem,
+             sealed_client_key, client_cert_not_after)
+         values ($1, $2, 'active', $3, $4, $5, $6, $7, $8, $9)
+         on conflict (lower(name)) do update set
+            state = 'active', endpoint_url = excluded.endpoint_url, remote_grant_id = excluded.remote_grant_id,
+            pinned_ca_pem = excluded.pinned_ca_pem, ca_fingerprint = excluded.ca_fingerprint,
+            client_cert_pem = excluded.client_cert_pem, sealed_client_key = excluded.sealed_client_key,
+            client_cert_not_after = excluded.client_cert_not_after, updated_at = now()
+         returning id",
+    )
+    .bind(Uuid::now_v7())
+    .bind(&name)
+    .bind(&url.origin)
+    .bind(identity.grant_id)
+    .bind(&ca_pem)
+    .bind(&fingerprint)
+    .bind(&issued.cert_pem)
+    .bind(&sealed_key)
+    .bind(identity.not_after)
+    .fetch_one(pool)
+    .await
+    .context("could not store the peer")?;
+    Ok(EnrolledPeer {
+        id,
+        name,
+        endpoint_url: url.origin.clone(),
+        ca_fingerprint: fingerprint,
+        remote_grant_id: identity.grant_id,
+        subject_user_id: identity.subject_user_id,
+        cert_not_after: identity.not_after,
+    })
+}
+
+/// The issued certificate must be for the key we generated.
+fn check_public_key(leaf_der: &[u8], key: &KeyPair) -> anyhow::Result<()> {
+    use rcgen::PublicKeyData;
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(leaf_der).context("the peer returned an invalid certificate")?;
+    if cert.public_key().subject_public_key.data.as_ref() != key.der_bytes() {
+        bail!("the certificate the peer issued is not for the key we sent");
+    }
+    Ok(())
+}
+
+/// An HTTPS client that trusts only `ca_pem`, optionally presenting a client identity
+/// (PKCS#8 key PEM followed by the certificate PEM).
+///
+/// # Errors
+/// Unusable PEM.
+pub fn pinned_client(ca_pem: &str, identity_pem: Option<&[u8]>) -> anyhow::Result<reqwest::Client> {
+    let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes()).context("the pinned CA is not a PEM certificate")?;
+    let mut builder = reqwest::Client::builder().tls_backend_rustls().tls_certs_only([ca]).timeout(TIMEOUT);
+    if let Some(pem) = identity_pem {
+        builder = builder.identity(reqwest::Identity::from_pem(pem).context("the stored client identity is unusable")?);
+    }
+    Ok(builder.build()?)
+}
+
+/// A peer we call, with its unsealed credentials.
+pub struct OutboundPeer {
+    pub id: Uuid,
+    pub name: String,
+    pub endpoint_url: String,
+    pub client: reqwest::Client,
+    pub cert_not_after: Option<DateTime<Utc>>,
+}
+
+/// Loads a peer we call by name and builds its mTLS client.
+///
+/// # Errors
+/// Unknown peer, a peer without credentials, or a key that does not unseal.
+pub async fn outbound_peer(pool: &PgPool, sealing: &SealingKey, name: &str) -> anyhow::Result<Option<OutboundPeer>> {
+    type Row =
+        (Uuid, String, String, Option<String>, Option<String>, Option<String>, Option<DateTime<Utc>>, Option<String>);
+    let row: Option<Row> = sqlx::query_as(
+        "select id, name, state, endpoint_url, pinned_ca_pem, client_cert_pem, client_cert_not_after, sealed_client_key
+         from federation_peers where lower(name) = lower($1)",
+    )
+    .bind(name)
+    .fetch_optional(pool)
+    .await?;
+    let Some((id, name, _state, endpoint, ca, cert, not_after, sealed)) = row else { return Ok(None) };
+    let (Some(endpoint_url), Some(ca), Some(cert), Some(sealed)) = (endpoint, ca, cert, sealed) else {
+        bail!("peer '{name}' has no client credentials; enroll with `tessera peer add <enrollment-url>`");
+    };
+    let key_pem = sealing.open(CLIENT_KEY_CONTEXT, &sealed).context("cannot unseal the client key")?;
+    let mut identity = key_pem;
+    identity.extend_from_slice(cert.as_bytes());
+    let client = pinned_client(&ca, Some(&identity))?;
+    Ok(Some(OutboundPeer { id, name, endpoint_url, client, cert_not_after: not_after }))
+}
+
+/// Renews our client certificate with `peer` over the existing mTLS channel and stores the new
+/// certificate and sealed key.
+///
+/// # Errors
+/// The peer refuses or is unreachable; database errors.
+pub async fn renew_with(pool: &PgPool, sealing: &SealingKey, peer: &OutboundPeer) -> anyhow::Result<DateTime<Utc>> {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let csr_pem = CertificateParams::default().serialize_request(&key)?.pem()?;
+    let response = peer
+        .client
+        .post(format!("{}/api/federation/v1/renew", peer.endpoint_url))
+        .json(&serde_json::json!({ "csrPem": csr_pem }))
+        .send()
+        .await
+        .with_context(|| format!("could not reach peer '{}'", peer.name))?;
+    let status = response.status();
+    if !status.is_success() {
+        bail!("peer '{}' refused the renewal ({status})", peer.name);
+    }
+    let issued: IssuedCertificate = response.json().await?;
+    let leaf = CertificateDer::from_pem_slice(issued.cert_pem.as_bytes())?;
+    check_public_key(leaf.as_ref(), &key)?;
+    let (_, cert) =
+        <x509_parser::prelude::X509Certificate as x509_parser::prelude::FromDer<_>>::from_der(leaf.as_ref())
+            .map_err(|_| anyhow::anyhow!("invalid certificate"))?;
+    let not_after = DateTime::<Utc>::from_timestamp(cert.validity().not_after.timestamp(), 0).unwrap_or_default();
+    sqlx::query(
+        "update federation_peers set client_cert_pem = $2, sealed_client_key = $3, client_cert_not_after = $4, updated_at = now()
+         where id = $1",
+    )
+    .bind(peer.id)
+    .bind(&issued.cert_pem)
+    .bind(sealing.seal(CLIENT_KEY_CONTEXT, key.serialize_pem().as_bytes()))
+    .bind(not_after)
+    .execute(pool)
+    .await?;
+    Ok(not_after)
+}
+
+/// Renews every outbound certificate past about two thirds of its lifetime (with jitter so
+/// replicas and peers do not all renew in the same second). Runs on a timer in `serve`.
+pub async fn renew_due(pool: &PgPool, sealing: &SealingKey, lifetime: Duration) {
+    let names: Vec<String> = match sqlx::query_scalar(
+        "select name from federation_peers
+         where client_cert_pem is not null and state = 'active'
+           and client_cert_not_after - $1 * (1.0 / 3.0) < now()",
+    )
+    .bind(chrono::Duration::from_std(lifetime).unwrap_or_else(|_| chrono::Duration::hours(1)))
+    .fetch_all(pool)
+    .await
+    {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not list certificates due for renewal");
+            return;
+        }
+    };
+    for name in names {
+        let jitter = {
+            use rand::RngExt;
+            rand::rng().random_range(0..=lifetime.as_millis().min(60_000) as u64 / 20)
+        };
+        tokio::time::sleep(Duration::from_millis(jitter)).await;
+        match outbound_peer(pool, sealing, &name).await {
+            Ok(Some(peer)) => match renew_with(pool, sealing, &peer).await {
+                Ok(not_after) => tracing::info!(peer = %name, %not_after, "renewed client certificate"),
+                Err(e) => tracing::warn!(peer = %name, error = format!("{e:#}"), "certificate renewal failed"),
+            },
+            Ok(None) => {}
+            Err(e) => tracing::warn!(peer = %name, error = format!("{e:#}"), "cannot load peer for renewal"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enrollment_urls_parse_strictly() {
+        let pin = "ab".repeat(32);
+        let u = parse_enrollment_url(&format!("https://b.example:8443/api/federation/enrollment/tok#sha256={pin}"))
+            .unwrap();
+        assert_eq!(u.origin, "https://b.example:8443");
+        assert_eq!(u.host, "b.example");
+        assert_eq!(u.token, "tok");
+        assert_eq!(u.pin, pin);
+        for bad in [
+            "https://b.example/api/federation/enrollment/tok".to_string(),
+            format!("http://b.example/api/federation/enrollment/tok#sha256={pin}"),
+            format!("https://b.example/api/other/tok#sha256={pin}"),
+            "https://b.example/api/federation/enrollment/tok#sha256=abc".to_string(),
+        ] {
+            assert!(parse_enrollment_url(&bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,327 @@
+//! Enrollment (DESIGN §3): single-use tokens, redemption of a CSR for a client certificate,
+//! renewal over mTLS, and the public CRL.
+//!
+//! Redemption claims the token atomically (`... where used_at is null`) *before* anything is
+//! issued, and the claim, the certificate record, the grant activation and the peer update
+//! commit in one transaction: of 20 concurrent redemptions exactly one gets a certificate, and a
+//! failure half-way leaves the token unused and nothing issued.
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::PgConnection;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::audit::{self, AuditEntry};
+use super::ca::{ClientCertRequest, ClientCertificate};
+use super::csr::verified_public_key;
+use crate::admin::credentials::Secret;
+use crate::admin::guard::AdminUser;
+use crate::app::AppState;
+use crate::http::error::{ApiError, ErrorEnvelope};
+use crate::http::extract::{Json, Path};
+
+/// Longest allowed enrollment-token lifetime.
+pub const MAX_TOKEN_TTL_SECS: i64 = 900;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateEnrollmentToken {
+    pub grant_id: Uuid,
+    /// 1..=900 seconds; default 900.
+    pub ttl_seconds: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnrollmentToken {
+    /// 64 hex characters; shown once.
+    pub token: String,
+    pub expires_at: DateTime<Utc>,
+    /// `https://<this gateway>/api/federation/enrollment/<token>#sha256=<CA fingerprint>`
+    pub enrollment_url: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RedeemRequest {
+    pub csr_pem: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuedCertificate {
+    pub cert_pem: String,
+    /// The certificate followed by the issuing CA.
+    pub cert_chain_pem: String,
+}
+
+/// 32 random bytes as 64 lowercase hex characters.
+fn new_token() -> Secret {
+    let mut bytes = [0u8; 32];
+    rand::fill(&mut bytes);
+    Secret::from_plaintext(hex::encode(bytes))
+}
+
+/// Mints an enrollment token for a pending grant.
+///
+/// # Errors
+/// 400 for a bad TTL, 404 for an unknown grant, 409 unless the grant is pending.
+pub async fn mint(
+    pool: &sqlx::PgPool,
+    public_url: &str,
+    ca: &super::ca::GatewayCa,
+    grant_id: Uuid,
+    ttl_seconds: Option<i64>,
+) -> Result<EnrollmentToken, ApiError> {
+    let ttl = ttl_seconds.unwrap_or(MAX_TOKEN_TTL_SECS);
+    if !(1..=MAX_TOKEN_TTL_SECS).contains(&ttl) {
+        return Err(ApiError::invalid_field(
+            "ttlSeconds",
+            format!("ttlSeconds must be between 1 and {MAX_TOKEN_TTL_SECS}"),
+        ));
+    }
+    let grant = super::grants::find(pool, grant_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("No such grant").with_details(serde_json::json!({"field": "grantId"})))?;
+    if grant.status != "pending" {
+        return Err(ApiError::conflict(format!(
+            "grant is {}; enrollment tokens are only issued for pending grants",
+            grant.status
+        )));
+    }
+    let token = new_token();
+    let expires_at = Utc::now() + Duration::seconds(ttl);
+    sqlx::query(
+        "insert into federation_enrollment_tokens (id, token_hash, grant_id, peer_id, expires_at) values ($1, $2, $3, $4, $5)",
+    )
+    .bind(Uuid::now_v7())
+    .bind(token.hash())
+    .bind(grant.id)
+    .bind(grant.peer_id)
+    .bind(expires_at)
+    .execute(pool)
+    .await?;
+    let enrollment_url =
+        format!("{}/api/federation/enrollment/{}#sha256={}", public_url, token.expose(), ca.fingerprint_sha256());
+    Ok(EnrollmentToken { token: token.expose().to_string(), expires_at, enrollment_url })
+}
+
+/// Mint a single-use enrollment token for a pending grant.
+#[utoipa::path(post, path = "/api/federation/enrollment/tokens", tag = "federation", request_body = CreateEnrollmentToken,
+    responses(
+        (status = 201, body = EnrollmentToken), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope),
+    ))]
+pub async fn create_token(
+    _admin: AdminUser,
+    State(state): State<AppState>,
+    Json(body): Json<CreateEnrollmentToken>,
+) -> Result<(StatusCode, Json<EnrollmentToken>), ApiError> {
+    Ok((
+        StatusCode::CREATED,
+        Json(mint(&state.pool, &state.config.public_url, &state.ca, body.grant_id, body.ttl_seconds).await?),
+    ))
+}
+
+/// Redeem an enrollment token: send a CSR, receive the client certificate.
+#[utoipa::path(post, path = "/api/federation/enrollment/{token}", tag = "federation", params(("token" = String, Path)),
+    request_body = RedeemRequest,
+    responses(
+        (status = 200, body = IssuedCertificate), (status = 400, body = ErrorEnvelope),
+        (status = 404, description = "Unknown token", body = ErrorEnvelope),
+        (status = 410, description = "Used, expired, lost race, or grant not pending", body = ErrorEnvelope),
+    ))]
+pub async fn redeem(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+    Json(body): Json<RedeemRequest>,
+) -> Result<Json<IssuedCertificate>, ApiError> {
+    let hash = Secret::from_plaintext(token).hash();
+    let public_key =
+        verified_public_key(&body.csr_pem).map_err(|e| ApiError::invalid_field("csrPem", e.to_string()))?;
+
+    let mut tx = state.pool.begin().await?;
+    // The claim comes first: concurrent redeemers serialise on this row and all but one see
+    // `used_at` set.
+    let claimed: Option<(Uuid, Uuid, Uuid)> = sqlx::query_as(
+        "update federation_enrollment_tokens set used_at = now()
+         where token_hash = $1 and used_at is null and expires_at > now()
+         returning id, grant_id, peer_id",
+    )
+    .bind(&hash)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((_, grant_id, peer_id)) = claimed else {
+        let known: bool =
+            sqlx::query_scalar("select exists (select 1 from federation_enrollment_tokens where token_hash = $1)")
+                .bind(&hash)
+                .fetch_one(&mut *tx)
+                .await?;
+        return Err(if known {
+            ApiError::gone("This enrollment token was already used or has expired")
+        } else {
+            ApiError::not_found("Unknown enrollment token")
+        });
+    };
+
+    let row: Option<(String, Option<Uuid>, String)> = sqlx::query_as(
+        "select g.status, g.subject_user_id, p.name
+         from federation_grants g join federation_peers p on p.id = g.peer_id
+         where g.id = $1 and p.id = $2 for update of g, p",
+    )
+    .bind(grant_id)
+    .bind(peer_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let (status, subject, peer_name) =
+        row.ok_or_else(|| ApiError::gone("The grant for this token no longer exists"))?;
+    let subject = match (status.as_str(), subject) {
+        ("pending", Some(subject)) => subject,
+        _ => {
+            // Nothing is issued; the token stays unused (the transaction rolls back) but can
+            // never succeed while the grant is not pending.
+            return Err(ApiError::gone("The grant for this token is no longer pending"));
+        }
+    };
+
+    let cert = state.ca.issue_client_cert(
+        &public_key,
+        &ClientCertRequest {
+            peer_name: &peer_name,
+            grant_id,
+            subject_user_id: subject,
+            oids: &state.config.federation.oids,
+            ttl: state.config.federation.cert_ttl,
+        },
+    )?;
+    record_issued(&mut tx, &cert, peer_id, grant_id).await?;
+    sqlx::query("update federation_grants set status = 'active', activated_at = now() where id = $1")
+        .bind(grant_id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "update federation_peers set state = 'active', current_serial = $2, cert_not_after = $3,
+                previous_serial = null, previous_serial_grace_until = null, updated_at = now()
+         where id = $1",
+    )
+    .bind(peer_id)
+    .bind(&cert.serial)
+    .bind(cert.not_after)
+    .execute(&mut *tx)
+    .await?;
+    audit::record(
+        &mut *tx,
+        &AuditEntry {
+            grant_id: Some(grant_id),
+            peer_id: Some(peer_id),
+            subject_user_id: Some(subject),
+            verb: "enroll",
+            outcome: "enrolled",
+            reason: Some(format!("issued serial {}", cert.serial)),
+            ..Default::default()
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Json(chain(&state, cert)))
+}
+
+fn chain(state: &AppState, cert: ClientCertificate) -> IssuedCertificate {
+    IssuedCertificate { cert_chain_pem: format!("{}{}", cert.pem, state.ca.cert_pem()), cert_pem: cert.pem }
+}
+
+async fn record_issued(
+    conn: &mut PgConnection,
+    cert: &ClientCertificate,
+    peer_id: Uuid,
+    grant_id: Uuid,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "insert into federation_issued_certs (serial, peer_id, grant_id, not_before, not_after) values ($1, $2, $3, $4, $5)",
+    )
+    .bind(&cert.serial)
+    .bind(peer_id)
+    .bind(grant_id)
+    .bind(cert.not_before)
+    .bind(cert.not_after)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Issues a renewed certificate for an authenticated peer: the new serial becomes current and
+/// the old one stays accepted until the grace period ends. Called by the renew verb after the
+/// guard has checked the caller.
+///
+/// # Errors
+/// 400 for a bad CSR; database errors.
+pub async fn renew(
+    state: &AppState,
+    ctx: &super::FederationContext,
+    csr_pem: &str,
+) -> Result<IssuedCertificate, ApiError> {
+    let public_key = verified_public_key(csr_pem).map_err(|e| ApiError::invalid_field("csrPem", e.to_string()))?;
+    let mut tx = state.pool.begin().await?;
+    let peer_name: String = sqlx::query_scalar("select name from federation_peers where id = $1 for update")
+        .bind(ctx.peer_id)
+        .fetch_one(&mut *tx)
+        .await?;
+    let cert = state.ca.issue_client_cert(
+        &public_key,
+        &ClientCertRequest {
+            peer_name: &peer_name,
+            grant_id: ctx.grant_id,
+            subject_user_id: ctx.subject_user_id,
+            oids: &state.config.federation.oids,
+            ttl: state.config.federation.cert_ttl,
+        },
+    )?;
+    record_issued(&mut tx, &cert, ctx.peer_id, ctx.grant_id).await?;
+    let grace = Duration::from_std(state.config.federation.renew_grace).unwrap_or_else(|_| Duration::seconds(60));
+    sqlx::query(
+        "update federation_peers
+            set previous_serial = current_serial, previous_serial_grace_until = now() + $3,
+                current_serial = $2, cert_not_after = $4, updated_at = now()
+          where id = $1",
+    )
+    .bind(ctx.peer_id)
+    .bind(&cert.serial)
+    .bind(grace)
+    .bind(cert.not_after)
+    .execute(&mut *tx)
+    .await?;
+    audit::record(
+        &mut *tx,
+        &AuditEntry {
+            grant_id: Some(ctx.grant_id),
+            peer_id: Some(ctx.peer_id),
+            subject_user_id: Some(ctx.subject_user_id),
+            verb: "renew",
+            outcome: "renewed",
+            reason: Some(format!("issued serial {}", cert.serial)),
+            ..Default::default()
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(chain(state, cert))
+}
+
+/// The certificate revocation list (DER), signed by this gateway's CA.
+#[utoipa::path(get, path = "/api/federation/crl", tag = "federation",
+    responses((status = 200, description = "DER-encoded X.509 CRL", content_type = "application/pkix-crl", body = Vec<u8>)))]
+pub async fn crl(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let revoked: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
+        "select serial, revoked_at from federation_issued_certs where revoked_at is not null order by revoked_at, serial",
+    )
+    .fetch_all(&state.pool)
+    .await?;
+    // A CRL number that grows with every revocation, so relying parties can order CRLs.
+    let number = revoked.iter().map(|(_, at)| at.timestamp_micros()).max().unwrap_or(0).max(0);
+    let der = state.ca.crl_der(&revoked, u64::try_from(number).unwrap_or(0))?;
+    Ok(([(header::CONTENT_TYPE, "application/pkix-crl")], der))
+}

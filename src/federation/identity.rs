@@ -1,0 +1,122 @@
+//! Reading a peer's identity from its client certificate (DESIGN §3).
+//!
+//! Two non-critical extensions carry it: the grant id (`1.3.6.1.4.1.99999.1` by default) and the
+//! subject user id (`…99999.2`), each the DER UTF8String of a UUID (`0x0C len bytes`). A missing,
+//! duplicated or malformed extension is a 401; the database, not the certificate, then decides
+//! whether the grant is usable.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+/// The configured extension OIDs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FederationOids {
+    pub grant: Vec<u64>,
+    pub subject: Vec<u64>,
+}
+
+impl Default for FederationOids {
+    fn default() -> Self {
+        Self { grant: vec![1, 3, 6, 1, 4, 1, 99999, 1], subject: vec![1, 3, 6, 1, 4, 1, 99999, 2] }
+    }
+}
+
+/// Parses `1.3.6.1...` into arcs.
+///
+/// # Errors
+/// Not a dotted OID with at least two arcs.
+pub fn parse_oid(s: &str) -> Result<Vec<u64>, String> {
+    let arcs: Result<Vec<u64>, _> = s.trim().split('.').map(str::parse).collect();
+    match arcs {
+        Ok(a) if a.len() >= 2 => Ok(a),
+        _ => Err(format!("'{s}' is not a dotted object identifier like 1.3.6.1.4.1.99999.1")),
+    }
+}
+
+/// What a client certificate says about its holder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerIdentity {
+    pub grant_id: Uuid,
+    pub subject_user_id: Uuid,
+    /// Lowercase hex of the certificate serial.
+    pub serial: String,
+    pub not_after: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    #[error("not an X.509 certificate")]
+    NotACertificate,
+    #[error("the {0} extension is missing")]
+    Missing(&'static str),
+    #[error("the {0} extension appears more than once")]
+    Duplicated(&'static str),
+    #[error("the {0} extension is not a DER UTF8String holding a UUID")]
+    Malformed(&'static str),
+}
+
+/// Reads both identity extensions from a DER certificate.
+///
+/// # Errors
+/// See [`IdentityError`].
+pub fn parse_identity(der: &[u8], oids: &FederationOids) -> Result<PeerIdentity, IdentityError> {
+    let (_, cert) = X509Certificate::from_der(der).map_err(|_| IdentityError::NotACertificate)?;
+    let grant_id = uuid_extension(&cert, &oids.grant, "grant id")?;
+    let subject_user_id = uuid_extension(&cert, &oids.subject, "subject user id")?;
+    let not_after = DateTime::<Utc>::from_timestamp(cert.validity().not_after.timestamp(), 0)
+        .ok_or(IdentityError::NotACertificate)?;
+    Ok(PeerIdentity { grant_id, subject_user_id, serial: hex::encode(cert.raw_serial()), not_after })
+}
+
+fn uuid_extension(cert: &X509Certificate<'_>, arcs: &[u64], name: &'static str) -> Result<Uuid, IdentityError> {
+    let oid = x509_parser::asn1_rs::Oid::from(arcs).map_err(|_| IdentityError::Missing(name))?;
+    let ext = cert
+        .get_extension_unique(&oid)
+        .map_err(|_| IdentityError::Duplicated(name))?
+        .ok_or(IdentityError::Missing(name))?;
+    let text = decode_utf8string(ext.value).ok_or(IdentityError::Malformed(name))?;
+    Uuid::parse_str(text).map_err(|_| IdentityError::Malformed(name))
+}
+
+/// DER UTF8String with a short-form length and nothing after it.
+fn decode_utf8string(der: &[u8]) -> Option<&str> {
+    let (&tag, rest) = der.split_first()?;
+    let (&len, body) = rest.split_first()?;
+    if tag != 0x0c || len >= 0x80 || body.len() != usize::from(len) {
+        return None;
+    }
+    std::str::from_utf8(body).ok()
+}
+
+/// Encodes `s` (shorter than 128 bytes) as a DER UTF8String.
+pub fn encode_utf8string(s: &str) -> Vec<u8> {
+    let mut out = vec![0x0c, u8::try_from(s.len()).unwrap_or(0x7f).min(0x7f)];
+    out.extend_from_slice(s.as_bytes());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utf8string_round_trips_and_rejects_garbage() {
+        let id = Uuid::new_v4().to_string();
+        let der = encode_utf8string(&id);
+        assert_eq!(der[0], 0x0c);
+        assert_eq!(decode_utf8string(&der), Some(id.as_str()));
+        assert_eq!(decode_utf8string(&[0x13, 1, b'a']), None, "PrintableString is not UTF8String");
+        assert_eq!(decode_utf8string(&[0x0c, 5, b'a']), None, "length must match");
+        let mut trailing = der.clone();
+        trailing.push(0);
+        assert_eq!(decode_utf8string(&trailing), None);
+    }
+
+    #[test]
+    fn oids_parse() {
+        assert_eq!(parse_oid("1.3.6.1.4.1.99999.1").unwrap(), FederationOids::default().grant);
+        assert!(parse_oid("1").is_err());
+        assert!(parse_oid("1.x.3").is_err());
+    }
+}

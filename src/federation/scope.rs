@@ -1,0 +1,228 @@
+//! Grant scopes (DESIGN §4): the Mosaic-compatible JSON document, its validation, and (for the
+//! verbs) its staged evaluation against native RBAC.
+//!
+//! ```json
+//! {"resources": ["tasks", "notes"], "excluded_resources": ["memory"],
+//!  "filters": {"tasks": {"include_teams": ["<uuid>"], "include_personal": true}},
+//!  "max_rows_per_query": 100}
+//! ```
+//! Unknown fields are rejected at every level so a typo (`"include_team"`) can never silently
+//! widen or narrow a grant.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// Upper bound of `max_rows_per_query`.
+pub const MAX_ROWS_CAP: u32 = 10_000;
+/// `max_rows_per_query` when the scope does not set it.
+pub const DEFAULT_MAX_ROWS: u32 = 100;
+
+/// The resources a grant may name. `credentials` and `api_keys` are valid names (Mosaic scopes
+/// carry them) but native RBAC always denies them.
+pub const KNOWN_RESOURCES: [&str; 5] = ["tasks", "notes", "memory", "credentials", "api_keys"];
+
+/// A grant's scope as stored (`federation_grants.scope`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GrantScope {
+    /// Non-empty; drawn from tasks, notes, memory, credentials, api_keys.
+    pub resources: Vec<String>,
+    /// Must not overlap `resources`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded_resources: Vec<String>,
+    /// Per-resource narrowing; every key must be in `resources`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub filters: BTreeMap<String, ResourceFilter>,
+    /// 1..=10000; the cap on (and default of) a request's `limit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rows_per_query: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceFilter {
+    /// Only these teams (intersected with the subject's own teams). Absent: all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include_teams: Option<Vec<Uuid>>,
+    /// Whether personal data is visible; defaults to true.
+    #[serde(default = "yes")]
+    pub include_personal: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A validation failure naming the field at fault (`scope.resources[1]`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ScopeError {
+    pub field: String,
+    pub message: String,
+}
+
+fn err(field: impl Into<String>, message: impl Into<String>) -> ScopeError {
+    ScopeError { field: field.into(), message: message.into() }
+}
+
+impl GrantScope {
+    /// Parses and validates a scope document.
+    ///
+    /// # Errors
+    /// A [`ScopeError`] naming the first field that breaks a rule.
+    pub fn parse(value: &serde_json::Value) -> Result<Self, ScopeError> {
+        let scope: GrantScope = serde_json::from_value(value.clone()).map_err(|e| {
+            let msg = e.to_string();
+            // serde says "unknown field `x`, expected one of ..."; name the field when it can.
+            let field = msg
+                .split('`')
+                .nth(1)
+                .filter(|_| msg.starts_with("unknown field") || msg.starts_with("missing field"))
+                .map_or_else(|| "scope".to_string(), |f| format!("scope.{f}"));
+            err(field, msg)
+        })?;
+        scope.validate()?;
+        Ok(scope)
+    }
+
+    /// Checks the rules of DESIGN §4.
+    ///
+    /// # Errors
+    /// A [`ScopeError`] naming the first field that breaks a rule.
+    pub fn validate(&self) -> Result<(), ScopeError> {
+        if self.resources.is_empty() {
+            return Err(err("scope.resources", "must name at least one resource"));
+        }
+        for (i, r) in self.resources.iter().enumerate() {
+            if !KNOWN_RESOURCES.contains(&r.as_str()) {
+                return Err(err(
+                    format!("scope.resources[{i}]"),
+                    format!("unknown resource '{r}' (expected one of {})", KNOWN_RESOURCES.join(", ")),
+                ));
+            }
+            if self.resources[..i].contains(r) {
+                return Err(err(format!("scope.resources[{i}]"), format!("'{r}' is listed twice")));
+            }
+        }
+        for (i, r) in self.excluded_resources.iter().enumerate() {
+            if !KNOWN_RESOURCES.contains(&r.as_str()) {
+                return Err(err(format!("scope.excluded_resources[{i}]"), format!("unknown resource '{r}'")));
+            }
+            if self.resources.contains(r) {
+                return Err(err(
+                    format!("scope.excluded_resources[{i}]"),
+                    format!("'{r}' is both granted in resources and excluded"),
+                ));
+            }
+        }
+        for key in self.filters.keys() {
+            if !self.resources.contains(key) {
+                return Err(err(
+                    format!("scope.filters.{key}"),
+                    format!("filter for '{key}', which is not in resources"),
+                ));
+            }
+        }
+        if let Some(max) = self.max_rows_per_query
+            && !(1..=MAX_ROWS_CAP).contains(&max)
+        {
+            return Err(err("scope.max_rows_per_query", format!("must be between 1 and {MAX_ROWS_CAP}, got {max}")));
+        }
+        Ok(())
+    }
+
+    /// The effective per-query row cap.
+    pub fn max_rows(&self) -> u32 {
+        self.max_rows_per_query.unwrap_or(DEFAULT_MAX_ROWS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn parse(v: serde_json::Value) -> Result<GrantScope, ScopeError> {
+        GrantScope::parse(&v)
+    }
+
+    #[test]
+    fn a_full_scope_parses_with_defaults() {
+        let t = Uuid::new_v4();
+        let s = parse(json!({
+            "resources": ["tasks", "notes"],
+            "excluded_resources": ["memory"],
+            "filters": {"tasks": {"include_teams": [t]}},
+            "max_rows_per_query": 50
+        }))
+        .unwrap();
+        assert!(s.filters["tasks"].include_personal, "include_personal defaults to true");
+        assert_eq!(s.max_rows(), 50);
+        assert_eq!(parse(json!({"resources": ["memory"]})).unwrap().max_rows(), DEFAULT_MAX_ROWS);
+    }
+
+    #[test]
+    fn resources_must_be_non_empty() {
+        assert_eq!(parse(json!({"resources": []})).unwrap_err().field, "scope.resources");
+        assert_eq!(parse(json!({})).unwrap_err().field, "scope.resources");
+    }
+
+    #[test]
+    fn unknown_resource_is_named() {
+        let e = parse(json!({"resources": ["tasks", "secrets"]})).unwrap_err();
+        assert_eq!(e.field, "scope.resources[1]");
+        assert!(e.message.contains("secrets"));
+    }
+
+    #[test]
+    fn duplicate_resource_is_rejected() {
+        assert_eq!(parse(json!({"resources": ["tasks", "tasks"]})).unwrap_err().field, "scope.resources[1]");
+    }
+
+    #[test]
+    fn excluded_must_not_overlap_resources() {
+        let e = parse(json!({"resources": ["tasks"], "excluded_resources": ["tasks"]})).unwrap_err();
+        assert_eq!(e.field, "scope.excluded_resources[0]");
+    }
+
+    #[test]
+    fn excluded_must_be_known() {
+        let e = parse(json!({"resources": ["tasks"], "excluded_resources": ["x"]})).unwrap_err();
+        assert_eq!(e.field, "scope.excluded_resources[0]");
+    }
+
+    #[test]
+    fn filter_keys_must_be_granted_resources() {
+        let e = parse(json!({"resources": ["tasks"], "filters": {"notes": {}}})).unwrap_err();
+        assert_eq!(e.field, "scope.filters.notes");
+    }
+
+    #[test]
+    fn max_rows_bounds() {
+        for bad in [0, 10_001] {
+            let e = parse(json!({"resources": ["tasks"], "max_rows_per_query": bad})).unwrap_err();
+            assert_eq!(e.field, "scope.max_rows_per_query");
+        }
+        for good in [1, 10_000] {
+            assert!(parse(json!({"resources": ["tasks"], "max_rows_per_query": good})).is_ok());
+        }
+        assert!(parse(json!({"resources": ["tasks"], "max_rows_per_query": -1})).is_err());
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_at_every_level() {
+        let e = parse(json!({"resources": ["tasks"], "resource": ["notes"]})).unwrap_err();
+        assert_eq!(e.field, "scope.resource");
+        let e = parse(json!({"resources": ["tasks"], "filters": {"tasks": {"include_team": []}}})).unwrap_err();
+        assert!(e.message.contains("include_team"), "{e}");
+    }
+
+    #[test]
+    fn include_teams_must_be_uuids() {
+        assert!(parse(json!({"resources": ["tasks"], "filters": {"tasks": {"include_teams": ["nope"]}}})).is_err());
+    }
+}

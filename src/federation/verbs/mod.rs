@@ -1,0 +1,58 @@
+//! The peer-facing verbs under `/api/federation/v1/*`, all behind the mTLS guard.
+
+use axum::Extension;
+use axum::extract::State;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::FederationContext;
+use super::enrollment::{IssuedCertificate, RedeemRequest};
+use crate::app::AppState;
+use crate::http::error::{ApiError, ErrorEnvelope};
+use crate::http::extract::Json;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(renew)).routes(routes!(capabilities))
+}
+
+/// Renew this peer's client certificate with a fresh CSR (mTLS). The previous certificate stays
+/// valid for a short grace period so in-flight calls finish.
+#[utoipa::path(post, path = "/api/federation/v1/renew", tag = "federation", request_body = RedeemRequest,
+    responses(
+        (status = 200, body = IssuedCertificate), (status = 400, body = ErrorEnvelope),
+        (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope),
+    ))]
+pub async fn renew(
+    State(state): State<AppState>,
+    Extension(ctx): Extension<FederationContext>,
+    Json(body): Json<RedeemRequest>,
+) -> Result<Json<IssuedCertificate>, ApiError> {
+    Ok(Json(super::enrollment::renew(&state, &ctx, &body.csr_pem).await?))
+}
+
+/// The verbs this gateway serves.
+pub const SUPPORTED_VERBS: [&str; 5] = ["list", "get", "search", "capabilities", "renew"];
+/// Resources native RBAC can serve at all; `credentials` and `api_keys` never are.
+pub const READABLE_RESOURCES: [&str; 3] = ["tasks", "notes", "memory"];
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Capabilities {
+    /// Granted resources this gateway can serve (grant ∩ tasks, notes, memory).
+    pub resources: Vec<String>,
+    pub excluded_resources: Vec<String>,
+    pub max_rows_per_query: u32,
+    pub supported_verbs: Vec<String>,
+}
+
+/// What the caller's grant allows.
+#[utoipa::path(get, path = "/api/federation/v1/capabilities", tag = "federation",
+    responses((status = 200, body = Capabilities), (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope)))]
+pub async fn capabilities(Extension(ctx): Extension<FederationContext>) -> Json<Capabilities> {
+    let scope = &ctx.scope;
+    Json(Capabilities {
+        resources: scope.resources.iter().filter(|r| READABLE_RESOURCES.contains(&r.as_str())).cloned().collect(),
+        excluded_resources: scope.excluded_resources.clone(),
+        max_rows_per_query: scope.max_rows(),
+        supported_verbs: SUPPORTED_VERBS.iter().map(|v| (*v).to_string()).collect(),
+    })
+}

@@ -1,0 +1,579 @@
+//! Federation between two real gateways on loopback: trust (peers, grants, enrollment, pinning,
+//! renewal, revocation, CRL) and the mTLS guard.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Gateway, GatewayOptions, TestDb, run_cli, seed_admin};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// Gateway B (holds the data, serves) plus gateway A's database and data dir (the caller).
+struct Pair {
+    b: Gateway,
+    b_db: TestDb,
+    a_db: TestDb,
+    a_dir: tempfile::TempDir,
+    token: String,
+    subject: Uuid,
+    peer_id: Uuid,
+}
+
+impl Pair {
+    async fn new(env: Vec<(String, String)>) -> Self {
+        let b_db = TestDb::new().await;
+        let a_db = TestDb::new().await;
+        let b =
+            Gateway::start(GatewayOptions { database_url: Some(b_db.url.clone()), env, ..Default::default() }).await;
+        let (_, token) = seed_admin(&b_db.pool, "admin@b.test").await;
+        let subject = Uuid::now_v7();
+        sqlx::query("insert into users (id, email, name, role) values ($1, 'subject@b.test', 'Subject', 'member')")
+            .bind(subject)
+            .execute(&b_db.pool)
+            .await
+            .unwrap();
+        let a_dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let mut pair = Self { b, b_db, a_db, a_dir, token, subject, peer_id: Uuid::nil() };
+        let peer = pair.admin_post("/api/admin/peers", json!({"name": "gateway-a"})).await;
+        assert_eq!(peer.0, 201, "{}", peer.1);
+        pair.peer_id = peer.1["id"].as_str().unwrap().parse().unwrap();
+        pair
+    }
+
+    async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self.b.client.request(method, self.b.url(path)).bearer_auth(&self.token);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn admin_post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.admin(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    async fn grant(&self, scope: Value) -> Uuid {
+        let (status, g) = self
+            .admin_post(
+                "/api/admin/grants",
+                json!({"peerId": self.peer_id, "subjectUserId": self.subject, "scope": scope}),
+            )
+            .await;
+        assert_eq!(status, 201, "{g}");
+        assert_eq!(g["status"], "pending");
+        g["id"].as_str().unwrap().parse().unwrap()
+    }
+
+    async fn enrollment_url(&self, grant: Uuid) -> (String, String) {
+        let (status, t) = self.admin_post("/api/federation/enrollment/tokens", json!({"grantId": grant})).await;
+        assert_eq!(status, 201, "{t}");
+        assert_eq!(t["token"].as_str().unwrap().len(), 64);
+        (t["token"].as_str().unwrap().to_string(), t["enrollmentUrl"].as_str().unwrap().to_string())
+    }
+
+    fn a_env(&self) -> Vec<(&str, &str)> {
+        vec![("DATABASE_URL", self.a_db.url.as_str()), ("TESSERA_DATA_DIR", self.a_dir.path().to_str().unwrap())]
+    }
+
+    fn peer_add(&self, url: &str) -> (i32, String, String) {
+        run_cli(&["peer", "add", url, "--name", "gateway-b", "--json"], &self.a_env())
+    }
+
+    /// A's stored client identity for B: (key PEM + cert PEM, cert PEM).
+    async fn a_identity(&self) -> (Vec<u8>, String) {
+        let (cert, sealed): (String, String) =
+            sqlx::query_as("select client_cert_pem, sealed_client_key from federation_peers where name = 'gateway-b'")
+                .fetch_one(&self.a_db.pool)
+                .await
+                .unwrap();
+        let sealing = tessera::sealing::SealingKey::load(None, self.a_dir.path()).unwrap();
+        let mut pem = sealing.open(tessera::federation::client::CLIENT_KEY_CONTEXT, &sealed).unwrap();
+        pem.extend_from_slice(cert.as_bytes());
+        (pem, cert)
+    }
+
+    fn mtls_client(&self, identity_pem: &[u8]) -> reqwest::Client {
+        reqwest::Client::builder()
+            .tls_backend_rustls()
+            .tls_certs_only([reqwest::Certificate::from_pem(&self.b.ca_pem).unwrap()])
+            .identity(reqwest::Identity::from_pem(identity_pem).unwrap())
+            .build()
+            .unwrap()
+    }
+
+    /// Enrolls A with a new tasks grant and returns the grant id.
+    async fn enroll(&self) -> Uuid {
+        let grant = self.grant(json!({"resources": ["tasks"]})).await;
+        let (_, url) = self.enrollment_url(grant).await;
+        let (code, out, err) = self.peer_add(&url);
+        assert_eq!(code, 0, "{out}{err}");
+        grant
+    }
+
+    fn b_ca(&self) -> std::sync::Arc<tessera::federation::ca::GatewayCa> {
+        let sealing = tessera::sealing::SealingKey::load(None, &self.b.data_dir).unwrap();
+        let pool = self.b_db.pool.clone();
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current()
+                .block_on(tessera::federation::ca::GatewayCa::load_or_create(&pool, &sealing))
+                .unwrap()
+        })
+    }
+}
+
+fn csr(key: &rcgen::KeyPair, params: rcgen::CertificateParams) -> String {
+    params.serialize_request(key).unwrap().pem().unwrap()
+}
+
+fn p256() -> rcgen::KeyPair {
+    rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap()
+}
+
+async fn redeem(b: &Gateway, token: &str, csr_pem: &str) -> (u16, Value) {
+    let r = b
+        .client
+        .post(b.url(&format!("/api/federation/enrollment/{token}")))
+        .json(&json!({"csrPem": csr_pem}))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+fn leaf_identity(cert_pem: &str) -> tessera::federation::identity::PeerIdentity {
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
+    tessera::federation::identity::parse_identity(der.as_ref(), &Default::default()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_gateways_enroll_with_a_pinned_ca_and_exact_certificates() {
+    let pair = Pair::new(vec![]).await;
+    let grant = pair.grant(json!({"resources": ["tasks", "notes"], "max_rows_per_query": 50})).await;
+    let (token, url) = pair.enrollment_url(grant).await;
+    assert!(url.contains(&format!(
+        "#sha256={}",
+        tessera::federation::client::pem_fingerprint(std::str::from_utf8(&pair.b.ca_pem).unwrap()).unwrap()
+    )));
+
+    let (code, out, err) = pair.peer_add(&url);
+    assert_eq!(code, 0, "{out}{err}");
+    let enrolled: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(enrolled["remoteGrantId"], grant.to_string());
+
+    // A's record: active, with a valid certificate and the pinned CA.
+    let (state, not_after, fp): (String, chrono::DateTime<chrono::Utc>, String) = sqlx::query_as(
+        "select state, client_cert_not_after, ca_fingerprint from federation_peers where name = 'gateway-b'",
+    )
+    .fetch_one(&pair.a_db.pool)
+    .await
+    .unwrap();
+    assert_eq!(state, "active");
+    assert!(not_after > chrono::Utc::now());
+    assert_eq!(fp.len(), 64);
+    let (code, out, _) = run_cli(&["peer", "list", "--json"], &pair.a_env());
+    assert_eq!(code, 0);
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed[0]["caFingerprint"], fp.as_str());
+    assert_eq!(listed[0]["state"], "active");
+    assert!(listed[0]["clientCertNotAfter"].is_string());
+
+    // B's grant and peer are active, with the serial recorded.
+    let (status, g) = pair.admin(reqwest::Method::GET, &format!("/api/admin/grants/{grant}"), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(g["status"], "active");
+    let (_, cert_pem) = pair.a_identity().await;
+    let identity = leaf_identity(&cert_pem);
+    assert_eq!(identity.grant_id, grant);
+    assert_eq!(identity.subject_user_id, pair.subject);
+    let serial: String = sqlx::query_scalar("select current_serial from federation_peers where id = $1")
+        .bind(pair.peer_id)
+        .fetch_one(&pair.b_db.pool)
+        .await
+        .unwrap();
+    assert_eq!(serial, identity.serial);
+
+    // openssl sees both OIDs, non-critical, with EKU clientAuth and the peer name as CN.
+    let path = pair.a_dir.path().join("client.pem");
+    std::fs::write(&path, &cert_pem).unwrap();
+    let text =
+        std::process::Command::new("openssl").args(["x509", "-noout", "-text", "-in"]).arg(&path).output().unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("1.3.6.1.4.1.99999.1:") && !text.contains("1.3.6.1.4.1.99999.1: critical"), "{text}");
+    assert!(text.contains("1.3.6.1.4.1.99999.2:") && !text.contains("1.3.6.1.4.1.99999.2: critical"), "{text}");
+    assert!(text.contains(&grant.to_string()) && text.contains(&pair.subject.to_string()), "{text}");
+    assert!(text.contains("TLS Web Client Authentication"), "{text}");
+    assert!(text.contains("CN=gateway-a") || text.contains("CN = gateway-a"), "{text}");
+
+    // A second redeem of the same token is gone.
+    let (status, body) = redeem(&pair.b, &token, &csr(&p256(), rcgen::CertificateParams::default())).await;
+    assert_eq!(status, 410, "{body}");
+    assert_eq!(body["error"]["code"], "gone");
+
+    // No private key is stored in the clear, on either side.
+    for pool in [&pair.a_db.pool, &pair.b_db.pool] {
+        let sealed: Vec<Option<String>> = sqlx::query_scalar(
+            "select sealed_key from gateway_ca union all select sealed_client_key from federation_peers",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        assert!(sealed.iter().flatten().all(|s| !s.contains("-----BEGIN") && s.starts_with("v1:")));
+        let columns: Vec<(String, String)> = sqlx::query_as(
+            "select table_name::text, column_name::text from information_schema.columns
+             where table_schema = 'public' and data_type = 'text'",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        for (table, column) in columns {
+            let sql = format!("select count(*) from \"{table}\" where \"{column}\" like '%PRIVATE KEY%'");
+            let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(pool).await.unwrap();
+            assert_eq!(n, 0, "{table}.{column} holds a private key");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_pin_stops_before_the_csr_is_sent() {
+    let pair = Pair::new(vec![]).await;
+    let grant = pair.grant(json!({"resources": ["tasks"]})).await;
+    let (_, url) = pair.enrollment_url(grant).await;
+    let (base, _) = url.split_once("#sha256=").unwrap();
+    let wrong = format!("{base}#sha256={}", "00".repeat(32));
+    let (code, _, err) = pair.peer_add(&wrong);
+    assert_ne!(code, 0);
+    assert!(err.contains("fingerprint mismatch"), "{err}");
+    let used: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("select used_at from federation_enrollment_tokens where grant_id = $1")
+            .bind(grant)
+            .fetch_one(&pair.b_db.pool)
+            .await
+            .unwrap();
+    assert!(used.is_none(), "the token was never presented to B");
+    let n: i64 = sqlx::query_scalar("select count(*) from federation_peers").fetch_one(&pair.a_db.pool).await.unwrap();
+    assert_eq!(n, 0, "nothing stored on A");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_redeems_issue_exactly_one_certificate() {
+    let pair = Pair::new(vec![]).await;
+    let grant = pair.grant(json!({"resources": ["tasks"]})).await;
+    let (token, _) = pair.enrollment_url(grant).await;
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let (client, url, csr_pem) = (
+            pair.b.client.clone(),
+            pair.b.url(&format!("/api/federation/enrollment/{token}")),
+            csr(&p256(), rcgen::CertificateParams::default()),
+        );
+        set.spawn(async move {
+            let r = client.post(url).json(&json!({"csrPem": csr_pem})).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap_or_default())
+        });
+    }
+    let results = set.join_all().await;
+    let ok = results.iter().filter(|(s, _)| *s == 200).count();
+    let gone = results.iter().filter(|(s, _)| *s == 410).count();
+    assert_eq!((ok, gone), (1, 19), "{results:?}");
+    let issued: i64 = sqlx::query_scalar("select count(*) from federation_issued_certs where grant_id = $1")
+        .bind(grant)
+        .fetch_one(&pair.b_db.pool)
+        .await
+        .unwrap();
+    assert_eq!(issued, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forged_oids_in_a_csr_are_ignored_and_weak_or_bad_csrs_are_refused() {
+    let pair = Pair::new(vec![]).await;
+    let grant = pair.grant(json!({"resources": ["tasks"]})).await;
+    let (token, _) = pair.enrollment_url(grant).await;
+
+    // Weak and broken CSRs: 400 naming csrPem, and the token stays usable.
+    let weak = include_str!("fixtures/rsa1024.csr");
+    let (status, body) = redeem(&pair.b, &token, weak).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["details"]["field"], "csrPem");
+    assert!(body["error"]["message"].as_str().unwrap().contains("weak"), "{body}");
+    let (status, _) = redeem(&pair.b, &token, "not a csr").await;
+    assert_eq!(status, 400);
+    let (status, _) = redeem(&pair.b, &"0".repeat(64), &csr(&p256(), rcgen::CertificateParams::default())).await;
+    assert_eq!(status, 404, "unknown token");
+
+    // A CSR asking for its own grant/subject values gets the grant's true values.
+    let mut params = rcgen::CertificateParams::default();
+    for (arc, value) in [(1u64, Uuid::new_v4()), (2, Uuid::new_v4())] {
+        let mut content = vec![0x0c, 36];
+        content.extend_from_slice(value.to_string().as_bytes());
+        params
+            .custom_extensions
+            .push(rcgen::CustomExtension::from_oid_content(&[1, 3, 6, 1, 4, 1, 99999, arc], content));
+    }
+    let (status, body) = redeem(&pair.b, &token, &csr(&p256(), params)).await;
+    assert_eq!(status, 200, "{body}");
+    let identity = leaf_identity(body["certPem"].as_str().unwrap());
+    assert_eq!(identity.grant_id, grant);
+    assert_eq!(identity.subject_user_id, pair.subject);
+    assert!(body["certChainPem"].as_str().unwrap().ends_with(std::str::from_utf8(&pair.b.ca_pem).unwrap()));
+
+    // RSA 2048 is strong enough.
+    let grant2 = pair.grant(json!({"resources": ["tasks"]})).await;
+    let (token2, _) = pair.enrollment_url(grant2).await;
+    let (status, body) = redeem(&pair.b, &token2, include_str!("fixtures/rsa2048.csr")).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_scopes_are_rejected_naming_the_problem() {
+    let pair = Pair::new(vec![]).await;
+    let cases = [
+        (json!({"resources": ["tasks", "secrets"]}), "scope.resources[1]"),
+        (json!({"resources": ["tasks"], "excluded_resources": ["tasks"]}), "scope.excluded_resources[0]"),
+        (json!({"resources": ["tasks"], "filters": {"notes": {}}}), "scope.filters.notes"),
+        (json!({"resources": ["tasks"], "max_rows_per_query": 0}), "scope.max_rows_per_query"),
+        (json!({"resources": ["tasks"], "max_rows_per_query": 10001}), "scope.max_rows_per_query"),
+        (json!({"resources": ["tasks"], "surprise": true}), "scope.surprise"),
+        (json!({"resources": []}), "scope.resources"),
+    ];
+    for (scope, field) in cases {
+        let (status, body) = pair
+            .admin_post(
+                "/api/admin/grants",
+                json!({"peerId": pair.peer_id, "subjectUserId": pair.subject, "scope": scope}),
+            )
+            .await;
+        assert_eq!(status, 400, "{scope} → {body}");
+        assert_eq!(body["error"]["details"]["field"], field, "{body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains(field), "{body}");
+    }
+    // Unknown peer or user: 404 naming the field. No credentials: 401.
+    let (status, body) = pair
+        .admin_post(
+            "/api/admin/grants",
+            json!({"peerId": Uuid::new_v4(), "subjectUserId": pair.subject, "scope": {"resources": ["tasks"]}}),
+        )
+        .await;
+    assert_eq!((status, body["error"]["details"]["field"].as_str()), (404, Some("peerId")));
+    let (status, body) = pair
+        .admin_post(
+            "/api/admin/grants",
+            json!({"peerId": pair.peer_id, "subjectUserId": Uuid::new_v4(), "scope": {"resources": ["tasks"]}}),
+        )
+        .await;
+    assert_eq!((status, body["error"]["details"]["field"].as_str()), (404, Some("subjectUserId")));
+    let r = pair.b.client.get(pair.b.url("/api/admin/grants")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let n: i64 = sqlx::query_scalar("select count(*) from federation_grants").fetch_one(&pair.b_db.pool).await.unwrap();
+    assert_eq!(n, 0, "no invalid grant was stored");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revocation_is_final_bites_at_once_and_lands_in_the_crl() {
+    let pair = Pair::new(vec![]).await;
+    let grant = pair.enroll().await;
+    let (identity_pem, cert_pem) = pair.a_identity().await;
+    let serial = leaf_identity(&cert_pem).serial;
+    let client = pair.mtls_client(&identity_pem);
+    let renew_body = json!({"csrPem": csr(&p256(), rcgen::CertificateParams::default())});
+
+    // Allowed before revocation.
+    let r = client.get(pair.b.url("/api/federation/v1/capabilities")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client.post(pair.b.url("/api/federation/v1/renew")).json(&renew_body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    let (status, g) =
+        pair.admin_post(&format!("/api/admin/grants/{grant}/revoke"), json!({"reason": "contract ended"})).await;
+    assert_eq!(status, 200, "{g}");
+    assert_eq!(g["status"], "revoked");
+    assert_eq!(g["revokeReason"], "contract ended");
+
+    // The very next request with that certificate (inside its renewal grace): 403, generic message.
+    let r = client.get(pair.b.url("/api/federation/v1/capabilities")).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["message"], "Access denied");
+
+    // Revoked never comes back.
+    for (method, path, body) in [
+        (reqwest::Method::PATCH, format!("/api/admin/grants/{grant}"), json!({"status": "active"})),
+        (reqwest::Method::PATCH, format!("/api/admin/grants/{grant}"), json!({"scope": {"resources": ["notes"]}})),
+        (reqwest::Method::POST, format!("/api/admin/grants/{grant}/revoke"), json!({"reason": "again"})),
+    ] {
+        let (status, body) = pair.admin(method, &path, Some(body)).await;
+        assert_eq!(status, 409, "{path} {body}");
+    }
+    let (status, _) = pair.admin_post("/api/federation/enrollment/tokens", json!({"grantId": grant})).await;
+    assert_eq!(status, 409, "no enrollment token for a revoked grant");
+
+    // The revocation is audited with its reason.
+    let reason: String =
+        sqlx::query_scalar("select reason from federation_audit_log where grant_id = $1 and verb = 'revoke'")
+            .bind(grant)
+            .fetch_one(&pair.b_db.pool)
+            .await
+            .unwrap();
+    assert_eq!(reason, "contract ended");
+
+    // The CRL is public, signed by B's CA, and lists the serials issued under the grant.
+    let anon = common::client_trusting(&pair.b.ca_pem);
+    let r = anon.get(pair.b.url("/api/federation/crl")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let der = r.bytes().await.unwrap();
+    use x509_parser::prelude::FromDer;
+    let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(&der).unwrap();
+    let listed: Vec<String> = crl.iter_revoked_certificates().map(|c| hex::encode(c.raw_serial())).collect();
+    assert!(listed.contains(&serial), "{listed:?} lacks {serial}");
+    assert_eq!(listed.len(), 2, "the original and the renewed certificate");
+    use rustls_pki_types::pem::PemObject;
+    let ca_der = rustls_pki_types::CertificateDer::from_pem_slice(&pair.b.ca_pem).unwrap();
+    let (_, ca) = x509_parser::certificate::X509Certificate::from_der(ca_der.as_ref()).unwrap();
+    crl.verify_signature(ca.public_key()).expect("CRL signed by the gateway CA");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn enrollment_tokens_expire_and_need_a_pending_grant() {
+    let pair = Pair::new(vec![]).await;
+    let grant = pair.grant(json!({"resources": ["tasks"]})).await;
+    let (status, body) =
+        pair.admin_post("/api/federation/enrollment/tokens", json!({"grantId": grant, "ttlSeconds": 901})).await;
+    assert_eq!((status, body["error"]["details"]["field"].as_str()), (400, Some("ttlSeconds")));
+    let (status, t) =
+        pair.admin_post("/api/federation/enrollment/tokens", json!({"grantId": grant, "ttlSeconds": 1})).await;
+    assert_eq!(status, 201);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (status, _) =
+        redeem(&pair.b, t["token"].as_str().unwrap(), &csr(&p256(), rcgen::CertificateParams::default())).await;
+    assert_eq!(status, 410, "expired");
+
+    // A token minted while pending is gone once the grant is revoked.
+    let (token, _) = pair.enrollment_url(grant).await;
+    let (status, _) =
+        pair.admin_post(&format!("/api/admin/grants/{grant}/revoke"), json!({"reason": "changed my mind"})).await;
+    assert_eq!(status, 200);
+    let (status, _) = redeem(&pair.b, &token, &csr(&p256(), rcgen::CertificateParams::default())).await;
+    assert_eq!(status, 410, "grant not pending");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_guard_checks_identity_serial_and_subject() {
+    let pair = Pair::new(vec![("TESSERA_FEDERATION_RENEW_GRACE_SECS".into(), "2".into())]).await;
+    let grant = pair.enroll().await;
+    let (identity_pem, _) = pair.a_identity().await;
+    let old = pair.mtls_client(&identity_pem);
+    let caps = |c: &reqwest::Client| {
+        let req = c.get(pair.b.url("/api/federation/v1/capabilities"));
+        async move { req.send().await.map(|r| r.status().as_u16()) }
+    };
+    // No client certificate: 401.
+    assert_eq!(caps(&pair.b.client).await.unwrap(), 401);
+
+    // A certificate from another CA carrying the same OIDs: the handshake fails.
+    let rogue_ca_key = p256();
+    let mut rogue_params = rcgen::CertificateParams::default();
+    rogue_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let rogue_ca = rcgen::Issuer::new(rogue_params, rogue_ca_key);
+    let leaf_key = p256();
+    let mut leaf = rcgen::CertificateParams::default();
+    leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    for (arc, value) in [(1u64, grant), (2, pair.subject)] {
+        let mut content = vec![0x0c, 36];
+        content.extend_from_slice(value.to_string().as_bytes());
+        leaf.custom_extensions.push(rcgen::CustomExtension::from_oid_content(&[1, 3, 6, 1, 4, 1, 99999, arc], content));
+    }
+    let rogue = leaf.signed_by(&leaf_key, &rogue_ca).unwrap();
+    let rogue_identity = format!("{}{}", leaf_key.serialize_pem(), rogue.pem());
+    assert!(caps(&pair.mtls_client(rogue_identity.as_bytes())).await.is_err(), "foreign CA → handshake fails");
+
+    // Signed by B's CA but without the OIDs: 401.
+    let ca = pair.b_ca();
+    let bare_key = p256();
+    let mut bare = rcgen::CertificateParams::default();
+    bare.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let bare = bare.signed_by(&bare_key, ca.issuer()).unwrap();
+    let bare_identity = format!("{}{}", bare_key.serialize_pem(), bare.pem());
+    assert_eq!(caps(&pair.mtls_client(bare_identity.as_bytes())).await.unwrap(), 401);
+
+    // Right CA and OIDs but a subject that is not the grant's: 403.
+    let forged = ca
+        .issue_client_cert(
+            &tessera::federation::csr::verified_public_key(&csr(&bare_key, rcgen::CertificateParams::default()))
+                .unwrap(),
+            &tessera::federation::ca::ClientCertRequest {
+                peer_name: "gateway-a",
+                grant_id: grant,
+                subject_user_id: Uuid::new_v4(),
+                oids: &Default::default(),
+                ttl: Duration::from_secs(600),
+            },
+        )
+        .unwrap();
+    let forged_identity = format!("{}{}", bare_key.serialize_pem(), forged.pem);
+    assert_eq!(caps(&pair.mtls_client(forged_identity.as_bytes())).await.unwrap(), 403);
+
+    // Renewal: the new certificate works; the old one works during the grace period, then not.
+    let new_key = p256();
+    let r = old
+        .post(pair.b.url("/api/federation/v1/renew"))
+        .json(&json!({"csrPem": csr(&new_key, rcgen::CertificateParams::default())}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let issued: Value = r.json().await.unwrap();
+    let new_identity = format!("{}{}", new_key.serialize_pem(), issued["certPem"].as_str().unwrap());
+    let new = pair.mtls_client(new_identity.as_bytes());
+    assert_eq!(caps(&old).await.unwrap(), 200, "previous serial inside the grace period");
+    assert_eq!(caps(&new).await.unwrap(), 200);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(caps(&old).await.unwrap(), 403, "superseded serial after the grace period");
+    assert_eq!(caps(&new).await.unwrap(), 200);
+
+    // Denials are audited with their reasons (written off the request path: poll briefly).
+    let mut n = 0i64;
+    for _ in 0..50 {
+        n = sqlx::query_scalar("select count(*) from federation_audit_log where outcome = 'denied'")
+            .fetch_one(&pair.b_db.pool)
+            .await
+            .unwrap();
+        if n >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(n >= 3, "denials audited: {n}");
+    let reasons: Vec<String> = sqlx::query_scalar("select reason from federation_audit_log where outcome = 'denied'")
+        .fetch_all(&pair.b_db.pool)
+        .await
+        .unwrap();
+    assert!(reasons.iter().any(|r| r.contains("subject does not match")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("serial is not current")), "{reasons:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn disabling_the_subject_revokes_its_grants() {
+    let pair = Pair::new(vec![]).await;
+    let grant = pair.enroll().await;
+    sqlx::query("update users set disabled_at = now() where id = $1")
+        .bind(pair.subject)
+        .execute(&pair.b_db.pool)
+        .await
+        .unwrap();
+    let (status, g) = pair.admin(reqwest::Method::GET, &format!("/api/admin/grants/{grant}"), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(g["status"], "revoked");
+    assert_eq!(g["revokeReason"], "subject user disabled");
+    let revoked: i64 = sqlx::query_scalar(
+        "select count(*) from federation_issued_certs where grant_id = $1 and revoked_at is not null",
+    )
+    .bind(grant)
+    .fetch_one(&pair.b_db.pool)
+    .await
+    .unwrap();
+    assert_eq!(revoked, 1);
+}
