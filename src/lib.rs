@@ -12,6 +12,7 @@ pub mod config;
 pub mod federation;
 pub mod http;
 pub mod ratelimit;
+pub mod rbac;
 pub mod sealing;
 pub mod services;
 pub mod store;

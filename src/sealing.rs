@@ -104,6 +104,15 @@ impl SealingKey {
         Ok(Self { key })
     }
 
+    /// A 32-byte key for another purpose (for example cursor MACs), derived with HMAC-SHA256 so
+    /// it reveals nothing about the sealing key and is the same on every replica.
+    pub fn derive_key(&self, label: &str) -> [u8; 32] {
+        use hmac::{Hmac, KeyInit, Mac};
+        let mut mac = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&self.key).expect("HMAC takes any key length");
+        mac.update(label.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
     fn cipher(&self) -> Aes256Gcm {
         Aes256Gcm::new_from_slice(&self.key).expect("a 32-byte key is always valid for AES-256")
     }

@@ -577,3 +577,352 @@ async fn disabling_the_subject_revokes_its_grants() {
     .unwrap();
     assert_eq!(revoked, 1);
 }
+
+/// B's data for the visibility tests: the subject is in teams T1 and T2 (not T3); another user
+/// shares T1 with it.
+struct World {
+    t1: Uuid,
+    personal_tasks: Vec<Uuid>,
+    t1_tasks: Vec<Uuid>,
+    t2_tasks: Vec<Uuid>,
+    hidden_tasks: Vec<Uuid>,
+    subject_note: Uuid,
+    other_note: Uuid,
+}
+
+async fn insert(pool: &sqlx::PgPool, sql: &'static str, ids: &[Uuid]) {
+    let mut q = sqlx::query(sql);
+    for id in ids {
+        q = q.bind(id);
+    }
+    q.execute(pool).await.unwrap();
+}
+
+async fn tasks_in(pool: &sqlx::PgPool, project: Uuid, n: usize) -> Vec<Uuid> {
+    let ids: Vec<Uuid> = (0..n).map(|_| Uuid::new_v4()).collect();
+    sqlx::query(
+        "insert into tasks (id, title, project_id, created_at)
+         select id, 'task', $2, now() - (random() * interval '30 days') from unnest($1::uuid[]) id",
+    )
+    .bind(&ids)
+    .bind(project)
+    .execute(pool)
+    .await
+    .unwrap();
+    ids
+}
+
+async fn world(pair: &Pair) -> World {
+    let pool = &pair.b_db.pool;
+    let other = Uuid::new_v4();
+    insert(pool, "insert into users (id, email, name, role) values ($1, 'other@b.test', 'Other', 'member')", &[other])
+        .await;
+    let (t1, t2, t3) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    for (t, name) in [(t1, "t1"), (t2, "t2"), (t3, "t3")] {
+        sqlx::query("insert into teams (id, name) values ($1, $2)").bind(t).bind(name).execute(pool).await.unwrap();
+    }
+    for (t, u) in [(t1, pair.subject), (t2, pair.subject), (t1, other), (t3, other)] {
+        insert(pool, "insert into team_members (team_id, user_id) values ($1, $2)", &[t, u]).await;
+    }
+    let project = |owner: Option<Uuid>, team: Option<Uuid>| async move {
+        let id = Uuid::new_v4();
+        sqlx::query("insert into projects (id, name, owner_user_id, team_id) values ($1, 'p', $2, $3)")
+            .bind(id)
+            .bind(owner)
+            .bind(team)
+            .execute(pool)
+            .await
+            .unwrap();
+        id
+    };
+    let personal = project(Some(pair.subject), None).await;
+    let others_personal = project(Some(other), None).await;
+    let p1 = project(None, Some(t1)).await;
+    let p2 = project(None, Some(t2)).await;
+    let p3 = project(None, Some(t3)).await;
+    let personal_tasks = tasks_in(pool, personal, 7).await;
+    let t1_tasks = tasks_in(pool, p1, 5).await;
+    let t2_tasks = tasks_in(pool, p2, 4).await;
+    let mut hidden_tasks = tasks_in(pool, p3, 3).await;
+    hidden_tasks.extend(tasks_in(pool, others_personal, 3).await);
+    // A shared team mission with a note by each user.
+    let mission = Uuid::new_v4();
+    insert(pool, "insert into missions (id, name, project_id) values ($1, 'm', $2)", &[mission, p1]).await;
+    let (subject_note, other_note) = (Uuid::new_v4(), Uuid::new_v4());
+    for (id, user) in [(subject_note, pair.subject), (other_note, other)] {
+        sqlx::query("insert into mission_tasks (id, mission_id, user_id, notes) values ($1, $2, $3, 'note')")
+            .bind(id)
+            .bind(mission)
+            .bind(user)
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+    World { t1, personal_tasks, t1_tasks, t2_tasks, hidden_tasks, subject_note, other_note }
+}
+
+impl Pair {
+    /// Enrolls A under a new grant with `scope` and returns (grant, mTLS client).
+    async fn enroll_with(&self, scope: Value) -> (Uuid, reqwest::Client) {
+        let grant = self.grant(scope).await;
+        let (_, url) = self.enrollment_url(grant).await;
+        let (code, out, err) = self.peer_add(&url);
+        assert_eq!(code, 0, "{out}{err}");
+        let (identity, _) = self.a_identity().await;
+        (grant, self.mtls_client(&identity))
+    }
+
+    async fn list(&self, client: &reqwest::Client, resource: &str, body: Value) -> (u16, Value) {
+        let r =
+            client.post(self.b.url(&format!("/api/federation/v1/list/{resource}"))).json(&body).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Follows cursors to the end; returns the ids in order.
+    async fn list_all(&self, client: &reqwest::Client, resource: &str, limit: u32) -> Vec<Uuid> {
+        let mut ids = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let (status, page) = self.list(client, resource, json!({"limit": limit, "cursor": cursor})).await;
+            assert_eq!(status, 200, "{page}");
+            for item in page["items"].as_array().unwrap() {
+                assert_eq!(item["_source"], "local");
+                ids.push(item["id"].as_str().unwrap().parse().unwrap());
+            }
+            match page.get("nextCursor") {
+                Some(Value::String(c)) => {
+                    assert!(!c.is_empty());
+                    cursor = Some(c.clone());
+                }
+                None => break,
+                Some(other) => panic!("nextCursor must be absent or a string, got {other}"),
+            }
+        }
+        ids
+    }
+}
+
+fn sorted(mut v: Vec<Uuid>) -> Vec<Uuid> {
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn list_returns_exactly_native_visibility_narrowed_by_the_grant() {
+    let pair = Pair::new(vec![]).await;
+    let w = world(&pair).await;
+
+    let (_, all) = pair.enroll_with(json!({"resources": ["tasks", "notes"]})).await;
+    let expected = sorted([w.personal_tasks.clone(), w.t1_tasks.clone(), w.t2_tasks.clone()].concat());
+    let got = pair.list_all(&all, "tasks", 4).await;
+    assert_eq!(sorted(got.clone()), expected, "personal + the subject's teams, nothing else");
+    assert!(w.hidden_tasks.iter().all(|h| !got.contains(h)));
+    // Notes: only the subject's own, even on a shared team mission.
+    let notes = pair.list_all(&all, "notes", 10).await;
+    assert_eq!(notes, vec![w.subject_note]);
+    assert!(!notes.contains(&w.other_note));
+
+    // get: inside the grant → 200; outside or unknown → 404 (no existence oracle).
+    let r = all.post(pair.b.url(&format!("/api/federation/v1/get/tasks/{}", w.t1_tasks[0]))).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let item: Value = r.json().await.unwrap();
+    assert_eq!(item["item"]["_source"], "local");
+    for id in [w.hidden_tasks[0], Uuid::new_v4()] {
+        let r = all.post(pair.b.url(&format!("/api/federation/v1/get/tasks/{id}"))).send().await.unwrap();
+        assert_eq!(r.status(), 404);
+    }
+    let r = all.post(pair.b.url(&format!("/api/federation/v1/get/notes/{}", w.other_note))).send().await.unwrap();
+    assert_eq!(r.status(), 404, "another user's note is invisible");
+
+    // include_teams = [T1]: the T2 tasks the subject sees natively are excluded.
+    let (_, t1_only) =
+        pair.enroll_with(json!({"resources": ["tasks"], "filters": {"tasks": {"include_teams": [w.t1]}}})).await;
+    let got = sorted(pair.list_all(&t1_only, "tasks", 50).await);
+    assert_eq!(got, sorted([w.personal_tasks.clone(), w.t1_tasks.clone()].concat()));
+
+    // include_personal = false: no personal task.
+    let (_, teams_only) =
+        pair.enroll_with(json!({"resources": ["tasks"], "filters": {"tasks": {"include_personal": false}}})).await;
+    let got = sorted(pair.list_all(&teams_only, "tasks", 50).await);
+    assert_eq!(got, sorted([w.t1_tasks.clone(), w.t2_tasks.clone()].concat()));
+
+    // The grant cannot widen native RBAC: a team the subject is not in adds nothing.
+    let t3: Uuid =
+        sqlx::query_scalar("select id from teams where name = 't3'").fetch_one(&pair.b_db.pool).await.unwrap();
+    let (_, wider) =
+        pair.enroll_with(json!({"resources": ["tasks"], "filters": {"tasks": {"include_teams": [t3]}}})).await;
+    let got = sorted(pair.list_all(&wider, "tasks", 50).await);
+    assert_eq!(got, sorted(w.personal_tasks.clone()));
+
+    // Every request left an audit row.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let n: i64 = sqlx::query_scalar("select count(*) from federation_audit_log where verb in ('list', 'get')")
+        .fetch_one(&pair.b_db.pool)
+        .await
+        .unwrap();
+    assert!(n >= 10, "audit rows: {n}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keyset_pages_are_exact_stable_and_tamper_proof() {
+    let pair = Pair::new(vec![]).await;
+    let pool = &pair.b_db.pool;
+    let project = Uuid::new_v4();
+    sqlx::query("insert into projects (id, name, owner_user_id) values ($1, 'big', $2)")
+        .bind(project)
+        .bind(pair.subject)
+        .execute(pool)
+        .await
+        .unwrap();
+    // 10 000 tasks, many sharing a timestamp, so the id tie-break matters.
+    let ids: Vec<Uuid> = (0..10_000).map(|_| Uuid::new_v4()).collect();
+    sqlx::query(
+        "insert into tasks (id, title, project_id, created_at)
+         select id, 'bulk', $2, timestamptz '2026-01-01' + (ord % 500) * interval '1 second'
+         from unnest($1::uuid[]) with ordinality as u(id, ord)",
+    )
+    .bind(&ids)
+    .bind(project)
+    .execute(pool)
+    .await
+    .unwrap();
+    let (grant_x, client) =
+        pair.enroll_with(json!({"resources": ["tasks", "notes", "memory"], "max_rows_per_query": 500})).await;
+
+    // Page through with limit 37 while new rows arrive: each original row exactly once, in order.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let (status, page) = pair.list(&client, "tasks", json!({"limit": 37, "cursor": cursor})).await;
+        assert_eq!(status, 200, "{page}");
+        seen.extend(page["items"].as_array().unwrap().iter().map(|i| {
+            (i["createdAt"].as_str().unwrap().to_string(), i["id"].as_str().unwrap().parse::<Uuid>().unwrap())
+        }));
+        pages += 1;
+        if pages == 5 {
+            tasks_in(pool, project, 50).await; // newer rows: must not shift the pages
+        }
+        match page.get("nextCursor") {
+            Some(Value::String(c)) => cursor = Some(c.clone()),
+            _ => break,
+        }
+    }
+    let seen_ids: Vec<Uuid> = seen.iter().map(|(_, id)| *id).collect();
+    let originals: Vec<Uuid> = seen_ids.iter().copied().filter(|id| ids.contains(id)).collect();
+    assert_eq!(originals.len(), 10_000, "every original row exactly once");
+    assert_eq!(sorted(originals), sorted(ids.clone()));
+    let mut dedup = seen_ids.clone();
+    dedup.sort();
+    dedup.dedup();
+    assert_eq!(dedup.len(), seen_ids.len(), "no row twice");
+    let mut order = seen.clone();
+    order.sort_by(|a, b| b.cmp(a));
+    assert_eq!(order, seen, "created_at desc, id desc");
+
+    // Cursors: one byte changed, another resource, another grant → 400, never a first page.
+    let (_, page) = pair.list(&client, "tasks", json!({"limit": 5})).await;
+    let cursor = page["nextCursor"].as_str().unwrap().to_string();
+    let mut bytes = cursor.clone().into_bytes();
+    bytes[3] = if bytes[3] == b'x' { b'y' } else { b'x' };
+    let tampered = String::from_utf8(bytes).unwrap();
+    for (resource, c) in [("tasks", tampered.as_str()), ("notes", cursor.as_str()), ("tasks", "garbage")] {
+        let (status, body) = pair.list(&client, resource, json!({"cursor": c})).await;
+        assert_eq!(status, 400, "{resource} {c}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_request");
+    }
+    let (grant_y, client_y) = pair.enroll_with(json!({"resources": ["tasks"]})).await;
+    assert_ne!(grant_x, grant_y);
+    let (status, _) = pair.list(&client_y, "tasks", json!({"cursor": cursor})).await;
+    assert_eq!(status, 400, "a cursor from grant X is refused under grant Y");
+
+    // Limits: bad ones → 400; above the cap → capped, flagged, and paginated.
+    for bad in [json!(0), json!("abc"), json!(false), json!(-3)] {
+        let (status, body) = pair.list(&client_y, "tasks", json!({"limit": bad})).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    let (status, page) = pair.list(&client_y, "tasks", json!({"limit": 5000})).await;
+    assert_eq!(status, 200);
+    assert_eq!(page["items"].as_array().unwrap().len(), 100, "capped at the default max_rows_per_query");
+    assert_eq!(page["_truncated"], true);
+    assert!(page["nextCursor"].is_string());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_pages_from_insights_into_preferences_without_gaps() {
+    let pair = Pair::new(vec![]).await;
+    let pool = &pair.b_db.pool;
+    let at = "2026-03-01T00:00:00Z";
+    let insights: Vec<Uuid> = (0..7).map(|_| Uuid::new_v4()).collect();
+    let prefs: Vec<Uuid> = (0..6).map(|_| Uuid::new_v4()).collect();
+    for id in &insights {
+        sqlx::query("insert into insights (id, user_id, content, created_at) values ($1, $2, 'i', $3::timestamptz)")
+            .bind(id)
+            .bind(pair.subject)
+            .bind(at)
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+    for (n, id) in prefs.iter().enumerate() {
+        sqlx::query(
+            "insert into preferences (id, user_id, key, value, created_at) values ($1, $2, $3, '1', $4::timestamptz)",
+        )
+        .bind(id)
+        .bind(pair.subject)
+        .bind(format!("k{n}"))
+        .bind(at)
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+    let (_, client) = pair.enroll_with(json!({"resources": ["memory"]})).await;
+    let got = pair.list_all(&client, "memory", 3).await;
+    assert_eq!(got.len(), 13);
+    let (first, rest) = got.split_at(7);
+    assert_eq!(sorted(first.to_vec()), sorted(insights), "insights first");
+    assert_eq!(sorted(rest.to_vec()), sorted(prefs), "then preferences");
+
+    // include_personal = false leaves no memory at all.
+    let (_, none) =
+        pair.enroll_with(json!({"resources": ["memory"], "filters": {"memory": {"include_personal": false}}})).await;
+    assert!(pair.list_all(&none, "memory", 10).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scope_denials_are_generic_on_the_wire_and_specific_in_the_audit() {
+    let pair = Pair::new(vec![]).await;
+    let (grant, client) =
+        pair.enroll_with(json!({"resources": ["tasks", "credentials"], "excluded_resources": ["notes"]})).await;
+    let (status, caps) = {
+        let r = client.get(pair.b.url("/api/federation/v1/capabilities")).send().await.unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    };
+    assert_eq!(status, 200);
+    assert_eq!(caps["resources"], json!(["tasks"]), "credentials is never served");
+    assert_eq!(caps["max_rows_per_query"], 100);
+
+    let mut bodies = Vec::new();
+    for resource in ["credentials", "notes", "memory", "api_keys"] {
+        let (status, body) = pair.list(&client, resource, json!({})).await;
+        assert_eq!(status, 403, "{resource}: {body}");
+        bodies.push(body.to_string());
+    }
+    assert!(bodies.windows(2).all(|w| w[0] == w[1]), "one generic 403: {bodies:?}");
+    assert!(!bodies[0].contains("credentials") && !bodies[0].contains("excluded"));
+    let (status, _) = pair.list(&client, "nonsense", json!({})).await;
+    assert_eq!(status, 400);
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let codes: Vec<String> = sqlx::query_scalar(
+        "select deny_code from federation_audit_log where grant_id = $1 and outcome = 'denied' order by id",
+    )
+    .bind(grant)
+    .fetch_all(&pair.b_db.pool)
+    .await
+    .unwrap();
+    for code in ["native_rbac_denied", "resource_excluded", "resource_not_granted"] {
+        assert!(codes.iter().any(|c| c == code), "{code} in {codes:?}");
+    }
+}

@@ -6,6 +6,7 @@ pub mod ca;
 pub mod ca_routes;
 pub mod client;
 pub mod csr;
+pub mod cursor;
 pub mod enrollment;
 pub mod grants;
 pub mod guard;

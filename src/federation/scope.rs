@@ -140,6 +140,137 @@ impl GrantScope {
     }
 }
 
+/// Why a federation request was refused by the scope service; each stage has its own code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenyCode {
+    /// scope_parse
+    InvalidScope,
+    /// resource_allowlist: not a resource name at all
+    InvalidResource,
+    /// resource_allowlist: a resource the grant does not name
+    ResourceNotGranted,
+    /// resource_exclusion
+    ResourceExcluded,
+    /// native_rbac
+    NativeRbacDenied,
+    /// row_cap: limit is not a positive integer
+    InvalidLimit,
+}
+
+impl DenyCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidScope => "invalid_scope",
+            Self::InvalidResource => "invalid_resource",
+            Self::ResourceNotGranted => "resource_not_granted",
+            Self::ResourceExcluded => "resource_excluded",
+            Self::NativeRbacDenied => "native_rbac_denied",
+            Self::InvalidLimit => "invalid_limit",
+        }
+    }
+
+    pub fn stage(self) -> &'static str {
+        match self {
+            Self::InvalidScope => "scope_parse",
+            Self::InvalidResource | Self::ResourceNotGranted => "resource_allowlist",
+            Self::ResourceExcluded => "resource_exclusion",
+            Self::NativeRbacDenied => "native_rbac",
+            Self::InvalidLimit => "row_cap",
+        }
+    }
+}
+
+/// A denial with its internal reason (for the log and the audit row, never the wire).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    pub code: DenyCode,
+    pub reason: String,
+}
+
+fn deny(code: DenyCode, reason: impl Into<String>) -> Denial {
+    Denial { code, reason: reason.into() }
+}
+
+/// The result of evaluation: exactly what the query may read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryFilter {
+    pub resource: String,
+    pub subject_user_id: Uuid,
+    pub include_personal: bool,
+    /// Subject's current teams ∩ the grant's `include_teams`.
+    pub team_ids: Vec<Uuid>,
+    pub limit: u32,
+}
+
+/// Parses a request's `limit`: absent → the cap; a positive integer → at most the cap;
+/// anything else (0, negative, fractional, a string, a boolean) → `invalid_limit`.
+///
+/// # Errors
+/// [`DenyCode::InvalidLimit`].
+pub fn parse_limit(limit: Option<&serde_json::Value>, cap: u32) -> Result<u32, Denial> {
+    match limit {
+        None | Some(serde_json::Value::Null) => Ok(cap),
+        Some(serde_json::Value::Number(n)) => match n.as_u64() {
+            Some(v) if v >= 1 => Ok(u32::try_from(v).unwrap_or(u32::MAX).min(cap)),
+            _ => Err(deny(DenyCode::InvalidLimit, format!("limit {n} is not a positive integer"))),
+        },
+        Some(other) => Err(deny(DenyCode::InvalidLimit, format!("limit {other} is not a positive integer"))),
+    }
+}
+
+impl GrantScope {
+    /// The staged evaluation of DESIGN §4, minus the native-RBAC lookup (see [`evaluate`]):
+    /// allowlist → exclusion → never-federated resources → row cap.
+    ///
+    /// # Errors
+    /// The first stage that refuses.
+    pub fn check_resource(&self, resource: &str, limit: Option<&serde_json::Value>) -> Result<u32, Denial> {
+        if !KNOWN_RESOURCES.contains(&resource) {
+            return Err(deny(DenyCode::InvalidResource, format!("'{resource}' is not a resource")));
+        }
+        if self.excluded_resources.iter().any(|r| r == resource) {
+            return Err(deny(DenyCode::ResourceExcluded, format!("'{resource}' is excluded by the grant")));
+        }
+        if !self.resources.iter().any(|r| r == resource) {
+            return Err(deny(DenyCode::ResourceNotGranted, format!("'{resource}' is not in the grant")));
+        }
+        if crate::rbac::never_federated(resource) {
+            return Err(deny(DenyCode::NativeRbacDenied, format!("'{resource}' is never federated")));
+        }
+        parse_limit(limit, self.max_rows())
+    }
+}
+
+/// Evaluates a request for `resource` as the grant's subject: the grant can only narrow what
+/// native RBAC allows, never widen it.
+///
+/// # Errors
+/// A [`Denial`] from the first stage that refuses, or a database error.
+pub async fn evaluate(
+    db: impl sqlx::PgExecutor<'_>,
+    scope: &GrantScope,
+    subject_user_id: Uuid,
+    resource: &str,
+    limit: Option<&serde_json::Value>,
+) -> Result<Result<QueryFilter, Denial>, sqlx::Error> {
+    let limit = match scope.check_resource(resource, limit) {
+        Ok(limit) => limit,
+        Err(d) => return Ok(Err(d)),
+    };
+    let Some(teams) = crate::rbac::active_memberships(db, subject_user_id).await? else {
+        return Ok(Err(deny(DenyCode::NativeRbacDenied, "subject user is missing or disabled")));
+    };
+    let filter = scope.filters.get(resource);
+    let team_ids = match filter.and_then(|f| f.include_teams.as_ref()) {
+        Some(allowed) => teams.into_iter().filter(|t| allowed.contains(t)).collect(),
+        None => teams,
+    };
+    let include_personal = filter.is_none_or(|f| f.include_personal);
+    // Memory is personal only: teams never widen it.
+    let team_ids = if resource == "memory" { Vec::new() } else { team_ids };
+    Ok(Ok(QueryFilter { resource: resource.to_string(), subject_user_id, include_personal, team_ids, limit }))
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -219,6 +350,27 @@ mod tests {
         assert_eq!(e.field, "scope.resource");
         let e = parse(json!({"resources": ["tasks"], "filters": {"tasks": {"include_team": []}}})).unwrap_err();
         assert!(e.message.contains("include_team"), "{e}");
+    }
+
+    #[test]
+    fn limits_must_be_positive_integers_and_are_capped() {
+        assert_eq!(parse_limit(None, 50), Ok(50));
+        assert_eq!(parse_limit(Some(&json!(10)), 50), Ok(10));
+        assert_eq!(parse_limit(Some(&json!(5000)), 50), Ok(50));
+        for bad in [json!(0), json!(-1), json!(1.5), json!("abc"), json!(false), json!([])] {
+            assert_eq!(parse_limit(Some(&bad), 50).unwrap_err().code, DenyCode::InvalidLimit, "{bad}");
+        }
+    }
+
+    #[test]
+    fn resource_stages_deny_in_order() {
+        let s = parse(json!({"resources": ["tasks", "credentials"], "excluded_resources": ["notes"]})).unwrap();
+        assert_eq!(s.check_resource("nope", None).unwrap_err().code, DenyCode::InvalidResource);
+        assert_eq!(s.check_resource("notes", None).unwrap_err().code, DenyCode::ResourceExcluded);
+        assert_eq!(s.check_resource("memory", None).unwrap_err().code, DenyCode::ResourceNotGranted);
+        assert_eq!(s.check_resource("credentials", None).unwrap_err().code, DenyCode::NativeRbacDenied);
+        assert_eq!(s.check_resource("tasks", Some(&json!(0))).unwrap_err().code, DenyCode::InvalidLimit);
+        assert_eq!(s.check_resource("tasks", None), Ok(DEFAULT_MAX_ROWS));
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The peer-facing verbs under `/api/federation/v1/*`, all behind the mTLS guard.
 
+pub mod read;
+
 use axum::Extension;
 use axum::extract::State;
 use utoipa_axum::router::OpenApiRouter;
@@ -12,7 +14,11 @@ use crate::http::error::{ApiError, ErrorEnvelope};
 use crate::http::extract::Json;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(renew)).routes(routes!(capabilities))
+    OpenApiRouter::new()
+        .routes(routes!(renew))
+        .routes(routes!(capabilities))
+        .routes(routes!(read::list))
+        .routes(routes!(read::get))
 }
 
 /// Renew this peer's client certificate with a fresh CSR (mTLS). The previous certificate stays
@@ -31,7 +37,7 @@ pub async fn renew(
 }
 
 /// The verbs this gateway serves.
-pub const SUPPORTED_VERBS: [&str; 5] = ["list", "get", "search", "capabilities", "renew"];
+pub const SUPPORTED_VERBS: [&str; 4] = ["list", "get", "capabilities", "renew"];
 /// Resources native RBAC can serve at all; `credentials` and `api_keys` never are.
 pub const READABLE_RESOURCES: [&str; 3] = ["tasks", "notes", "memory"];
 

@@ -1,0 +1,464 @@
+//! The read verbs: `list/{resource}` (keyset pages) and `get/{resource}/{id}`.
+//!
+//! Query shape (measured; see `tessera bench list`): a subject sees tasks of a handful of
+//! projects among many. `project_id = any($visible) order by created_at desc` makes Postgres
+//! sort every visible row older than the cursor, so page 1 is the slowest page. Instead each
+//! visible project contributes an index-ordered top-`limit+1` scan of
+//! `tasks_by_project (project_id, created_at desc, id desc)` through `LATERAL`, and the few
+//! hundred candidates are merged: every page costs about the same, whatever its depth.
+
+use std::time::Instant;
+
+use axum::Extension;
+use axum::extract::State;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::super::FederationContext;
+use super::super::audit::{self, AuditEntry};
+use super::super::cursor::{CursorCodec, Position};
+use super::super::scope::{Denial, DenyCode, QueryFilter, evaluate};
+use crate::app::AppState;
+use crate::http::error::{ApiError, ErrorEnvelope};
+use crate::http::extract::{Json, Path};
+
+const MAX_UUID: Uuid = Uuid::max();
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListRequest {
+    /// A positive integer, capped at the grant's `max_rows_per_query` (the default).
+    #[schema(value_type = Option<u32>)]
+    pub limit: Option<serde_json::Value>,
+    /// `nextCursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ListResponse {
+    /// Rows, newest first, each tagged `"_source": "local"`.
+    #[schema(value_type = Vec<Object>)]
+    pub items: Vec<serde_json::Value>,
+    /// Absent on the last page.
+    #[serde(rename = "nextCursor", skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+    /// Present (true) when the requested limit was above the grant's cap.
+    #[serde(rename = "_truncated", skip_serializing_if = "Option::is_none")]
+    pub truncated: Option<bool>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GetResponse {
+    #[schema(value_type = Object)]
+    pub item: serde_json::Value,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+struct TaskRow {
+    id: Uuid,
+    title: String,
+    description: Option<String>,
+    status: String,
+    priority: String,
+    project_id: Option<Uuid>,
+    mission_id: Option<Uuid>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+struct NoteRow {
+    id: Uuid,
+    mission_id: Uuid,
+    task_id: Option<Uuid>,
+    notes: String,
+    status: String,
+    created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+struct InsightRow {
+    id: Uuid,
+    content: String,
+    category: Option<String>,
+    created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+struct PreferenceRow {
+    id: Uuid,
+    key: String,
+    value: serde_json::Value,
+    category: Option<String>,
+    created_at: DateTime<Utc>,
+}
+
+/// A row ready for the wire, with its keyset position.
+struct Row {
+    created_at: DateTime<Utc>,
+    id: Uuid,
+    source: Option<&'static str>,
+    json: serde_json::Value,
+}
+
+fn tag(value: impl Serialize, kind: Option<&str>) -> serde_json::Value {
+    let mut v = serde_json::to_value(value).unwrap_or_default();
+    if let Some(obj) = v.as_object_mut() {
+        if let Some(kind) = kind {
+            obj.insert("kind".into(), kind.into());
+        }
+        obj.insert("_source".into(), "local".into());
+    }
+    v
+}
+
+// Visible projects: personal ones when allowed, plus those of the allowed teams.
+const VISIBLE_PROJECTS: &str = "select p.id from projects p where (p.owner_user_id = $1 and $2) or p.team_id = any($3)";
+
+async fn tasks_page(
+    pool: &sqlx::PgPool,
+    f: &QueryFilter,
+    after: (DateTime<Utc>, Uuid),
+    n: i64,
+) -> Result<Vec<Row>, sqlx::Error> {
+    let sql = format!(
+        "select t.id, t.title, t.description, t.status, t.priority, t.project_id, t.mission_id, t.created_at, t.updated_at
+         from ({VISIBLE_PROJECTS}) v
+         cross join lateral (
+             select * from tasks t
+             where t.project_id = v.id and (t.created_at, t.id) < ($4, $5)
+             order by t.created_at desc, t.id desc
+             limit $6
+         ) t
+         order by t.created_at desc, t.id desc
+         limit $6"
+    );
+    let rows: Vec<TaskRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(f.subject_user_id)
+        .bind(f.include_personal)
+        .bind(&f.team_ids)
+        .bind(after.0)
+        .bind(after.1)
+        .bind(n)
+        .fetch_all(pool)
+        .await?;
+    Ok(rows.into_iter().map(|r| Row { created_at: r.created_at, id: r.id, source: None, json: tag(r, None) }).collect())
+}
+
+async fn notes_page(
+    pool: &sqlx::PgPool,
+    f: &QueryFilter,
+    after: (DateTime<Utc>, Uuid),
+    n: i64,
+) -> Result<Vec<Row>, sqlx::Error> {
+    let sql = format!(
+        "select mt.id, mt.mission_id, mt.task_id, mt.notes, mt.status, mt.created_at
+         from mission_tasks mt
+         where mt.user_id = $1 and mt.notes <> '' and (mt.created_at, mt.id) < ($4, $5)
+           and exists (select 1 from missions m where m.id = mt.mission_id and m.project_id in ({VISIBLE_PROJECTS}))
+         order by mt.created_at desc, mt.id desc
+         limit $6"
+    );
+    let rows: Vec<NoteRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(f.subject_user_id)
+        .bind(f.include_personal)
+        .bind(&f.team_ids)
+        .bind(after.0)
+        .bind(after.1)
+        .bind(n)
+        .fetch_all(pool)
+        .await?;
+    Ok(rows.into_iter().map(|r| Row { created_at: r.created_at, id: r.id, source: None, json: tag(r, None) }).collect())
+}
+
+/// Memory spans two tables: all insights first, then all preferences, each newest first.
+async fn memory_page(
+    pool: &sqlx::PgPool,
+    f: &QueryFilter,
+    after: Option<&Position>,
+    n: i64,
+) -> Result<Vec<Row>, sqlx::Error> {
+    if !f.include_personal {
+        return Ok(Vec::new());
+    }
+    let mut rows = Vec::new();
+    let in_preferences = after.is_some_and(|p| p.source.as_deref() == Some("preferences"));
+    if !in_preferences {
+        let (t, i) = after.map_or((end_of_time(), MAX_UUID), |p| (p.created_at(), p.id));
+        let insights: Vec<InsightRow> = sqlx::query_as(
+            "select id, content, category, created_at from insights
+             where user_id = $1 and (created_at, id) < ($2, $3)
+             order by created_at desc, id desc limit $4",
+        )
+        .bind(f.subject_user_id)
+        .bind(t)
+        .bind(i)
+        .bind(n)
+        .fetch_all(pool)
+        .await?;
+        rows.extend(insights.into_iter().map(|r| Row {
+            created_at: r.created_at,
+            id: r.id,
+            source: Some("insights"),
+            json: tag(r, Some("insight")),
+        }));
+    }
+    let remaining = n - rows.len() as i64;
+    if remaining > 0 {
+        let (t, i) = match after {
+            Some(p) if in_preferences => (p.created_at(), p.id),
+            _ => (end_of_time(), MAX_UUID),
+        };
+        let prefs: Vec<PreferenceRow> = sqlx::query_as(
+            "select id, key, value, category, created_at from preferences
+             where user_id = $1 and (created_at, id) < ($2, $3)
+             order by created_at desc, id desc limit $4",
+        )
+        .bind(f.subject_user_id)
+        .bind(t)
+        .bind(i)
+        .bind(remaining)
+        .fetch_all(pool)
+        .await?;
+        rows.extend(prefs.into_iter().map(|r| Row {
+            created_at: r.created_at,
+            id: r.id,
+            source: Some("preferences"),
+            json: tag(r, Some("preference")),
+        }));
+    }
+    Ok(rows)
+}
+
+fn end_of_time() -> DateTime<Utc> {
+    // Postgres 'infinity' does not fit chrono; the end of year 9999 is later than any row.
+    DateTime::<Utc>::from_timestamp(253_402_300_799, 0).unwrap_or_default()
+}
+
+fn cursor_codec(state: &AppState) -> CursorCodec {
+    CursorCodec::new(state.sealing.derive_key("federation-cursor-v1"))
+}
+
+/// Turns a scope denial into the wire response: 400 for malformed requests, otherwise the one
+/// generic 403. The specific reason is logged and audited.
+fn denial_response(state: &AppState, ctx: &FederationContext, verb: &str, resource: &str, d: &Denial) -> ApiError {
+    tracing::info!(grant_id = %ctx.grant_id, verb, resource, code = d.code.as_str(), stage = d.code.stage(), reason = %d.reason, "federation request denied by scope");
+    spawn_audit(
+        state,
+        ctx,
+        verb,
+        resource,
+        "denied",
+        Some(d.code.as_str()),
+        Some(d.reason.clone()),
+        None,
+        None,
+        None,
+        None,
+    );
+    match d.code {
+        DenyCode::InvalidLimit => ApiError::invalid_field("limit", "limit must be a positive integer"),
+        DenyCode::InvalidResource => ApiError::invalid_request(format!("Unknown resource '{resource}'")),
+        _ => ApiError::forbidden(super::super::guard::FORBIDDEN_MESSAGE),
+    }
+}
+
+#[expect(clippy::too_many_arguments, reason = "one flat audit record")]
+fn spawn_audit(
+    state: &AppState,
+    ctx: &FederationContext,
+    verb: &str,
+    resource: &str,
+    outcome: &'static str,
+    deny_code: Option<&'static str>,
+    reason: Option<String>,
+    query_hash: Option<String>,
+    rows: Option<i32>,
+    bytes_out: Option<i64>,
+    latency_ms: Option<f64>,
+) {
+    let (pool, ctx, verb, resource) = (state.pool.clone(), ctx.clone(), verb.to_string(), resource.to_string());
+    tokio::spawn(async move {
+        let entry = AuditEntry {
+            grant_id: Some(ctx.grant_id),
+            peer_id: Some(ctx.peer_id),
+            subject_user_id: Some(ctx.subject_user_id),
+            verb: &verb,
+            resource: Some(&resource),
+            query_hash,
+            outcome,
+            deny_code,
+            reason,
+            rows,
+            bytes_out,
+            latency_ms,
+        };
+        if let Err(e) = audit::record(&pool, &entry).await {
+            tracing::error!(error = %e, "could not write a federation audit row");
+        }
+    });
+}
+
+/// One page of a resource the grant allows, newest first.
+#[utoipa::path(post, path = "/api/federation/v1/list/{resource}", tag = "federation",
+    params(("resource" = String, Path, description = "tasks, notes or memory")), request_body = ListRequest,
+    responses(
+        (status = 200, body = ListResponse), (status = 400, body = ErrorEnvelope),
+        (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope),
+    ))]
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(ctx): Extension<FederationContext>,
+    Path(resource): Path<String>,
+    raw: axum::body::Bytes,
+) -> Result<Json<ListResponse>, ApiError> {
+    let started = Instant::now();
+    // An empty body means "first page, default limit"; anything else must be the JSON object.
+    let body: ListRequest = if raw.iter().all(u8::is_ascii_whitespace) {
+        ListRequest::default()
+    } else {
+        serde_json::from_slice(&raw).map_err(|e| ApiError::invalid_request(format!("Invalid request body: {e}")))?
+    };
+    let requested = body.limit.as_ref().and_then(serde_json::Value::as_u64);
+    let filter = match evaluate(&state.pool, &ctx.scope, ctx.subject_user_id, &resource, body.limit.as_ref()).await? {
+        Ok(f) => f,
+        Err(d) => return Err(denial_response(&state, &ctx, "list", &resource, &d)),
+    };
+    let codec = cursor_codec(&state);
+    let after = match &body.cursor {
+        Some(c) => Some(
+            codec.decode(ctx.grant_id, &resource, c).map_err(|e| ApiError::invalid_field("cursor", e.to_string()))?,
+        ),
+        None => None,
+    };
+    let n = i64::from(filter.limit) + 1;
+    let bound = after.as_ref().map_or((end_of_time(), MAX_UUID), |p| (p.created_at(), p.id));
+    let mut rows = match resource.as_str() {
+        "tasks" => tasks_page(&state.pool, &filter, bound, n).await?,
+        "notes" => notes_page(&state.pool, &filter, bound, n).await?,
+        _ => memory_page(&state.pool, &filter, after.as_ref(), n).await?,
+    };
+    let has_more = rows.len() > filter.limit as usize;
+    rows.truncate(filter.limit as usize);
+    let next_cursor = if has_more {
+        rows.last().map(|r| codec.encode(ctx.grant_id, &Position::new(&resource, r.created_at, r.id, r.source)))
+    } else {
+        None
+    };
+    let response = ListResponse {
+        items: rows.into_iter().map(|r| r.json).collect(),
+        next_cursor,
+        truncated: requested.filter(|&r| r > u64::from(filter.limit)).map(|_| true),
+    };
+    let bytes = serde_json::to_vec(&response).map(|v| v.len() as i64).ok();
+    let query_hash = hex::encode(sha2::Sha256::digest(format!("{}|{:?}|{}", resource, body.cursor, filter.limit)));
+    spawn_audit(
+        &state,
+        &ctx,
+        "list",
+        &resource,
+        "allowed",
+        None,
+        None,
+        Some(query_hash),
+        i32::try_from(response.items.len()).ok(),
+        bytes,
+        Some(started.elapsed().as_secs_f64() * 1000.0),
+    );
+    Ok(Json(response))
+}
+
+/// One row by id. 404 when it does not exist *or* lies outside the grant (no existence oracle).
+#[utoipa::path(post, path = "/api/federation/v1/get/{resource}/{id}", tag = "federation",
+    params(("resource" = String, Path), ("id" = Uuid, Path)),
+    responses(
+        (status = 200, body = GetResponse), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope),
+    ))]
+pub async fn get(
+    State(state): State<AppState>,
+    Extension(ctx): Extension<FederationContext>,
+    Path((resource, id)): Path<(String, Uuid)>,
+) -> Result<Json<GetResponse>, ApiError> {
+    let started = Instant::now();
+    let filter = match evaluate(&state.pool, &ctx.scope, ctx.subject_user_id, &resource, None).await? {
+        Ok(f) => f,
+        Err(d) => return Err(denial_response(&state, &ctx, "get", &resource, &d)),
+    };
+    let item = match resource.as_str() {
+        "tasks" => {
+            let sql = format!(
+                "select t.id, t.title, t.description, t.status, t.priority, t.project_id, t.mission_id, t.created_at, t.updated_at
+                 from tasks t where t.id = $4 and t.project_id in ({VISIBLE_PROJECTS})"
+            );
+            let row: Option<TaskRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(filter.subject_user_id)
+                .bind(filter.include_personal)
+                .bind(&filter.team_ids)
+                .bind(id)
+                .fetch_optional(&state.pool)
+                .await?;
+            row.map(|r| tag(r, None))
+        }
+        "notes" => {
+            let sql = format!(
+                "select mt.id, mt.mission_id, mt.task_id, mt.notes, mt.status, mt.created_at
+                 from mission_tasks mt
+                 where mt.id = $4 and mt.user_id = $1 and mt.notes <> ''
+                   and exists (select 1 from missions m where m.id = mt.mission_id and m.project_id in ({VISIBLE_PROJECTS}))"
+            );
+            let row: Option<NoteRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(filter.subject_user_id)
+                .bind(filter.include_personal)
+                .bind(&filter.team_ids)
+                .bind(id)
+                .fetch_optional(&state.pool)
+                .await?;
+            row.map(|r| tag(r, None))
+        }
+        _ if filter.include_personal => {
+            let insight: Option<InsightRow> =
+                sqlx::query_as("select id, content, category, created_at from insights where id = $1 and user_id = $2")
+                    .bind(id)
+                    .bind(filter.subject_user_id)
+                    .fetch_optional(&state.pool)
+                    .await?;
+            match insight {
+                Some(r) => Some(tag(r, Some("insight"))),
+                None => {
+                    let pref: Option<PreferenceRow> = sqlx::query_as(
+                        "select id, key, value, category, created_at from preferences where id = $1 and user_id = $2",
+                    )
+                    .bind(id)
+                    .bind(filter.subject_user_id)
+                    .fetch_optional(&state.pool)
+                    .await?;
+                    pref.map(|r| tag(r, Some("preference")))
+                }
+            }
+        }
+        _ => None,
+    };
+    let found = item.is_some();
+    spawn_audit(
+        &state,
+        &ctx,
+        "get",
+        &resource,
+        if found { "allowed" } else { "not_found" },
+        None,
+        None,
+        Some(id.to_string()),
+        Some(i32::from(found)),
+        None,
+        Some(started.elapsed().as_secs_f64() * 1000.0),
+    );
+    item.map(|item| Json(GetResponse { item })).ok_or_else(|| ApiError::not_found("Not found"))
+}
