@@ -20,6 +20,10 @@ pub struct AppState {
     pub sealing: SealingKey,
     /// Shared rate limiter (in process in tiers local/standalone; Valkey in federated).
     pub limiter: crate::ratelimit::RateLimiter,
+    /// Batched, off-request-path writer of federation audit rows.
+    pub audit: crate::federation::audit::AuditSink,
+    /// Circuit breakers for the peers this gateway calls.
+    pub breakers: crate::federation::peer_client::Breakers,
 }
 
 /// Runs `tessera serve` until SIGINT/SIGTERM.
@@ -65,7 +69,10 @@ async fn run(config: &Config, pool: &PgPool) -> anyhow::Result<()> {
     let tls = crate::tls::server_config(&ca, chain, key)?;
 
     let limiter = crate::ratelimit::RateLimiter::in_memory();
-    let state = AppState { pool: pool.clone(), config: Arc::new(config.clone()), ca, sealing, limiter };
+    let (audit, audit_writer) = crate::federation::audit::AuditSink::start(pool.clone());
+    let breakers = crate::federation::peer_client::Breakers::default();
+    let state =
+        AppState { pool: pool.clone(), config: Arc::new(config.clone()), ca, sealing, limiter, audit, breakers };
     let app = crate::http::router(state.clone());
 
     // Client certificates we hold for peers we call are renewed at about 2/3 of their lifetime.
@@ -96,6 +103,9 @@ async fn run(config: &Config, pool: &PgPool) -> anyhow::Result<()> {
     )
     .await;
     renewer.abort();
+    // Dropping the last sink lets the audit writer flush what is buffered and stop.
+    drop(state);
+    let _ = tokio::time::timeout(Duration::from_secs(5), audit_writer).await;
     tracing::info!("shutting down");
     Ok(())
 }

@@ -7,28 +7,10 @@
 //!   another user's note, even on a shared team mission;
 //! - memory: the user's insights and preferences (personal only);
 //! - credentials and api_keys: never federated.
-
-use sqlx::PgExecutor;
-use uuid::Uuid;
-
-/// The user's current team memberships, or `None` when the user does not exist or is disabled.
-///
-/// # Errors
-/// Database errors.
-pub async fn active_memberships(db: impl PgExecutor<'_>, user_id: Uuid) -> Result<Option<Vec<Uuid>>, sqlx::Error> {
-    let row: Option<(bool, Vec<Uuid>)> = sqlx::query_as(
-        "select u.disabled_at is null,
-                coalesce(array(select team_id from team_members m where m.user_id = u.id order by team_id), '{}')
-         from users u where u.id = $1",
-    )
-    .bind(user_id)
-    .fetch_optional(db)
-    .await?;
-    Ok(match row {
-        Some((true, teams)) => Some(teams),
-        _ => None,
-    })
-}
+//!
+//! The subject's current memberships are read by the federation guard in the same query as
+//! the grant (`FederationContext::subject_teams`); the rules above are the SQL in
+//! `federation::verbs::read`.
 
 /// Resources native RBAC never federates.
 pub fn never_federated(resource: &str) -> bool {

@@ -926,3 +926,84 @@ async fn scope_denials_are_generic_on_the_wire_and_specific_in_the_audit() {
         assert!(codes.iter().any(|c| c == code), "{code} in {codes:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gateway_a_reads_from_b_with_tagged_rows_merges_and_fails_fast_when_b_is_down() {
+    let mut pair = Pair::new(vec![]).await;
+    let w = world(&pair).await;
+    let (grant, _) = pair.enroll_with(json!({"resources": ["tasks", "notes"], "max_rows_per_query": 5})).await;
+
+    // CLI on A: all pages of B's tasks, tagged with B's name.
+    let (code, out, err) =
+        run_cli(&["federation", "list", "--peer", "gateway-b", "tasks", "--all-pages", "--json"], &pair.a_env());
+    assert_eq!(code, 0, "{err}");
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    let items = listed["items"].as_array().unwrap();
+    assert_eq!(items.len(), w.personal_tasks.len() + w.t1_tasks.len() + w.t2_tasks.len());
+    assert!(items.iter().all(|i| i["_source"] == "gateway-b"));
+    assert!(listed["nextCursor"].is_null());
+    let id = w.t2_tasks[0].to_string();
+    let (code, out, _) = run_cli(&["federation", "get", "--peer", "gateway-b", "tasks", &id, "--json"], &pair.a_env());
+    assert_eq!(code, 0);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["item"]["id"], id.as_str());
+    let (code, out, _) = run_cli(&["federation", "capabilities", "--peer", "gateway-b", "--json"], &pair.a_env());
+    assert_eq!(code, 0);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["resources"], json!(["tasks", "notes"]));
+    let (code, _, err) = run_cli(&["federation", "list", "--peer", "nobody", "tasks"], &pair.a_env());
+    assert_eq!(code, 3);
+    assert!(err.contains("peer_not_found"), "{err}");
+
+    // Gateway A's own API: local rows and B's rows merged, each tagged with its source.
+    let a = Gateway::start(GatewayOptions {
+        database_url: Some(pair.a_db.url.clone()),
+        data_dir: Some(pair.a_dir.path().to_path_buf()),
+        ..Default::default()
+    })
+    .await;
+    let (_, a_token) = seed_admin(&pair.a_db.pool, "admin@a.test").await;
+    let local_project = Uuid::new_v4();
+    sqlx::query("insert into users (id, email, name, role) values ($1, 'local@a.test', 'L', 'member')")
+        .bind(local_project)
+        .execute(&pair.a_db.pool)
+        .await
+        .unwrap();
+    sqlx::query("insert into projects (id, name, owner_user_id) values ($1, 'a', $1)")
+        .bind(local_project)
+        .execute(&pair.a_db.pool)
+        .await
+        .unwrap();
+    tasks_in(&pair.a_db.pool, local_project, 3).await;
+    let query = |source: &str| {
+        let req = a
+            .client
+            .post(a.url("/api/admin/federation/query"))
+            .bearer_auth(&a_token)
+            .json(&json!({"resource": "tasks", "source": source, "limit": 100}));
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, all) = query("all").await;
+    assert_eq!(status, 200, "{all}");
+    let sources: Vec<&str> = all["items"].as_array().unwrap().iter().map(|i| i["_source"].as_str().unwrap()).collect();
+    assert_eq!(sources.iter().filter(|s| **s == "local").count(), 3);
+    assert_eq!(sources.iter().filter(|s| **s == "gateway-b").count(), 5, "one page per peer, capped by B's grant");
+    let (_, local) = query("local").await;
+    assert!(local["items"].as_array().unwrap().iter().all(|i| i["_source"] == "local"));
+    let (status, bad) = query("elsewhere").await;
+    assert_eq!((status, bad["error"]["details"]["field"].as_str()), (400, Some("source")));
+
+    // B goes down: a network error per call, then the circuit opens and calls fail fast.
+    pair.b.terminate();
+    for _ in 0..tessera::federation::peer_client::FAILURES_TO_OPEN {
+        let (status, r) = query("peer:gateway-b").await;
+        assert_eq!(status, 200);
+        assert_eq!(r["errors"][0]["code"], "network", "{r}");
+    }
+    let started = std::time::Instant::now();
+    let (_, r) = query("peer:gateway-b").await;
+    assert!(r["errors"][0]["message"].as_str().unwrap().contains("circuit open"), "{r}");
+    assert!(started.elapsed() < Duration::from_millis(500), "fails fast");
+    let _ = grant;
+}

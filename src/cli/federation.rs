@@ -262,3 +262,143 @@ async fn grant_inner(config: &Config, pool: &sqlx::PgPool, cmd: GrantCommand) ->
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[derive(Debug, Subcommand)]
+pub enum FederationCommand {
+    /// List a resource from a peer (rows tagged with the peer's name).
+    List {
+        #[arg(long)]
+        peer: String,
+        /// tasks, notes or memory
+        resource: String,
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Start after this cursor (the nextCursor of a previous page).
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Follow nextCursor to the last page.
+        #[arg(long)]
+        all_pages: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fetch one row from a peer.
+    Get {
+        #[arg(long)]
+        peer: String,
+        resource: String,
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// What our grant at a peer allows.
+    Capabilities {
+        #[arg(long)]
+        peer: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Local data, one peer or all peers, merged newest first (`--source local|peer:<name>|all`).
+    Query {
+        resource: String,
+        #[arg(long, default_value = "all")]
+        source: String,
+        #[arg(long)]
+        limit: Option<u32>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Exit 1 when the peer cannot be reached (like an unreachable gateway), 3 when it refused.
+fn peer_failed(e: &crate::federation::peer_client::PeerError) -> ExitCode {
+    eprintln!("{} ({})", e, e.code());
+    if e.code() == "network" { ExitCode::FAILURE } else { ExitCode::from(3) }
+}
+
+fn item_line(v: &serde_json::Value) -> String {
+    let label = ["title", "notes", "content", "key"].iter().find_map(|k| v[*k].as_str()).unwrap_or("");
+    format!(
+        "{}  {}  [{}]  {}",
+        v["createdAt"].as_str().unwrap_or("-"),
+        v["id"].as_str().unwrap_or("-"),
+        v["_source"].as_str().unwrap_or("-"),
+        label
+    )
+}
+
+pub async fn federation(config: &Config, cmd: FederationCommand) -> anyhow::Result<ExitCode> {
+    let db = Database::open(config, 2).await?;
+    crate::store::migrate(&db.pool).await?;
+    let sealing = SealingKey::load(config.sealing_key.as_ref(), &config.data_dir)?;
+    let caller =
+        crate::federation::peer_client::PeerCaller { pool: db.pool.clone(), sealing, breakers: Default::default() };
+    let result = federation_inner(&caller, cmd).await;
+    db.close().await;
+    result
+}
+
+async fn federation_inner(
+    caller: &crate::federation::peer_client::PeerCaller,
+    cmd: FederationCommand,
+) -> anyhow::Result<ExitCode> {
+    match cmd {
+        FederationCommand::List { peer, resource, limit, cursor, all_pages, json } => {
+            let mut items = Vec::new();
+            let mut cursor = cursor;
+            let bar = indicatif::ProgressBar::new_spinner();
+            loop {
+                let page = match caller.list(&peer, &resource, limit, cursor.as_deref()).await {
+                    Ok(p) => p,
+                    Err(e) => return Ok(peer_failed(&e)),
+                };
+                items.extend(page.items);
+                cursor = page.next_cursor;
+                if all_pages && !json {
+                    bar.set_message(format!("{} rows", items.len()));
+                }
+                if !all_pages || cursor.is_none() {
+                    break;
+                }
+            }
+            bar.finish_and_clear();
+            let out = serde_json::json!({"items": items, "nextCursor": cursor});
+            print(json, &out, |o| {
+                let mut lines: Vec<String> = o["items"].as_array().into_iter().flatten().map(item_line).collect();
+                if let Some(c) = o["nextCursor"].as_str() {
+                    lines.push(format!("next page: --cursor {c}"));
+                }
+                lines.join("\n")
+            })?;
+        }
+        FederationCommand::Get { peer, resource, id, json } => match caller.get(&peer, &resource, &id).await {
+            Ok(v) => print(json, &v, |v| item_line(&v["item"]))?,
+            Err(e) => return Ok(peer_failed(&e)),
+        },
+        FederationCommand::Capabilities { peer, json } => match caller.capabilities(&peer).await {
+            Ok(v) => print(json, &v, |v| {
+                format!(
+                    "resources: {}\nexcluded: {}\nmax rows per query: {}\nverbs: {}",
+                    v["resources"], v["excluded_resources"], v["max_rows_per_query"], v["supported_verbs"]
+                )
+            })?,
+            Err(e) => return Ok(peer_failed(&e)),
+        },
+        FederationCommand::Query { resource, source, limit, json } => {
+            let q = crate::federation::query::FederatedQuery { resource, source: Some(source), limit };
+            match crate::federation::query::run(caller, &q).await {
+                Ok(r) => {
+                    print(json, &r, |r| {
+                        let mut lines: Vec<String> = r.items.iter().map(item_line).collect();
+                        lines.extend(
+                            r.errors.iter().map(|e| format!("error from {}: {} ({})", e.source, e.message, e.code)),
+                        );
+                        lines.join("\n")
+                    })?;
+                }
+                Err(e) => return rejected(e),
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -3,6 +3,7 @@
 //! Exit codes: 0 ok; 1 failure (for `doctor`: a red check). Logs go to stderr so that commands
 //! printing data (`openapi`, `doctor --json`) keep stdout clean.
 
+mod bench_list;
 mod doctor;
 mod federation;
 
@@ -45,12 +46,18 @@ pub enum Command {
     /// Manage the embedded Postgres cluster of the data dir (tier local).
     #[command(subcommand)]
     Db(DbCommand),
+    /// Benchmarks that print their figures.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Federation peers: register, list, show, and enroll with a remote gateway (`add`).
     #[command(subcommand)]
     Peer(federation::PeerCommand),
     /// Federation grants: create, list, show, revoke, and mint enrollment tokens.
     #[command(subcommand)]
     Grant(federation::GrantCommand),
+    /// Read from peers: list, get, capabilities, and the merged local/peer query.
+    #[command(subcommand)]
+    Federation(federation::FederationCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -61,6 +68,12 @@ pub enum DemoCommand {
         #[arg(long, default_value_t = 10_000)]
         tasks: u32,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// The list verb over mTLS against the SQL ceiling (seeds 1M tasks on first run).
+    List(bench_list::ListBench),
 }
 
 #[derive(Debug, Subcommand)]
@@ -130,8 +143,10 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             eprintln!("{}", if stopped { "embedded Postgres stopped" } else { "embedded Postgres was not running" });
             Ok(ExitCode::SUCCESS)
         }
+        Command::Bench(BenchCommand::List(args)) => bench_list::run(&config, &args).await.map(|()| ExitCode::SUCCESS),
         Command::Peer(cmd) => federation::peer(&config, cmd).await,
         Command::Grant(cmd) => federation::grant(&config, cmd).await,
+        Command::Federation(cmd) => federation::federation(&config, cmd).await,
         Command::Openapi => {
             print!("{}", crate::http::openapi_document_json());
             Ok(ExitCode::SUCCESS)

@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::FederationContext;
-use super::audit::{self, AuditEntry};
+use super::audit::AuditEntry;
 use super::scope::GrantScope;
 use crate::app::AppState;
 use crate::http::error::ApiError;
@@ -40,6 +40,8 @@ struct GrantPeerRow {
     current_serial: Option<String>,
     previous_serial: Option<String>,
     previous_serial_grace_until: Option<DateTime<Utc>>,
+    subject_active: bool,
+    subject_teams: Vec<Uuid>,
 }
 
 /// The guard middleware.
@@ -60,8 +62,12 @@ pub async fn require_peer(State(state): State<AppState>, mut req: Request, next:
 
     let row: Result<Option<GrantPeerRow>, sqlx::Error> = sqlx::query_as(
         "select g.status, g.expires_at, g.subject_user_id, g.scope, g.scope_version, g.peer_id,
-                p.state as peer_state, p.current_serial, p.previous_serial, p.previous_serial_grace_until
-         from federation_grants g join federation_peers p on p.id = g.peer_id
+                p.state as peer_state, p.current_serial, p.previous_serial, p.previous_serial_grace_until,
+                coalesce(u.disabled_at is null, false) as subject_active,
+                coalesce(array(select m.team_id from team_members m where m.user_id = g.subject_user_id), '{}') as subject_teams
+         from federation_grants g
+         join federation_peers p on p.id = g.peer_id
+         left join users u on u.id = g.subject_user_id
          where g.id = $1",
     )
     .bind(identity.grant_id)
@@ -124,6 +130,8 @@ pub async fn require_peer(State(state): State<AppState>, mut req: Request, next:
         subject_user_id: identity.subject_user_id,
         scope,
         scope_version: row.scope_version,
+        subject_active: row.subject_active,
+        subject_teams: row.subject_teams,
     });
     next.run(req).await
 }
@@ -138,21 +146,15 @@ fn deny_audit(
     reason: String,
     path: &str,
 ) {
-    let pool = state.pool.clone();
-    let verb = path.trim_start_matches("/api/federation/v1/").split('/').next().unwrap_or("").to_string();
-    tokio::spawn(async move {
-        let entry = AuditEntry {
-            grant_id,
-            peer_id,
-            subject_user_id,
-            verb: &verb,
-            outcome: "denied",
-            deny_code: Some(deny_code),
-            reason: Some(reason),
-            ..Default::default()
-        };
-        if let Err(e) = audit::record(&pool, &entry).await {
-            tracing::error!(error = %e, "could not write a federation audit row");
-        }
+    let verb = path.trim_start_matches("/api/federation/v1/").split('/').next().unwrap_or("");
+    state.audit.submit(&AuditEntry {
+        grant_id,
+        peer_id,
+        subject_user_id,
+        verb,
+        outcome: "denied",
+        deny_code: Some(deny_code),
+        reason: Some(reason),
+        ..Default::default()
     });
 }

@@ -11,7 +11,9 @@ pub mod enrollment;
 pub mod grants;
 pub mod guard;
 pub mod identity;
+pub mod peer_client;
 pub mod peers;
+pub mod query;
 pub mod scope;
 pub mod verbs;
 
@@ -29,6 +31,10 @@ pub struct FederationContext {
     pub subject_user_id: Uuid,
     pub scope: scope::GrantScope,
     pub scope_version: i32,
+    /// Whether the subject user exists and is enabled, and its current team memberships, read
+    /// in the guard's one query so native RBAC needs no second round trip.
+    pub subject_active: bool,
+    pub subject_teams: Vec<Uuid>,
 }
 
 /// Routes under `/api/federation` and the peer/grant admin routes. `state` is `None` only when
@@ -49,5 +55,6 @@ pub fn router(state: Option<AppState>) -> OpenApiRouter<AppState> {
         .routes(routes!(grants::create_grant, grants::list_grants))
         .routes(routes!(grants::show_grant, grants::update_grant))
         .routes(routes!(grants::revoke_grant))
+        .routes(routes!(query::query))
         .merge(verbs)
 }

@@ -242,33 +242,32 @@ impl GrantScope {
 }
 
 /// Evaluates a request for `resource` as the grant's subject: the grant can only narrow what
-/// native RBAC allows, never widen it.
+/// native RBAC allows, never widen it. `subject_teams` are the subject's *current* memberships
+/// (`None` when the subject is missing or disabled), read by the guard in the same query as the
+/// grant.
 ///
 /// # Errors
-/// A [`Denial`] from the first stage that refuses, or a database error.
-pub async fn evaluate(
-    db: impl sqlx::PgExecutor<'_>,
+/// A [`Denial`] from the first stage that refuses.
+pub fn evaluate(
     scope: &GrantScope,
     subject_user_id: Uuid,
+    subject_teams: Option<&[Uuid]>,
     resource: &str,
     limit: Option<&serde_json::Value>,
-) -> Result<Result<QueryFilter, Denial>, sqlx::Error> {
-    let limit = match scope.check_resource(resource, limit) {
-        Ok(limit) => limit,
-        Err(d) => return Ok(Err(d)),
-    };
-    let Some(teams) = crate::rbac::active_memberships(db, subject_user_id).await? else {
-        return Ok(Err(deny(DenyCode::NativeRbacDenied, "subject user is missing or disabled")));
+) -> Result<QueryFilter, Denial> {
+    let limit = scope.check_resource(resource, limit)?;
+    let Some(teams) = subject_teams else {
+        return Err(deny(DenyCode::NativeRbacDenied, "subject user is missing or disabled"));
     };
     let filter = scope.filters.get(resource);
     let team_ids = match filter.and_then(|f| f.include_teams.as_ref()) {
-        Some(allowed) => teams.into_iter().filter(|t| allowed.contains(t)).collect(),
-        None => teams,
+        Some(allowed) => teams.iter().copied().filter(|t| allowed.contains(t)).collect(),
+        None => teams.to_vec(),
     };
     let include_personal = filter.is_none_or(|f| f.include_personal);
     // Memory is personal only: teams never widen it.
     let team_ids = if resource == "memory" { Vec::new() } else { team_ids };
-    Ok(Ok(QueryFilter { resource: resource.to_string(), subject_user_id, include_personal, team_ids, limit }))
+    Ok(QueryFilter { resource: resource.to_string(), subject_user_id, include_personal, team_ids, limit })
 }
 
 #[cfg(test)]
@@ -371,6 +370,23 @@ mod tests {
         assert_eq!(s.check_resource("credentials", None).unwrap_err().code, DenyCode::NativeRbacDenied);
         assert_eq!(s.check_resource("tasks", Some(&json!(0))).unwrap_err().code, DenyCode::InvalidLimit);
         assert_eq!(s.check_resource("tasks", None), Ok(DEFAULT_MAX_ROWS));
+    }
+
+    #[test]
+    fn evaluation_only_narrows_native_rbac() {
+        let (t1, t2, t3) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let subject = Uuid::new_v4();
+        let mine = [t1, t2];
+        let s = parse(json!({"resources": ["tasks", "memory"], "filters": {"tasks": {"include_teams": [t1, t3]}}}))
+            .unwrap();
+        let f = evaluate(&s, subject, Some(&mine), "tasks", None).unwrap();
+        assert_eq!(f.team_ids, vec![t1], "t3 is not the subject's team; t2 is filtered out");
+        assert!(f.include_personal);
+        let f = evaluate(&s, subject, Some(&mine), "memory", None).unwrap();
+        assert!(f.team_ids.is_empty(), "memory is personal only");
+        assert_eq!(evaluate(&s, subject, None, "tasks", None).unwrap_err().code, DenyCode::NativeRbacDenied);
+        let s = parse(json!({"resources": ["tasks"], "filters": {"tasks": {"include_personal": false}}})).unwrap();
+        assert!(!evaluate(&s, subject, Some(&mine), "tasks", None).unwrap().include_personal);
     }
 
     #[test]

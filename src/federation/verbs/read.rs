@@ -18,7 +18,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::super::FederationContext;
-use super::super::audit::{self, AuditEntry};
+use super::super::audit::AuditEntry;
 use super::super::cursor::{CursorCodec, Position};
 use super::super::scope::{Denial, DenyCode, QueryFilter, evaluate};
 use crate::app::AppState;
@@ -128,6 +128,30 @@ async fn tasks_page(
     after: (DateTime<Utc>, Uuid),
     n: i64,
 ) -> Result<Vec<Row>, sqlx::Error> {
+    let rows = fetch_tasks(pool, f, after, n).await?;
+    Ok(rows.into_iter().map(|r| Row { created_at: r.created_at, id: r.id, source: None, json: tag(r, None) }).collect())
+}
+
+/// The tasks page query alone (no JSON shaping): what `tessera bench list` measures as the
+/// ceiling. Returns the number of rows.
+///
+/// # Errors
+/// Database errors.
+pub async fn tasks_query(
+    pool: &sqlx::PgPool,
+    f: &QueryFilter,
+    after: (DateTime<Utc>, Uuid),
+    n: i64,
+) -> Result<usize, sqlx::Error> {
+    Ok(fetch_tasks(pool, f, after, n).await?.len())
+}
+
+async fn fetch_tasks(
+    pool: &sqlx::PgPool,
+    f: &QueryFilter,
+    after: (DateTime<Utc>, Uuid),
+    n: i64,
+) -> Result<Vec<TaskRow>, sqlx::Error> {
     let sql = format!(
         "select t.id, t.title, t.description, t.status, t.priority, t.project_id, t.mission_id, t.created_at, t.updated_at
          from ({VISIBLE_PROJECTS}) v
@@ -140,7 +164,7 @@ async fn tasks_page(
          order by t.created_at desc, t.id desc
          limit $6"
     );
-    let rows: Vec<TaskRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+    sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(f.subject_user_id)
         .bind(f.include_personal)
         .bind(&f.team_ids)
@@ -148,8 +172,7 @@ async fn tasks_page(
         .bind(after.1)
         .bind(n)
         .fetch_all(pool)
-        .await?;
-    Ok(rows.into_iter().map(|r| Row { created_at: r.created_at, id: r.id, source: None, json: tag(r, None) }).collect())
+        .await
 }
 
 async fn notes_page(
@@ -250,19 +273,13 @@ fn cursor_codec(state: &AppState) -> CursorCodec {
 /// generic 403. The specific reason is logged and audited.
 fn denial_response(state: &AppState, ctx: &FederationContext, verb: &str, resource: &str, d: &Denial) -> ApiError {
     tracing::info!(grant_id = %ctx.grant_id, verb, resource, code = d.code.as_str(), stage = d.code.stage(), reason = %d.reason, "federation request denied by scope");
-    spawn_audit(
-        state,
-        ctx,
-        verb,
-        resource,
-        "denied",
-        Some(d.code.as_str()),
-        Some(d.reason.clone()),
-        None,
-        None,
-        None,
-        None,
-    );
+    let o = Outcome {
+        outcome: "denied",
+        deny_code: Some(d.code.as_str()),
+        reason: Some(d.reason.clone()),
+        ..Default::default()
+    };
+    audit_verb(state, ctx, verb, resource, o);
     match d.code {
         DenyCode::InvalidLimit => ApiError::invalid_field("limit", "limit must be a positive integer"),
         DenyCode::InvalidResource => ApiError::invalid_request(format!("Unknown resource '{resource}'")),
@@ -270,12 +287,9 @@ fn denial_response(state: &AppState, ctx: &FederationContext, verb: &str, resour
     }
 }
 
-#[expect(clippy::too_many_arguments, reason = "one flat audit record")]
-fn spawn_audit(
-    state: &AppState,
-    ctx: &FederationContext,
-    verb: &str,
-    resource: &str,
+/// What one verb call leaves in the audit log.
+#[derive(Default)]
+struct Outcome {
     outcome: &'static str,
     deny_code: Option<&'static str>,
     reason: Option<String>,
@@ -283,26 +297,22 @@ fn spawn_audit(
     rows: Option<i32>,
     bytes_out: Option<i64>,
     latency_ms: Option<f64>,
-) {
-    let (pool, ctx, verb, resource) = (state.pool.clone(), ctx.clone(), verb.to_string(), resource.to_string());
-    tokio::spawn(async move {
-        let entry = AuditEntry {
-            grant_id: Some(ctx.grant_id),
-            peer_id: Some(ctx.peer_id),
-            subject_user_id: Some(ctx.subject_user_id),
-            verb: &verb,
-            resource: Some(&resource),
-            query_hash,
-            outcome,
-            deny_code,
-            reason,
-            rows,
-            bytes_out,
-            latency_ms,
-        };
-        if let Err(e) = audit::record(&pool, &entry).await {
-            tracing::error!(error = %e, "could not write a federation audit row");
-        }
+}
+
+fn audit_verb(state: &AppState, ctx: &FederationContext, verb: &str, resource: &str, o: Outcome) {
+    state.audit.submit(&AuditEntry {
+        grant_id: Some(ctx.grant_id),
+        peer_id: Some(ctx.peer_id),
+        subject_user_id: Some(ctx.subject_user_id),
+        verb,
+        resource: Some(resource),
+        query_hash: o.query_hash,
+        outcome: o.outcome,
+        deny_code: o.deny_code,
+        reason: o.reason,
+        rows: o.rows,
+        bytes_out: o.bytes_out,
+        latency_ms: o.latency_ms,
     });
 }
 
@@ -327,7 +337,8 @@ pub async fn list(
         serde_json::from_slice(&raw).map_err(|e| ApiError::invalid_request(format!("Invalid request body: {e}")))?
     };
     let requested = body.limit.as_ref().and_then(serde_json::Value::as_u64);
-    let filter = match evaluate(&state.pool, &ctx.scope, ctx.subject_user_id, &resource, body.limit.as_ref()).await? {
+    let teams = ctx.subject_active.then_some(ctx.subject_teams.as_slice());
+    let filter = match evaluate(&ctx.scope, ctx.subject_user_id, teams, &resource, body.limit.as_ref()) {
         Ok(f) => f,
         Err(d) => return Err(denial_response(&state, &ctx, "list", &resource, &d)),
     };
@@ -359,19 +370,15 @@ pub async fn list(
     };
     let bytes = serde_json::to_vec(&response).map(|v| v.len() as i64).ok();
     let query_hash = hex::encode(sha2::Sha256::digest(format!("{}|{:?}|{}", resource, body.cursor, filter.limit)));
-    spawn_audit(
-        &state,
-        &ctx,
-        "list",
-        &resource,
-        "allowed",
-        None,
-        None,
-        Some(query_hash),
-        i32::try_from(response.items.len()).ok(),
-        bytes,
-        Some(started.elapsed().as_secs_f64() * 1000.0),
-    );
+    let o = Outcome {
+        outcome: "allowed",
+        query_hash: Some(query_hash),
+        rows: i32::try_from(response.items.len()).ok(),
+        bytes_out: bytes,
+        latency_ms: Some(started.elapsed().as_secs_f64() * 1000.0),
+        ..Default::default()
+    };
+    audit_verb(&state, &ctx, "list", &resource, o);
     Ok(Json(response))
 }
 
@@ -388,7 +395,8 @@ pub async fn get(
     Path((resource, id)): Path<(String, Uuid)>,
 ) -> Result<Json<GetResponse>, ApiError> {
     let started = Instant::now();
-    let filter = match evaluate(&state.pool, &ctx.scope, ctx.subject_user_id, &resource, None).await? {
+    let teams = ctx.subject_active.then_some(ctx.subject_teams.as_slice());
+    let filter = match evaluate(&ctx.scope, ctx.subject_user_id, teams, &resource, None) {
         Ok(f) => f,
         Err(d) => return Err(denial_response(&state, &ctx, "get", &resource, &d)),
     };
@@ -447,18 +455,13 @@ pub async fn get(
         _ => None,
     };
     let found = item.is_some();
-    spawn_audit(
-        &state,
-        &ctx,
-        "get",
-        &resource,
-        if found { "allowed" } else { "not_found" },
-        None,
-        None,
-        Some(id.to_string()),
-        Some(i32::from(found)),
-        None,
-        Some(started.elapsed().as_secs_f64() * 1000.0),
-    );
+    let o = Outcome {
+        outcome: if found { "allowed" } else { "not_found" },
+        query_hash: Some(id.to_string()),
+        rows: Some(i32::from(found)),
+        latency_ms: Some(started.elapsed().as_secs_f64() * 1000.0),
+        ..Default::default()
+    };
+    audit_verb(&state, &ctx, "get", &resource, o);
     item.map(|item| Json(GetResponse { item })).ok_or_else(|| ApiError::not_found("Not found"))
 }

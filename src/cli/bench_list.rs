@@ -1,0 +1,412 @@
+//! `tessera bench list`: the list verb under load, over mTLS with keep-alive, against the SQL
+//! ceiling.
+//!
+//! Data set (seeded once per database, reused on later runs): 1 000 000 tasks over 50 projects
+//! created in the last year; the subject sees 10 of them (2 personal, 8 of its two teams). The
+//! bench runs the real router on a loopback port in this process, enrolls a client certificate
+//! straight through the CA, and drives `POST /api/federation/v1/list/tasks` from N concurrent
+//! HTTP/2 clients. It prints throughput, p50 and p99 for page 1, page 10 000 and random deep
+//! pages; then the same query run straight through the pool at the same concurrency (the
+//! ceiling); then p99 at half the measured random-page throughput.
+//!
+//! It refuses a database that holds anything but its own data: give it its own data dir
+//! (`tessera --data-dir .tessera-bench bench list`) or database.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use clap::Args;
+use rand::RngExt;
+use uuid::Uuid;
+
+use crate::app::AppState;
+use crate::config::Config;
+use crate::federation::ca::{ClientCertRequest, GatewayCa};
+use crate::federation::cursor::{CursorCodec, Position};
+use crate::sealing::SealingKey;
+use crate::services::Database;
+
+const SUBJECT_EMAIL: &str = "bench-subject@bench.tessera.test";
+
+#[derive(Debug, Args)]
+pub struct ListBench {
+    /// Total tasks to seed on first run.
+    #[arg(long, default_value_t = 1_000_000)]
+    tasks: u32,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Seconds per measured phase.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Page size.
+    #[arg(long, default_value_t = 20)]
+    limit: u32,
+}
+
+struct Figures {
+    requests: usize,
+    elapsed: Duration,
+    p50: Duration,
+    p99: Duration,
+}
+
+impl std::fmt::Display for Figures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:>8.0} req/s   p50 {:>6.2} ms   p99 {:>6.2} ms   ({} requests)",
+            self.requests as f64 / self.elapsed.as_secs_f64(),
+            self.p50.as_secs_f64() * 1000.0,
+            self.p99.as_secs_f64() * 1000.0,
+            self.requests
+        )
+    }
+}
+
+impl Figures {
+    fn throughput(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+fn summarise(mut latencies: Vec<Duration>, elapsed: Duration) -> Figures {
+    latencies.sort();
+    let at = |q: f64| latencies.get(((latencies.len() as f64 - 1.0) * q) as usize).copied().unwrap_or_default();
+    Figures { requests: latencies.len(), elapsed, p50: at(0.5), p99: at(0.99) }
+}
+
+/// Runs the bench.
+///
+/// # Errors
+/// A foreign database, or any set-up failure.
+pub async fn run(config: &Config, args: &ListBench) -> anyhow::Result<()> {
+    let db = Database::open(config, (args.concurrency as u32 + 4).max(8)).await?;
+    let result = run_on(config, &db.pool, args).await;
+    db.close().await;
+    result
+}
+
+async fn run_on(config: &Config, pool: &sqlx::PgPool, args: &ListBench) -> anyhow::Result<()> {
+    crate::store::migrate(pool).await?;
+    let subject = seed(pool, args.tasks).await?;
+    let sealing = SealingKey::load(config.sealing_key.as_ref(), &config.data_dir)?;
+    let ca = GatewayCa::load_or_create(pool, &sealing).await?;
+    let (grant_id, identity_pem) = enroll(pool, &ca, config, subject).await?;
+
+    // The real router and accept loop on a loopback port.
+    let issued = ca.issue_server_cert(&["localhost".to_string()])?;
+    let tls = crate::tls::server_config(&ca, issued.chain, issued.key)?;
+    let state = AppState {
+        pool: pool.clone(),
+        config: Arc::new(config.clone()),
+        ca: ca.clone(),
+        sealing: sealing.clone(),
+        limiter: crate::ratelimit::RateLimiter::in_memory(),
+        audit: crate::federation::audit::AuditSink::start(pool.clone()).0,
+        breakers: Default::default(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(crate::tls::serve(
+        listener,
+        tls,
+        crate::http::router(state),
+        config.federation.oids.clone(),
+        Duration::from_secs(10),
+        async {
+            let _ = stop_rx.await;
+        },
+        Duration::from_secs(2),
+    ));
+    let client = reqwest::Client::builder()
+        .tls_backend_rustls()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca.cert_pem().as_bytes())?])
+        .identity(reqwest::Identity::from_pem(&identity_pem)?)
+        .pool_max_idle_per_host(args.concurrency)
+        .build()?;
+    let url = format!("https://localhost:{port}/api/federation/v1/list/tasks");
+    let codec = CursorCodec::new(sealing.derive_key("federation-cursor-v1"));
+
+    // Positions: the start of page 10 000, and random depths across the visible rows.
+    let visible: Vec<Uuid> = sqlx::query_scalar(
+        "select p.id from projects p where p.owner_user_id = $1
+         or p.team_id in (select team_id from team_members where user_id = $1)",
+    )
+    .bind(subject)
+    .fetch_all(pool)
+    .await?;
+    let visible_rows: i64 = sqlx::query_scalar("select count(*) from tasks where project_id = any($1)")
+        .bind(&visible)
+        .fetch_one(pool)
+        .await?;
+    let deep_offset = (i64::from(args.limit) * 9_999).min(visible_rows - 1);
+    let deep: (DateTime<Utc>, Uuid) = sqlx::query_as(
+        "select created_at, id from tasks where project_id = any($1) order by created_at desc, id desc offset $2 limit 1",
+    )
+    .bind(&visible)
+    .bind(deep_offset)
+    .fetch_one(pool)
+    .await?;
+    let (oldest, newest): (DateTime<Utc>, DateTime<Utc>) =
+        sqlx::query_as("select min(created_at), max(created_at) from tasks where project_id = any($1)")
+            .bind(&visible)
+            .fetch_one(pool)
+            .await?;
+    println!(
+        "data: {} tasks, {} visible to the subject in {} of 50 projects; limit {}, concurrency {}, {} s per phase",
+        args.tasks,
+        visible_rows,
+        visible.len(),
+        args.limit,
+        args.concurrency,
+        args.seconds
+    );
+
+    let deep_cursor = codec.encode(grant_id, &Position::new("tasks", deep.0, deep.1, None));
+    let span = (newest - oldest).num_microseconds().unwrap_or(1).max(1);
+    let random_cursor = {
+        let codec = codec.clone();
+        move || {
+            let at = oldest + chrono::Duration::microseconds(rand::rng().random_range(0..span));
+            Some(codec.encode(grant_id, &Position::new("tasks", at, Uuid::max(), None)))
+        }
+    };
+    let phase = Duration::from_secs(args.seconds);
+    let http = |cursor: Box<dyn Fn() -> Option<String> + Send + Sync>, rate: Option<f64>| {
+        let (client, url, limit) = (client.clone(), url.clone(), args.limit);
+        let cursor = Arc::new(cursor);
+        drive(args.concurrency, phase, rate, move || {
+            let (client, url, cursor) = (client.clone(), url.clone(), cursor.clone());
+            async move {
+                let body = serde_json::json!({"limit": limit, "cursor": cursor()});
+                let r = client.post(&url).json(&body).send().await?;
+                if !r.status().is_success() {
+                    bail!("list returned {}", r.status());
+                }
+                let _ = r.bytes().await?;
+                Ok(())
+            }
+        })
+    };
+
+    // Warm up caches and connections.
+    http(Box::new(|| None), None).await?;
+    let page1 = http(Box::new(|| None), None).await?;
+    println!("list over mTLS, page 1        {page1}");
+    let deep_c = deep_cursor.clone();
+    let page10k = http(Box::new(move || Some(deep_c.clone())), None).await?;
+    println!("list over mTLS, page 10 000   {page10k}");
+    let random = http(Box::new(random_cursor.clone()), None).await?;
+    println!("list over mTLS, random pages  {random}");
+
+    // The ceiling: the same query shape straight through the pool.
+    let filter = crate::federation::scope::QueryFilter {
+        resource: "tasks".into(),
+        subject_user_id: subject,
+        include_personal: true,
+        team_ids: sqlx::query_scalar("select team_id from team_members where user_id = $1")
+            .bind(subject)
+            .fetch_all(pool)
+            .await?,
+        limit: args.limit,
+    };
+    let sql_random = {
+        let (pool, filter) = (pool.clone(), Arc::new(filter));
+        drive(args.concurrency, phase, None, move || {
+            let (pool, filter) = (pool.clone(), filter.clone());
+            let at = oldest + chrono::Duration::microseconds(rand::rng().random_range(0..span));
+            async move {
+                crate::federation::verbs::read::tasks_query(
+                    &pool,
+                    &filter,
+                    (at, Uuid::max()),
+                    i64::from(filter.limit) + 1,
+                )
+                .await?;
+                Ok(())
+            }
+        })
+        .await?
+    };
+    println!("SQL ceiling, random pages     {sql_random}");
+    let half = http(Box::new(random_cursor), Some(random.throughput() / 2.0)).await?;
+    println!("list at half load (random)    {half}");
+
+    let ratio = random.throughput() / sql_random.throughput();
+    let spread = [page1.throughput(), page10k.throughput(), random.throughput()];
+    let (lo, hi) = spread.iter().fold((f64::MAX, 0.0f64), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+    println!("random pages / ceiling = {ratio:.2}; fastest / slowest page kind = {:.2}", hi / lo);
+
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    Ok(())
+}
+
+/// Runs `make()` from `concurrency` workers for `phase`, optionally paced to `rate` requests/s
+/// in total, and returns the latency figures.
+async fn drive<F, Fut>(concurrency: usize, phase: Duration, rate: Option<f64>, make: F) -> anyhow::Result<Figures>
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let make = Arc::new(make);
+    let started = Instant::now();
+    let deadline = started + phase;
+    let interval = rate.map(|r| Duration::from_secs_f64(concurrency as f64 / r.max(1.0)));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let make = make.clone();
+        workers.spawn(async move {
+            let mut latencies = Vec::new();
+            let mut next = Instant::now();
+            while Instant::now() < deadline {
+                if let Some(gap) = interval {
+                    tokio::time::sleep_until(next.into()).await;
+                    next += gap;
+                }
+                let t = Instant::now();
+                make().await?;
+                latencies.push(t.elapsed());
+            }
+            anyhow::Ok(latencies)
+        });
+    }
+    let mut all = Vec::new();
+    for result in workers.join_all().await {
+        all.extend(result?);
+    }
+    Ok(summarise(all, started.elapsed()))
+}
+
+/// Seeds the bench data set once; returns the subject's id.
+async fn seed(pool: &sqlx::PgPool, tasks: u32) -> anyhow::Result<Uuid> {
+    if let Some(subject) = sqlx::query_scalar::<_, Uuid>("select id from users where email = $1")
+        .bind(SUBJECT_EMAIL)
+        .fetch_optional(pool)
+        .await?
+    {
+        return Ok(subject);
+    }
+    let users: i64 = sqlx::query_scalar("select count(*) from users").fetch_one(pool).await?;
+    if users > 0 {
+        bail!(
+            "this database already holds data; run the bench on its own data dir (tessera --data-dir .tessera-bench bench list)"
+        );
+    }
+    let started = Instant::now();
+    eprintln!("seeding {tasks} tasks over 50 projects (first run only)...");
+    let mut tx = pool.begin().await?;
+    let subject = Uuid::now_v7();
+    let other = Uuid::now_v7();
+    sqlx::query("insert into users (id, email, name, role) values ($1, $2, 'Bench Subject', 'member'), ($3, 'bench-other@bench.tessera.test', 'Other', 'member')")
+        .bind(subject)
+        .bind(SUBJECT_EMAIL)
+        .bind(other)
+        .execute(&mut *tx)
+        .await?;
+    // Teams 0 and 1 include the subject; 2..=9 do not.
+    let teams: Vec<Uuid> = (0..10).map(|_| Uuid::now_v7()).collect();
+    for (i, t) in teams.iter().enumerate() {
+        sqlx::query("insert into teams (id, name) values ($1, $2)")
+            .bind(t)
+            .bind(format!("bench team {i}"))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("insert into team_members (team_id, user_id) values ($1, $2)")
+            .bind(t)
+            .bind(other)
+            .execute(&mut *tx)
+            .await?;
+        if i < 2 {
+            sqlx::query("insert into team_members (team_id, user_id) values ($1, $2)")
+                .bind(t)
+                .bind(subject)
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    // 50 projects: 2 personal of the subject, 4 per team for 10 teams (8 visible), 8 of another user.
+    let mut projects = Vec::new();
+    for i in 0..50 {
+        let (owner, team) = match i {
+            0 | 1 => (Some(subject), None),
+            2..=41 => (None, Some(teams[(i - 2) / 4])),
+            _ => (Some(other), None),
+        };
+        let id = Uuid::now_v7();
+        sqlx::query("insert into projects (id, name, owner_user_id, team_id) values ($1, $2, $3, $4)")
+            .bind(id)
+            .bind(format!("bench project {i}"))
+            .bind(owner)
+            .bind(team)
+            .execute(&mut *tx)
+            .await?;
+        projects.push(id);
+    }
+    let per_project = i64::from(tasks) / 50;
+    sqlx::query(
+        "insert into tasks (id, title, status, priority, project_id, created_at, updated_at)
+         select gen_random_uuid(), 'bench task ' || g, 'todo', 'medium', p, ts, ts
+         from unnest($1::uuid[]) p, generate_series(1, $2) g,
+              lateral (select now() - random() * interval '365 days' + g * interval '0 seconds' as ts) t",
+    )
+    .bind(&projects)
+    .bind(per_project)
+    .execute(&mut *tx)
+    .await
+    .context("seeding tasks")?;
+    tx.commit().await?;
+    sqlx::query("analyze").execute(pool).await?;
+    eprintln!("seeded in {:.1}s", started.elapsed().as_secs_f64());
+    Ok(subject)
+}
+
+/// Registers a peer and an active grant for the subject and issues a client certificate for it
+/// directly through the CA (the enrollment round trip is not what is measured).
+async fn enroll(
+    pool: &sqlx::PgPool,
+    ca: &GatewayCa,
+    config: &Config,
+    subject: Uuid,
+) -> anyhow::Result<(Uuid, Vec<u8>)> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let csr = rcgen::CertificateParams::default().serialize_request(&key)?.pem()?;
+    let public_key = crate::federation::csr::verified_public_key(&csr)?;
+    let peer_id = Uuid::now_v7();
+    let grant_id = Uuid::now_v7();
+    let name = format!("bench-{}", &peer_id.simple().to_string()[..8]);
+    let cert = ca.issue_client_cert(
+        &public_key,
+        &ClientCertRequest {
+            peer_name: &name,
+            grant_id,
+            subject_user_id: subject,
+            oids: &config.federation.oids,
+            ttl: Duration::from_secs(3600),
+        },
+    )?;
+    sqlx::query("insert into federation_peers (id, name, state, current_serial, cert_not_after) values ($1, $2, 'active', $3, $4)")
+        .bind(peer_id)
+        .bind(&name)
+        .bind(&cert.serial)
+        .bind(cert.not_after)
+        .execute(pool)
+        .await?;
+    sqlx::query(
+        "insert into federation_grants (id, peer_id, subject_user_id, scope, status, activated_at)
+         values ($1, $2, $3, $4, 'active', now())",
+    )
+    .bind(grant_id)
+    .bind(peer_id)
+    .bind(subject)
+    .bind(serde_json::json!({"resources": ["tasks"], "max_rows_per_query": 1000}))
+    .execute(pool)
+    .await?;
+    let mut identity = key.serialize_pem().into_bytes();
+    identity.extend_from_slice(cert.pem.as_bytes());
+    Ok((grant_id, identity))
+}

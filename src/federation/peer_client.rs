@@ -1,0 +1,278 @@
+//! Calling a peer's verbs (gateway A's side of DESIGN §5), with typed errors and a per-peer
+//! circuit breaker, and the merged local/peer query.
+//!
+//! Errors map to `peer_not_found`, `peer_inactive`, `peer_misconfigured`, `network`,
+//! `http_<status>` and `invalid_response`. After [`FAILURES_TO_OPEN`] consecutive network or 5xx
+//! failures a peer's circuit opens for [`OPEN_FOR`]: calls fail fast (`network`, "circuit open")
+//! instead of waiting on a dead peer; the first call after the cool-down is let through as a
+//! probe and closes the circuit when it succeeds.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use utoipa::ToSchema;
+
+use super::client::{OutboundPeer, outbound_peer};
+use crate::sealing::SealingKey;
+
+pub const FAILURES_TO_OPEN: u32 = 3;
+pub const OPEN_FOR: Duration = Duration::from_secs(30);
+
+/// Why a peer call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerError {
+    #[error("no peer named '{0}'")]
+    NotFound(String),
+    #[error("peer '{0}' is not active")]
+    Inactive(String),
+    #[error("peer '{0}' is misconfigured: {1}")]
+    Misconfigured(String, String),
+    #[error("peer '{0}' is unreachable: {1}")]
+    Network(String, String),
+    #[error("peer '{0}' answered HTTP {1}: {2}")]
+    Http(String, u16, String),
+    #[error("peer '{0}' sent an invalid response: {1}")]
+    InvalidResponse(String, String),
+}
+
+impl PeerError {
+    /// The stable code of DESIGN §5.
+    pub fn code(&self) -> String {
+        match self {
+            Self::NotFound(_) => "peer_not_found".into(),
+            Self::Inactive(_) => "peer_inactive".into(),
+            Self::Misconfigured(..) => "peer_misconfigured".into(),
+            Self::Network(..) => "network".into(),
+            Self::Http(_, status, _) => format!("http_{status}"),
+            Self::InvalidResponse(..) => "invalid_response".into(),
+        }
+    }
+
+    /// Whether the failure says the peer is down (counts towards opening its circuit).
+    fn is_outage(&self) -> bool {
+        matches!(self, Self::Network(..)) || matches!(self, Self::Http(_, s, _) if *s >= 500)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Circuit {
+    failures: u32,
+    open_until: Option<Instant>,
+}
+
+/// Per-peer circuit breakers, shared by every call in this process.
+#[derive(Debug, Clone, Default)]
+pub struct Breakers {
+    inner: Arc<Mutex<HashMap<String, Circuit>>>,
+}
+
+impl Breakers {
+    fn check(&self, peer: &str) -> Result<(), PeerError> {
+        let mut map = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let circuit = map.entry(peer.to_lowercase()).or_default();
+        match circuit.open_until {
+            Some(until) if Instant::now() < until => {
+                Err(PeerError::Network(peer.to_string(), "circuit open after repeated failures; failing fast".into()))
+            }
+            Some(_) => {
+                // Half-open: let this call probe; a failure re-opens at once.
+                circuit.open_until = None;
+                circuit.failures = FAILURES_TO_OPEN - 1;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn record(&self, peer: &str, result: Result<(), &PeerError>) {
+        let mut map = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let circuit = map.entry(peer.to_lowercase()).or_default();
+        match result {
+            Ok(()) => *circuit = Circuit::default(),
+            Err(e) if e.is_outage() => {
+                circuit.failures += 1;
+                if circuit.failures >= FAILURES_TO_OPEN {
+                    circuit.open_until = Some(Instant::now() + OPEN_FOR);
+                }
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// One page from a peer, rows tagged with the peer's name.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PeerPage {
+    #[schema(value_type = Vec<Object>)]
+    pub items: Vec<serde_json::Value>,
+    #[serde(rename = "nextCursor", skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// Calls peers by name.
+#[derive(Debug, Clone)]
+pub struct PeerCaller {
+    pub pool: PgPool,
+    pub sealing: SealingKey,
+    pub breakers: Breakers,
+}
+
+impl PeerCaller {
+    async fn peer(&self, name: &str) -> Result<OutboundPeer, PeerError> {
+        let state: Option<String> =
+            sqlx::query_scalar("select state from federation_peers where lower(name) = lower($1)")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| PeerError::Misconfigured(name.into(), e.to_string()))?;
+        match state.as_deref() {
+            None => return Err(PeerError::NotFound(name.into())),
+            Some("active" | "degraded") => {}
+            Some(_) => return Err(PeerError::Inactive(name.into())),
+        }
+        match outbound_peer(&self.pool, &self.sealing, name).await {
+            Ok(Some(peer)) => Ok(peer),
+            Ok(None) => Err(PeerError::NotFound(name.into())),
+            Err(e) => Err(PeerError::Misconfigured(name.into(), format!("{e:#}"))),
+        }
+    }
+
+    /// Sends one request to a peer's verb and returns the JSON body.
+    async fn call(
+        &self,
+        name: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, PeerError> {
+        self.breakers.check(name)?;
+        let result = self.call_once(name, method, path, body).await;
+        self.breakers.record(name, result.as_ref().map(|_| ()));
+        result
+    }
+
+    async fn call_once(
+        &self,
+        name: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, PeerError> {
+        let peer = self.peer(name).await?;
+        let mut req = peer.client.request(method, format!("{}{path}", peer.endpoint_url));
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let response = req.send().await.map_err(|e| PeerError::Network(peer.name.clone(), without_url(&e)))?;
+        let status = response.status();
+        let text = response.text().await.map_err(|e| PeerError::Network(peer.name.clone(), without_url(&e)))?;
+        if !status.is_success() {
+            let message = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+                .unwrap_or_else(|| text.chars().take(200).collect());
+            return Err(PeerError::Http(peer.name, status.as_u16(), message));
+        }
+        serde_json::from_str(&text).map_err(|e| PeerError::InvalidResponse(peer.name, e.to_string()))
+    }
+
+    /// One page of `resource` from `peer`, each row's `_source` set to the peer's name.
+    ///
+    /// # Errors
+    /// See [`PeerError`].
+    pub async fn list(
+        &self,
+        peer: &str,
+        resource: &str,
+        limit: Option<u32>,
+        cursor: Option<&str>,
+    ) -> Result<PeerPage, PeerError> {
+        let body = serde_json::json!({"limit": limit, "cursor": cursor});
+        let value =
+            self.call(peer, reqwest::Method::POST, &format!("/api/federation/v1/list/{resource}"), Some(body)).await?;
+        let mut page: PeerPage =
+            serde_json::from_value(value).map_err(|e| PeerError::InvalidResponse(peer.into(), e.to_string()))?;
+        for item in &mut page.items {
+            let Some(obj) = item.as_object_mut() else {
+                return Err(PeerError::InvalidResponse(peer.into(), "an item is not an object".into()));
+            };
+            obj.insert("_source".into(), peer.into());
+        }
+        Ok(page)
+    }
+
+    /// One row by id from `peer`, tagged with the peer's name.
+    ///
+    /// # Errors
+    /// See [`PeerError`].
+    pub async fn get(&self, peer: &str, resource: &str, id: &str) -> Result<serde_json::Value, PeerError> {
+        let mut value =
+            self.call(peer, reqwest::Method::POST, &format!("/api/federation/v1/get/{resource}/{id}"), None).await?;
+        match value.get_mut("item").and_then(serde_json::Value::as_object_mut) {
+            Some(obj) => {
+                obj.insert("_source".into(), peer.into());
+            }
+            None => return Err(PeerError::InvalidResponse(peer.into(), "no item".into())),
+        }
+        Ok(value)
+    }
+
+    /// The peer's capabilities for our grant.
+    ///
+    /// # Errors
+    /// See [`PeerError`].
+    pub async fn capabilities(&self, peer: &str) -> Result<serde_json::Value, PeerError> {
+        self.call(peer, reqwest::Method::GET, "/api/federation/v1/capabilities", None).await
+    }
+}
+
+/// reqwest errors embed the URL; keep the message short and free of query strings.
+fn without_url(e: &reqwest::Error) -> String {
+    let mut e = e.to_string();
+    if let Some(i) = e.find(" for url") {
+        e.truncate(i);
+    }
+    e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_circuit_opens_after_repeated_outages_and_half_opens_later() {
+        let b = Breakers::default();
+        let down = PeerError::Network("b".into(), "refused".into());
+        for _ in 0..FAILURES_TO_OPEN {
+            assert!(b.check("b").is_ok());
+            b.record("b", Err(&down));
+        }
+        let e = b.check("B").unwrap_err();
+        assert_eq!(e.code(), "network");
+        assert!(e.to_string().contains("circuit open"));
+        assert!(b.check("other").is_ok(), "circuits are per peer");
+        // A 404 from a live peer is not an outage.
+        let c = Breakers::default();
+        for _ in 0..5 {
+            c.record("b", Err(&PeerError::Http("b".into(), 404, "x".into())));
+        }
+        assert!(c.check("b").is_ok());
+        // After the cool-down one probe goes through; success closes the circuit.
+        b.inner.lock().unwrap().get_mut("b").unwrap().open_until = Some(Instant::now());
+        assert!(b.check("b").is_ok());
+        b.record("b", Ok(()));
+        assert!(b.check("b").is_ok());
+    }
+
+    #[test]
+    fn codes_follow_the_design() {
+        assert_eq!(PeerError::NotFound("x".into()).code(), "peer_not_found");
+        assert_eq!(PeerError::Inactive("x".into()).code(), "peer_inactive");
+        assert_eq!(PeerError::Misconfigured("x".into(), "y".into()).code(), "peer_misconfigured");
+        assert_eq!(PeerError::Http("x".into(), 403, "y".into()).code(), "http_403");
+        assert_eq!(PeerError::InvalidResponse("x".into(), "y".into()).code(), "invalid_response");
+    }
+}

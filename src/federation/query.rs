@@ -1,0 +1,148 @@
+//! The local federated query: one resource from this gateway's own data, a peer, or all of
+//! them, merged newest first, every row tagged with its `_source` (`local` or the peer's name).
+//! A peer that fails does not fail the query: its error is reported next to the rows.
+
+use axum::extract::State;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::peer_client::PeerCaller;
+use crate::admin::guard::AdminUser;
+use crate::app::AppState;
+use crate::http::error::{ApiError, ErrorEnvelope};
+use crate::http::extract::Json;
+
+const MAX_LIMIT: u32 = 500;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FederatedQuery {
+    /// tasks, notes or memory
+    pub resource: String,
+    /// `local`, `peer:<name>` or `all` [default: all]
+    pub source: Option<String>,
+    /// Rows per source and in the merged result, 1..=500 [default: 50].
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SourceError {
+    pub source: String,
+    /// peer_not_found, peer_inactive, peer_misconfigured, network, http_<status>, invalid_response
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FederatedResult {
+    #[schema(value_type = Vec<Object>)]
+    pub items: Vec<serde_json::Value>,
+    pub errors: Vec<SourceError>,
+}
+
+/// Which sources a `source` value names.
+enum Sources {
+    Local,
+    Peer(String),
+    All,
+}
+
+fn parse_source(source: Option<&str>) -> Result<Sources, ApiError> {
+    match source.unwrap_or("all") {
+        "local" => Ok(Sources::Local),
+        "all" => Ok(Sources::All),
+        s => match s.strip_prefix("peer:") {
+            Some(name) if !name.is_empty() => Ok(Sources::Peer(name.to_string())),
+            _ => Err(ApiError::invalid_field("source", "source must be local, peer:<name> or all")),
+        },
+    }
+}
+
+async fn local_rows(pool: &sqlx::PgPool, resource: &str, limit: i64) -> Result<Vec<serde_json::Value>, sqlx::Error> {
+    let sql: &'static str = match resource {
+        "tasks" => {
+            "select jsonb_build_object('id', id, 'title', title, 'description', description, 'status', status,
+                    'priority', priority, 'projectId', project_id, 'missionId', mission_id, 'createdAt', created_at,
+                    'updatedAt', updated_at, '_source', 'local')
+             from tasks order by created_at desc, id desc limit $1"
+        }
+        "notes" => {
+            "select jsonb_build_object('id', id, 'missionId', mission_id, 'taskId', task_id, 'notes', notes,
+                    'status', status, 'createdAt', created_at, '_source', 'local')
+             from mission_tasks where notes <> '' order by created_at desc, id desc limit $1"
+        }
+        _ => {
+            "select j from (
+                 (select created_at, id, jsonb_build_object('id', id, 'kind', 'insight', 'content', content,
+                         'category', category, 'createdAt', created_at, '_source', 'local') j
+                  from insights order by created_at desc, id desc limit $1)
+                 union all
+                 (select created_at, id, jsonb_build_object('id', id, 'kind', 'preference', 'key', key, 'value', value,
+                         'category', category, 'createdAt', created_at, '_source', 'local') j
+                  from preferences order by created_at desc, id desc limit $1)
+             ) m order by created_at desc, id desc limit $1"
+        }
+    };
+    sqlx::query_scalar(sql).bind(limit).fetch_all(pool).await
+}
+
+fn created_at(v: &serde_json::Value) -> DateTime<Utc> {
+    v["createdAt"].as_str().and_then(|s| s.parse().ok()).unwrap_or_default()
+}
+
+/// Runs a federated query.
+///
+/// # Errors
+/// 400 for a bad resource, source or limit; database errors.
+pub async fn run(caller: &PeerCaller, q: &FederatedQuery) -> Result<FederatedResult, ApiError> {
+    if !super::verbs::READABLE_RESOURCES.contains(&q.resource.as_str()) {
+        return Err(ApiError::invalid_field("resource", "resource must be tasks, notes or memory"));
+    }
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::invalid_field("limit", format!("limit must be between 1 and {MAX_LIMIT}")));
+    }
+    let sources = parse_source(q.source.as_deref())?;
+    let mut items = Vec::new();
+    let mut errors = Vec::new();
+    if matches!(sources, Sources::Local | Sources::All) {
+        items.extend(local_rows(&caller.pool, &q.resource, i64::from(limit)).await?);
+    }
+    let peers: Vec<String> = match &sources {
+        Sources::Local => Vec::new(),
+        Sources::Peer(name) => vec![name.clone()],
+        Sources::All => sqlx::query_scalar(
+            "select name from federation_peers where client_cert_pem is not null and state in ('active', 'degraded') order by name",
+        )
+        .fetch_all(&caller.pool)
+        .await?,
+    };
+    for peer in peers {
+        match caller.list(&peer, &q.resource, Some(limit), None).await {
+            Ok(page) => items.extend(page.items),
+            Err(e) => {
+                errors.push(SourceError { source: format!("peer:{peer}"), code: e.code(), message: e.to_string() })
+            }
+        }
+    }
+    items.sort_by_key(|v| std::cmp::Reverse(created_at(v)));
+    items.truncate(limit as usize);
+    Ok(FederatedResult { items, errors })
+}
+
+/// Query local data, one peer, or all peers; rows merged newest first and tagged `_source`.
+#[utoipa::path(post, path = "/api/admin/federation/query", tag = "admin", request_body = FederatedQuery,
+    responses(
+        (status = 200, body = FederatedResult), (status = 400, body = ErrorEnvelope),
+        (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope),
+    ))]
+pub async fn query(
+    _admin: AdminUser,
+    State(state): State<AppState>,
+    Json(q): Json<FederatedQuery>,
+) -> Result<Json<FederatedResult>, ApiError> {
+    let caller =
+        PeerCaller { pool: state.pool.clone(), sealing: state.sealing.clone(), breakers: state.breakers.clone() };
+    Ok(Json(run(&caller, &q).await?))
+}
