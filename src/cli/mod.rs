@@ -3,6 +3,8 @@
 //! Exit codes: 0 ok; 1 failure (for `doctor`: a red check). Logs go to stderr so that commands
 //! printing data (`openapi`, `doctor --json`) keep stdout clean.
 
+mod admin;
+mod client;
 mod doctor;
 
 use std::process::ExitCode;
@@ -44,6 +46,15 @@ pub enum Command {
     /// Manage the embedded Postgres cluster of the data dir (tier local).
     #[command(subcommand)]
     Db(DbCommand),
+    /// Admin set-up on the database: `admin bootstrap` creates the first admin headless.
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
+    /// Sign in to a gateway and save the session for later commands.
+    Login(admin::LoginArgs),
+    /// Admin tokens: list, create, revoke, rotate, recover (exit 0 ok, 1 unreachable, 2 auth, 3 rejected).
+    Token(admin::TokenArgs),
+    /// Bulk-load data API records from a JSON Lines file, all or nothing.
+    Import(admin::ImportArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -123,6 +134,10 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             eprintln!("{}", if stopped { "embedded Postgres stopped" } else { "embedded Postgres was not running" });
             Ok(ExitCode::SUCCESS)
         }
+        Command::Admin(c) => Ok(admin::bootstrap(c, &config).await),
+        Command::Login(a) => Ok(admin::login(a, &config).await),
+        Command::Token(a) => Ok(admin::token(a, &config).await),
+        Command::Import(a) => Ok(admin::import(a, &config).await),
         Command::Openapi => unreachable!("handled before the runtime starts"),
     }
 }
