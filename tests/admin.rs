@@ -108,6 +108,10 @@ async fn concurrent_setups_create_one_admin_and_the_token_is_shown_once() {
     let (s, body) = get(&gw, "/api/bootstrap/status", Auth::None).await;
     assert_eq!((s, body["needsSetup"].clone()), (StatusCode::OK, json!(true)));
 
+    // Make the race real: hold the users table so that all ten setups reach the critical section
+    // and wait there together, then let them go at once.
+    let mut blocker = db.pool.begin().await.unwrap();
+    sqlx::query("lock table users in access exclusive mode").execute(&mut *blocker).await.unwrap();
     let mut handles = Vec::new();
     for i in 0..10 {
         let client = gw.client.clone();
@@ -118,6 +122,21 @@ async fn concurrent_setups_create_one_admin_and_the_token_is_shown_once() {
             (r.status(), r.text().await.unwrap())
         }));
     }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "select count(*) from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        if waiting >= 10 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "only {waiting} setups reached the database");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    blocker.rollback().await.unwrap();
     let mut created = Vec::new();
     let mut responses = Vec::new();
     for h in handles {
