@@ -437,6 +437,20 @@ async fn twenty_wrong_passwords_get_429_until_the_window_passes() {
     assert_error(s, &body, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
     assert!(cookie.is_none());
 
+    // A bad setting stops start-up with a message naming it.
+    let dd = tempfile::tempdir().unwrap();
+    let (code, _, err) = run_cli(
+        &["serve"],
+        &[
+            ("DATABASE_URL", &db.url),
+            ("TESSERA_DATA_DIR", dd.path().to_str().unwrap()),
+            ("TESSERA_LISTEN", "127.0.0.1:0"),
+            ("TESSERA_SIGNIN_WINDOW_SECS", "soon"),
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("TESSERA_SIGNIN_WINDOW_SECS"), "{err}");
+
     tokio::time::sleep(Duration::from_secs(window) + Duration::from_millis(300)).await;
     let (s, cookie, _, body) = sign_in(&gw, "ada@example.org", PASSWORD).await;
     assert_eq!(s, StatusCode::OK, "{body}");
@@ -818,9 +832,15 @@ async fn login_rotate_create_and_revoke_over_the_cli() {
     let (code, out, err) = cli.run(&["token", "list", "--json"], &[]);
     assert_eq!(code, 0, "{err}");
     assert!(serde_json::from_str::<Value>(&out).unwrap()["items"].is_array());
+    // recover with a still-valid saved session needs no password at all.
+    let (code, _, err) = cli.run(&["token", "recover"], &[]);
+    assert_eq!(code, 0, "{err}");
+    let recovered = cli.saved_token();
+    assert_eq!(get(&gw, "/api/admin/tokens", Auth::Token(&recovered)).await.0, StatusCode::OK);
     let (code, _, err) = cli.run(&["token", "rotate"], &[]);
     assert_eq!(code, 0, "{err}");
     let first = cli.saved_token();
+    assert_ne!(first, recovered);
 
     // rotate --revoke-old: the old token is dead at once, the new one works.
     let (code, _, err) = cli.run(&["token", "rotate", "--revoke-old"], &[]);
