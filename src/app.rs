@@ -52,6 +52,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 }
 
 async fn run(config: &Config, pool: &PgPool) -> anyhow::Result<()> {
+    crate::admin::sessions::SignInThrottle::init_from_env()?;
     crate::store::migrate(pool).await?;
     let sealing = SealingKey::load(config.sealing_key.as_ref(), &config.data_dir)?;
     let ca = GatewayCa::load_or_create(pool, &sealing).await?;

@@ -1,14 +1,63 @@
-//! The admin plane (DESIGN §6): credentials, the admin guard, and (as they land) bootstrap,
-//! sessions, token management and the local data API.
+//! The admin plane (DESIGN §6, §7): credentials, the admin guard, first-user bootstrap, sign-in
+//! sessions, admin tokens and the local data API.
+//!
+//! Reading order: [`credentials`] (secret formats) → [`guard`] (who is calling) →
+//! [`passwords`] → [`bootstrap`] → [`sessions`] → [`tokens`] → [`data`].
 
+pub mod bootstrap;
 pub mod credentials;
+pub mod data;
 pub mod guard;
+pub mod passwords;
+pub mod sessions;
+pub mod tokens;
 
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::app::AppState;
 
+#[derive(OpenApi)]
+#[openapi(
+    modifiers(&SecuritySchemes),
+    tags(
+        (name = "admin", description = "First-user bootstrap and admin tokens"),
+        (name = "auth", description = "Sign-in sessions"),
+        (name = "admin-data", description = "The local data API: records this gateway federates"),
+    )
+)]
+struct AdminDoc;
+
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An admin token (`tsr_...`)"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                guard::SESSION_COOKIE,
+                "The session cookie set by POST /api/auth/sign-in",
+            ))),
+        );
+    }
+}
+
 /// Routes under `/api/bootstrap`, `/api/auth` and `/api/admin`.
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
+    OpenApiRouter::with_openapi(AdminDoc::openapi())
+        .merge(bootstrap::router())
+        .merge(sessions::router())
+        .merge(tokens::router())
+        .merge(data::routes::router())
 }

@@ -4,6 +4,8 @@
 //! printing data (`openapi`, `doctor --json`) keep stdout clean.
 
 mod bench_list;
+mod admin;
+mod client;
 mod doctor;
 mod federation;
 
@@ -58,6 +60,15 @@ pub enum Command {
     /// Read from peers: list, get, capabilities, and the merged local/peer query.
     #[command(subcommand)]
     Federation(federation::FederationCommand),
+    /// Admin set-up on the database: `admin bootstrap` creates the first admin headless.
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
+    /// Sign in to a gateway and save the session for later commands.
+    Login(admin::LoginArgs),
+    /// Admin tokens: list, create, revoke, rotate, recover (exit 0 ok, 1 unreachable, 2 auth, 3 rejected).
+    Token(admin::TokenArgs),
+    /// Bulk-load data API records from a JSON Lines file, all or nothing.
+    Import(admin::ImportArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -143,6 +154,10 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             eprintln!("{}", if stopped { "embedded Postgres stopped" } else { "embedded Postgres was not running" });
             Ok(ExitCode::SUCCESS)
         }
+        Command::Admin(c) => Ok(admin::bootstrap(c, &config).await),
+        Command::Login(a) => Ok(admin::login(a, &config).await),
+        Command::Token(a) => Ok(admin::token(a, &config).await),
+        Command::Import(a) => Ok(admin::import(a, &config).await),
         Command::Bench(BenchCommand::List(args)) => bench_list::run(&config, &args).await.map(|()| ExitCode::SUCCESS),
         Command::Peer(cmd) => federation::peer(&config, cmd).await,
         Command::Grant(cmd) => federation::grant(&config, cmd).await,

@@ -1,0 +1,95 @@
+//! Password hashing (argon2id, PHC strings) off the async runtime.
+//!
+//! Hashing costs tens of milliseconds of CPU and ~19 MiB of memory by design, so it runs on the
+//! blocking pool. A sign-in for an unknown email (or a user without a password) still verifies
+//! against a dummy hash, so response timing does not reveal which emails have accounts.
+
+use std::sync::OnceLock;
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+
+use super::credentials::Secret;
+use crate::http::error::ApiError;
+
+/// Shortest password accepted on create.
+pub const MIN_LEN: usize = 8;
+/// Longest password accepted (argon2 accepts more; this bounds the work a request can ask for).
+pub const MAX_LEN: usize = 1024;
+
+/// Checks the length rules; the error names the field `password`.
+///
+/// # Errors
+/// 400 naming `password`.
+pub fn validate(password: &Secret) -> Result<(), ApiError> {
+    let n = password.expose().chars().count();
+    if n < MIN_LEN {
+        return Err(ApiError::invalid_field("password", format!("password must have at least {MIN_LEN} characters")));
+    }
+    if password.expose().len() > MAX_LEN {
+        return Err(ApiError::invalid_field("password", format!("password must have at most {MAX_LEN} bytes")));
+    }
+    Ok(())
+}
+
+/// An argon2id PHC string for `password`.
+///
+/// # Errors
+/// Only internal failures (the blocking pool or the RNG).
+pub async fn hash(password: Secret) -> Result<String, ApiError> {
+    tokio::task::spawn_blocking(move || hash_blocking(&password))
+        .await
+        .map_err(|e| ApiError::internal(anyhow::anyhow!("password hashing task failed: {e}")))?
+}
+
+fn hash_blocking(password: &Secret) -> Result<String, ApiError> {
+    Argon2::default()
+        .hash_password(password.expose().as_bytes())
+        .map(|h| h.to_string())
+        .map_err(|e| ApiError::internal(anyhow::anyhow!("argon2 hashing failed: {e}")))
+}
+
+/// Whether `password` matches `phc`. With no stored hash it still spends the same work and
+/// answers false.
+pub async fn verify(password: Secret, phc: Option<String>) -> bool {
+    tokio::task::spawn_blocking(move || {
+        let (target, real) = match &phc {
+            Some(p) => (p.as_str(), true),
+            None => (dummy_hash(), false),
+        };
+        let ok = Argon2::default().verify_password(password.expose().as_bytes(), target).is_ok();
+        ok && real
+    })
+    .await
+    .unwrap_or(false)
+}
+
+fn dummy_hash() -> &'static str {
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    DUMMY.get_or_init(|| {
+        hash_blocking(&Secret::generate("dummy_")).unwrap_or_else(|_| "$argon2id$v=19$m=19456,t=2,p=1$invalid".into())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn hashes_are_argon2id_and_verify() {
+        let pw = Secret::from_plaintext("correct horse");
+        let phc = hash(pw.clone()).await.unwrap();
+        assert!(phc.starts_with("$argon2id$"), "{phc}");
+        assert!(!phc.contains("correct horse"));
+        assert!(verify(pw.clone(), Some(phc.clone())).await);
+        assert!(!verify(Secret::from_plaintext("wrong horse"), Some(phc)).await);
+        assert!(!verify(pw, None).await, "no stored hash never verifies");
+    }
+
+    #[test]
+    fn length_rules_name_the_field() {
+        let e = validate(&Secret::from_plaintext("short")).unwrap_err();
+        assert_eq!(e.status(), 400);
+        assert!(validate(&Secret::from_plaintext("long enough")).is_ok());
+    }
+}

@@ -1,0 +1,266 @@
+//! What the admin-tooling commands share: how to reach the gateway (URL, CA, credential), the
+//! CLI's state file, and the mapping of outcomes to exit codes.
+//!
+//! Exit codes: 0 ok; 1 the gateway could not be reached ("Could not reach gateway at <url>");
+//! 2 authentication (sign-in failed, expired or revoked credential, "User is not an admin");
+//! 3 the server rejected the request (status and a short excerpt of the body).
+//!
+//! State lives in `TESSERA_CONFIG_DIR` (default `$XDG_CONFIG_HOME/tessera` or
+//! `~/.config/tessera`), in `credentials.json`, mode 0600, replaced atomically (temp file +
+//! rename) so a crash never leaves half a file and a reader never sees one.
+
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use reqwest::{Method, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::admin::credentials::Secret;
+use crate::admin::guard::SESSION_COOKIE;
+use crate::config::Config;
+
+pub const EXIT_UNREACHABLE: u8 = 1;
+pub const EXIT_AUTH: u8 = 2;
+pub const EXIT_REJECTED: u8 = 3;
+
+/// Where the gateway is and how to trust it.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ClientArgs {
+    /// Gateway base URL [default: the local gateway, https://<TESSERA_LISTEN>].
+    #[arg(long, env = "TESSERA_GATEWAY", global = true)]
+    pub gateway: Option<String>,
+    /// PEM CA certificate to trust for the gateway [default for the local gateway: <data dir>/ca.pem].
+    #[arg(long, env = "TESSERA_CA_FILE", global = true)]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// A failure with its exit code; the message is printed to stderr.
+#[derive(Debug)]
+pub struct CliError {
+    pub code: u8,
+    pub message: String,
+}
+
+impl CliError {
+    pub fn new(code: u8, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+}
+
+/// The CLI's saved credentials, for one gateway.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CliState {
+    pub gateway: Option<String>,
+    pub token: Option<Secret>,
+    pub token_id: Option<Uuid>,
+    pub session: Option<Secret>,
+}
+
+/// The state directory.
+pub fn config_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("TESSERA_CONFIG_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("tessera")
+}
+
+pub fn state_path() -> PathBuf {
+    config_dir().join("credentials.json")
+}
+
+impl CliState {
+    /// The saved state, or an empty one when there is none (or it cannot be parsed).
+    pub fn load() -> Self {
+        std::fs::read(state_path()).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+    }
+
+    /// The saved state if it belongs to `gateway`, else an empty one for it.
+    pub fn load_for(gateway: &str) -> Self {
+        let s = Self::load();
+        if s.gateway.as_deref() == Some(gateway) {
+            s
+        } else {
+            Self { gateway: Some(gateway.to_string()), ..Self::default() }
+        }
+    }
+
+    /// Writes the state atomically with mode 0600 (the directory 0700).
+    ///
+    /// # Errors
+    /// The directory or file cannot be written.
+    pub fn save(&self) -> Result<PathBuf, CliError> {
+        let path = state_path();
+        let write = || -> std::io::Result<()> {
+            let dir = path.parent().unwrap_or(Path::new("."));
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+            let tmp = dir.join(format!(".credentials.json.{}.tmp", std::process::id()));
+            let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+            f.write_all(&serde_json::to_vec_pretty(self).unwrap_or_default())?;
+            f.sync_all()?;
+            drop(f);
+            std::fs::rename(&tmp, &path)
+        };
+        write().map_err(|e| CliError::new(1, format!("Cannot save CLI state to {}: {e}", path.display())))?;
+        Ok(path)
+    }
+}
+
+/// The credential a request carries.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    None,
+    Token(Secret),
+    Session(Secret),
+}
+
+impl Auth {
+    /// `TESSERA_TOKEN` wins over the saved token, which wins over the saved session.
+    pub fn from_env_or(state: &CliState) -> Self {
+        if let Some(t) = std::env::var("TESSERA_TOKEN").ok().filter(|t| !t.trim().is_empty()) {
+            return Self::Token(Secret::from_plaintext(t.trim()));
+        }
+        match (&state.token, &state.session) {
+            (Some(t), _) => Self::Token(t.clone()),
+            (None, Some(s)) => Self::Session(s.clone()),
+            (None, None) => Self::None,
+        }
+    }
+}
+
+/// A response: status, body as JSON (or `Null`), and the session cookie if one was set.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Value,
+    pub excerpt: String,
+    pub retry_after: Option<String>,
+    pub session_cookie: Option<Secret>,
+}
+
+impl Reply {
+    /// The server's error message, if the body is the error envelope.
+    pub fn message(&self) -> String {
+        self.body["error"]["message"].as_str().map_or_else(|| self.excerpt.clone(), str::to_string)
+    }
+}
+
+/// The gateway as seen from the CLI.
+pub struct GatewayClient {
+    pub base: String,
+    http: reqwest::Client,
+}
+
+impl GatewayClient {
+    /// Resolves the URL and the CA to trust.
+    ///
+    /// # Errors
+    /// A malformed URL or an unreadable CA file (exit 1).
+    pub fn new(args: &ClientArgs, config: &Config) -> Result<Self, CliError> {
+        let base = args.gateway.clone().unwrap_or_else(|| config.public_url.clone()).trim_end_matches('/').to_string();
+        let url = reqwest::Url::parse(&base)
+            .map_err(|_| CliError::new(1, format!("--gateway / TESSERA_GATEWAY: '{base}' is not a URL")))?;
+        let ca_path = match &args.ca_file {
+            Some(p) => Some(p.clone()),
+            None if is_local(&url, config) && config.ca_cert_path().exists() => Some(config.ca_cert_path()),
+            None => None,
+        };
+        let mut builder = reqwest::Client::builder()
+            .tls_backend_rustls()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .user_agent(concat!("tessera-cli/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = ca_path {
+            let pem = std::fs::read(&path)
+                .map_err(|e| CliError::new(1, format!("Cannot read the CA file {}: {e}", path.display())))?;
+            let ca = reqwest::Certificate::from_pem(&pem)
+                .map_err(|_| CliError::new(1, format!("{} is not a PEM certificate", path.display())))?;
+            builder = builder.tls_certs_only([ca]);
+        }
+        let http = builder.build().map_err(|e| CliError::new(1, format!("Cannot build the HTTPS client: {e}")))?;
+        Ok(Self { base, http })
+    }
+
+    /// Sends one request. Only a transport failure is an error here (exit 1); statuses are the
+    /// caller's to judge.
+    ///
+    /// # Errors
+    /// The gateway could not be reached.
+    pub async fn send(&self, method: Method, path: &str, auth: &Auth, body: Option<&Value>) -> Result<Reply, CliError> {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        match auth {
+            Auth::None => {}
+            Auth::Token(t) => req = req.bearer_auth(t.expose()),
+            Auth::Session(s) => req = req.header(reqwest::header::COOKIE, format!("{SESSION_COOKIE}={}", s.expose())),
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(|e| {
+            let cause = std::error::Error::source(&e).map(ToString::to_string).unwrap_or_else(|| e.to_string());
+            CliError::new(EXIT_UNREACHABLE, format!("Could not reach gateway at {}\n  ({cause})", self.base))
+        })?;
+        let status = resp.status();
+        let retry_after =
+            resp.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let session_cookie = resp
+            .headers()
+            .get_all(reqwest::header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter_map(|v| v.split(';').next()?.trim().strip_prefix(&format!("{SESSION_COOKIE}=")).map(str::to_string))
+            .find(|v| !v.is_empty())
+            .map(Secret::from_plaintext);
+        let text = resp.text().await.unwrap_or_default();
+        let excerpt: String = text.chars().take(200).collect();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Ok(Reply { status, body, excerpt, retry_after, session_cookie })
+    }
+
+    /// Sends and requires a 2xx; otherwise maps the status to an exit code and message.
+    ///
+    /// # Errors
+    /// Unreachable (1), 401/403 (2), any other rejection (3).
+    pub async fn call(&self, method: Method, path: &str, auth: &Auth, body: Option<&Value>) -> Result<Value, CliError> {
+        let reply = self.send(method, path, auth, body).await?;
+        if reply.status.is_success() {
+            return Ok(reply.body);
+        }
+        Err(self.rejection(&reply))
+    }
+
+    /// The exit code and message for a non-2xx reply to an authenticated request.
+    pub fn rejection(&self, reply: &Reply) -> CliError {
+        match reply.status {
+            StatusCode::UNAUTHORIZED => CliError::new(
+                EXIT_AUTH,
+                format!(
+                    "Authentication failed: {} (the session or token is missing, expired or revoked).\n\
+                     Get a new token with: tessera token recover --email <email> --gateway {}",
+                    reply.message(),
+                    self.base
+                ),
+            ),
+            StatusCode::FORBIDDEN => CliError::new(EXIT_AUTH, reply.message()),
+            status => CliError::new(
+                EXIT_REJECTED,
+                format!("The gateway rejected the request: HTTP {}: {}", status.as_u16(), reply.excerpt),
+            ),
+        }
+    }
+}
+
+fn is_local(url: &reqwest::Url, config: &Config) -> bool {
+    let local_host = matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]" | "::1"));
+    local_host && url.port_or_known_default() == Some(config.listen.port())
+}
