@@ -1007,3 +1007,72 @@ async fn gateway_a_reads_from_b_with_tagged_rows_merges_and_fails_fast_when_b_is
     assert!(started.elapsed() < Duration::from_millis(500), "fails fast");
     let _ = grant;
 }
+
+/// Sends one HTTP/1.1 request over a fresh TLS connection made with `config` and returns the
+/// status code and how the handshake went.
+async fn raw_get(port: u16, config: std::sync::Arc<rustls::ClientConfig>, path: &str) -> (u16, rustls::HandshakeKind) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    let kind = tls.get_ref().1.handshake_kind().unwrap();
+    tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    let _ = tls.read_to_end(&mut response).await;
+    let text = String::from_utf8_lossy(&response);
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, kind)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resumed_tls_session_still_gets_every_guard_check() {
+    use rustls_pki_types::pem::PemObject;
+    let pair = Pair::new(vec![]).await;
+    let grant = pair.enroll().await;
+    let (identity, cert_pem) = pair.a_identity().await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls_pki_types::CertificateDer::from_pem_slice(&pair.b.ca_pem).unwrap()).unwrap();
+    let chain = vec![rustls_pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap()];
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(&identity).unwrap();
+    // One client config, so its session cache lets the second connection resume.
+    let config = std::sync::Arc::new(
+        rustls::ClientConfig::builder().with_root_certificates(roots).with_client_auth_cert(chain, key).unwrap(),
+    );
+    let (status, kind) = raw_get(pair.b.port, config.clone(), "/api/federation/v1/capabilities").await;
+    assert_eq!((status, kind), (200, rustls::HandshakeKind::Full));
+    let (status, kind) = raw_get(pair.b.port, config.clone(), "/api/federation/v1/capabilities").await;
+    assert_eq!((status, kind), (200, rustls::HandshakeKind::Resumed), "the session resumed and identity carried over");
+
+    let (status, _) =
+        pair.admin_post(&format!("/api/admin/grants/{grant}/revoke"), json!({"reason": "resumption test"})).await;
+    assert_eq!(status, 200);
+    let (status, kind) = raw_get(pair.b.port, config, "/api/federation/v1/capabilities").await;
+    assert_eq!(kind, rustls::HandshakeKind::Resumed);
+    assert_eq!(status, 403, "a resumed session is still checked against the database");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_client_certificate_fails_the_handshake() {
+    let pair = Pair::new(vec![]).await;
+    let grant = pair.enroll().await;
+    let ca = pair.b_ca();
+    let key = p256();
+    let mut params = rcgen::CertificateParams::default();
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    params.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(2);
+    params.not_after = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+    for (arc, value) in [(1u64, grant), (2, pair.subject)] {
+        let mut content = vec![0x0c, 36];
+        content.extend_from_slice(value.to_string().as_bytes());
+        params
+            .custom_extensions
+            .push(rcgen::CustomExtension::from_oid_content(&[1, 3, 6, 1, 4, 1, 99999, arc], content));
+    }
+    let cert = params.signed_by(&key, ca.issuer()).unwrap();
+    let identity = format!("{}{}", key.serialize_pem(), cert.pem());
+    let r = pair.mtls_client(identity.as_bytes()).get(pair.b.url("/api/federation/v1/capabilities")).send().await;
+    assert!(r.is_err(), "expired certificate must not complete the handshake: {r:?}");
+}

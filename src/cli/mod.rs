@@ -3,8 +3,8 @@
 //! Exit codes: 0 ok; 1 failure (for `doctor`: a red check). Logs go to stderr so that commands
 //! printing data (`openapi`, `doctor --json`) keep stdout clean.
 
-mod bench_list;
 mod admin;
+mod bench_list;
 mod client;
 mod doctor;
 mod federation;
