@@ -1076,3 +1076,27 @@ async fn an_expired_client_certificate_fails_the_handshake() {
     let r = pair.mtls_client(identity.as_bytes()).get(pair.b.url("/api/federation/v1/capabilities")).send().await;
     assert!(r.is_err(), "expired certificate must not complete the handshake: {r:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gateway_a_renews_certificates_that_are_due() {
+    let pair = Pair::new(vec![]).await;
+    pair.enroll().await;
+    let (_, before) = pair.a_identity().await;
+    let sealing = tessera::sealing::SealingKey::load(None, pair.a_dir.path()).unwrap();
+    // Not due: an hour-long certificate with most of its life left.
+    tessera::federation::client::renew_due(&pair.a_db.pool, &sealing, Duration::from_secs(3600)).await;
+    assert_eq!(pair.a_identity().await.1, before, "not renewed before two thirds of its lifetime");
+    // Due: measured against a 10-day lifetime, less than a third is left.
+    tessera::federation::client::renew_due(&pair.a_db.pool, &sealing, Duration::from_secs(10 * 86_400)).await;
+    let (identity, after) = pair.a_identity().await;
+    assert_ne!(after, before, "renewed");
+    let new_serial = leaf_identity(&after).serial;
+    let current: String = sqlx::query_scalar("select current_serial from federation_peers where id = $1")
+        .bind(pair.peer_id)
+        .fetch_one(&pair.b_db.pool)
+        .await
+        .unwrap();
+    assert_eq!(current, new_serial, "B made the new serial current");
+    let r = pair.mtls_client(&identity).get(pair.b.url("/api/federation/v1/capabilities")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "the stored (re-sealed) key and new certificate work");
+}
