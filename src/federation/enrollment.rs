@@ -188,17 +188,8 @@ pub async fn redeem(
         }
     };
 
-    let cert = state.ca.issue_client_cert(
-        &public_key,
-        &ClientCertRequest {
-            peer_name: &peer_name,
-            grant_id,
-            subject_user_id: subject,
-            oids: &state.config.federation.oids,
-            ttl: state.config.federation.cert_ttl,
-        },
-    )?;
-    record_issued(&mut tx, &cert, peer_id, grant_id).await?;
+    let holder = Holder { peer_id, grant_id, subject_user_id: subject, peer_name: &peer_name };
+    let cert = issue_recorded(&mut tx, &state, &public_key, &holder, "enroll", "enrolled").await?;
     sqlx::query("update federation_grants set status = 'active', activated_at = now() where id = $1")
         .bind(grant_id)
         .execute(&mut *tx)
@@ -213,19 +204,6 @@ pub async fn redeem(
     .bind(cert.not_after)
     .execute(&mut *tx)
     .await?;
-    audit::record(
-        &mut *tx,
-        &AuditEntry {
-            grant_id: Some(grant_id),
-            peer_id: Some(peer_id),
-            subject_user_id: Some(subject),
-            verb: "enroll",
-            outcome: "enrolled",
-            reason: Some(format!("issued serial {}", cert.serial)),
-            ..Default::default()
-        },
-    )
-    .await?;
     tx.commit().await?;
     Ok(Json(chain(&state, cert)))
 }
@@ -234,23 +212,55 @@ fn chain(state: &AppState, cert: ClientCertificate) -> IssuedCertificate {
     IssuedCertificate { cert_chain_pem: format!("{}{}", cert.pem, state.ca.cert_pem()), cert_pem: cert.pem }
 }
 
-async fn record_issued(
-    conn: &mut PgConnection,
-    cert: &ClientCertificate,
+/// Who a certificate is for.
+struct Holder<'a> {
     peer_id: Uuid,
     grant_id: Uuid,
-) -> Result<(), sqlx::Error> {
+    subject_user_id: Uuid,
+    peer_name: &'a str,
+}
+
+/// Issues a client certificate, records its serial (for the CRL) and audits the issuance, all in
+/// `conn`'s transaction.
+async fn issue_recorded(
+    conn: &mut PgConnection,
+    state: &AppState,
+    public_key: &rcgen::SubjectPublicKeyInfo,
+    holder: &Holder<'_>,
+    verb: &str,
+    outcome: &str,
+) -> Result<ClientCertificate, ApiError> {
+    let cert = state.ca.issue_client_cert(
+        public_key,
+        &ClientCertRequest {
+            peer_name: holder.peer_name,
+            grant_id: holder.grant_id,
+            subject_user_id: holder.subject_user_id,
+            oids: &state.config.federation.oids,
+            ttl: state.config.federation.cert_ttl,
+        },
+    )?;
     sqlx::query(
         "insert into federation_issued_certs (serial, peer_id, grant_id, not_before, not_after) values ($1, $2, $3, $4, $5)",
     )
     .bind(&cert.serial)
-    .bind(peer_id)
-    .bind(grant_id)
+    .bind(holder.peer_id)
+    .bind(holder.grant_id)
     .bind(cert.not_before)
     .bind(cert.not_after)
-    .execute(conn)
+    .execute(&mut *conn)
     .await?;
-    Ok(())
+    let entry = AuditEntry {
+        grant_id: Some(holder.grant_id),
+        peer_id: Some(holder.peer_id),
+        subject_user_id: Some(holder.subject_user_id),
+        verb,
+        outcome,
+        reason: Some(format!("issued serial {}", cert.serial)),
+        ..Default::default()
+    };
+    audit::record(&mut *conn, &entry).await?;
+    Ok(cert)
 }
 
 /// Issues a renewed certificate for an authenticated peer: the new serial becomes current and
@@ -270,17 +280,13 @@ pub async fn renew(
         .bind(ctx.peer_id)
         .fetch_one(&mut *tx)
         .await?;
-    let cert = state.ca.issue_client_cert(
-        &public_key,
-        &ClientCertRequest {
-            peer_name: &peer_name,
-            grant_id: ctx.grant_id,
-            subject_user_id: ctx.subject_user_id,
-            oids: &state.config.federation.oids,
-            ttl: state.config.federation.cert_ttl,
-        },
-    )?;
-    record_issued(&mut tx, &cert, ctx.peer_id, ctx.grant_id).await?;
+    let holder = Holder {
+        peer_id: ctx.peer_id,
+        grant_id: ctx.grant_id,
+        subject_user_id: ctx.subject_user_id,
+        peer_name: &peer_name,
+    };
+    let cert = issue_recorded(&mut tx, state, &public_key, &holder, "renew", "renewed").await?;
     let grace = Duration::from_std(state.config.federation.renew_grace).unwrap_or_else(|_| Duration::seconds(60));
     sqlx::query(
         "update federation_peers
@@ -293,19 +299,6 @@ pub async fn renew(
     .bind(grace)
     .bind(cert.not_after)
     .execute(&mut *tx)
-    .await?;
-    audit::record(
-        &mut *tx,
-        &AuditEntry {
-            grant_id: Some(ctx.grant_id),
-            peer_id: Some(ctx.peer_id),
-            subject_user_id: Some(ctx.subject_user_id),
-            verb: "renew",
-            outcome: "renewed",
-            reason: Some(format!("issued serial {}", cert.serial)),
-            ..Default::default()
-        },
-    )
     .await?;
     tx.commit().await?;
     Ok(chain(state, cert))

@@ -122,6 +122,18 @@ fn tag(value: impl Serialize, kind: Option<&str>) -> serde_json::Value {
 // Visible projects: personal ones when allowed, plus those of the allowed teams.
 const VISIBLE_PROJECTS: &str = "select p.id from projects p where (p.owner_user_id = $1 and $2) or p.team_id = any($3)";
 
+/// A query over what `f` lets the subject see: binds `$1` subject, `$2` include_personal and
+/// `$3` team ids (the parameters of [`VISIBLE_PROJECTS`]); the caller binds the rest.
+fn scoped<'q, T>(
+    sql: String,
+    f: &QueryFilter,
+) -> sqlx::query::QueryAs<'q, sqlx::Postgres, T, sqlx::postgres::PgArguments>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+{
+    sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(f.subject_user_id).bind(f.include_personal).bind(f.team_ids.clone())
+}
+
 async fn tasks_page(
     pool: &sqlx::PgPool,
     f: &QueryFilter,
@@ -164,15 +176,7 @@ async fn fetch_tasks(
          order by t.created_at desc, t.id desc
          limit $6"
     );
-    sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(f.subject_user_id)
-        .bind(f.include_personal)
-        .bind(&f.team_ids)
-        .bind(after.0)
-        .bind(after.1)
-        .bind(n)
-        .fetch_all(pool)
-        .await
+    scoped(sql, f).bind(after.0).bind(after.1).bind(n).fetch_all(pool).await
 }
 
 async fn notes_page(
@@ -189,16 +193,27 @@ async fn notes_page(
          order by mt.created_at desc, mt.id desc
          limit $6"
     );
-    let rows: Vec<NoteRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(f.subject_user_id)
-        .bind(f.include_personal)
-        .bind(&f.team_ids)
-        .bind(after.0)
-        .bind(after.1)
-        .bind(n)
-        .fetch_all(pool)
-        .await?;
+    let rows: Vec<NoteRow> = scoped(sql, f).bind(after.0).bind(after.1).bind(n).fetch_all(pool).await?;
     Ok(rows.into_iter().map(|r| Row { created_at: r.created_at, id: r.id, source: None, json: tag(r, None) }).collect())
+}
+
+/// One keyset page of a memory table (`insights` or `preferences`, fixed names).
+fn memory_rows<'q, T>(
+    table: &'static str,
+    columns: &'static str,
+    f: &QueryFilter,
+    after: (DateTime<Utc>, Uuid),
+    n: i64,
+) -> sqlx::query::QueryAs<'q, sqlx::Postgres, T, sqlx::postgres::PgArguments>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+{
+    let sql = format!(
+        "select id, {columns}, created_at from {table}
+         where user_id = $1 and (created_at, id) < ($2, $3)
+         order by created_at desc, id desc limit $4"
+    );
+    sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(f.subject_user_id).bind(after.0).bind(after.1).bind(n)
 }
 
 /// Memory spans two tables: all insights first, then all preferences, each newest first.
@@ -215,17 +230,8 @@ async fn memory_page(
     let in_preferences = after.is_some_and(|p| p.source.as_deref() == Some("preferences"));
     if !in_preferences {
         let (t, i) = after.map_or((end_of_time(), MAX_UUID), |p| (p.created_at(), p.id));
-        let insights: Vec<InsightRow> = sqlx::query_as(
-            "select id, content, category, created_at from insights
-             where user_id = $1 and (created_at, id) < ($2, $3)
-             order by created_at desc, id desc limit $4",
-        )
-        .bind(f.subject_user_id)
-        .bind(t)
-        .bind(i)
-        .bind(n)
-        .fetch_all(pool)
-        .await?;
+        let insights: Vec<InsightRow> =
+            memory_rows("insights", "content, category", f, (t, i), n).fetch_all(pool).await?;
         rows.extend(insights.into_iter().map(|r| Row {
             created_at: r.created_at,
             id: r.id,
@@ -239,17 +245,8 @@ async fn memory_page(
             Some(p) if in_preferences => (p.created_at(), p.id),
             _ => (end_of_time(), MAX_UUID),
         };
-        let prefs: Vec<PreferenceRow> = sqlx::query_as(
-            "select id, key, value, category, created_at from preferences
-             where user_id = $1 and (created_at, id) < ($2, $3)
-             order by created_at desc, id desc limit $4",
-        )
-        .bind(f.subject_user_id)
-        .bind(t)
-        .bind(i)
-        .bind(remaining)
-        .fetch_all(pool)
-        .await?;
+        let prefs: Vec<PreferenceRow> =
+            memory_rows("preferences", "key, value, category", f, (t, i), remaining).fetch_all(pool).await?;
         rows.extend(prefs.into_iter().map(|r| Row {
             created_at: r.created_at,
             id: r.id,
@@ -406,13 +403,7 @@ pub async fn get(
                 "select t.id, t.title, t.description, t.status, t.priority, t.project_id, t.mission_id, t.created_at, t.updated_at
                  from tasks t where t.id = $4 and t.project_id in ({VISIBLE_PROJECTS})"
             );
-            let row: Option<TaskRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                .bind(filter.subject_user_id)
-                .bind(filter.include_personal)
-                .bind(&filter.team_ids)
-                .bind(id)
-                .fetch_optional(&state.pool)
-                .await?;
+            let row: Option<TaskRow> = scoped(sql, &filter).bind(id).fetch_optional(&state.pool).await?;
             row.map(|r| tag(r, None))
         }
         "notes" => {
@@ -422,13 +413,7 @@ pub async fn get(
                  where mt.id = $4 and mt.user_id = $1 and mt.notes <> ''
                    and exists (select 1 from missions m where m.id = mt.mission_id and m.project_id in ({VISIBLE_PROJECTS}))"
             );
-            let row: Option<NoteRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                .bind(filter.subject_user_id)
-                .bind(filter.include_personal)
-                .bind(&filter.team_ids)
-                .bind(id)
-                .fetch_optional(&state.pool)
-                .await?;
+            let row: Option<NoteRow> = scoped(sql, &filter).bind(id).fetch_optional(&state.pool).await?;
             row.map(|r| tag(r, None))
         }
         _ if filter.include_personal => {
