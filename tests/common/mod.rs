@@ -101,6 +101,18 @@ async fn ensure_template(pg: &EmbeddedPostgres) -> String {
         .clone()
 }
 
+/// Clears the gateway settings the test run itself may have inherited (a developer's
+/// `TESSERA_DATA_DIR`, `DATABASE_URL`...), so every spawned process sees only what its test sets.
+pub fn hermetic(mut cmd: Command) -> Command {
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy().into_owned();
+        if key.starts_with("TESSERA_") || key == "DATABASE_URL" || key == "VALKEY_URL" {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
 /// A free TCP port on loopback (bound and released; the small reuse race is acceptable in tests).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
@@ -143,9 +155,8 @@ impl Gateway {
             }
         };
         let port = opts.port.unwrap_or_else(free_port);
-        let mut cmd = Command::new(tessera_bin());
+        let mut cmd = hermetic(Command::new(tessera_bin()));
         cmd.arg("serve")
-            .env_remove("DATABASE_URL")
             .env("TESSERA_DATA_DIR", &data_dir)
             .env("TESSERA_LISTEN", format!("127.0.0.1:{port}"))
             .env("TESSERA_LOG", "info,sqlx=warn")
@@ -259,8 +270,8 @@ pub fn client_trusting(ca_pem: &[u8]) -> reqwest::Client {
 
 /// Runs the tessera binary with `args` and `env`, returning (exit code, stdout, stderr).
 pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let mut cmd = Command::new(tessera_bin());
-    cmd.args(args).env_remove("DATABASE_URL").env("TESSERA_LOG", "warn").stdin(Stdio::null());
+    let mut cmd = hermetic(Command::new(tessera_bin()));
+    cmd.args(args).env("TESSERA_LOG", "warn").stdin(Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);
     }
