@@ -11,8 +11,10 @@ use std::time::Instant;
 
 use axum::Extension;
 use axum::extract::State;
+use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use sha2::Digest;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -41,7 +43,7 @@ pub struct ListRequest {
 pub struct ListResponse {
     /// Rows, newest first, each tagged `"_source": "local"`.
     #[schema(value_type = Vec<Object>)]
-    pub items: Vec<serde_json::Value>,
+    pub items: Vec<Box<RawValue>>,
     /// Absent on the last page.
     #[serde(rename = "nextCursor", skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
@@ -68,6 +70,9 @@ struct TaskRow {
     mission_id: Option<Uuid>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    #[sqlx(skip)]
+    #[serde(rename = "_source")]
+    source: Local,
 }
 
 #[derive(Debug, Serialize, sqlx::FromRow)]
@@ -79,6 +84,9 @@ struct NoteRow {
     notes: String,
     status: String,
     created_at: DateTime<Utc>,
+    #[sqlx(skip)]
+    #[serde(rename = "_source")]
+    source: Local,
 }
 
 #[derive(Debug, Serialize, sqlx::FromRow)]
@@ -100,12 +108,26 @@ struct PreferenceRow {
     created_at: DateTime<Utc>,
 }
 
-/// A row ready for the wire, with its keyset position.
+/// Serialises as `"local"`: the `_source` of every row this gateway serves itself.
+#[derive(Debug, Default, Clone, Copy)]
+struct Local;
+
+impl Serialize for Local {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("local")
+    }
+}
+
+/// A row ready for the wire (already serialised once), with its keyset position.
 struct Row {
     created_at: DateTime<Utc>,
     id: Uuid,
     source: Option<&'static str>,
-    json: serde_json::Value,
+    json: Box<RawValue>,
+}
+
+fn raw(value: &impl Serialize) -> Box<RawValue> {
+    serde_json::value::to_raw_value(value).expect("rows always serialise")
 }
 
 fn tag(value: impl Serialize, kind: Option<&str>) -> serde_json::Value {
@@ -141,7 +163,7 @@ async fn tasks_page(
     n: i64,
 ) -> Result<Vec<Row>, sqlx::Error> {
     let rows = fetch_tasks(pool, f, after, n).await?;
-    Ok(rows.into_iter().map(|r| Row { created_at: r.created_at, id: r.id, source: None, json: tag(r, None) }).collect())
+    Ok(rows.into_iter().map(|r| Row { created_at: r.created_at, id: r.id, source: None, json: raw(&r) }).collect())
 }
 
 /// The tasks page query alone (no JSON shaping): what `tessera bench list` measures as the
@@ -194,7 +216,7 @@ async fn notes_page(
          limit $6"
     );
     let rows: Vec<NoteRow> = scoped(sql, f).bind(after.0).bind(after.1).bind(n).fetch_all(pool).await?;
-    Ok(rows.into_iter().map(|r| Row { created_at: r.created_at, id: r.id, source: None, json: tag(r, None) }).collect())
+    Ok(rows.into_iter().map(|r| Row { created_at: r.created_at, id: r.id, source: None, json: raw(&r) }).collect())
 }
 
 /// One keyset page of a memory table (`insights` or `preferences`, fixed names).
@@ -236,7 +258,7 @@ async fn memory_page(
             created_at: r.created_at,
             id: r.id,
             source: Some("insights"),
-            json: tag(r, Some("insight")),
+            json: raw(&tag(r, Some("insight"))),
         }));
     }
     let remaining = n - rows.len() as i64;
@@ -251,7 +273,7 @@ async fn memory_page(
             created_at: r.created_at,
             id: r.id,
             source: Some("preferences"),
-            json: tag(r, Some("preference")),
+            json: raw(&tag(r, Some("preference"))),
         }));
     }
     Ok(rows)
@@ -325,7 +347,7 @@ pub async fn list(
     Extension(ctx): Extension<FederationContext>,
     Path(resource): Path<String>,
     raw: axum::body::Bytes,
-) -> Result<Json<ListResponse>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     let started = Instant::now();
     // An empty body means "first page, default limit"; anything else must be the JSON object.
     let body: ListRequest = if raw.iter().all(u8::is_ascii_whitespace) {
@@ -365,7 +387,9 @@ pub async fn list(
         next_cursor,
         truncated: requested.filter(|&r| r > u64::from(filter.limit)).map(|_| true),
     };
-    let bytes = serde_json::to_vec(&response).map(|v| v.len() as i64).ok();
+    // Serialised once: the same bytes are sent and counted for the audit row.
+    let encoded = serde_json::to_vec(&response).map_err(anyhow::Error::from)?;
+    let bytes = i64::try_from(encoded.len()).ok();
     let query_hash = hex::encode(sha2::Sha256::digest(format!("{}|{:?}|{}", resource, body.cursor, filter.limit)));
     let o = Outcome {
         outcome: "allowed",
@@ -376,7 +400,7 @@ pub async fn list(
         ..Default::default()
     };
     audit_verb(&state, &ctx, "list", &resource, o);
-    Ok(Json(response))
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], encoded).into_response())
 }
 
 /// One row by id. 404 when it does not exist *or* lies outside the grant (no existence oracle).
