@@ -34,12 +34,14 @@ impl Backoff {
         self.base.saturating_mul(1u32 << exp).min(self.cap)
     }
 
-    /// A delay drawn from the upper half of [`Backoff::ceiling`]: jitter spreads retries of many
-    /// jobs that failed together, and keeping the lower half out makes delays still grow.
+    /// A delay drawn from the top 40 % of [`Backoff::ceiling`] (60–100 %): jitter spreads
+    /// retries of many jobs that failed together, and since the ceiling doubles, the shortest
+    /// next delay (120 % of this ceiling) is still longer than the longest one now, so delays
+    /// always grow until the cap.
     pub fn delay(&self, attempt: i32) -> Duration {
         use rand::RngExt;
         let ceiling = self.ceiling(attempt).as_millis().max(1) as u64;
-        Duration::from_millis(rand::rng().random_range(ceiling / 2..=ceiling))
+        Duration::from_millis(rand::rng().random_range(ceiling * 3 / 5..=ceiling))
     }
 }
 
@@ -152,7 +154,7 @@ mod tests {
         assert_eq!(b.ceiling(500), Duration::from_millis(1000));
         for attempt in 1..8 {
             let d = b.delay(attempt);
-            assert!(d <= b.ceiling(attempt) && d >= b.ceiling(attempt) / 2, "{attempt}: {d:?}");
+            assert!(d <= b.ceiling(attempt) && d >= b.ceiling(attempt) * 3 / 5, "{attempt}: {d:?}");
         }
     }
 }
