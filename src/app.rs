@@ -76,18 +76,8 @@ async fn run(config: &Config, pool: &PgPool) -> anyhow::Result<()> {
         AppState { pool: pool.clone(), config: Arc::new(config.clone()), ca, sealing, limiter, audit, breakers };
     let app = crate::http::router(state.clone());
 
-    // Client certificates we hold for peers we call are renewed at about 2/3 of their lifetime.
-    // A timer for now; it moves onto the job queue once that lands.
-    let renewer = {
-        let (pool, sealing, lifetime) = (state.pool.clone(), state.sealing.clone(), config.federation.cert_ttl);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(30));
-            loop {
-                tick.tick().await;
-                crate::federation::client::renew_due(&pool, &sealing, lifetime).await;
-            }
-        })
-    };
+    // Queue workers (certificate renewal and clean-up are periodic jobs), the outbox drainer.
+    let background = crate::queue::background::BackgroundWork::start(&state).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("TESSERA_LISTEN: cannot bind {}", config.listen))?;
@@ -103,7 +93,7 @@ async fn run(config: &Config, pool: &PgPool) -> anyhow::Result<()> {
         Duration::from_secs(10),
     )
     .await;
-    renewer.abort();
+    background.stop().await;
     // Dropping the last sink lets the audit writer flush what is buffered and stop.
     drop(state);
     let _ = tokio::time::timeout(Duration::from_secs(5), audit_writer).await;

@@ -11,6 +11,8 @@ pub mod cli;
 pub mod config;
 pub mod federation;
 pub mod http;
+pub mod outbox;
+pub mod queue;
 pub mod ratelimit;
 pub mod rbac;
 pub mod sealing;

@@ -97,6 +97,7 @@ pub async fn setup(pool: &PgPool, req: SetupRequest) -> Result<SetupResponse, Ap
         .execute(&mut *tx)
         .await?;
     let (token, secret) = mint_token(&mut *tx, user.id, "bootstrap", None).await?;
+    super::tokens::token_created(&mut tx, &token).await?;
     tx.commit().await?;
     tracing::info!(user_id = %user.id, "first admin created");
     Ok(SetupResponse { user, token: TokenCreated::new(token, &secret) })

@@ -96,7 +96,10 @@ pub async fn create(
             ));
         }
     };
-    let (token, secret) = mint_token(&state.pool, admin.user_id, label, expires_at).await?;
+    let mut tx = state.pool.begin().await?;
+    let (token, secret) = mint_token(&mut *tx, admin.user_id, label, expires_at).await?;
+    token_created(&mut tx, &token).await?;
+    tx.commit().await?;
     tracing::info!(token_id = %token.id, user_id = %admin.user_id, "admin token created");
     Ok((StatusCode::CREATED, Json(TokenCreated::new(token, &secret))))
 }
@@ -136,17 +139,55 @@ pub async fn revoke(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
 ) -> Result<StatusCode, ApiError> {
+    let mut tx = state.pool.begin().await?;
     let done =
         sqlx::query("update admin_tokens set revoked_at = now() where id = $1 and user_id = $2 and revoked_at is null")
             .bind(id)
             .bind(admin.user_id)
-            .execute(&state.pool)
+            .execute(&mut *tx)
             .await?;
     if done.rows_affected() == 0 {
         return Err(ApiError::not_found("No active token of yours with this id"));
     }
+    token_revoked(&mut tx, id, admin.user_id, "revoked by its owner").await?;
+    tx.commit().await?;
     tracing::info!(token_id = %id, user_id = %admin.user_id, "admin token revoked");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The `token.created` outbox event (never the plaintext or its hash), in `conn`'s transaction.
+///
+/// # Errors
+/// Database errors.
+pub async fn token_created(conn: &mut sqlx::PgConnection, token: &AdminToken) -> Result<(), sqlx::Error> {
+    crate::outbox::emit_event(
+        conn,
+        "token.created",
+        &serde_json::json!({
+            "tokenId": token.id, "userId": token.user_id, "label": token.label, "expiresAt": token.expires_at,
+        }),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// The `token.revoked` outbox event, in `conn`'s transaction.
+///
+/// # Errors
+/// Database errors.
+pub async fn token_revoked(
+    conn: &mut sqlx::PgConnection,
+    token_id: Uuid,
+    user_id: Uuid,
+    reason: &str,
+) -> Result<(), sqlx::Error> {
+    crate::outbox::emit_event(
+        conn,
+        "token.revoked",
+        &serde_json::json!({"tokenId": token_id, "userId": user_id, "reason": reason}),
+    )
+    .await
+    .map(|_| ())
 }
 
 pub fn router() -> OpenApiRouter<AppState> {

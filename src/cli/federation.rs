@@ -221,8 +221,12 @@ async fn grant_inner(config: &Config, pool: &sqlx::PgPool, cmd: GrantCommand) ->
             let scope: serde_json::Value =
                 serde_json::from_str(&text).with_context(|| format!("{} is not JSON", scope.display()))?;
             let body = grants::CreateGrant { peer_id: peer.id, subject_user_id, scope, expires_at };
-            match grants::create(pool, &body).await {
-                Ok(g) => print(json, &g, grant_line)?,
+            let mut tx = pool.begin().await?;
+            match grants::create(&mut tx, &body).await {
+                Ok(g) => {
+                    tx.commit().await?;
+                    print(json, &g, grant_line)?;
+                }
                 Err(e) => return rejected(e),
             }
         }

@@ -5,9 +5,11 @@
 
 mod admin;
 mod bench_list;
+mod bench_queue;
 mod client;
 mod doctor;
 mod federation;
+mod queue;
 
 use std::process::ExitCode;
 
@@ -69,6 +71,9 @@ pub enum Command {
     Token(admin::TokenArgs),
     /// Bulk-load data API records from a JSON Lines file, all or nothing.
     Import(admin::ImportArgs),
+    /// The job queue: list, stats, pause, resume, jobs tail, drain, retry (on the database).
+    #[command(subcommand)]
+    Queue(queue::QueueCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -85,6 +90,8 @@ pub enum DemoCommand {
 pub enum BenchCommand {
     /// The list verb over mTLS against the SQL ceiling (seeds 1M tasks on first run).
     List(bench_list::ListBench),
+    /// The job queue: burn-down of 200 000 no-op jobs and enqueue-to-start latency (durable commits).
+    Queue(bench_queue::QueueBench),
 }
 
 #[derive(Debug, Subcommand)]
@@ -159,6 +166,8 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Token(a) => Ok(admin::token(a, &config).await),
         Command::Import(a) => Ok(admin::import(a, &config).await),
         Command::Bench(BenchCommand::List(args)) => bench_list::run(&config, &args).await.map(|()| ExitCode::SUCCESS),
+        Command::Bench(BenchCommand::Queue(args)) => bench_queue::run(&config, &args).await.map(|()| ExitCode::SUCCESS),
+        Command::Queue(cmd) => queue::run(&config, cmd).await,
         Command::Peer(cmd) => federation::peer(&config, cmd).await,
         Command::Grant(cmd) => federation::grant(&config, cmd).await,
         Command::Federation(cmd) => federation::federation(&config, cmd).await,

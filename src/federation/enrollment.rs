@@ -141,8 +141,13 @@ pub async fn redeem(
     Json(body): Json<RedeemRequest>,
 ) -> Result<Json<IssuedCertificate>, ApiError> {
     let hash = Secret::from_plaintext(token).hash();
-    let public_key =
-        verified_public_key(&body.csr_pem).map_err(|e| ApiError::invalid_field("csrPem", e.to_string()))?;
+    let public_key = match verified_public_key(&body.csr_pem) {
+        Ok(k) => k,
+        Err(e) => {
+            enrollment_failed(&state, "invalid_csr", None).await;
+            return Err(ApiError::invalid_field("csrPem", e.to_string()));
+        }
+    };
 
     let mut tx = state.pool.begin().await?;
     // The claim comes first: concurrent redeemers serialise on this row and all but one see
@@ -156,15 +161,21 @@ pub async fn redeem(
     .fetch_optional(&mut *tx)
     .await?;
     let Some((_, grant_id, peer_id)) = claimed else {
-        let known: bool =
-            sqlx::query_scalar("select exists (select 1 from federation_enrollment_tokens where token_hash = $1)")
+        let known: Option<(Uuid, Uuid)> =
+            sqlx::query_as("select grant_id, peer_id from federation_enrollment_tokens where token_hash = $1")
                 .bind(&hash)
-                .fetch_one(&mut *tx)
+                .fetch_optional(&mut *tx)
                 .await?;
-        return Err(if known {
-            ApiError::gone("This enrollment token was already used or has expired")
-        } else {
-            ApiError::not_found("Unknown enrollment token")
+        drop(tx);
+        return Err(match known {
+            Some(ids) => {
+                enrollment_failed(&state, "token_used_or_expired", Some(ids)).await;
+                ApiError::gone("This enrollment token was already used or has expired")
+            }
+            None => {
+                enrollment_failed(&state, "unknown_token", None).await;
+                ApiError::not_found("Unknown enrollment token")
+            }
         });
     };
 
@@ -177,13 +188,18 @@ pub async fn redeem(
     .bind(peer_id)
     .fetch_optional(&mut *tx)
     .await?;
-    let (status, subject, peer_name) =
-        row.ok_or_else(|| ApiError::gone("The grant for this token no longer exists"))?;
+    let Some((status, subject, peer_name)) = row else {
+        drop(tx);
+        enrollment_failed(&state, "grant_missing", Some((grant_id, peer_id))).await;
+        return Err(ApiError::gone("The grant for this token no longer exists"));
+    };
     let subject = match (status.as_str(), subject) {
         ("pending", Some(subject)) => subject,
         _ => {
             // Nothing is issued; the token stays unused (the transaction rolls back) but can
             // never succeed while the grant is not pending.
+            drop(tx);
+            enrollment_failed(&state, "grant_not_pending", Some((grant_id, peer_id))).await;
             return Err(ApiError::gone("The grant for this token is no longer pending"));
         }
     };
@@ -204,8 +220,33 @@ pub async fn redeem(
     .bind(cert.not_after)
     .execute(&mut *tx)
     .await?;
+    crate::outbox::emit_event(
+        &mut *tx,
+        "grant.activated",
+        &serde_json::json!({"grantId": grant_id, "peerId": peer_id}),
+    )
+    .await?;
+    crate::outbox::emit_event(
+        &mut *tx,
+        "peer.enrolled",
+        &serde_json::json!({
+            "peerId": peer_id, "peerName": peer_name, "grantId": grant_id,
+            "certSerial": cert.serial, "certNotAfter": cert.not_after,
+        }),
+    )
+    .await?;
     tx.commit().await?;
     Ok(Json(chain(&state, cert)))
+}
+
+/// Records `enrollment.failed`. A failed redemption has no transaction of its own to join (it
+/// rolls back), so the event is written on its own; the token itself never appears in it.
+async fn enrollment_failed(state: &AppState, reason: &str, ids: Option<(Uuid, Uuid)>) {
+    let payload = match ids {
+        Some((grant_id, peer_id)) => serde_json::json!({"reason": reason, "grantId": grant_id, "peerId": peer_id}),
+        None => serde_json::json!({"reason": reason}),
+    };
+    crate::outbox::emit_event_logged(&state.pool, "enrollment.failed", &payload).await;
 }
 
 fn chain(state: &AppState, cert: ClientCertificate) -> IssuedCertificate {

@@ -131,14 +131,21 @@ pub async fn revoke(conn: &mut PgConnection, id: Uuid, reason: &str) -> Result<G
         },
     )
     .await?;
+    crate::outbox::emit_event(
+        &mut *conn,
+        "grant.revoked",
+        &serde_json::json!({"grantId": id, "peerId": grant.peer_id, "reason": reason}),
+    )
+    .await?;
     Ok(grant)
 }
 
-/// Creates a pending grant after validating its scope.
+/// Creates a pending grant after validating its scope, with its `grant.created` outbox event,
+/// in `conn`'s transaction.
 ///
 /// # Errors
 /// 400 for an invalid scope or expiry; 404 naming `peerId` or `subjectUserId` when unknown.
-pub async fn create(db: impl PgExecutor<'_>, body: &CreateGrant) -> Result<Grant, ApiError> {
+pub async fn create(conn: &mut PgConnection, body: &CreateGrant) -> Result<Grant, ApiError> {
     let scope = GrantScope::parse(&body.scope).map_err(scope_error)?;
     if body.expires_at.is_some_and(|e| e <= Utc::now()) {
         return Err(ApiError::invalid_field("expiresAt", "expiresAt must be in the future"));
@@ -153,7 +160,7 @@ pub async fn create(db: impl PgExecutor<'_>, body: &CreateGrant) -> Result<Grant
         .bind(body.subject_user_id)
         .bind(serde_json::to_value(&scope).map_err(anyhow::Error::from)?)
         .bind(body.expires_at)
-        .fetch_one(db)
+        .fetch_one(&mut *conn)
         .await
         .map_err(|e| match e {
             sqlx::Error::Database(d) if d.constraint() == Some("federation_grants_peer_id_fkey") => {
@@ -164,6 +171,15 @@ pub async fn create(db: impl PgExecutor<'_>, body: &CreateGrant) -> Result<Grant
             }
             other => other.into(),
         })?;
+    crate::outbox::emit_event(
+        &mut *conn,
+        "grant.created",
+        &serde_json::json!({
+            "grantId": grant.id, "peerId": grant.peer_id, "subjectUserId": grant.subject_user_id,
+            "status": grant.status, "expiresAt": grant.expires_at,
+        }),
+    )
+    .await?;
     Ok(grant)
 }
 
@@ -178,7 +194,10 @@ pub async fn create_grant(
     State(state): State<AppState>,
     Json(body): Json<CreateGrant>,
 ) -> Result<(StatusCode, Json<Grant>), ApiError> {
-    Ok((StatusCode::CREATED, Json(create(&state.pool, &body).await?)))
+    let mut tx = state.pool.begin().await?;
+    let grant = create(&mut tx, &body).await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(grant)))
 }
 
 /// Grants, optionally filtered by peer and status, oldest first.

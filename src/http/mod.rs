@@ -26,6 +26,8 @@ use crate::app::AppState;
         (name = "health", description = "Liveness, readiness and this document"),
         (name = "federation", description = "Peer-facing federation endpoints"),
         (name = "admin", description = "Admin plane: requires an admin token or session"),
+        (name = "queue", description = "The embedded job queue: stats, pause, resume, drain, retry (admin)"),
+        (name = "webhooks", description = "Webhook endpoints, outbox dead letters and replay (admin)"),
     )
 )]
 struct ApiDoc;
@@ -38,6 +40,8 @@ fn api_router(state: Option<AppState>) -> OpenApiRouter<AppState> {
         .routes(routes!(health::openapi_json))
         .merge(crate::admin::router())
         .merge(crate::federation::router(state))
+        .merge(crate::queue::routes::router())
+        .merge(crate::outbox::routes::router())
 }
 
 /// The OpenAPI document generated from the code.

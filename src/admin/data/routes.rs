@@ -209,10 +209,15 @@ pub async fn disable_user(
         .bind(user_id)
         .execute(&mut *tx)
         .await?;
-    sqlx::query("update admin_tokens set revoked_at = now() where user_id = $1 and revoked_at is null")
-        .bind(user_id)
-        .execute(&mut *tx)
-        .await?;
+    let revoked: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "update admin_tokens set revoked_at = now() where user_id = $1 and revoked_at is null returning id",
+    )
+    .bind(user_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    for token_id in revoked {
+        crate::admin::tokens::token_revoked(&mut tx, token_id, user_id, "user disabled").await?;
+    }
     tx.commit().await?;
     tracing::info!(%user_id, "user disabled");
     Ok(Json(user))

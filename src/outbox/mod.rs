@@ -1,0 +1,426 @@
+//! The transactional outbox and its drain worker (DESIGN §8).
+//!
+//! Design choices:
+//! - [`emit_event`] writes, in the caller's transaction, one `outbox.deliveries` row per webhook
+//!   endpoint whose filter matches (fan-out at write time): each delivery then has its own
+//!   state, attempts and backoff, and a dead receiver cannot hold up the others. Without a
+//!   matching endpoint nothing is written. Every row of one event shares the event id, which is
+//!   the `Idempotency-Key` of each delivery, so a retry after a crash is recognisable at the
+//!   receiver.
+//! - Lifecycle `pending → inflight → done`; a transient failure (network, timeout, 408, 429,
+//!   5xx) goes back to `pending` with exponential backoff and jitter; a permanent one (any other
+//!   non-2xx) or the attempt cap makes the row `dead`. Admins list dead rows and replay them.
+//! - **Order per destination**: the drainer only ever claims the *head* of an endpoint's line
+//!   (its oldest row that is `pending` or `inflight`), and only when that head is due; a later
+//!   event waits while an earlier one is pending or in flight. `dead` rows leave the line. The
+//!   claim is a conditional update (no `skip locked`: skipping a locked head would let the next
+//!   row overtake it), so two replicas racing for a head cannot both win.
+//! - **Wake-up**: an insert trigger notifies `tessera_outbox` at commit; polling is the fallback.
+//! - **Durability of bookkeeping**: the rows themselves commit with the caller's transaction
+//!   (durable). The drainer's own state changes (`inflight`, `done`, backoff) use
+//!   `synchronous_commit = off`: losing one in a database crash only means a delivery is sent
+//!   again, which the idempotency key already covers, and it saves an fsync per delivery.
+//! - **Crash recovery**: `inflight` rows carry a lease owned by `<node id>/outbox`; a restarted
+//!   gateway takes back its own at once and anyone takes back an expired lease.
+
+pub mod routes;
+pub mod webhooks;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::queue::settings::QueueSettings;
+use crate::sealing::SealingKey;
+
+/// Channel the insert trigger notifies.
+pub const NOTIFY_CHANNEL: &str = "tessera_outbox";
+
+/// Writes the outbox rows for `event` in the caller's transaction and returns the event id.
+///
+/// # Errors
+/// Database errors.
+pub async fn emit_event<'e, E: sqlx::PgExecutor<'e>>(
+    executor: E,
+    event: &str,
+    payload: &serde_json::Value,
+) -> Result<Uuid, sqlx::Error> {
+    let event_id = Uuid::now_v7();
+    sqlx::query(
+        "insert into outbox.deliveries (id, event_id, endpoint_id, event, payload)
+         select gen_random_uuid(), $1, e.id, $2, $3
+           from outbox.webhook_endpoints e
+          where $2 = any(e.events) or '*' = any(e.events)
+          order by e.created_at, e.id",
+    )
+    .bind(event_id)
+    .bind(event)
+    .bind(payload)
+    .execute(executor)
+    .await?;
+    Ok(event_id)
+}
+
+/// Like [`emit_event`], for call sites with no transaction to join whose own operation must not
+/// fail because of the outbox (a failed enrollment): a write error is logged, not returned.
+pub async fn emit_event_logged(pool: &PgPool, event: &str, payload: &serde_json::Value) {
+    if let Err(e) = emit_event(pool, event, payload).await {
+        tracing::warn!(event, error = %e, "writing an outbox event failed");
+    }
+}
+
+/// A delivery as listed in the dead letters.
+#[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryView {
+    pub id: Uuid,
+    pub event_id: Uuid,
+    pub endpoint_id: Uuid,
+    /// The endpoint URL with any password masked.
+    pub url: String,
+    pub event: String,
+    #[schema(value_type = Object)]
+    pub payload: serde_json::Value,
+    pub status: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const DELIVERY_SELECT: &str = "select d.id, d.event_id, d.endpoint_id, e.url, d.event, d.payload, d.status, \
+     d.attempts, d.last_error, d.created_at, d.updated_at
+     from outbox.deliveries d join outbox.webhook_endpoints e on e.id = d.endpoint_id";
+
+fn redact(mut v: DeliveryView) -> DeliveryView {
+    v.url = crate::config::redact_url(&v.url);
+    v
+}
+
+/// Dead deliveries, most recent first.
+///
+/// # Errors
+/// Database errors.
+pub async fn dead_letters(db: impl sqlx::PgExecutor<'_>, limit: i64) -> Result<Vec<DeliveryView>, sqlx::Error> {
+    let sql = format!("{DELIVERY_SELECT} where d.status = 'dead' order by d.updated_at desc, d.id limit $1");
+    let rows = sqlx::query_as::<_, DeliveryView>(sqlx::AssertSqlSafe(sql)).bind(limit).fetch_all(db).await?;
+    Ok(rows.into_iter().map(redact).collect())
+}
+
+/// Puts a dead delivery back to `pending` with a fresh attempt count; `None` unless it was dead.
+///
+/// # Errors
+/// Database errors.
+pub async fn replay(db: &PgPool, id: Uuid) -> Result<Option<DeliveryView>, sqlx::Error> {
+    let done = sqlx::query(
+        "with up as (
+            update outbox.deliveries set status = 'pending', attempts = 0, next_attempt_at = now(),
+                   last_error = null, updated_at = now()
+             where id = $1 and status = 'dead' returning id
+         )
+         select pg_notify($2, '') from up",
+    )
+    .bind(id)
+    .bind(NOTIFY_CHANNEL)
+    .execute(db)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Ok(None);
+    }
+    let sql = format!("{DELIVERY_SELECT} where d.id = $1");
+    let row = sqlx::query_as::<_, DeliveryView>(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(db).await?;
+    Ok(row.map(redact))
+}
+
+/// Whether a delivery exists at all (to tell 404 from 409 on replay).
+///
+/// # Errors
+/// Database errors.
+pub async fn delivery_status(db: &PgPool, id: Uuid) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("select status from outbox.deliveries where id = $1").bind(id).fetch_optional(db).await
+}
+
+/// A claimed head of an endpoint's line.
+#[derive(sqlx::FromRow)]
+struct Head {
+    id: Uuid,
+    event_id: Uuid,
+    endpoint_id: Uuid,
+    event: String,
+    payload: serde_json::Value,
+    attempts: i32,
+    created_at: DateTime<Utc>,
+    url: String,
+    secret_sealed: String,
+}
+
+enum Verdict {
+    Delivered,
+    Transient(String),
+    Permanent(String),
+}
+
+/// The running drain worker.
+pub struct OutboxRuntime {
+    shutdown: watch::Sender<bool>,
+    drainer: JoinHandle<()>,
+    listener: JoinHandle<()>,
+}
+
+struct Drainer {
+    /// Connections with `synchronous_commit = off` for the drainer's bookkeeping.
+    pool: PgPool,
+    sealing: SealingKey,
+    owner: String,
+    settings: QueueSettings,
+    http: reqwest::Client,
+    wake: Arc<Notify>,
+}
+
+impl OutboxRuntime {
+    /// Takes back this node's in-flight deliveries, then starts the drainer and its listener.
+    ///
+    /// # Errors
+    /// Database errors during reconciliation; an HTTP client that cannot be built.
+    pub async fn start(
+        pool: &PgPool,
+        sealing: SealingKey,
+        node_id: &str,
+        settings: &QueueSettings,
+    ) -> anyhow::Result<Self> {
+        let opts = (*pool.connect_options()).clone().options([("synchronous_commit", "off")]);
+        let fast = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect_lazy_with(opts);
+        let owner = format!("{node_id}/outbox");
+        let back = sqlx::query(
+            "update outbox.deliveries set status = 'pending', lease_owner = null, lease_expires_at = null,
+                    next_attempt_at = now(), updated_at = now()
+              where status = 'inflight' and lease_owner = $1",
+        )
+        .bind(&owner)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        if back > 0 {
+            tracing::info!(deliveries = back, "returned deliveries left in flight by this node's previous run");
+        }
+        let http = reqwest::Client::builder()
+            .tls_backend_rustls()
+            .timeout(settings.outbox_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("tessera-webhooks/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let wake = Arc::new(Notify::new());
+        let drainer = Drainer { pool: fast, sealing, owner, settings: settings.clone(), http, wake: wake.clone() };
+        Ok(Self {
+            shutdown,
+            drainer: tokio::spawn(drainer.run(shutdown_rx.clone())),
+            listener: tokio::spawn(listen(pool.clone(), wake, shutdown_rx)),
+        })
+    }
+
+    /// Stops after the deliveries in flight finish (each is bounded by the request timeout).
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.drainer.await;
+        self.listener.abort();
+    }
+}
+
+async fn listen(pool: PgPool, wake: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "outbox listener cannot connect; polling meanwhile");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if listener.listen(NOTIFY_CHANNEL).await.is_err() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        wake.notify_one();
+        loop {
+            tokio::select! {
+                n = listener.recv() => match n {
+                    Ok(_) => wake.notify_one(),
+                    Err(_) => break,
+                },
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+impl Drainer {
+    async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let this = Arc::new(self);
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let heads = match this.claim().await {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::warn!(error = %e, "claiming outbox deliveries failed");
+                    Vec::new()
+                }
+            };
+            if heads.is_empty() {
+                tokio::select! {
+                    () = this.wake.notified() => {}
+                    () = tokio::time::sleep(this.settings.poll_interval) => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
+            let mut set = tokio::task::JoinSet::new();
+            for head in heads {
+                let this = this.clone();
+                set.spawn(async move {
+                    let verdict = this.deliver(&head).await;
+                    (head.id, head.attempts, verdict)
+                });
+            }
+            let mut results = Vec::new();
+            while let Some(r) = set.join_next().await {
+                if let Ok(r) = r {
+                    results.push(r);
+                }
+            }
+            let mut tries = 0u64;
+            while let Err(e) = this.record(&results).await {
+                tries += 1;
+                tracing::warn!(error = %e, "recording delivery results failed; retrying");
+                if tries > 20 {
+                    break; // the leases expire and the deliveries are sent again
+                }
+                tokio::time::sleep(Duration::from_millis(100 * tries)).await;
+            }
+        }
+    }
+
+    /// Claims the due head of each endpoint's line (at most 64 endpoints per round).
+    async fn claim(&self) -> Result<Vec<Head>, sqlx::Error> {
+        sqlx::query_as::<_, Head>(
+            "with heads as (
+                select h.id, e.url, e.secret_sealed
+                  from outbox.webhook_endpoints e
+                  cross join lateral (
+                      select d.id, d.status, d.next_attempt_at, d.lease_expires_at
+                        from outbox.deliveries d
+                       where d.endpoint_id = e.id and d.status in ('pending', 'inflight')
+                       order by d.seq limit 1
+                  ) h
+                 where (h.status = 'pending' and h.next_attempt_at <= now())
+                    or (h.status = 'inflight' and h.lease_expires_at < now())
+                 limit 64
+             )
+             update outbox.deliveries d
+                set status = 'inflight', attempts = d.attempts + 1, lease_owner = $1,
+                    lease_expires_at = now() + $2, updated_at = now()
+               from heads
+              where d.id = heads.id
+                and (d.status = 'pending' or (d.status = 'inflight' and d.lease_expires_at < now()))
+          returning d.id, d.event_id, d.endpoint_id, d.event, d.payload, d.attempts, d.created_at,
+                    heads.url, heads.secret_sealed",
+        )
+        .bind(&self.owner)
+        // The lease outlives the request timeout, so a slow receiver is not sent a duplicate.
+        .bind(chrono::Duration::from_std(self.settings.outbox_timeout * 2 + Duration::from_secs(5)).unwrap_or_default())
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    async fn deliver(&self, head: &Head) -> Verdict {
+        let secret = match self.sealing.open(&webhooks::secret_context(head.endpoint_id), &head.secret_sealed) {
+            Ok(s) => s,
+            Err(e) => return Verdict::Permanent(format!("cannot open the endpoint secret: {e}")),
+        };
+        let body = webhooks::delivery_body(head.event_id, &head.event, head.created_at, &head.payload);
+        let t = Utc::now().timestamp();
+        let request = self
+            .http
+            .post(&head.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(webhooks::SIGNATURE_HEADER, webhooks::signature_header(&secret, t, &body))
+            .header("Idempotency-Key", head.event_id.to_string())
+            .header("Tessera-Event", &head.event)
+            .body(body);
+        match request.send().await {
+            Ok(resp) => {
+                let status = resp.status();
+                if status.is_success() {
+                    Verdict::Delivered
+                } else if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 {
+                    Verdict::Transient(format!("HTTP {}", status.as_u16()))
+                } else {
+                    Verdict::Permanent(format!("HTTP {}", status.as_u16()))
+                }
+            }
+            // Without the URL: it may carry credentials.
+            Err(e) => Verdict::Transient(format!("request failed: {}", e.without_url())),
+        }
+    }
+
+    async fn record(&self, results: &[(Uuid, i32, Verdict)]) -> Result<(), sqlx::Error> {
+        let mut done = Vec::new();
+        let (mut ids, mut statuses, mut delays, mut errors) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (id, attempts, verdict) in results {
+            match verdict {
+                Verdict::Delivered => done.push(*id),
+                Verdict::Transient(e) | Verdict::Permanent(e) => {
+                    let dead =
+                        matches!(verdict, Verdict::Permanent(_)) || *attempts >= self.settings.outbox_max_attempts;
+                    ids.push(*id);
+                    statuses.push(if dead { "dead" } else { "pending" });
+                    delays.push(if dead {
+                        0
+                    } else {
+                        self.settings.outbox_backoff.delay(*attempts).as_millis() as i64
+                    });
+                    errors.push(e.chars().take(1000).collect::<String>());
+                }
+            }
+        }
+        if !done.is_empty() {
+            sqlx::query(
+                "update outbox.deliveries
+                    set status = 'done', delivered_at = now(), updated_at = now(), last_error = null,
+                        lease_owner = null, lease_expires_at = null
+                  where id = any($1) and lease_owner = $2 and status = 'inflight'",
+            )
+            .bind(&done)
+            .bind(&self.owner)
+            .execute(&self.pool)
+            .await?;
+        }
+        if !ids.is_empty() {
+            sqlx::query(
+                "update outbox.deliveries d
+                    set status = f.status, last_error = f.err, updated_at = now(),
+                        next_attempt_at = now() + f.delay_ms * interval '1 millisecond',
+                        lease_owner = null, lease_expires_at = null
+                   from unnest($1::uuid[], $2::text[], $3::int8[], $4::text[]) as f(id, status, delay_ms, err)
+                  where d.id = f.id and d.lease_owner = $5 and d.status = 'inflight'",
+            )
+            .bind(&ids)
+            .bind(&statuses)
+            .bind(&delays)
+            .bind(&errors)
+            .bind(&self.owner)
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(())
+    }
+}

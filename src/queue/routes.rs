@@ -1,0 +1,198 @@
+//! Admin API of the queue under `/api/admin/queues` and `/api/admin/jobs` (the same operations as
+//! `tessera queue ...`). Every route takes [`AdminUser`]: 401 without a credential, 403 for a
+//! non-admin.
+
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::{JobView, QueueStats, RetryError};
+use crate::admin::guard::AdminUser;
+use crate::app::AppState;
+use crate::http::error::{ApiError, ErrorEnvelope};
+use crate::http::extract::{Json, Path, Query};
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueueList {
+    pub items: Vec<QueueStats>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobList {
+    pub items: Vec<JobView>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DrainRequest {
+    /// Must be `true`: draining cancels every pending job of the queue.
+    pub confirm: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainResult {
+    pub queue: String,
+    /// How many pending jobs were cancelled.
+    pub cancelled: u64,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+pub struct JobFilter {
+    /// pending, running, done, failed, dead or cancelled.
+    pub status: Option<String>,
+    /// 1..=500, default 50.
+    pub limit: Option<i64>,
+}
+
+pub const STATUSES: &[&str] = &["pending", "running", "done", "failed", "dead", "cancelled"];
+
+fn checked_name(name: &str) -> Result<(), ApiError> {
+    if super::valid_queue_name(name) {
+        Ok(())
+    } else {
+        Err(ApiError::invalid_field("name", "queue names have 1 to 63 characters: a-z, 0-9, '_', '.', '-'"))
+    }
+}
+
+async fn stats_or_404(state: &AppState, name: &str) -> Result<QueueStats, ApiError> {
+    super::stats(&state.pool, name).await?.ok_or_else(|| ApiError::not_found("No such queue"))
+}
+
+/// Every queue with its controls and job counts.
+#[utoipa::path(get, path = "/api/admin/queues", tag = "queue",
+    responses((status = 200, body = QueueList), (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope)),
+    security(("bearer" = []), ("session" = [])))]
+pub async fn list_queues(_admin: AdminUser, State(state): State<AppState>) -> Result<Json<QueueList>, ApiError> {
+    Ok(Json(QueueList { items: super::list_queues(&state.pool).await? }))
+}
+
+/// One queue's controls and job counts.
+#[utoipa::path(get, path = "/api/admin/queues/{name}", tag = "queue", params(("name" = String, Path)),
+    responses(
+        (status = 200, body = QueueStats), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope),
+    ),
+    security(("bearer" = []), ("session" = [])))]
+pub async fn queue_stats(
+    _admin: AdminUser,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<QueueStats>, ApiError> {
+    checked_name(&name)?;
+    Ok(Json(stats_or_404(&state, &name).await?))
+}
+
+/// Pause a queue: workers stop claiming its jobs within one poll interval.
+#[utoipa::path(post, path = "/api/admin/queues/{name}/pause", tag = "queue", params(("name" = String, Path)),
+    responses((status = 200, body = QueueStats), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope)),
+    security(("bearer" = []), ("session" = [])))]
+pub async fn pause(
+    admin: AdminUser,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<QueueStats>, ApiError> {
+    checked_name(&name)?;
+    super::set_paused(&state.pool, &name, true).await?;
+    tracing::info!(queue = %name, user_id = %admin.user_id, "queue paused");
+    Ok(Json(stats_or_404(&state, &name).await?))
+}
+
+/// Resume a paused queue (idle workers are woken at once).
+#[utoipa::path(post, path = "/api/admin/queues/{name}/resume", tag = "queue", params(("name" = String, Path)),
+    responses((status = 200, body = QueueStats), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope)),
+    security(("bearer" = []), ("session" = [])))]
+pub async fn resume(
+    admin: AdminUser,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<QueueStats>, ApiError> {
+    checked_name(&name)?;
+    super::set_paused(&state.pool, &name, false).await?;
+    tracing::info!(queue = %name, user_id = %admin.user_id, "queue resumed");
+    Ok(Json(stats_or_404(&state, &name).await?))
+}
+
+/// Cancel every pending job of a queue (`{"confirm": true}` required); running jobs finish.
+#[utoipa::path(post, path = "/api/admin/queues/{name}/drain", tag = "queue", params(("name" = String, Path)),
+    request_body = DrainRequest,
+    responses((status = 200, body = DrainResult), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope)),
+    security(("bearer" = []), ("session" = [])))]
+pub async fn drain(
+    admin: AdminUser,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Json(body): Json<DrainRequest>,
+) -> Result<Json<DrainResult>, ApiError> {
+    checked_name(&name)?;
+    if !body.confirm {
+        return Err(ApiError::invalid_field("confirm", "draining cancels every pending job; send {\"confirm\": true}"));
+    }
+    let cancelled = super::drain(&state.pool, &name).await?;
+    tracing::info!(queue = %name, cancelled, user_id = %admin.user_id, "queue drained");
+    Ok(Json(DrainResult { queue: name, cancelled }))
+}
+
+/// The most recently changed jobs of a queue, newest first.
+#[utoipa::path(get, path = "/api/admin/queues/{name}/jobs", tag = "queue", params(("name" = String, Path), JobFilter),
+    responses((status = 200, body = JobList), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope)),
+    security(("bearer" = []), ("session" = [])))]
+pub async fn list_jobs(
+    _admin: AdminUser,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(filter): Query<JobFilter>,
+) -> Result<Json<JobList>, ApiError> {
+    checked_name(&name)?;
+    if let Some(s) = &filter.status
+        && !STATUSES.contains(&s.as_str())
+    {
+        return Err(ApiError::invalid_field("status", format!("status must be one of {}", STATUSES.join(", "))));
+    }
+    let limit = filter.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::invalid_field("limit", "limit must be between 1 and 500"));
+    }
+    let items = super::recent_jobs(&state.pool, Some(&name), filter.status.as_deref(), limit).await?;
+    Ok(Json(JobList { items }))
+}
+
+/// Put a dead, failed or cancelled job back to pending with a fresh attempt count.
+#[utoipa::path(post, path = "/api/admin/jobs/{id}/retry", tag = "queue", params(("id" = String, Path)),
+    responses(
+        (status = 200, body = JobView), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope),
+    ),
+    security(("bearer" = []), ("session" = [])))]
+pub async fn retry_job(
+    admin: AdminUser,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
+    if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::invalid_field("id", "a job id is 64 hex characters"));
+    }
+    match super::retry(&state.pool, &id.to_ascii_lowercase()).await {
+        Ok(job) => {
+            tracing::info!(job_id = %job.id, user_id = %admin.user_id, "job retried");
+            Ok(Json(job))
+        }
+        Err(RetryError::NotFound) => Err(ApiError::not_found("No such job")),
+        Err(e @ RetryError::NotRetryable(_)) => Err(ApiError::conflict(e.to_string())),
+        Err(RetryError::Db(e)) => Err(e.into()),
+    }
+}
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_queues))
+        .routes(routes!(queue_stats))
+        .routes(routes!(pause))
+        .routes(routes!(resume))
+        .routes(routes!(drain))
+        .routes(routes!(list_jobs))
+        .routes(routes!(retry_job))
+}

@@ -1,0 +1,160 @@
+//! Tuning of the queue and outbox workers, read from the environment at start-up (like the
+//! sign-in throttle), so tests and operators can shorten intervals without new flags:
+//!
+//! | variable | default | meaning |
+//! | --- | --- | --- |
+//! | `TESSERA_QUEUE_POLL_MS` | 1000 | polling fallback when no NOTIFY arrives |
+//! | `TESSERA_QUEUE_LEASE_SECS` | 30 | lease of a claimed job; the heartbeat renews it every third |
+//! | `TESSERA_QUEUE_WORKERS` | 1 | claim loops per queue per process |
+//! | `TESSERA_QUEUE_BATCH` | 256 | most jobs one claim statement takes |
+//! | `TESSERA_QUEUE_BACKOFF_BASE_MS` | 1000 | first retry delay (doubles each attempt, full jitter) |
+//! | `TESSERA_QUEUE_BACKOFF_CAP_MS` | 3600000 | longest retry delay |
+//! | `TESSERA_QUEUE_SHUTDOWN_GRACE_MS` | 10000 | how long shutdown waits for running jobs before releasing them |
+//! | `TESSERA_OUTBOX_BACKOFF_BASE_MS` | 1000 | first webhook retry delay |
+//! | `TESSERA_OUTBOX_BACKOFF_CAP_MS` | 3600000 | longest webhook retry delay |
+//! | `TESSERA_OUTBOX_MAX_ATTEMPTS` | 12 | webhook attempts before `dead` |
+//! | `TESSERA_OUTBOX_TIMEOUT_MS` | 10000 | one webhook request |
+//! | `TESSERA_SCHEDULE_TICK_MS` | 15000 | how often the scheduler enqueues due periodic jobs |
+
+use std::time::Duration;
+
+use crate::config::ConfigError;
+
+/// Exponential backoff with full jitter, capped.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub base: Duration,
+    pub cap: Duration,
+}
+
+impl Backoff {
+    /// The upper bound of the delay after `attempt` failed attempts (1-based): base·2^(n-1), capped.
+    pub fn ceiling(&self, attempt: i32) -> Duration {
+        let exp = u32::try_from(attempt.saturating_sub(1).clamp(0, 30)).unwrap_or(30);
+        self.base.saturating_mul(1u32 << exp).min(self.cap)
+    }
+
+    /// A delay drawn from the top 40 % of [`Backoff::ceiling`] (60–100 %): jitter spreads
+    /// retries of many jobs that failed together, and since the ceiling doubles, the shortest
+    /// next delay (120 % of this ceiling) is still longer than the longest one now, so delays
+    /// always grow until the cap.
+    pub fn delay(&self, attempt: i32) -> Duration {
+        use rand::RngExt;
+        let ceiling = self.ceiling(attempt).as_millis().max(1) as u64;
+        Duration::from_millis(rand::rng().random_range(ceiling * 3 / 5..=ceiling))
+    }
+}
+
+/// Queue and outbox tuning (see the module docs for the variables).
+#[derive(Debug, Clone)]
+pub struct QueueSettings {
+    pub poll_interval: Duration,
+    pub lease: Duration,
+    pub workers: usize,
+    pub batch: i64,
+    pub backoff: Backoff,
+    pub shutdown_grace: Duration,
+    pub outbox_backoff: Backoff,
+    pub outbox_max_attempts: i32,
+    pub outbox_timeout: Duration,
+    pub schedule_tick: Duration,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        Self {
+            poll_interval: Duration::from_secs(1),
+            lease: Duration::from_secs(30),
+            workers: 1,
+            batch: 256,
+            backoff: Backoff { base: Duration::from_secs(1), cap: Duration::from_secs(3600) },
+            shutdown_grace: Duration::from_secs(10),
+            outbox_backoff: Backoff { base: Duration::from_secs(1), cap: Duration::from_secs(3600) },
+            outbox_max_attempts: 12,
+            outbox_timeout: Duration::from_secs(10),
+            schedule_tick: Duration::from_secs(15),
+        }
+    }
+}
+
+fn num(key: &'static str, min: u64, max: u64) -> Result<Option<u64>, ConfigError> {
+    match std::env::var(key) {
+        Ok(v) if !v.trim().is_empty() => {
+            let n: u64 =
+                v.trim().parse().map_err(|_| ConfigError { key, message: format!("'{v}' is not a whole number") })?;
+            if !(min..=max).contains(&n) {
+                return Err(ConfigError { key, message: format!("must be between {min} and {max}") });
+            }
+            Ok(Some(n))
+        }
+        _ => Ok(None),
+    }
+}
+
+impl QueueSettings {
+    /// Defaults overridden by the `TESSERA_QUEUE_*`, `TESSERA_OUTBOX_*` and
+    /// `TESSERA_SCHEDULE_*` variables.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the malformed variable.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let mut s = Self::default();
+        let ms = Duration::from_millis;
+        if let Some(v) = num("TESSERA_QUEUE_POLL_MS", 5, 60_000)? {
+            s.poll_interval = ms(v);
+        }
+        if let Some(v) = num("TESSERA_QUEUE_LEASE_SECS", 1, 86_400)? {
+            s.lease = Duration::from_secs(v);
+        }
+        if let Some(v) = num("TESSERA_QUEUE_WORKERS", 1, 64)? {
+            s.workers = v as usize;
+        }
+        if let Some(v) = num("TESSERA_QUEUE_BATCH", 1, 10_000)? {
+            s.batch = v as i64;
+        }
+        if let Some(v) = num("TESSERA_QUEUE_BACKOFF_BASE_MS", 1, 3_600_000)? {
+            s.backoff.base = ms(v);
+        }
+        if let Some(v) = num("TESSERA_QUEUE_BACKOFF_CAP_MS", 1, 86_400_000)? {
+            s.backoff.cap = ms(v);
+        }
+        if let Some(v) = num("TESSERA_QUEUE_SHUTDOWN_GRACE_MS", 0, 600_000)? {
+            s.shutdown_grace = ms(v);
+        }
+        if let Some(v) = num("TESSERA_OUTBOX_BACKOFF_BASE_MS", 1, 3_600_000)? {
+            s.outbox_backoff.base = ms(v);
+        }
+        if let Some(v) = num("TESSERA_OUTBOX_BACKOFF_CAP_MS", 1, 86_400_000)? {
+            s.outbox_backoff.cap = ms(v);
+        }
+        if let Some(v) = num("TESSERA_OUTBOX_MAX_ATTEMPTS", 1, 1000)? {
+            s.outbox_max_attempts = v as i32;
+        }
+        if let Some(v) = num("TESSERA_OUTBOX_TIMEOUT_MS", 100, 600_000)? {
+            s.outbox_timeout = ms(v);
+        }
+        if let Some(v) = num("TESSERA_SCHEDULE_TICK_MS", 10, 3_600_000)? {
+            s.schedule_tick = ms(v);
+        }
+        Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_jittered_and_capped() {
+        let b = Backoff { base: Duration::from_millis(100), cap: Duration::from_millis(1000) };
+        assert_eq!(b.ceiling(1), Duration::from_millis(100));
+        assert_eq!(b.ceiling(2), Duration::from_millis(200));
+        assert_eq!(b.ceiling(4), Duration::from_millis(800));
+        assert_eq!(b.ceiling(5), Duration::from_millis(1000));
+        assert_eq!(b.ceiling(500), Duration::from_millis(1000));
+        for attempt in 1..8 {
+            let d = b.delay(attempt);
+            assert!(d <= b.ceiling(attempt) && d >= b.ceiling(attempt) * 3 / 5, "{attempt}: {d:?}");
+        }
+    }
+}
