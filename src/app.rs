@@ -77,7 +77,17 @@ async fn run(config: &Config, pool: &PgPool) -> anyhow::Result<()> {
     let app = crate::http::router(state.clone());
 
     // Queue workers (certificate renewal and clean-up are periodic jobs), the outbox drainer.
+    // They stop as soon as the shutdown signal arrives, alongside the HTTP drain, not after it.
     let background = crate::queue::background::BackgroundWork::start(&state).await?;
+    let (stopping, mut stop_rx) = tokio::sync::watch::channel(false);
+    let background = tokio::spawn(async move {
+        let _ = stop_rx.changed().await;
+        background.stop().await;
+    });
+    let signal = async move {
+        shutdown_signal().await;
+        let _ = stopping.send(true);
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("TESSERA_LISTEN: cannot bind {}", config.listen))?;
@@ -89,11 +99,11 @@ async fn run(config: &Config, pool: &PgPool) -> anyhow::Result<()> {
         app,
         config.federation.oids.clone(),
         config.handshake_timeout,
-        shutdown_signal(),
+        signal,
         Duration::from_secs(10),
     )
     .await;
-    background.stop().await;
+    let _ = background.await;
     // Dropping the last sink lets the audit writer flush what is buffered and stop.
     drop(state);
     let _ = tokio::time::timeout(Duration::from_secs(5), audit_writer).await;

@@ -806,3 +806,60 @@ async fn two_replicas_schedule_each_periodic_slot_once() {
     tessera::queue::schedule::cleanup(&db.pool).await.unwrap();
     drop((a, b));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Leases: heartbeats keep long jobs, expired leases are reclaimed, shutdown releases.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_keep_long_jobs_and_expired_leases_are_reclaimed() {
+    let db = TestDb::new().await;
+    let runs = Arc::new(Mutex::new(HashMap::<String, u32>::new()));
+    let mut registry = HandlerRegistry::new();
+    {
+        let runs = runs.clone();
+        registry.register("long", move |job| {
+            *runs.lock().unwrap().entry(job.id.clone()).or_default() += 1;
+            let ms = job.payload["ms"].as_u64().unwrap_or(0);
+            async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok(())
+            }
+        });
+    }
+    // A job some other worker claimed and then abandoned (its lease ran out a minute ago).
+    let stalled = NewJob::new("t-lease", "long", json!({"ms": 0, "stalled": true}));
+    enqueue(&db.pool, &stalled).await.unwrap();
+    sqlx::query(
+        "update queue.jobs set status = 'running', attempts = 1, lease_owner = 'gone/t-lease/0',
+                lease_expires_at = now() - interval '1 minute' where id = $1",
+    )
+    .bind(stalled.id())
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let settings = QueueSettings { lease: Duration::from_secs(1), ..fast_settings() };
+    let rt = QueueRuntime::start(&db.pool, "lease-node", &["t-lease"], registry, &settings).await.unwrap();
+    // Runs three times as long as its lease: the heartbeat must keep it.
+    let long = enqueue(&db.pool, &NewJob::new("t-lease", "long", json!({"ms": 3000}))).await.unwrap().id;
+    wait_for("both jobs done", Duration::from_secs(15), || async {
+        job_status(&db.pool, &long).await.0 == "done" && job_status(&db.pool, &stalled.id()).await.0 == "done"
+    })
+    .await;
+    rt.shutdown().await;
+    assert_eq!(runs.lock().unwrap().get(&long), Some(&1), "a heart-beating job is never taken away");
+    assert_eq!(job_status(&db.pool, &stalled.id()).await, ("done".to_string(), 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_releases_running_jobs_without_counting_the_attempt() {
+    let db = TestDb::new().await;
+    let mut env = fast_env();
+    env.push(("TESSERA_QUEUE_SHUTDOWN_GRACE_MS".into(), "200".into()));
+    let mut gw = Gateway::start(GatewayOptions { database_url: Some(db.url.clone()), env, ..Default::default() }).await;
+    let id = enqueue(&db.pool, &NewJob::new("diag", "diag.probe", json!({"sleepMs": 5000}))).await.unwrap().id;
+    wait_for("the job running", Duration::from_secs(10), || async { job_status(&db.pool, &id).await.0 == "running" })
+        .await;
+    let status = gw.terminate();
+    assert!(status.success(), "{status}");
+    assert_eq!(job_status(&db.pool, &id).await, ("pending".to_string(), 0));
+}

@@ -175,7 +175,9 @@ impl Worker {
         let concurrency = self.opts.concurrency.max(1);
         let slots = Arc::new(Semaphore::new(concurrency));
         let (done_tx, done_rx) = mpsc::unbounded_channel::<Outcome>();
-        let completer = tokio::spawn(complete_loop(self.pool.clone(), owner.clone(), self.opts.backoff, done_rx));
+        let (stop_completer, completer_stop) = watch::channel(false);
+        let completer =
+            tokio::spawn(complete_loop(self.pool.clone(), owner.clone(), self.opts.backoff, done_rx, completer_stop));
         let heartbeat = tokio::spawn(heartbeat_loop(self.pool.clone(), owner.clone(), self.opts.lease));
 
         loop {
@@ -231,8 +233,10 @@ impl Worker {
         drop(done_tx);
         if !finished {
             tracing::warn!(queue = %self.opts.queue, "jobs still running at the end of the shutdown grace period are released");
+            // Abandoned handlers keep their senders: write what has arrived and stop listening, so
+            // that a late completion cannot race the release below.
+            let _ = stop_completer.send(true);
         }
-        // The completer ends once every outcome sender is gone; abandoned handlers keep theirs.
         let _ = tokio::time::timeout(Duration::from_secs(5), completer).await;
         heartbeat.abort();
         match release(&self.pool, &owner).await {
@@ -266,12 +270,37 @@ fn spawn_job(
     });
 }
 
-/// Writes outcomes in batches until every sender is gone.
-async fn complete_loop(pool: PgPool, owner: Arc<str>, backoff: Backoff, mut rx: mpsc::UnboundedReceiver<Outcome>) {
+/// Writes outcomes in batches until every sender is gone, or until `stop` (then it writes what
+/// has already arrived and returns).
+async fn complete_loop(
+    pool: PgPool,
+    owner: Arc<str>,
+    backoff: Backoff,
+    mut rx: mpsc::UnboundedReceiver<Outcome>,
+    mut stop: watch::Receiver<bool>,
+) {
     const MAX_BATCH: usize = 5000;
     let mut batch = Vec::with_capacity(64);
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
+    let mut stopping = false;
+    loop {
+        if stopping {
+            if let Ok(o) = rx.try_recv() {
+                batch.push(o);
+            } else {
+                return;
+            }
+        } else {
+            tokio::select! {
+                o = rx.recv() => match o {
+                    Some(o) => batch.push(o),
+                    None => return,
+                },
+                _ = stop.changed() => {
+                    stopping = true;
+                    continue;
+                }
+            }
+        }
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(o) => batch.push(o),
