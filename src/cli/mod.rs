@@ -8,6 +8,7 @@ mod bench_list;
 mod client;
 mod doctor;
 mod federation;
+mod storage;
 
 use std::process::ExitCode;
 
@@ -69,6 +70,9 @@ pub enum Command {
     Token(admin::TokenArgs),
     /// Bulk-load data API records from a JSON Lines file, all or nothing.
     Import(admin::ImportArgs),
+    /// Storage: move the gateway's data to another tier (`migrate-tier`).
+    #[command(subcommand)]
+    Storage(storage::StorageCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -162,6 +166,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Peer(cmd) => federation::peer(&config, cmd).await,
         Command::Grant(cmd) => federation::grant(&config, cmd).await,
         Command::Federation(cmd) => federation::federation(&config, cmd).await,
+        Command::Storage(cmd) => storage::run(&config, cmd).await,
         Command::Openapi => {
             print!("{}", crate::http::openapi_document_json());
             Ok(ExitCode::SUCCESS)
