@@ -24,6 +24,8 @@ pub struct AppState {
     pub audit: crate::federation::audit::AuditSink,
     /// Circuit breakers for the peers this gateway calls.
     pub breakers: crate::federation::peer_client::Breakers,
+    /// Valkey, when the tier uses it (required in federated, optional in standalone).
+    pub valkey: Option<crate::services::valkey::Valkey>,
 }
 
 /// Runs `tessera serve` until SIGINT/SIGTERM.
@@ -40,18 +42,43 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         anyhow::bail!("another tessera gateway is already running on data dir {}", config.data_dir.display());
     }
 
+    crate::http::metrics::install();
+    // Probe Valkey before Postgres: both are capped at 5 s, and a configured Valkey that is down
+    // stops start-up rather than being replaced by in-process state.
+    let valkey = connect_valkey(&config).await?;
     let mut db = Database::open(&config, 16).await?;
     if let Some(pg) = db.embedded.as_mut() {
         // An orphan adopted after a crash is ours to stop now.
         pg.take_ownership();
     }
-    let result = run(&config, &db.pool).await;
+    let result = run(&config, &db.pool, valkey.clone()).await;
     db.close().await;
+    if let Some(v) = valkey {
+        v.close().await;
+    }
     drop(gateway_lock);
     result
 }
 
-async fn run(config: &Config, pool: &PgPool) -> anyhow::Result<()> {
+/// Connects to Valkey when the tier uses it (DESIGN §2): required in `federated`, optional in
+/// `standalone` (used when `VALKEY_URL` is set), never in `local`.
+///
+/// # Errors
+/// Valkey is configured but unreachable within 5 s; the message names it and its address.
+pub async fn connect_valkey(config: &Config) -> anyhow::Result<Option<crate::services::valkey::Valkey>> {
+    use crate::config::Tier;
+    match (config.tier, &config.valkey_url) {
+        (Tier::Local, Some(url)) => {
+            tracing::warn!(valkey = %url, "tier local keeps its state in process; VALKEY_URL is ignored");
+            Ok(None)
+        }
+        (Tier::Local, None) | (Tier::Standalone, None) => Ok(None),
+        (Tier::Federated, None) => anyhow::bail!("VALKEY_URL: tier federated needs Valkey"),
+        (_, Some(url)) => Ok(Some(crate::services::valkey::Valkey::connect(url).await?)),
+    }
+}
+
+async fn run(config: &Config, pool: &PgPool, valkey: Option<crate::services::valkey::Valkey>) -> anyhow::Result<()> {
     crate::admin::sessions::SignInThrottle::init_from_env()?;
     crate::store::migrate(pool).await?;
     let sealing = SealingKey::load(config.sealing_key.as_ref(), &config.data_dir)?;
@@ -69,11 +96,23 @@ async fn run(config: &Config, pool: &PgPool) -> anyhow::Result<()> {
     };
     let tls = crate::tls::server_config(&ca, chain, key)?;
 
-    let limiter = crate::ratelimit::RateLimiter::in_memory();
+    let limiter = match &valkey {
+        Some(v) => crate::ratelimit::RateLimiter::valkey(v.clone()),
+        None => crate::ratelimit::RateLimiter::in_memory(),
+    };
+    tracing::info!(backend = limiter.backend(), "rate limiter");
     let (audit, audit_writer) = crate::federation::audit::AuditSink::start(pool.clone());
     let breakers = crate::federation::peer_client::Breakers::default();
-    let state =
-        AppState { pool: pool.clone(), config: Arc::new(config.clone()), ca, sealing, limiter, audit, breakers };
+    let state = AppState {
+        pool: pool.clone(),
+        config: Arc::new(config.clone()),
+        ca,
+        sealing,
+        limiter,
+        audit,
+        breakers,
+        valkey,
+    };
     let app = crate::http::router(state.clone());
 
     // Queue workers (certificate renewal and clean-up are periodic jobs), the outbox drainer.

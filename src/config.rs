@@ -116,6 +116,11 @@ pub struct GatewayArgs {
     /// OID of the client-certificate extension carrying the subject user id [default: 1.3.6.1.4.1.99999.2].
     #[arg(long, env = "TESSERA_FEDERATION_SUBJECT_OID", global = true)]
     pub federation_subject_oid: Option<String>,
+
+    /// Federation requests allowed per grant and minute, shared by all replicas; a grant's own
+    /// `ratePerMinute` overrides it [default: 600].
+    #[arg(long, env = "TESSERA_FEDERATION_RATE_PER_MINUTE", global = true)]
+    pub federation_rate_per_minute: Option<u32>,
 }
 
 /// The subset of settings the TOML file may hold. Unknown keys are an error, so a typo is caught.
@@ -137,6 +142,7 @@ struct FileConfig {
     federation_renew_grace_secs: Option<u64>,
     federation_grant_oid: Option<String>,
     federation_subject_oid: Option<String>,
+    federation_rate_per_minute: Option<u32>,
 }
 
 /// A configuration error that names the setting at fault.
@@ -218,6 +224,8 @@ pub struct FederationSettings {
     pub oids: crate::federation::identity::FederationOids,
     pub cert_ttl: Duration,
     pub renew_grace: Duration,
+    /// Default per-grant budget of federation requests per minute.
+    pub rate_per_minute: u32,
 }
 
 impl GatewayArgs {
@@ -339,6 +347,10 @@ impl GatewayArgs {
             oids.subject =
                 crate::federation::identity::parse_oid(&oid).map_err(|m| bad("TESSERA_FEDERATION_SUBJECT_OID", m))?;
         }
+        let rate_per_minute = self.federation_rate_per_minute.or(file.federation_rate_per_minute).unwrap_or(600);
+        if !(1..=1_000_000).contains(&rate_per_minute) {
+            return Err(bad("TESSERA_FEDERATION_RATE_PER_MINUTE", "must be between 1 and 1000000"));
+        }
         if oids.grant == oids.subject {
             return Err(bad("TESSERA_FEDERATION_SUBJECT_OID", "must differ from the grant OID"));
         }
@@ -360,6 +372,7 @@ impl GatewayArgs {
                 oids,
                 cert_ttl: Duration::from_secs(cert_ttl),
                 renew_grace: Duration::from_secs(renew_grace),
+                rate_per_minute,
             },
         })
     }

@@ -131,12 +131,31 @@ pub async fn diagnose(config: &Config) -> Report {
         }
     }
 
-    if config.tier == Tier::Federated {
-        checks.push(check("valkey", Health::Yellow, "not checked yet by this version"));
-    }
+    checks.push(valkey_check(config).await);
 
     let status = checks.iter().map(|c| c.status).max().unwrap_or(Health::Green);
     Report { tier: config.tier.as_str(), status, checks }
+}
+
+/// Valkey in every tier: not used in `local`, optional in `standalone`, required in `federated`.
+/// A configured Valkey that does not answer is red in any tier, because the gateway refuses to
+/// start without it.
+async fn valkey_check(config: &Config) -> Check {
+    match (config.tier, &config.valkey_url) {
+        (Tier::Local, _) => check("valkey", Health::Green, "not used in tier local (in-process rate limits)"),
+        (Tier::Standalone, None) => {
+            check("valkey", Health::Green, "not configured (optional in tier standalone; in-process rate limits)")
+        }
+        (Tier::Federated, None) => check("valkey", Health::Red, "VALKEY_URL is not set (required in tier federated)"),
+        (_, Some(url)) => match crate::services::valkey::Valkey::connect_within(url, Duration::from_secs(5)).await {
+            Ok(v) => {
+                let address = v.address().to_string();
+                v.close().await;
+                check("valkey", Health::Green, format!("reachable at {address}"))
+            }
+            Err(e) => check("valkey", Health::Red, e.to_string()),
+        },
+    }
 }
 
 fn data_dir_check(config: &Config) -> Check {

@@ -67,6 +67,9 @@ pub enum GrantCommand {
         /// RFC 3339 expiry.
         #[arg(long)]
         expires_at: Option<chrono::DateTime<chrono::Utc>>,
+        /// Federation requests per minute for this grant, overriding TESSERA_FEDERATION_RATE_PER_MINUTE.
+        #[arg(long, value_parser = clap::value_parser!(i32).range(1..=1_000_000))]
+        rate_per_minute: Option<i32>,
         #[arg(long)]
         json: bool,
     },
@@ -201,7 +204,7 @@ pub async fn grant(config: &Config, cmd: GrantCommand) -> anyhow::Result<ExitCod
 
 async fn grant_inner(config: &Config, pool: &sqlx::PgPool, cmd: GrantCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        GrantCommand::Create { peer, user, scope, expires_at, json } => {
+        GrantCommand::Create { peer, user, scope, expires_at, rate_per_minute, json } => {
             let Some(peer) = resolve_peer(pool, &peer).await? else {
                 return rejected(ApiError::not_found(format!("no peer '{peer}'")));
             };
@@ -220,7 +223,7 @@ async fn grant_inner(config: &Config, pool: &sqlx::PgPool, cmd: GrantCommand) ->
             let text = std::fs::read_to_string(&scope).with_context(|| format!("cannot read {}", scope.display()))?;
             let scope: serde_json::Value =
                 serde_json::from_str(&text).with_context(|| format!("{} is not JSON", scope.display()))?;
-            let body = grants::CreateGrant { peer_id: peer.id, subject_user_id, scope, expires_at };
+            let body = grants::CreateGrant { peer_id: peer.id, subject_user_id, scope, expires_at, rate_per_minute };
             let mut tx = pool.begin().await?;
             match grants::create(&mut tx, &body).await {
                 Ok(g) => {

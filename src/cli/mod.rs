@@ -10,6 +10,7 @@ mod client;
 mod doctor;
 mod federation;
 mod queue;
+mod storage;
 
 use std::process::ExitCode;
 
@@ -74,6 +75,9 @@ pub enum Command {
     /// The job queue: list, stats, pause, resume, jobs tail, drain, retry (on the database).
     #[command(subcommand)]
     Queue(queue::QueueCommand),
+    /// Storage: move the gateway's data to another tier (`migrate-tier`).
+    #[command(subcommand)]
+    Storage(storage::StorageCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -171,6 +175,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Peer(cmd) => federation::peer(&config, cmd).await,
         Command::Grant(cmd) => federation::grant(&config, cmd).await,
         Command::Federation(cmd) => federation::federation(&config, cmd).await,
+        Command::Storage(cmd) => storage::run(&config, cmd).await,
         Command::Openapi => {
             print!("{}", crate::http::openapi_document_json());
             Ok(ExitCode::SUCCESS)

@@ -35,10 +35,12 @@ pub struct Grant {
     pub activated_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
     pub revoke_reason: Option<String>,
+    /// Federation requests per minute for this grant; null means the gateway default.
+    pub rate_per_minute: Option<i32>,
 }
 
 const GRANT_COLUMNS: &str = "id, peer_id, subject_user_id, scope, scope_version, status, expires_at, created_at, \
-     activated_at, revoked_at, revoke_reason";
+     activated_at, revoked_at, revoke_reason, rate_per_minute";
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -48,6 +50,9 @@ pub struct CreateGrant {
     #[schema(value_type = Object)]
     pub scope: serde_json::Value,
     pub expires_at: Option<DateTime<Utc>>,
+    /// Federation requests per minute for this grant (1..=1000000); the gateway default when absent.
+    #[serde(default)]
+    pub rate_per_minute: Option<i32>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -59,6 +64,8 @@ pub struct UpdateGrant {
     /// A status transition; `active` comes only from enrollment, `revoked` is final.
     pub status: Option<String>,
     pub reason: Option<String>,
+    /// A new per-grant rate limit (requests per minute, 1..=1000000).
+    pub rate_per_minute: Option<i32>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -72,6 +79,15 @@ pub struct RevokeGrant {
 pub struct GrantFilter {
     pub peer_id: Option<Uuid>,
     pub status: Option<String>,
+}
+
+fn check_rate(rate: Option<i32>) -> Result<(), ApiError> {
+    match rate {
+        Some(r) if !(1..=1_000_000).contains(&r) => {
+            Err(ApiError::invalid_field("ratePerMinute", "ratePerMinute must be between 1 and 1000000"))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn scope_error(e: super::scope::ScopeError) -> ApiError {
@@ -150,9 +166,10 @@ pub async fn create(conn: &mut PgConnection, body: &CreateGrant) -> Result<Grant
     if body.expires_at.is_some_and(|e| e <= Utc::now()) {
         return Err(ApiError::invalid_field("expiresAt", "expiresAt must be in the future"));
     }
+    check_rate(body.rate_per_minute)?;
     let sql = format!(
-        "insert into federation_grants (id, peer_id, subject_user_id, scope, expires_at)
-         values ($1, $2, $3, $4, $5) returning {GRANT_COLUMNS}"
+        "insert into federation_grants (id, peer_id, subject_user_id, scope, expires_at, rate_per_minute)
+         values ($1, $2, $3, $4, $5, $6) returning {GRANT_COLUMNS}"
     );
     let grant = sqlx::query_as::<_, Grant>(sqlx::AssertSqlSafe(sql))
         .bind(Uuid::now_v7())
@@ -160,6 +177,7 @@ pub async fn create(conn: &mut PgConnection, body: &CreateGrant) -> Result<Grant
         .bind(body.subject_user_id)
         .bind(serde_json::to_value(&scope).map_err(anyhow::Error::from)?)
         .bind(body.expires_at)
+        .bind(body.rate_per_minute)
         .fetch_one(&mut *conn)
         .await
         .map_err(|e| match e {
@@ -282,6 +300,11 @@ pub async fn update_grant(
             .bind(serde_json::to_value(&scope).map_err(anyhow::Error::from)?)
             .fetch_one(&mut *tx)
             .await?;
+    }
+    if let Some(rate) = body.rate_per_minute {
+        check_rate(Some(rate))?;
+        let sql = format!("update federation_grants set rate_per_minute = $2 where id = $1 returning {GRANT_COLUMNS}");
+        grant = sqlx::query_as::<_, Grant>(sqlx::AssertSqlSafe(sql)).bind(id).bind(rate).fetch_one(&mut *tx).await?;
     }
     tx.commit().await?;
     Ok(Json(grant))

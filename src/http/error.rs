@@ -94,6 +94,14 @@ impl ApiError {
         e
     }
 
+    /// A 503 (code `internal`) with `Retry-After`: a dependency such as Valkey is down and the
+    /// request is refused rather than served without its safeguards.
+    pub fn unavailable(message: impl Into<String>, retry_after_secs: u64) -> Self {
+        let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Internal, message);
+        e.retry_after_secs = Some(retry_after_secs.max(1));
+        e
+    }
+
     /// A 500 whose cause is logged but not shown.
     pub fn internal(cause: impl Into<anyhow::Error>) -> Self {
         let mut e = Self::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, "Internal server error");

@@ -30,7 +30,8 @@ pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok".into() })
 }
 
-/// Readiness: the database answers and every migration is applied.
+/// Readiness: the database answers, every migration is applied, and Valkey (when configured)
+/// answers a PING.
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses(
         (status = 200, description = "Ready", body = Readiness),
@@ -56,6 +57,20 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Readiness>, Ap
             tracing::warn!(error = %e, "readiness: database unreachable");
             ready = false;
             checks.insert("database".to_string(), "unreachable".to_string());
+        }
+    }
+    if let Some(valkey) = &state.valkey {
+        match valkey.ping().await {
+            Ok(()) => {
+                metrics::gauge!("tessera_valkey_up").set(1.0);
+                checks.insert("valkey".to_string(), "ok".to_string());
+            }
+            Err(e) => {
+                metrics::gauge!("tessera_valkey_up").set(0.0);
+                tracing::warn!(error = %e, "readiness: Valkey unreachable");
+                ready = false;
+                checks.insert("valkey".to_string(), "unreachable".to_string());
+            }
         }
     }
     if ready {

@@ -4,6 +4,7 @@
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod metrics;
 
 use std::sync::OnceLock;
 
@@ -38,6 +39,7 @@ fn api_router(state: Option<AppState>) -> OpenApiRouter<AppState> {
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(health::openapi_json))
+        .routes(routes!(metrics::metrics))
         .merge(crate::admin::router())
         .merge(crate::federation::router(state))
         .merge(crate::queue::routes::router())
@@ -62,8 +64,9 @@ pub fn openapi_document_json() -> &'static str {
 /// The application router with its middleware.
 ///
 /// Layer order (outermost first): the request id is set before tracing so every log line of the
-/// request carries it; it is propagated to the response after the handler; panics are caught
-/// innermost so the trace layer still records the resulting 500.
+/// request carries it; it is propagated to the response after the handler; the request counter
+/// sits inside it and outside the panic catcher, so a panic is counted as the 500 it becomes;
+/// panics are caught innermost so the trace layer still records the resulting 500.
 pub fn router(state: AppState) -> Router {
     let (router, _) = api_router(Some(state.clone())).split_for_parts();
     router
@@ -77,6 +80,7 @@ pub fn router(state: AppState) -> Router {
                     tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id)
                 }))
                 .layer(PropagateRequestIdLayer::x_request_id())
+                .layer(axum::middleware::from_fn(metrics::count_requests))
                 .layer(CatchPanicLayer::custom(error::panic_response)),
         )
         .with_state(state)

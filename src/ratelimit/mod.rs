@@ -6,6 +6,7 @@
 //! than a trait object because its methods are async and the set of back ends is closed.
 
 pub mod memory;
+pub mod valkey;
 
 use std::time::Duration;
 
@@ -33,11 +34,26 @@ pub struct RateLimitError(pub String);
 #[derive(Debug, Clone)]
 pub enum RateLimiter {
     Memory(memory::MemoryLimiter),
+    /// Shared by every replica; an outage is an error (fail closed), never an allowance.
+    Valkey(valkey::ValkeyLimiter),
 }
 
 impl RateLimiter {
     pub fn in_memory() -> Self {
         Self::Memory(memory::MemoryLimiter::default())
+    }
+
+    /// Counters in Valkey, shared by every replica on it.
+    pub fn valkey(valkey: crate::services::valkey::Valkey) -> Self {
+        Self::Valkey(valkey::ValkeyLimiter::new(valkey))
+    }
+
+    /// `memory` or `valkey`, for logs and the doctor.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Self::Memory(_) => "memory",
+            Self::Valkey(_) => "valkey",
+        }
     }
 
     /// Whether one more hit on `key` would be allowed, without counting it.
@@ -47,6 +63,7 @@ impl RateLimiter {
     pub async fn check(&self, key: &str, limit: u32, window: Duration) -> Result<Decision, RateLimitError> {
         match self {
             Self::Memory(m) => Ok(m.check(key, limit, window)),
+            Self::Valkey(v) => v.check(key, limit, window).await,
         }
     }
 
@@ -57,6 +74,7 @@ impl RateLimiter {
     pub async fn hit(&self, key: &str, limit: u32, window: Duration) -> Result<Decision, RateLimitError> {
         match self {
             Self::Memory(m) => Ok(m.hit(key, limit, window)),
+            Self::Valkey(v) => v.hit(key, limit, window).await,
         }
     }
 }

@@ -4,6 +4,7 @@
 pub mod bundle;
 pub mod os;
 pub mod postgres;
+pub mod valkey;
 
 use std::time::Duration;
 

@@ -7,6 +7,7 @@
 //! `impl PgExecutor<'_>` or `&mut PgConnection`, so the caller owns the transaction.
 
 pub mod demo;
+pub mod transfer;
 
 use std::time::Duration;
 

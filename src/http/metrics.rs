@@ -1,0 +1,56 @@
+//! Prometheus metrics: the process-wide recorder, `GET /metrics`, and a cheap per-request
+//! counter layer.
+//!
+//! Counters: `tessera_http_requests_total{method, status}` (status class `2xx`...`5xx`, never
+//! the path, to keep cardinality bounded) and `tessera_valkey_failures_total` (every failed
+//! Valkey operation: boot probe, rate-limit round trip, readiness ping). The gauge
+//! `tessera_valkey_up` is 1 while the last readiness check reached Valkey, 0 after a failure.
+
+use std::sync::OnceLock;
+
+use axum::extract::Request;
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the global recorder once and returns its handle. When another recorder was
+/// installed first (a test harness, an embedding program), `/metrics` renders an empty registry
+/// instead of failing.
+pub fn install() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed; /metrics will stay empty");
+        }
+        metrics::describe_counter!(crate::services::valkey::FAILURES_METRIC, "Failed Valkey operations");
+        metrics::describe_counter!("tessera_http_requests_total", "HTTP requests by method and status class");
+        metrics::describe_gauge!("tessera_valkey_up", "1 while Valkey answered the last readiness check");
+        handle
+    })
+}
+
+/// Prometheus text exposition of this process's metrics.
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+pub async fn metrics() -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], install().render()).into_response()
+}
+
+/// Counts every response by method and status class.
+pub async fn count_requests(req: Request, next: Next) -> Response {
+    let method = req.method().as_str().to_owned();
+    let response = next.run(req).await;
+    let class = match response.status().as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    metrics::counter!("tessera_http_requests_total", "method" => method, "status" => class).increment(1);
+    response
+}
