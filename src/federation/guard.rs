@@ -159,7 +159,6 @@ pub async fn require_peer(State(state): State<AppState>, mut req: Request, next:
             return over_budget(&state, &identity, row.peer_id, limit, retry_after, req.uri().path());
         }
         Err(e) => {
-            tracing::error!(grant_id = %identity.grant_id, error = %e, "rate limiter unavailable; refusing the request");
             deny_audit(
                 &state,
                 Some(identity.grant_id),
@@ -169,7 +168,7 @@ pub async fn require_peer(State(state): State<AppState>, mut req: Request, next:
                 e.to_string(),
                 req.uri().path(),
             );
-            return ApiError::unavailable("Rate limiting is temporarily unavailable; retry later", 1).into_response();
+            return ApiError::from(e).into_response();
         }
     }
     req.extensions_mut().insert(FederationContext {
