@@ -474,6 +474,9 @@ fn compose_file_is_pinned_healthchecked_and_sets_only_variables_the_binary_reads
         assert!(image.contains(':') && !image.ends_with(":latest"), "{from} is not pinned");
     }
 
+    let dockerignore = std::fs::read_to_string(format!("{root}/.dockerignore")).unwrap();
+    assert!(dockerignore.lines().any(|l| l.trim() == "target/") && dockerignore.lines().any(|l| l.trim() == ".env"));
+
     // .env.example lists every variable the gateway reads, and the secrets the compose file uses.
     let example = std::fs::read_to_string(format!("{root}/.env.example")).unwrap();
     let listed: BTreeSet<String> = example
@@ -525,7 +528,23 @@ async fn migrate_tier_copies_a_seeded_local_gateway_idempotently_into_an_externa
     let before_items = before["items"].as_array().expect("items").clone();
     assert!(!before_items.is_empty(), "{before}");
     let ca_pem = source.ca_pem.clone();
+
+    // Copying under a running gateway could miss its latest writes: refused.
+    let (code, _, err) = run_cli(
+        &["storage", "migrate-tier", "--to", "postgres://u@127.0.0.1:1/x"],
+        &[("TESSERA_DATA_DIR", dir.as_str())],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("stop it first"), "{err}");
     drop(source);
+
+    // An unreachable target is named without its password.
+    let closed = free_port();
+    let bad = format!("postgres://tessera:pg-s3cret@127.0.0.1:{closed}/tessera");
+    let (code, out, err) =
+        run_cli(&["storage", "migrate-tier", "--to", bad.as_str()], &[("TESSERA_DATA_DIR", dir.as_str())]);
+    assert_ne!(code, 0);
+    assert!(err.contains(&format!("127.0.0.1:{closed}")) && !err.contains("pg-s3cret") && !out.contains("pg-s3cret"));
 
     // Into an empty external database.
     let target = TestDb::new().await;
