@@ -305,6 +305,9 @@ async fn a_valkey_outage_fails_closed_is_visible_and_heals_without_a_restart() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(gw.log().matches("tessera is serving").count() == 1, "the gateway was not restarted");
+    let log = gw.log();
+    assert!(log.contains("Valkey connection lost") && log.contains("Valkey connection restored"), "{log}");
+    assert!(!log.contains("replica-test-pw"), "the Valkey password never reaches the log");
 }
 
 #[tokio::test(flavor = "multi_thread")]
