@@ -156,7 +156,7 @@ pub async fn require_peer(State(state): State<AppState>, mut req: Request, next:
     match state.limiter.hit(&key, limit, RATE_WINDOW).await {
         Ok(Decision::Allowed { .. }) => {}
         Ok(Decision::Denied { retry_after }) => {
-            return over_budget(&state, &identity, row.peer_id, limit, retry_after, req.uri().path());
+            return over_budget(&state, &identity, row.peer_id, limit, retry_after, req.uri().path()).await;
         }
         Err(e) => {
             deny_audit(
@@ -187,8 +187,11 @@ pub async fn require_peer(State(state): State<AppState>, mut req: Request, next:
 /// `Retry-After`, plus one denied audit row.
 ///
 /// INTEGRATION POINT (`rate_limit.exceeded`): the outbox event for webhooks is emitted here, once
-/// the outbox lands; it is a one-line addition next to the audit row.
-fn over_budget(
+/// the outbox lands; it is a one-line addition next to the audit row (already `async`, so it can
+/// await the insert). Every request over budget lands here, so the event should be de-duplicated
+/// per grant and window (for example only when no event was sent for this grant in the last
+/// minute), or one peer hammering the gateway floods every webhook.
+async fn over_budget(
     state: &AppState,
     identity: &crate::federation::identity::PeerIdentity,
     peer_id: Uuid,
