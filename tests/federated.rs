@@ -163,6 +163,21 @@ async fn revocation_and_scope_edits_on_one_replica_bite_at_once_on_the_other() {
     assert_eq!(body["error"]["code"], "forbidden");
     let (status, _, _) = get_status(&peer.client, &r1.url(CAPABILITIES)).await;
     assert_eq!(status, 403);
+
+    // A revocation that never passes through a replica (the CLI on the database) bites as well:
+    // this is why the guard reads the database instead of a cache fed by replica notifications.
+    let subject = seed_member(&replicas.db.pool, "other@fed.test").await;
+    let other = enroll_peer(r2, &token, "peer-b", subject, json!({"resources": ["tasks"]}), None).await;
+    assert_eq!(get_status(&other.client, &r1.url(CAPABILITIES)).await.0, 200);
+    let grant = other.grant_id.to_string();
+    let (code, out, err) = run_cli(
+        &["grant", "revoke", grant.as_str(), "--reason", "offline revoke"],
+        &[("DATABASE_URL", replicas.db.url.as_str())],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    for gw in [r1, r2] {
+        assert_eq!(get_status(&other.client, &gw.url(CAPABILITIES)).await.0, 403);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
