@@ -76,6 +76,15 @@ async fn federated_boot_fails_fast_naming_the_service_without_passwords() {
     assert!(err.contains("Postgres") && err.contains(&format!("127.0.0.1:{pg_closed}")), "{err}");
     assert!(!err.contains("pg-s3cret") && !err.contains("valkey-s3cret"), "{err}");
 
+    // Tier standalone uses Valkey only when configured, but a configured one that is down is
+    // never silently replaced by in-process state either.
+    let mut standalone = env(&valkey_url, &db.url);
+    standalone[0].1 = "standalone".into();
+    let ((code, _, err), took) = run(&standalone, &["serve"]);
+    assert_ne!(code, 0);
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(err.contains("Valkey") && err.contains(&format!("127.0.0.1:{closed}")) && !err.contains("valkey-s3cret"));
+
     // The doctor reports every service, red for the dead Valkey, and exits 1.
     let ((code, out, err), _) = run(&env(&valkey_url, &db.url), &["doctor", "--json"]);
     assert_eq!(code, 1, "{out}{err}");
@@ -154,6 +163,21 @@ async fn revocation_and_scope_edits_on_one_replica_bite_at_once_on_the_other() {
     assert_eq!(body["error"]["code"], "forbidden");
     let (status, _, _) = get_status(&peer.client, &r1.url(CAPABILITIES)).await;
     assert_eq!(status, 403);
+
+    // A revocation that never passes through a replica (the CLI on the database) bites as well:
+    // this is why the guard reads the database instead of a cache fed by replica notifications.
+    let subject = seed_member(&replicas.db.pool, "other@fed.test").await;
+    let other = enroll_peer(r2, &token, "peer-b", subject, json!({"resources": ["tasks"]}), None).await;
+    assert_eq!(get_status(&other.client, &r1.url(CAPABILITIES)).await.0, 200);
+    let grant = other.grant_id.to_string();
+    let (code, out, err) = run_cli(
+        &["grant", "revoke", grant.as_str(), "--reason", "offline revoke"],
+        &[("DATABASE_URL", replicas.db.url.as_str())],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    for gw in [r1, r2] {
+        assert_eq!(get_status(&other.client, &gw.url(CAPABILITIES)).await.0, 403);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -253,6 +277,16 @@ async fn a_valkey_outage_fails_closed_is_visible_and_heals_without_a_restart() {
     assert_eq!(body["error"]["code"], "internal");
     assert!(body["error"]["message"].as_str().unwrap().contains("unavailable"), "{body}");
     assert!(retry_after.is_some());
+    let r = gw
+        .client
+        .post(gw.url("/api/auth/sign-in"))
+        .json(&json!({"email": "admin@fed.test", "password": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503, "sign-ins are not throttle-free during an outage either");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "internal");
     let metrics = gw.client.get(gw.url("/metrics")).send().await.unwrap().text().await.unwrap();
     let failures: f64 = metrics
         .lines()
@@ -286,6 +320,72 @@ async fn a_valkey_outage_fails_closed_is_visible_and_heals_without_a_restart() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(gw.log().matches("tessera is serving").count() == 1, "the gateway was not restarted");
+    let log = gw.log();
+    assert!(log.contains("Valkey connection lost") && log.contains("Valkey connection restored"), "{log}");
+    assert!(!log.contains("replica-test-pw"), "the Valkey password never reaches the log");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_valkey_the_limit_counts_in_process_and_grants_carry_their_own_rate() {
+    let db = TestDb::new().await;
+    let gw = Gateway::start(GatewayOptions {
+        database_url: Some(db.url.clone()),
+        env: vec![("TESSERA_FEDERATION_RATE_PER_MINUTE".into(), "3".into())],
+        ..Default::default()
+    })
+    .await;
+    let (_, token) = seed_admin(&db.pool, "admin@sa.test").await;
+    let subject = seed_member(&db.pool, "subject@sa.test").await;
+    let peer = enroll_peer(&gw, &token, "peer-a", subject, json!({"resources": ["tasks"]}), None).await;
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(get_status(&peer.client, &gw.url(CAPABILITIES)).await.0);
+    }
+    assert_eq!(statuses, vec![200, 200, 200, 429, 429]);
+    let (_, _, ready) = get_status(&gw.client, &gw.url("/readyz")).await;
+    assert!(ready["checks"].get("valkey").is_none(), "no Valkey in this tier: {ready}");
+
+    // Raising the grant's own rate through the admin API takes effect on the next request.
+    let (status, g) = admin_call(
+        &gw,
+        &token,
+        reqwest::Method::PATCH,
+        &format!("/api/admin/grants/{}", peer.grant_id),
+        Some(json!({"ratePerMinute": 10})),
+    )
+    .await;
+    assert_eq!(status, 200, "{g}");
+    assert_eq!(g["ratePerMinute"], 10);
+    assert_eq!(get_status(&peer.client, &gw.url(CAPABILITIES)).await.0, 200);
+
+    // The CLI sets it at creation.
+    let scope = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(scope.path(), r#"{"resources": ["tasks"]}"#).unwrap();
+    let (status, p) =
+        admin_call(&gw, &token, reqwest::Method::POST, "/api/admin/peers", Some(json!({"name": "peer-b"}))).await;
+    assert_eq!(status, 201, "{p}");
+    let args = [
+        "grant",
+        "create",
+        "--peer",
+        "peer-b",
+        "--user",
+        "subject@sa.test",
+        "--scope",
+        scope.path().to_str().unwrap(),
+        "--rate-per-minute",
+        "7",
+        "--json",
+    ];
+    let (code, out, err) = run_cli(&args, &[("DATABASE_URL", db.url.as_str())]);
+    assert_eq!(code, 0, "{out}{err}");
+    let created: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(created["ratePerMinute"], 7);
+    let mut bad = args;
+    bad[9] = "0";
+    let (code, _, err) = run_cli(&bad, &[("DATABASE_URL", db.url.as_str())]);
+    assert_ne!(code, 0);
+    assert!(err.contains("rate-per-minute"), "{err}");
 }
 
 /// The TESSERA_* (and DATABASE_URL/VALKEY_URL) variables the binary reads: every `env` of the
@@ -392,6 +492,9 @@ fn compose_file_is_pinned_healthchecked_and_sets_only_variables_the_binary_reads
         assert!(image.contains(':') && !image.ends_with(":latest"), "{from} is not pinned");
     }
 
+    let dockerignore = std::fs::read_to_string(format!("{root}/.dockerignore")).unwrap();
+    assert!(dockerignore.lines().any(|l| l.trim() == "target/") && dockerignore.lines().any(|l| l.trim() == ".env"));
+
     // .env.example lists every variable the gateway reads, and the secrets the compose file uses.
     let example = std::fs::read_to_string(format!("{root}/.env.example")).unwrap();
     let listed: BTreeSet<String> = example
@@ -443,7 +546,23 @@ async fn migrate_tier_copies_a_seeded_local_gateway_idempotently_into_an_externa
     let before_items = before["items"].as_array().expect("items").clone();
     assert!(!before_items.is_empty(), "{before}");
     let ca_pem = source.ca_pem.clone();
+
+    // Copying under a running gateway could miss its latest writes: refused.
+    let (code, _, err) = run_cli(
+        &["storage", "migrate-tier", "--to", "postgres://u@127.0.0.1:1/x"],
+        &[("TESSERA_DATA_DIR", dir.as_str())],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("stop it first"), "{err}");
     drop(source);
+
+    // An unreachable target is named without its password.
+    let closed = free_port();
+    let bad = format!("postgres://tessera:pg-s3cret@127.0.0.1:{closed}/tessera");
+    let (code, out, err) =
+        run_cli(&["storage", "migrate-tier", "--to", bad.as_str()], &[("TESSERA_DATA_DIR", dir.as_str())]);
+    assert_ne!(code, 0);
+    assert!(err.contains(&format!("127.0.0.1:{closed}")) && !err.contains("pg-s3cret") && !out.contains("pg-s3cret"));
 
     // Into an empty external database.
     let target = TestDb::new().await;

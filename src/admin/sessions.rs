@@ -202,8 +202,8 @@ pub async fn sign_in(
     let address_key = format!("signin-addr:{ip}");
     let address_limit = throttle.max_failures.saturating_mul(ADDRESS_FACTOR);
     let limiter = &state.limiter;
-    limited(limiter.check(&account_key, throttle.max_failures, throttle.window).await.map_err(ApiError::internal)?)?;
-    limited(limiter.check(&address_key, address_limit, throttle.window).await.map_err(ApiError::internal)?)?;
+    limited(limiter.check(&account_key, throttle.max_failures, throttle.window).await?)?;
+    limited(limiter.check(&address_key, address_limit, throttle.window).await?)?;
 
     let row: Option<SignInRow> =
         sqlx::query_as("select id, email, name, role, password_hash, disabled_at from users where lower(email) = $1")
@@ -215,9 +215,8 @@ pub async fn sign_in(
     let row = match row {
         Some(r) if password_ok && r.disabled_at.is_none() => r,
         _ => {
-            let a =
-                limiter.hit(&account_key, throttle.max_failures, throttle.window).await.map_err(ApiError::internal)?;
-            let b = limiter.hit(&address_key, address_limit, throttle.window).await.map_err(ApiError::internal)?;
+            let a = limiter.hit(&account_key, throttle.max_failures, throttle.window).await?;
+            let b = limiter.hit(&address_key, address_limit, throttle.window).await?;
             tracing::info!(client = %ip, "sign-in failed");
             limited(a)?;
             limited(b)?;

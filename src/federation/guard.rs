@@ -156,10 +156,9 @@ pub async fn require_peer(State(state): State<AppState>, mut req: Request, next:
     match state.limiter.hit(&key, limit, RATE_WINDOW).await {
         Ok(Decision::Allowed { .. }) => {}
         Ok(Decision::Denied { retry_after }) => {
-            return over_budget(&state, &identity, row.peer_id, limit, retry_after, req.uri().path());
+            return over_budget(&state, &identity, row.peer_id, limit, retry_after, req.uri().path()).await;
         }
         Err(e) => {
-            tracing::error!(grant_id = %identity.grant_id, error = %e, "rate limiter unavailable; refusing the request");
             deny_audit(
                 &state,
                 Some(identity.grant_id),
@@ -169,7 +168,7 @@ pub async fn require_peer(State(state): State<AppState>, mut req: Request, next:
                 e.to_string(),
                 req.uri().path(),
             );
-            return ApiError::unavailable("Rate limiting is temporarily unavailable; retry later", 1).into_response();
+            return ApiError::from(e).into_response();
         }
     }
     req.extensions_mut().insert(FederationContext {
@@ -191,7 +190,7 @@ pub async fn require_peer(State(state): State<AppState>, mut req: Request, next:
 /// limiter itself decides, so replicas agree in tier federated): a caller hammering past its
 /// budget must not turn every refused request into outbox rows. The event is written off the
 /// request path; it announces a condition, not a change, so there is no transaction to join.
-fn over_budget(
+async fn over_budget(
     state: &AppState,
     identity: &crate::federation::identity::PeerIdentity,
     peer_id: Uuid,

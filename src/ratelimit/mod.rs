@@ -30,6 +30,15 @@ impl Decision {
 #[error("rate limiter unavailable: {0}")]
 pub struct RateLimitError(pub String);
 
+impl From<RateLimitError> for crate::http::error::ApiError {
+    /// Fail closed: a request whose limit cannot be checked is refused with a 503 envelope (and
+    /// `Retry-After`), never served without limits; the cause goes to the log.
+    fn from(e: RateLimitError) -> Self {
+        tracing::error!(error = %e, "rate limiter unavailable; refusing the request");
+        Self::unavailable("Rate limiting is temporarily unavailable; retry later", 1)
+    }
+}
+
 /// A rate limiter shared by all handlers (cheap to clone).
 #[derive(Debug, Clone)]
 pub enum RateLimiter {

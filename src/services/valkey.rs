@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fred::prelude::{Builder, Client, ClientLike, Config as FredConfig, ReconnectPolicy};
+use fred::prelude::{Builder, Client, ClientLike, Config as FredConfig, EventInterface, ReconnectPolicy};
 
 use crate::config::{SecretUrl, redact_url};
 use crate::services::BOOT_PROBE_TIMEOUT;
@@ -133,6 +133,20 @@ impl Valkey {
             let _ = valkey.client.quit().await;
             return Err(unreachable(e.to_string()));
         }
+        // fred reconnects on its own; these make each outage and recovery visible in the log and
+        // in the failure counter. Dropping a JoinHandle detaches its task; the listeners end when
+        // the client quits.
+        let on_error_address = address.clone();
+        drop(valkey.client.on_error(move |(e, _)| {
+            metrics::counter!(FAILURES_METRIC).increment(1);
+            tracing::warn!(valkey = %on_error_address, error = %redact_url(e.details()), "Valkey connection lost; reconnecting");
+            async { Ok(()) }
+        }));
+        let on_reconnect_address = address.clone();
+        drop(valkey.client.on_reconnect(move |_| {
+            tracing::info!(valkey = %on_reconnect_address, "Valkey connection restored");
+            async { Ok(()) }
+        }));
         tracing::info!(valkey = %address, "connected to Valkey");
         Ok(valkey)
     }
