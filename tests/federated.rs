@@ -188,6 +188,16 @@ async fn rate_limits_and_the_sign_in_throttle_are_shared_across_replicas() {
     ])
     .await;
     let gws = &replicas.gateways;
+    // Operators hear about the overrun once per grant and window, not once per refused request.
+    let (status, body) = admin_call(
+        &gws[0],
+        &token,
+        reqwest::Method::POST,
+        "/api/admin/webhooks",
+        Some(json!({"url": "http://127.0.0.1:9/hook", "secret": "webhook-secret-for-tests", "events": ["rate_limit.exceeded"]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
 
     // 40 requests spread over both replicas: one budget of 30, the rest 429 with Retry-After.
     let mut ok = 0;
@@ -216,6 +226,19 @@ async fn rate_limits_and_the_sign_in_throttle_are_shared_across_replicas() {
     )
     .await;
     assert_eq!(audited, 10, "one denied audit row per 429");
+    let events = wait_for_count(
+        &replicas.db.pool,
+        "select count(*) from outbox.deliveries where event = 'rate_limit.exceeded' and payload->>'grantId' = $1::text",
+        peer.grant_id,
+        1,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let again: i64 = sqlx::query_scalar("select count(*) from outbox.deliveries where event = 'rate_limit.exceeded'")
+        .fetch_one(&replicas.db.pool)
+        .await
+        .unwrap();
+    assert_eq!((events, again), (1, 1), "one rate_limit.exceeded event for ten 429s on two replicas");
 
     // A per-grant override wins over the gateway default, for that grant only.
     let slow = enroll_peer(&gws[1], &token, "peer-slow", subject, json!({"resources": ["tasks"]}), Some(4)).await;
@@ -619,4 +642,41 @@ async fn migrate_tier_copies_a_seeded_local_gateway_idempotently_into_an_externa
     let (status, grants) = admin_call(&moved, &token, reqwest::Method::GET, "/api/admin/grants", None).await;
     assert_eq!(status, 200, "the admin token moved too");
     assert_eq!(grants.as_array().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_thousand_jobs_run_exactly_once_across_two_replicas() {
+    let replicas = Replicas::start(
+        2,
+        vec![("TESSERA_QUEUE_POLL_MS".into(), "50".into()), ("TESSERA_QUEUE_WORKERS".into(), "2".into())],
+    )
+    .await;
+    let pool = &replicas.db.pool;
+    let jobs: Vec<tessera::queue::NewJob> = (0..1000)
+        .map(|i| tessera::queue::NewJob::new(tessera::queue::diag::QUEUE, "diag.probe", json!({"i": i, "sleepMs": 2})))
+        .collect();
+    tessera::queue::enqueue_many(pool, &jobs).await.unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let done: i64 = sqlx::query_scalar("select count(*) from queue.jobs where queue = $1 and status = 'done'")
+            .bind(tessera::queue::diag::QUEUE)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        if done == 1000 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {done} of 1000 jobs done");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (runs, distinct, nodes): (i64, i64, i64) = sqlx::query_as(
+        "select count(*), count(distinct job_id), count(distinct split_part(worker, '/', 1)) from queue.diag_runs",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(distinct, 1000);
+    assert_eq!(runs, 1000, "a job ran on more than one replica, or twice on one");
+    assert_eq!(nodes, 2, "both replicas took jobs");
 }
