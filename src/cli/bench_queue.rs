@@ -32,7 +32,7 @@ pub struct QueueBench {
     #[arg(long, default_value_t = 1_000)]
     samples: u32,
     /// Claim loops for the burn-down.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 4)]
     workers: usize,
     /// Most jobs per claim statement.
     #[arg(long, default_value_t = 1_000)]

@@ -27,6 +27,9 @@
 //!   hands back exactly the jobs its previous life left `running` ([`reconcile_node`]).
 //! - **Concurrency** is per queue and per process: `queue.queues.concurrency` (default 64)
 //!   caps how many of a queue's jobs one gateway runs at once.
+//! - **Durability**: enqueues and completions commit durably; claims, heartbeats and releases
+//!   use `synchronous_commit = off` ([`worker::lease_pool`]): losing one in a database crash
+//!   only means the job runs again, and the wake-up path saves a WAL flush.
 //! - **Pause** is checked inside the claim statement, so a paused queue stops being claimed on
 //!   the next claim (at most one poll interval later); jobs already claimed finish.
 

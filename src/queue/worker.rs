@@ -113,7 +113,10 @@ struct Outcome {
 
 /// One claim loop (see the module docs).
 pub struct Worker {
+    /// Durable commits: completions.
     pool: PgPool,
+    /// `synchronous_commit = off`: claims, heartbeats and releases (see [`lease_pool`]).
+    leases: PgPool,
     opts: WorkerOptions,
     registry: Arc<HandlerRegistry>,
     wake: Arc<Notify>,
@@ -135,19 +138,18 @@ pub async fn claim(
     lease: Duration,
 ) -> Result<Vec<ClaimedRow>, sqlx::Error> {
     sqlx::query_as::<_, ClaimedRow>(
-        "with ready as (
-            select id from queue.jobs
-             where queue = $1 and status = 'pending' and run_at <= now()
-               and not exists (select 1 from queue.queues q where q.name = $1 and q.paused)
-             order by run_at
-             limit $2
-             for update skip locked
-         )
-         update queue.jobs j
+        // The locked rows are addressed by ctid (a TID scan) rather than looked up again through
+        // the primary key: a row locked by this statement cannot have moved.
+        "update queue.jobs j
             set status = 'running', attempts = j.attempts + 1, lease_owner = $3,
                 lease_expires_at = now() + $4, updated_at = now()
-           from ready
-          where j.id = ready.id
+          where j.ctid = any(array(
+                select ctid from queue.jobs
+                 where queue = $1 and status = 'pending' and run_at <= now()
+                   and not exists (select 1 from queue.queues q where q.name = $1 and q.paused)
+                 order by run_at
+                 limit $2
+                 for update skip locked))
       returning j.id, j.kind, j.payload, j.attempts, j.max_attempts",
     )
     .bind(queue)
@@ -161,12 +163,13 @@ pub async fn claim(
 impl Worker {
     pub fn new(
         pool: PgPool,
+        leases: PgPool,
         opts: WorkerOptions,
         registry: Arc<HandlerRegistry>,
         wake: Arc<Notify>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
-        Self { pool, opts, registry, wake, shutdown }
+        Self { pool, leases, opts, registry, wake, shutdown }
     }
 
     /// Runs until the shutdown signal, then finishes or releases its jobs.
@@ -178,7 +181,7 @@ impl Worker {
         let (stop_completer, completer_stop) = watch::channel(false);
         let completer =
             tokio::spawn(complete_loop(self.pool.clone(), owner.clone(), self.opts.backoff, done_rx, completer_stop));
-        let heartbeat = tokio::spawn(heartbeat_loop(self.pool.clone(), owner.clone(), self.opts.lease));
+        let heartbeat = tokio::spawn(heartbeat_loop(self.leases.clone(), owner.clone(), self.opts.lease));
 
         loop {
             if *self.shutdown.borrow() {
@@ -192,7 +195,7 @@ impl Worker {
                 }
                 continue;
             }
-            match claim(&self.pool, &self.opts.queue, &owner, free as i64, self.opts.lease).await {
+            match claim(&self.leases, &self.opts.queue, &owner, free as i64, self.opts.lease).await {
                 Ok(jobs) => {
                     let full = jobs.len() == free;
                     for (id, kind, payload, attempt, max_attempts) in jobs {
@@ -239,7 +242,7 @@ impl Worker {
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), completer).await;
         heartbeat.abort();
-        match release(&self.pool, &owner).await {
+        match release(&self.leases, &owner).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(queue = %self.opts.queue, released = n, "released running jobs on shutdown"),
             Err(e) => tracing::warn!(error = %e, "releasing jobs on shutdown failed; their leases will expire"),
@@ -421,6 +424,17 @@ async fn release(pool: &PgPool, owner: &str) -> Result<u64, sqlx::Error> {
     Ok(done.rows_affected())
 }
 
+/// A pool on the same database whose sessions commit with `synchronous_commit = off`, for lease
+/// bookkeeping only: a claim, a heartbeat or a release that a database crash loses leaves the
+/// job `pending` (or its lease shorter), so the job runs again; it is never lost. That is the
+/// at-least-once promise the lease already makes, and it spares the wake-up path one WAL flush
+/// (about half a millisecond here) between enqueue and handler start. Enqueues and
+/// completions stay durable.
+pub fn lease_pool(pool: &PgPool, max_connections: u32) -> PgPool {
+    let opts = (*pool.connect_options()).clone().options([("synchronous_commit", "off")]);
+    sqlx::postgres::PgPoolOptions::new().max_connections(max_connections).connect_lazy_with(opts)
+}
+
 /// The running workers of one process (see the module docs).
 pub struct QueueRuntime {
     shutdown: watch::Sender<bool>,
@@ -447,6 +461,8 @@ impl QueueRuntime {
         }
         let (shutdown, shutdown_rx) = watch::channel(false);
         let registry = Arc::new(registry);
+        let workers_total = u32::try_from(queues.len() * settings.workers).unwrap_or(64);
+        let leases = lease_pool(pool, workers_total + 2);
         let mut wakers: HashMap<String, Vec<Arc<Notify>>> = HashMap::new();
         let mut workers = Vec::new();
         for queue in queues {
@@ -469,7 +485,8 @@ impl QueueRuntime {
                     backoff: settings.backoff,
                     shutdown_grace: settings.shutdown_grace,
                 };
-                let worker = Worker::new(pool.clone(), opts, registry.clone(), wake, shutdown_rx.clone());
+                let worker =
+                    Worker::new(pool.clone(), leases.clone(), opts, registry.clone(), wake, shutdown_rx.clone());
                 workers.push(tokio::spawn(worker.run()));
             }
         }
