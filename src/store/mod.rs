@@ -86,3 +86,19 @@ pub async fn migrations_applied(pool: &PgPool) -> anyhow::Result<bool> {
         .unwrap_or_default();
     Ok(MIGRATOR.iter().all(|m| applied.contains(&m.version)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::MIGRATOR;
+
+    /// sqlx keys applied migrations by version: two files with one number would make one of
+    /// them silently "applied". Branches that each add a migration are the usual cause.
+    #[test]
+    fn migration_versions_are_unique() {
+        let mut versions: Vec<i64> = MIGRATOR.iter().map(|m| m.version).collect();
+        let total = versions.len();
+        versions.sort_unstable();
+        versions.dedup();
+        assert_eq!(versions.len(), total, "two migrations share a version number");
+    }
+}
