@@ -102,6 +102,7 @@ async fn run_on(config: &Config, pool: &sqlx::PgPool, args: &ListBench) -> anyho
     // The bench measures the verb, not the per-grant rate limit: lift the budget out of the way.
     let mut bench_config = config.clone();
     bench_config.federation.rate_per_minute = 1_000_000;
+    let (audit, audit_writer) = crate::federation::audit::AuditSink::start(pool.clone());
     let state = AppState {
         pool: pool.clone(),
         config: Arc::new(bench_config),
@@ -109,7 +110,7 @@ async fn run_on(config: &Config, pool: &sqlx::PgPool, args: &ListBench) -> anyho
         sealing: sealing.clone(),
         limiter: crate::ratelimit::RateLimiter::in_memory(),
         valkey: None,
-        audit: crate::federation::audit::AuditSink::start(pool.clone()).0,
+        audit,
         breakers: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -247,6 +248,9 @@ async fn run_on(config: &Config, pool: &sqlx::PgPool, args: &ListBench) -> anyho
 
     let _ = stop_tx.send(());
     let _ = server.await;
+    // The router (and with it the last audit sink) is gone: let the writer flush before the
+    // pool closes.
+    let _ = tokio::time::timeout(Duration::from_secs(5), audit_writer).await;
     Ok(())
 }
 
