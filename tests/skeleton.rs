@@ -235,7 +235,13 @@ async fn bad_configuration_names_the_key() {
 async fn concurrent_migrations_do_not_race() {
     let pg_db = TestDb::new().await;
     // A database with no schema at all: drop everything the template created.
-    sqlx::raw_sql("drop schema public cascade; create schema public").execute(&pg_db.pool).await.unwrap();
+    sqlx::raw_sql(
+        "drop schema public cascade; create schema public;
+         drop schema if exists queue cascade; drop schema if exists outbox cascade",
+    )
+    .execute(&pg_db.pool)
+    .await
+    .unwrap();
     let url = pg_db.url.clone();
     let runs: Vec<_> = (0..3)
         .map(|_| {
