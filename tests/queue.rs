@@ -560,7 +560,7 @@ async fn webhooks_are_signed_ordered_and_carry_the_feature_events_without_secret
     )
     .await;
     assert_eq!(s, 200);
-    // enrollment.failed on an unknown token.
+    // enrollment.failed on a bad redemption.
     let r = gw
         .client
         .post(gw.url(&format!("/api/federation/enrollment/{}", "ab".repeat(32))))
@@ -570,10 +570,42 @@ async fn webhooks_are_signed_ordered_and_carry_the_feature_events_without_secret
         .unwrap();
     assert_eq!(r.status(), 400);
 
-    wait_for("five events delivered", Duration::from_secs(15), || async { receiver.deliveries().len() >= 5 }).await;
+    // Disabling a grant's subject revokes the grant in the database (a trigger): grant.revoked too.
+    let member = uuid::Uuid::now_v7();
+    sqlx::query("insert into users (id, email, name, role) values ($1, 'sub@example.test', 'S', 'member')")
+        .bind(member)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let (s, grant2) = admin(
+        &gw,
+        reqwest::Method::POST,
+        "/api/admin/grants",
+        Some(&token),
+        Some(json!({"peerId": peer["id"], "subjectUserId": member, "scope": {"resources": ["tasks"]}})),
+    )
+    .await;
+    assert_eq!(s, 201, "{grant2}");
+    sqlx::query("update users set disabled_at = now() where id = $1").bind(member).execute(&db.pool).await.unwrap();
+
+    wait_for("seven events delivered", Duration::from_secs(15), || async { receiver.deliveries().len() >= 7 }).await;
     let got = receiver.deliveries();
     let events: Vec<&str> = got.iter().map(|(_, e, _)| e.as_str()).collect();
-    assert_eq!(events, ["token.created", "token.revoked", "grant.created", "grant.revoked", "enrollment.failed"]);
+    assert_eq!(
+        events,
+        [
+            "token.created",
+            "token.revoked",
+            "grant.created",
+            "grant.revoked",
+            "enrollment.failed",
+            "grant.created",
+            "grant.revoked"
+        ]
+    );
+    assert_eq!(got[6].2["data"]["grantId"], grant2["id"]);
+    assert_eq!(got[6].2["data"]["reason"], "subject user disabled");
+    assert_eq!(got[3].2["data"]["reason"], "test");
     assert_eq!(receiver.bad_signatures(), 0, "every signature verifies with the secret");
     for (key, _, body) in &got {
         assert_eq!(body["id"].as_str(), Some(key.as_str()), "Idempotency-Key is the event id");
