@@ -895,3 +895,60 @@ async fn shutdown_releases_running_jobs_without_counting_the_attempt() {
     assert!(status.success(), "{status}");
     assert_eq!(job_status(&db.pool, &id).await, ("pending".to_string(), 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrollment_emits_grant_activated_peer_enrolled_and_enrollment_failed() {
+    let db = TestDb::new().await;
+    let receiver = Receiver::start().await;
+    let gw =
+        Gateway::start(GatewayOptions { database_url: Some(db.url.clone()), env: fast_env(), ..Default::default() })
+            .await;
+    let (admin_id, token) = seed_admin(&db.pool, "ops@example.test").await;
+    register_webhook(&gw, &token, &receiver.url, json!(["grant.activated", "peer.enrolled", "enrollment.failed"]))
+        .await;
+    let (_, peer) =
+        admin(&gw, reqwest::Method::POST, "/api/admin/peers", Some(&token), Some(json!({"name": "peer-b"}))).await;
+    let (_, grant) = admin(
+        &gw,
+        reqwest::Method::POST,
+        "/api/admin/grants",
+        Some(&token),
+        Some(json!({"peerId": peer["id"], "subjectUserId": admin_id, "scope": {"resources": ["tasks"]}})),
+    )
+    .await;
+    let (s, minted) = admin(
+        &gw,
+        reqwest::Method::POST,
+        "/api/federation/enrollment/tokens",
+        Some(&token),
+        Some(json!({"grantId": grant["id"]})),
+    )
+    .await;
+    assert_eq!(s, 201, "{minted}");
+    let enrollment_token = minted["token"].as_str().unwrap().to_string();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let csr = rcgen::CertificateParams::new(vec![]).unwrap().serialize_request(&key).unwrap().pem().unwrap();
+    let redeem = || {
+        gw.client
+            .post(gw.url(&format!("/api/federation/enrollment/{enrollment_token}")))
+            .json(&json!({"csrPem": csr}))
+            .send()
+    };
+    assert_eq!(redeem().await.unwrap().status(), 200);
+    assert_eq!(redeem().await.unwrap().status(), 410);
+
+    wait_for("three events", Duration::from_secs(15), || async { receiver.deliveries().len() >= 3 }).await;
+    let got = receiver.deliveries();
+    let events: Vec<&str> = got.iter().map(|(_, e, _)| e.as_str()).collect();
+    assert_eq!(events, ["grant.activated", "peer.enrolled", "enrollment.failed"]);
+    assert_eq!(got[0].2["data"]["grantId"], grant["id"]);
+    assert_eq!(got[1].2["data"]["peerName"], "peer-b");
+    assert_eq!(
+        got[2].2["data"],
+        json!({"reason": "token_used_or_expired", "grantId": grant["id"], "peerId": peer["id"]})
+    );
+    for (_, _, body) in &got {
+        let text = body.to_string();
+        assert!(!text.contains(&enrollment_token) && !text.contains("BEGIN"), "no token or PEM in events: {text}");
+    }
+}
