@@ -719,6 +719,7 @@ async fn queue_and_webhook_admin_api_denies_outsiders_and_rejects_bad_input() {
         (M::POST, "/api/admin/queues/diag/resume".into(), None),
         (M::POST, "/api/admin/queues/diag/drain".into(), Some(json!({"confirm": true}))),
         (M::GET, "/api/admin/queues/diag/jobs".into(), None),
+        (M::PUT, "/api/admin/queues/diag/concurrency".into(), Some(json!({"concurrency": 8}))),
         (M::POST, format!("/api/admin/jobs/{job}/retry"), None),
         (M::POST, "/api/admin/webhooks".into(), Some(json!({"url": "http://x", "secret": SECRET, "events": ["*"]}))),
         (M::GET, "/api/admin/webhooks".into(), None),
@@ -754,6 +755,7 @@ async fn queue_and_webhook_admin_api_denies_outsiders_and_rejects_bad_input() {
             "events",
         ),
         (M::POST, "/api/admin/queues/diag/drain", Some(json!({"confirm": false})), "confirm"),
+        (M::PUT, "/api/admin/queues/diag/concurrency", Some(json!({"concurrency": 0})), "concurrency"),
         (M::POST, "/api/admin/queues/Bad:Name/pause", None, "name"),
         (M::GET, "/api/admin/queues/diag/jobs?status=bogus", None, "status"),
         (M::GET, "/api/admin/queues/diag/jobs?limit=0", None, "limit"),
@@ -788,6 +790,13 @@ async fn queue_and_webhook_admin_api_denies_outsiders_and_rejects_bad_input() {
     assert_eq!((s, b["status"].as_str()), (200, Some("pending")), "{b}");
     let (s, b) = admin(&gw, M::POST, "/api/admin/queues/t-api/resume", Some(&token), None).await;
     assert_eq!((s, &b["paused"]), (200, &json!(false)), "{b}");
+    let (s, b) =
+        admin(&gw, M::PUT, "/api/admin/queues/t-api/concurrency", Some(&token), Some(json!({"concurrency": 7}))).await;
+    assert_eq!((s, &b["concurrency"]), (200, &json!(7)), "{b}");
+    let (code, _, err) = run_cli(&["queue", "concurrency", "t-api", "9"], &cli_env(&db));
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) = run_cli(&["queue", "stats", "t-api", "--json"], &cli_env(&db));
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()[0]["concurrency"], 9);
     let (s, b) = admin(&gw, M::GET, "/api/admin/queues", Some(&token), None).await;
     assert_eq!(s, 200);
     assert!(b["items"].as_array().unwrap().iter().any(|q| q["name"] == "t-api"), "{b}");
@@ -951,4 +960,35 @@ async fn enrollment_emits_grant_activated_peer_enrolled_and_enrollment_failed() 
         let text = body.to_string();
         assert!(!text.contains(&enrollment_token) && !text.contains("BEGIN"), "no token or PEM in events: {text}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn per_queue_concurrency_caps_running_jobs() {
+    use std::sync::atomic::AtomicUsize;
+    let db = TestDb::new().await;
+    tessera::queue::set_concurrency(&db.pool, "t-conc", 3).await.unwrap();
+    let (now, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut registry = HandlerRegistry::new();
+    {
+        let (now, peak) = (now.clone(), peak.clone());
+        registry.register("slow", move |_job| {
+            let (now, peak) = (now.clone(), peak.clone());
+            async move {
+                let running = now.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(running, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                now.fetch_sub(1, Ordering::SeqCst);
+                Ok(())
+            }
+        });
+    }
+    let jobs: Vec<NewJob> = (0..12).map(|n| NewJob::new("t-conc", "slow", json!({"n": n}))).collect();
+    enqueue_many(&db.pool, &jobs).await.unwrap();
+    let rt = QueueRuntime::start(&db.pool, "conc-node", &["t-conc"], registry, &fast_settings()).await.unwrap();
+    wait_for("all done", Duration::from_secs(10), || async {
+        count(&db.pool, "select count(*) from queue.jobs where queue = $1 and status = 'done'", "t-conc").await == 12
+    })
+    .await;
+    rt.shutdown().await;
+    assert_eq!(peak.load(Ordering::SeqCst), 3, "exactly the configured number run at once");
 }
