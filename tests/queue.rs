@@ -505,6 +505,15 @@ async fn drain_needs_yes_and_cancels_only_that_queues_pending_jobs() {
     );
     let (code, _, _) = run_cli(&["queue", "drain", "Bad:Name", "--yes"], &cli_env(&db));
     assert_eq!(code, 3);
+
+    // `jobs tail` shows the queue's jobs, newest last, filtered by status.
+    let (code, out, err) = run_cli(&["queue", "jobs", "tail", "t-a", "--status", "cancelled", "--json"], &cli_env(&db));
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 4);
+    assert!(rows.iter().all(|r| r["queue"] == "t-a" && r["status"] == "cancelled"), "{out}");
+    let (code, out, _) = run_cli(&["queue", "jobs", "tail"], &cli_env(&db));
+    assert_eq!((code, out.lines().count()), (0, 8), "{out}");
 }
 
 // ---------------------------------------------------------------------------------------------
