@@ -234,10 +234,15 @@ async fn bad_configuration_names_the_key() {
 #[tokio::test]
 async fn concurrent_migrations_do_not_race() {
     let pg_db = TestDb::new().await;
-    // A database with no schema at all: drop everything the template created.
+    // A database with no schema at all: drop every schema the template created.
     sqlx::raw_sql(
-        "drop schema public cascade; create schema public;
-         drop schema if exists queue cascade; drop schema if exists outbox cascade",
+        "do $$ declare s text; begin
+             for s in select nspname from pg_namespace
+                      where nspname not like 'pg\\_%' and nspname <> 'information_schema' loop
+                 execute format('drop schema %I cascade', s);
+             end loop;
+         end $$;
+         create schema public",
     )
     .execute(&pg_db.pool)
     .await
