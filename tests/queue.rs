@@ -505,6 +505,15 @@ async fn drain_needs_yes_and_cancels_only_that_queues_pending_jobs() {
     );
     let (code, _, _) = run_cli(&["queue", "drain", "Bad:Name", "--yes"], &cli_env(&db));
     assert_eq!(code, 3);
+
+    // `jobs tail` shows the queue's jobs, newest last, filtered by status.
+    let (code, out, err) = run_cli(&["queue", "jobs", "tail", "t-a", "--status", "cancelled", "--json"], &cli_env(&db));
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 4);
+    assert!(rows.iter().all(|r| r["queue"] == "t-a" && r["status"] == "cancelled"), "{out}");
+    let (code, out, _) = run_cli(&["queue", "jobs", "tail"], &cli_env(&db));
+    assert_eq!((code, out.lines().count()), (0, 8), "{out}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -560,7 +569,7 @@ async fn webhooks_are_signed_ordered_and_carry_the_feature_events_without_secret
     )
     .await;
     assert_eq!(s, 200);
-    // enrollment.failed on an unknown token.
+    // enrollment.failed on a bad redemption.
     let r = gw
         .client
         .post(gw.url(&format!("/api/federation/enrollment/{}", "ab".repeat(32))))
@@ -570,10 +579,42 @@ async fn webhooks_are_signed_ordered_and_carry_the_feature_events_without_secret
         .unwrap();
     assert_eq!(r.status(), 400);
 
-    wait_for("five events delivered", Duration::from_secs(15), || async { receiver.deliveries().len() >= 5 }).await;
+    // Disabling a grant's subject revokes the grant in the database (a trigger): grant.revoked too.
+    let member = uuid::Uuid::now_v7();
+    sqlx::query("insert into users (id, email, name, role) values ($1, 'sub@example.test', 'S', 'member')")
+        .bind(member)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let (s, grant2) = admin(
+        &gw,
+        reqwest::Method::POST,
+        "/api/admin/grants",
+        Some(&token),
+        Some(json!({"peerId": peer["id"], "subjectUserId": member, "scope": {"resources": ["tasks"]}})),
+    )
+    .await;
+    assert_eq!(s, 201, "{grant2}");
+    sqlx::query("update users set disabled_at = now() where id = $1").bind(member).execute(&db.pool).await.unwrap();
+
+    wait_for("seven events delivered", Duration::from_secs(15), || async { receiver.deliveries().len() >= 7 }).await;
     let got = receiver.deliveries();
     let events: Vec<&str> = got.iter().map(|(_, e, _)| e.as_str()).collect();
-    assert_eq!(events, ["token.created", "token.revoked", "grant.created", "grant.revoked", "enrollment.failed"]);
+    assert_eq!(
+        events,
+        [
+            "token.created",
+            "token.revoked",
+            "grant.created",
+            "grant.revoked",
+            "enrollment.failed",
+            "grant.created",
+            "grant.revoked"
+        ]
+    );
+    assert_eq!(got[6].2["data"]["grantId"], grant2["id"]);
+    assert_eq!(got[6].2["data"]["reason"], "subject user disabled");
+    assert_eq!(got[3].2["data"]["reason"], "test");
     assert_eq!(receiver.bad_signatures(), 0, "every signature verifies with the secret");
     for (key, _, body) in &got {
         assert_eq!(body["id"].as_str(), Some(key.as_str()), "Idempotency-Key is the event id");
@@ -687,6 +728,7 @@ async fn queue_and_webhook_admin_api_denies_outsiders_and_rejects_bad_input() {
         (M::POST, "/api/admin/queues/diag/resume".into(), None),
         (M::POST, "/api/admin/queues/diag/drain".into(), Some(json!({"confirm": true}))),
         (M::GET, "/api/admin/queues/diag/jobs".into(), None),
+        (M::PUT, "/api/admin/queues/diag/concurrency".into(), Some(json!({"concurrency": 8}))),
         (M::POST, format!("/api/admin/jobs/{job}/retry"), None),
         (M::POST, "/api/admin/webhooks".into(), Some(json!({"url": "http://x", "secret": SECRET, "events": ["*"]}))),
         (M::GET, "/api/admin/webhooks".into(), None),
@@ -722,6 +764,7 @@ async fn queue_and_webhook_admin_api_denies_outsiders_and_rejects_bad_input() {
             "events",
         ),
         (M::POST, "/api/admin/queues/diag/drain", Some(json!({"confirm": false})), "confirm"),
+        (M::PUT, "/api/admin/queues/diag/concurrency", Some(json!({"concurrency": 0})), "concurrency"),
         (M::POST, "/api/admin/queues/Bad:Name/pause", None, "name"),
         (M::GET, "/api/admin/queues/diag/jobs?status=bogus", None, "status"),
         (M::GET, "/api/admin/queues/diag/jobs?limit=0", None, "limit"),
@@ -756,6 +799,13 @@ async fn queue_and_webhook_admin_api_denies_outsiders_and_rejects_bad_input() {
     assert_eq!((s, b["status"].as_str()), (200, Some("pending")), "{b}");
     let (s, b) = admin(&gw, M::POST, "/api/admin/queues/t-api/resume", Some(&token), None).await;
     assert_eq!((s, &b["paused"]), (200, &json!(false)), "{b}");
+    let (s, b) =
+        admin(&gw, M::PUT, "/api/admin/queues/t-api/concurrency", Some(&token), Some(json!({"concurrency": 7}))).await;
+    assert_eq!((s, &b["concurrency"]), (200, &json!(7)), "{b}");
+    let (code, _, err) = run_cli(&["queue", "concurrency", "t-api", "9"], &cli_env(&db));
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) = run_cli(&["queue", "stats", "t-api", "--json"], &cli_env(&db));
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()[0]["concurrency"], 9);
     let (s, b) = admin(&gw, M::GET, "/api/admin/queues", Some(&token), None).await;
     assert_eq!(s, 200);
     assert!(b["items"].as_array().unwrap().iter().any(|q| q["name"] == "t-api"), "{b}");
@@ -862,4 +912,92 @@ async fn shutdown_releases_running_jobs_without_counting_the_attempt() {
     let status = gw.terminate();
     assert!(status.success(), "{status}");
     assert_eq!(job_status(&db.pool, &id).await, ("pending".to_string(), 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrollment_emits_grant_activated_peer_enrolled_and_enrollment_failed() {
+    let db = TestDb::new().await;
+    let receiver = Receiver::start().await;
+    let gw =
+        Gateway::start(GatewayOptions { database_url: Some(db.url.clone()), env: fast_env(), ..Default::default() })
+            .await;
+    let (admin_id, token) = seed_admin(&db.pool, "ops@example.test").await;
+    register_webhook(&gw, &token, &receiver.url, json!(["grant.activated", "peer.enrolled", "enrollment.failed"]))
+        .await;
+    let (_, peer) =
+        admin(&gw, reqwest::Method::POST, "/api/admin/peers", Some(&token), Some(json!({"name": "peer-b"}))).await;
+    let (_, grant) = admin(
+        &gw,
+        reqwest::Method::POST,
+        "/api/admin/grants",
+        Some(&token),
+        Some(json!({"peerId": peer["id"], "subjectUserId": admin_id, "scope": {"resources": ["tasks"]}})),
+    )
+    .await;
+    let (s, minted) = admin(
+        &gw,
+        reqwest::Method::POST,
+        "/api/federation/enrollment/tokens",
+        Some(&token),
+        Some(json!({"grantId": grant["id"]})),
+    )
+    .await;
+    assert_eq!(s, 201, "{minted}");
+    let enrollment_token = minted["token"].as_str().unwrap().to_string();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let csr = rcgen::CertificateParams::new(vec![]).unwrap().serialize_request(&key).unwrap().pem().unwrap();
+    let redeem = || {
+        gw.client
+            .post(gw.url(&format!("/api/federation/enrollment/{enrollment_token}")))
+            .json(&json!({"csrPem": csr}))
+            .send()
+    };
+    assert_eq!(redeem().await.unwrap().status(), 200);
+    assert_eq!(redeem().await.unwrap().status(), 410);
+
+    wait_for("three events", Duration::from_secs(15), || async { receiver.deliveries().len() >= 3 }).await;
+    let got = receiver.deliveries();
+    let events: Vec<&str> = got.iter().map(|(_, e, _)| e.as_str()).collect();
+    assert_eq!(events, ["grant.activated", "peer.enrolled", "enrollment.failed"]);
+    assert_eq!(got[0].2["data"]["grantId"], grant["id"]);
+    assert_eq!(got[1].2["data"]["peerName"], "peer-b");
+    assert_eq!(
+        got[2].2["data"],
+        json!({"reason": "token_used_or_expired", "grantId": grant["id"], "peerId": peer["id"]})
+    );
+    for (_, _, body) in &got {
+        let text = body.to_string();
+        assert!(!text.contains(&enrollment_token) && !text.contains("BEGIN"), "no token or PEM in events: {text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn per_queue_concurrency_caps_running_jobs() {
+    use std::sync::atomic::AtomicUsize;
+    let db = TestDb::new().await;
+    tessera::queue::set_concurrency(&db.pool, "t-conc", 3).await.unwrap();
+    let (now, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut registry = HandlerRegistry::new();
+    {
+        let (now, peak) = (now.clone(), peak.clone());
+        registry.register("slow", move |_job| {
+            let (now, peak) = (now.clone(), peak.clone());
+            async move {
+                let running = now.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(running, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                now.fetch_sub(1, Ordering::SeqCst);
+                Ok(())
+            }
+        });
+    }
+    let jobs: Vec<NewJob> = (0..12).map(|n| NewJob::new("t-conc", "slow", json!({"n": n}))).collect();
+    enqueue_many(&db.pool, &jobs).await.unwrap();
+    let rt = QueueRuntime::start(&db.pool, "conc-node", &["t-conc"], registry, &fast_settings()).await.unwrap();
+    wait_for("all done", Duration::from_secs(10), || async {
+        count(&db.pool, "select count(*) from queue.jobs where queue = $1 and status = 'done'", "t-conc").await == 12
+    })
+    .await;
+    rt.shutdown().await;
+    assert_eq!(peak.load(Ordering::SeqCst), 3, "exactly the configured number run at once");
 }

@@ -45,6 +45,8 @@ pub enum QueueCommand {
     },
     /// Put a dead, failed or cancelled job back to pending with a fresh attempt count.
     Retry { job_id: String },
+    /// Set how many of this queue's jobs one gateway runs at once (1..=4096; read when workers start).
+    Concurrency { name: String, concurrency: i32 },
 }
 
 #[derive(Debug, Subcommand)]
@@ -126,6 +128,16 @@ async fn inner(pool: &sqlx::PgPool, cmd: QueueCommand) -> anyhow::Result<ExitCod
             }
             queue::set_paused(pool, &name, false).await?;
             eprintln!("queue '{name}' resumed");
+        }
+        QueueCommand::Concurrency { name, concurrency } => {
+            if let Some(code) = check_name(&name) {
+                return Ok(code);
+            }
+            if !(1..=4096).contains(&concurrency) {
+                return Ok(rejected("concurrency must be between 1 and 4096"));
+            }
+            queue::set_concurrency(pool, &name, concurrency).await?;
+            eprintln!("queue '{name}': concurrency {concurrency} per gateway from the next start");
         }
         QueueCommand::Drain { name, .. } => {
             if let Some(code) = check_name(&name) {

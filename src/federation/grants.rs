@@ -147,12 +147,7 @@ pub async fn revoke(conn: &mut PgConnection, id: Uuid, reason: &str) -> Result<G
         },
     )
     .await?;
-    crate::outbox::emit_event(
-        &mut *conn,
-        "grant.revoked",
-        &serde_json::json!({"grantId": id, "peerId": grant.peer_id, "reason": reason}),
-    )
-    .await?;
+    // `grant.revoked` is emitted by a trigger on the status change (every revocation path).
     Ok(grant)
 }
 

@@ -2,7 +2,9 @@
 //!
 //! Design choices:
 //! - [`emit_event`] writes, in the caller's transaction, one `outbox.deliveries` row per webhook
-//!   endpoint whose filter matches (fan-out at write time): each delivery then has its own
+//!   endpoint whose filter matches (fan-out at write time, in the SQL function `outbox.emit`,
+//!   which triggers use too: `grant.revoked` is raised by a trigger on the grant's status, so
+//!   every path that revokes a grant, including disabling its subject user, emits it): each delivery then has its own
 //!   state, attempts and backoff, and a dead receiver cannot hold up the others. Without a
 //!   matching endpoint nothing is written. Every row of one event shares the event id, which is
 //!   the `Idempotency-Key` of each delivery, so a retry after a crash is recognisable at the
@@ -52,20 +54,8 @@ pub async fn emit_event<'e, E: sqlx::PgExecutor<'e>>(
     event: &str,
     payload: &serde_json::Value,
 ) -> Result<Uuid, sqlx::Error> {
-    let event_id = Uuid::now_v7();
-    sqlx::query(
-        "insert into outbox.deliveries (id, event_id, endpoint_id, event, payload)
-         select gen_random_uuid(), $1, e.id, $2, $3
-           from outbox.webhook_endpoints e
-          where $2 = any(e.events) or '*' = any(e.events)
-          order by e.created_at, e.id",
-    )
-    .bind(event_id)
-    .bind(event)
-    .bind(payload)
-    .execute(executor)
-    .await?;
-    Ok(event_id)
+    // `outbox.emit` (a SQL function, so that triggers emit exactly the same way).
+    sqlx::query_scalar("select outbox.emit($1, $2)").bind(event).bind(payload).fetch_one(executor).await
 }
 
 /// Like [`emit_event`], for call sites with no transaction to join whose own operation must not

@@ -39,6 +39,13 @@ pub struct DrainResult {
     pub cancelled: u64,
 }
 
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SetConcurrency {
+    /// 1..=4096 jobs of this queue running at once per gateway process (applies at the next start).
+    pub concurrency: i32,
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase")]
 pub struct JobFilter {
@@ -136,6 +143,26 @@ pub async fn drain(
     Ok(Json(DrainResult { queue: name, cancelled }))
 }
 
+/// Set how many of a queue's jobs one gateway process runs at once (read when workers start).
+#[utoipa::path(put, path = "/api/admin/queues/{name}/concurrency", tag = "queue", params(("name" = String, Path)),
+    request_body = SetConcurrency,
+    responses((status = 200, body = QueueStats), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope)),
+    security(("bearer" = []), ("session" = [])))]
+pub async fn set_concurrency(
+    admin: AdminUser,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Json(body): Json<SetConcurrency>,
+) -> Result<Json<QueueStats>, ApiError> {
+    checked_name(&name)?;
+    if !(1..=4096).contains(&body.concurrency) {
+        return Err(ApiError::invalid_field("concurrency", "concurrency must be between 1 and 4096"));
+    }
+    super::set_concurrency(&state.pool, &name, body.concurrency).await?;
+    tracing::info!(queue = %name, concurrency = body.concurrency, user_id = %admin.user_id, "queue concurrency set");
+    Ok(Json(stats_or_404(&state, &name).await?))
+}
+
 /// The most recently changed jobs of a queue, newest first.
 #[utoipa::path(get, path = "/api/admin/queues/{name}/jobs", tag = "queue", params(("name" = String, Path), JobFilter),
     responses((status = 200, body = JobList), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope)),
@@ -193,6 +220,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(pause))
         .routes(routes!(resume))
         .routes(routes!(drain))
+        .routes(routes!(set_concurrency))
         .routes(routes!(list_jobs))
         .routes(routes!(retry_job))
 }
