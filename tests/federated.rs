@@ -563,6 +563,16 @@ async fn migrate_tier_copies_a_seeded_local_gateway_idempotently_into_an_externa
     .unwrap();
     pool.close().await;
     let peer = enroll_peer(&source, &token, "peer-a", subject, json!({"resources": ["tasks"]}), None).await;
+    // Webhook endpoints, their pending events and the job queue move with the data.
+    let (status, body) = admin_call(
+        &source,
+        &token,
+        reqwest::Method::POST,
+        "/api/admin/webhooks",
+        Some(json!({"url": "http://127.0.0.1:9/hook", "secret": "webhook-secret-for-tests", "events": ["*"]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
     let list =
         |gw: &Gateway| peer.client.post(gw.url("/api/federation/v1/list/tasks")).json(&json!({"limit": 1000})).send();
     let before: Value = list(&source).await.unwrap().json().await.unwrap();
@@ -608,6 +618,10 @@ async fn migrate_tier_copies_a_seeded_local_gateway_idempotently_into_an_externa
     let position = |t: &str| tables.iter().position(|r| r["table"] == t).unwrap_or_else(|| panic!("{t} not copied"));
     assert!(position("users") < position("projects") && position("projects") < position("tasks"), "FK order");
     assert!(position("federation_peers") < position("federation_grants"));
+    assert!(position("outbox.webhook_endpoints") < position("outbox.deliveries"), "FK order across schemas");
+    assert_eq!(tables[position("outbox.webhook_endpoints")]["sourceRows"], 1);
+    assert!(tables[position("queue.jobs")]["sourceRows"].as_i64().unwrap() > 0, "scheduled jobs move too");
+    assert!(tables.iter().all(|t| t["table"] != "queue.diag_runs" && t["table"] != "_sqlx_migrations"));
     for t in tables {
         assert_eq!(t["sourceRows"], t["targetRows"], "{t}");
     }

@@ -15,8 +15,9 @@ pub enum StorageCommand {
     /// Copy this gateway's database (the embedded one in tier local) into an external Postgres,
     /// table by table in foreign-key order; re-runs are idempotent and row counts are verified.
     MigrateTier {
-        /// The external Postgres (with pgvector) to copy into: postgres://user:password@host:port/db
-        #[arg(long = "to", value_name = "DATABASE_URL", hide_env_values = true)]
+        /// The external Postgres (with pgvector) to copy into: postgres://user:password@host:port/db.
+        /// Prefer the environment variable: a password on the command line shows in `ps`.
+        #[arg(long = "to", value_name = "DATABASE_URL", env = "TESSERA_MIGRATE_TO", hide_env_values = true)]
         to: String,
         /// Show what would be copied without writing anything.
         #[arg(long)]
@@ -49,12 +50,17 @@ pub async fn run(config: &Config, cmd: StorageCommand) -> anyhow::Result<ExitCod
             "a gateway is running on data dir {}; stop it first so no write is missed (or use --dry-run)",
             config.data_dir.display()
         ),
-        Err(_) => None,
+        Err(_) if dry_run => None,
+        Err(e) => {
+            anyhow::bail!("cannot open {} to make sure no gateway runs on the data dir: {e}", lock_path.display())
+        }
     };
 
     let source = Database::open(config, 4).await?;
     let result = async {
-        crate::store::migrate(&source.pool).await.context("migrating the source database")?;
+        if !dry_run {
+            crate::store::migrate(&source.pool).await.context("migrating the source database")?;
+        }
         let target = crate::store::connect(opts, 4, crate::services::BOOT_PROBE_TIMEOUT)
             .await
             .with_context(|| format!("cannot reach the target {}", to.redacted()))?;

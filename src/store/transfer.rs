@@ -3,7 +3,9 @@
 //! federated).
 //!
 //! - **Which tables, in which order.** Derived from the source catalog at run time, never from a
-//!   hand-kept list: every ordinary table in `public` except `_sqlx_migrations`, sorted so that a
+//!   hand-kept list: every ordinary table of the schemas tessera owns ([`SCHEMAS`]: `public`,
+//!   and `queue` and `outbox`, whose pending jobs, webhook endpoints and undelivered events must
+//!   move too) except sqlx's `_sqlx_migrations` and the diagnostic `queue.diag_runs`, sorted so that a
 //!   table comes after every table it references (self references are ignored; a foreign-key
 //!   cycle is reported as an error rather than guessed around). New tables added by later
 //!   migrations are copied without touching this file.
@@ -28,6 +30,13 @@ use sqlx::PgPool;
 
 /// Rows per insert statement.
 const BATCH: usize = 500;
+
+/// The schemas whose tables are copied.
+pub const SCHEMAS: [&str; 3] = ["public", "queue", "outbox"];
+
+/// Tables that are not copied: sqlx's bookkeeping (the target is migrated by itself) and the
+/// record of diagnostic job runs, which has no primary key and no meaning on another server.
+const SKIPPED: [&str; 2] = ["public._sqlx_migrations", "queue.diag_runs"];
 
 /// What one table's copy did.
 #[derive(Debug, Clone, Serialize)]
@@ -67,29 +76,41 @@ struct TableInfo {
     identity: Vec<String>,
 }
 
-/// Ordinary tables of `public` (without sqlx's bookkeeping), parents before children.
+/// Ordinary tables of [`SCHEMAS`] (without [`SKIPPED`]), parents before children. Tables of
+/// `public` are named bare (`tasks`), the others qualified (`outbox.deliveries`).
 ///
 /// # Errors
 /// The catalog cannot be read, or the foreign keys form a cycle.
 pub async fn tables_in_fk_order(pool: &PgPool) -> anyhow::Result<Vec<String>> {
     let tables: Vec<String> = sqlx::query_scalar(
-        "select c.relname::text from pg_class c join pg_namespace n on n.oid = c.relnamespace
-         where n.nspname = 'public' and c.relkind in ('r', 'p') and c.relname <> '_sqlx_migrations'
-         order by c.relname",
+        "select case when n.nspname = 'public' then c.relname::text else n.nspname || '.' || c.relname end
+         from pg_class c join pg_namespace n on n.oid = c.relnamespace
+         where n.nspname = any($1) and c.relkind in ('r', 'p') and not (n.nspname || '.' || c.relname = any($2))
+         order by n.nspname <> 'public', n.nspname, c.relname",
     )
+    .bind(&SCHEMAS[..])
+    .bind(&SKIPPED[..])
     .fetch_all(pool)
     .await?;
     let edges: Vec<(String, String)> = sqlx::query_as(
-        "select child.relname::text, parent.relname::text
+        "select case when cn.nspname = 'public' then child.relname::text else cn.nspname || '.' || child.relname end,
+                case when pn.nspname = 'public' then parent.relname::text else pn.nspname || '.' || parent.relname end
          from pg_constraint k
          join pg_class child on child.oid = k.conrelid
+         join pg_namespace cn on cn.oid = child.relnamespace
          join pg_class parent on parent.oid = k.confrelid
-         join pg_namespace n on n.oid = child.relnamespace
-         where k.contype = 'f' and n.nspname = 'public'",
+         join pg_namespace pn on pn.oid = parent.relnamespace
+         where k.contype = 'f' and cn.nspname = any($1)",
     )
+    .bind(&SCHEMAS[..])
     .fetch_all(pool)
     .await?;
     topological(&tables, &edges)
+}
+
+/// `(schema, table)` of a name as [`tables_in_fk_order`] gives it.
+fn split(table: &str) -> (&str, &str) {
+    table.split_once('.').unwrap_or(("public", table))
 }
 
 /// Kahn's algorithm, alphabetical among ready tables so the order is stable.
@@ -123,19 +144,20 @@ fn topological(tables: &[String], edges: &[(String, String)]) -> anyhow::Result<
 async fn table_info(pool: &PgPool, table: &str) -> anyhow::Result<TableInfo> {
     let columns: Vec<(String, bool)> = sqlx::query_as(
         "select column_name::text, is_identity = 'YES' from information_schema.columns
-         where table_schema = 'public' and table_name = $1 and is_generated = 'NEVER'
+         where table_schema = $1 and table_name = $2 and is_generated = 'NEVER'
          order by ordinal_position",
     )
-    .bind(table)
+    .bind(split(table).0)
+    .bind(split(table).1)
     .fetch_all(pool)
     .await?;
     let primary_key: Vec<String> = sqlx::query_scalar(
         "select a.attname::text from pg_index i
          join pg_attribute a on a.attrelid = i.indrelid and a.attnum = any(i.indkey)
-         where i.indrelid = ('public.' || quote_ident($1))::regclass and i.indisprimary
+         where i.indrelid = $1::regclass and i.indisprimary
          order by array_position(i.indkey::int2[], a.attnum)",
     )
-    .bind(table)
+    .bind(quote(table))
     .fetch_all(pool)
     .await?;
     if primary_key.is_empty() {
@@ -149,26 +171,32 @@ async fn table_info(pool: &PgPool, table: &str) -> anyhow::Result<TableInfo> {
     })
 }
 
-fn quote(ident: &str) -> String {
+fn quote_ident(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
+/// A table name as [`tables_in_fk_order`] gives it, quoted and schema-qualified for SQL.
+fn quote(table: &str) -> String {
+    let (schema, name) = split(table);
+    format!("{}.{}", quote_ident(schema), quote_ident(name))
+}
+
 fn upsert_sql(t: &TableInfo) -> String {
-    let cols = t.columns.iter().map(|c| quote(c)).collect::<Vec<_>>().join(", ");
-    let pk = t.primary_key.iter().map(|c| quote(c)).collect::<Vec<_>>().join(", ");
+    let cols = t.columns.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
+    let pk = t.primary_key.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
     let others: Vec<&String> = t.columns.iter().filter(|c| !t.primary_key.contains(c)).collect();
     let overriding = if t.identity.is_empty() { "" } else { " overriding system value" };
     let table = quote(&t.name);
     let conflict = if others.is_empty() {
         "do nothing".to_string()
     } else {
-        let set = others.iter().map(|c| format!("{0} = excluded.{0}", quote(c))).collect::<Vec<_>>().join(", ");
-        let mine = others.iter().map(|c| format!("{table}.{}", quote(c))).collect::<Vec<_>>().join(", ");
-        let theirs = others.iter().map(|c| format!("excluded.{}", quote(c))).collect::<Vec<_>>().join(", ");
+        let set = others.iter().map(|c| format!("{0} = excluded.{0}", quote_ident(c))).collect::<Vec<_>>().join(", ");
+        let mine = others.iter().map(|c| format!("cur.{}", quote_ident(c))).collect::<Vec<_>>().join(", ");
+        let theirs = others.iter().map(|c| format!("excluded.{}", quote_ident(c))).collect::<Vec<_>>().join(", ");
         format!("do update set {set} where row({mine}) is distinct from row({theirs})")
     };
     format!(
-        "insert into {table} ({cols}){overriding} select {cols} from jsonb_populate_recordset(null::{table}, $1) \
+        "insert into {table} as cur ({cols}){overriding} select {cols} from jsonb_populate_recordset(null::{table}, $1) \
          on conflict ({pk}) {conflict}"
     )
 }
@@ -180,10 +208,8 @@ async fn count(pool: &PgPool, table: &str) -> anyhow::Result<i64> {
 
 /// Rows in `table` on the target, 0 when the table does not exist yet.
 async fn count_if_exists(pool: &PgPool, table: &str) -> anyhow::Result<i64> {
-    let exists: bool = sqlx::query_scalar("select to_regclass('public.' || quote_ident($1)) is not null")
-        .bind(table)
-        .fetch_one(pool)
-        .await?;
+    let exists: bool =
+        sqlx::query_scalar("select to_regclass($1) is not null").bind(quote(table)).fetch_one(pool).await?;
     if exists { count(pool, table).await } else { Ok(0) }
 }
 
@@ -263,7 +289,7 @@ async fn copy_table(
     info: &TableInfo,
     bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<u64> {
-    let order = info.primary_key.iter().map(|c| quote(c)).collect::<Vec<_>>().join(", ");
+    let order = info.primary_key.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
     let select = format!("select to_jsonb(t) from {} t order by {order}", quote(&info.name));
     let upsert = upsert_sql(info);
     let mut changed = 0u64;
@@ -291,14 +317,10 @@ async fn copy_table(
         let sql = format!(
             "select setval(pg_get_serial_sequence($1, $2), greatest(coalesce((select max({col}) from {table}), 0), 1), \
              (select count(*) > 0 from {table}))",
-            col = quote(column),
+            col = quote_ident(column),
             table = quote(&info.name)
         );
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(format!("public.{}", quote(&info.name)))
-            .bind(column)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(sqlx::AssertSqlSafe(sql)).bind(quote(&info.name)).bind(column).execute(&mut *tx).await?;
     }
     tx.commit().await?;
     Ok(changed)
