@@ -330,16 +330,25 @@ async fn complete_loop(
     }
 }
 
+/// An error message fit for a text column: at most 2 000 characters, and no NUL (which Postgres
+/// text refuses, and which would fail the whole batch every time it is retried).
 fn truncate(s: &str) -> String {
-    s.chars().take(2000).collect()
+    s.chars().filter(|c| *c != '\0').take(2000).collect()
 }
 
 async fn write_outcomes(pool: &PgPool, owner: &str, backoff: &Backoff, batch: &[Outcome]) -> Result<(), sqlx::Error> {
-    let mut done = Vec::new();
-    let (mut f_ids, mut f_status, mut f_delay, mut f_err) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // Every update matches the attempt that ran as well as the owner: after a lease expired and
+    // the same worker claimed the job again, the first attempt's late outcome must not touch the
+    // second attempt.
+    let (mut done, mut done_attempts) = (Vec::new(), Vec::new());
+    let (mut f_ids, mut f_attempts, mut f_status, mut f_delay, mut f_err) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for o in batch {
         match &o.result {
-            Ok(()) => done.push(o.id.as_str()),
+            Ok(()) => {
+                done.push(o.id.as_str());
+                done_attempts.push(o.attempt);
+            }
             Err(e) => {
                 let (status, delay) = match e {
                     JobError::Fatal(_) => ("failed", 0),
@@ -347,6 +356,7 @@ async fn write_outcomes(pool: &PgPool, owner: &str, backoff: &Backoff, batch: &[
                     JobError::Retryable(_) => ("pending", backoff.delay(o.attempt).as_millis() as i64),
                 };
                 f_ids.push(o.id.as_str());
+                f_attempts.push(o.attempt);
                 f_status.push(status);
                 f_delay.push(delay);
                 f_err.push(truncate(&e.to_string()));
@@ -355,13 +365,15 @@ async fn write_outcomes(pool: &PgPool, owner: &str, backoff: &Backoff, batch: &[
     }
     if !done.is_empty() {
         sqlx::query(
-            "update queue.jobs
+            "update queue.jobs j
                 set status = 'done', finished_at = now(), updated_at = now(), lease_owner = null,
                     lease_expires_at = null
-              where id = any($1::text[]) and lease_owner = $2 and status = 'running'",
+               from unnest($1::text[], $3::int4[]) as d(id, attempt)
+              where j.id = d.id and j.attempts = d.attempt and j.lease_owner = $2 and j.status = 'running'",
         )
         .bind(&done)
         .bind(owner)
+        .bind(&done_attempts)
         .execute(pool)
         .await?;
     }
@@ -373,14 +385,15 @@ async fn write_outcomes(pool: &PgPool, owner: &str, backoff: &Backoff, batch: &[
                                   else j.run_at end,
                     finished_at = case when f.status = 'pending' then null else now() end,
                     lease_owner = null, lease_expires_at = null
-               from unnest($1::text[], $2::text[], $3::int8[], $4::text[]) as f(id, status, delay_ms, err)
-              where j.id = f.id and j.lease_owner = $5 and j.status = 'running'",
+               from unnest($1::text[], $2::text[], $3::int8[], $4::text[], $6::int4[]) as f(id, status, delay_ms, err, attempt)
+              where j.id = f.id and j.attempts = f.attempt and j.lease_owner = $5 and j.status = 'running'",
         )
         .bind(&f_ids)
         .bind(&f_status)
         .bind(&f_delay)
         .bind(&f_err)
         .bind(owner)
+        .bind(&f_attempts)
         .execute(pool)
         .await?;
     }
@@ -393,8 +406,11 @@ async fn heartbeat_loop(pool: PgPool, owner: Arc<str>, lease: Duration) {
     loop {
         tokio::time::sleep(every).await;
         if let Err(e) = sqlx::query(
+            // Only leases still alive: a job whose lease ran out (this process lost the database
+            // for longer than a lease, or gave up recording its outcome) belongs to the reaper
+            // and runs again; extending it would keep it `running` for ever.
             "update queue.jobs set lease_expires_at = now() + $2
-              where lease_owner = $1 and status = 'running'",
+              where lease_owner = $1 and status = 'running' and lease_expires_at > now()",
         )
         .bind(&*owner)
         .bind(lease)
