@@ -241,7 +241,24 @@ pub async fn redeem(
 
 /// Records `enrollment.failed`. A failed redemption has no transaction of its own to join (it
 /// rolls back), so the event is written on its own; the token itself never appears in it.
+///
+/// The redeem route takes no credentials, so anyone can fail it at will: at most one event per
+/// reason and grant (or per reason, for attempts that name no grant) is written per minute, or a
+/// flood of garbage would fill the outbox and queue ahead of real events on every endpoint.
 async fn enrollment_failed(state: &AppState, reason: &str, ids: Option<(Uuid, Uuid)>) {
+    let key = match ids {
+        Some((grant_id, _)) => format!("enroll-failed:{reason}:{grant_id}"),
+        None => format!("enroll-failed:{reason}"),
+    };
+    let first_in_window = state
+        .limiter
+        .hit(&key, 1, std::time::Duration::from_secs(60))
+        .await
+        .is_ok_and(crate::ratelimit::Decision::is_allowed);
+    if !first_in_window {
+        tracing::debug!(reason, "enrollment.failed already announced this minute");
+        return;
+    }
     let payload = match ids {
         Some((grant_id, peer_id)) => serde_json::json!({"reason": reason, "grantId": grant_id, "peerId": peer_id}),
         None => serde_json::json!({"reason": reason}),

@@ -159,6 +159,14 @@ pub async fn create(
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none_or(str::is_empty) || url.len() > 2000 {
         return Err(ApiError::invalid_field("url", "url must be an http:// or https:// URL with a host"));
     }
+    // The URL is stored and listed in clear; credentials belong in the signing secret (or the
+    // receiver's network policy), never in the URL.
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(ApiError::invalid_field(
+            "url",
+            "url must not carry a user name or password; receivers authenticate deliveries by their signature",
+        ));
+    }
     let secret_len = body.secret.chars().count();
     if !(16..=512).contains(&secret_len) {
         return Err(ApiError::invalid_field("secret", "secret must have 16 to 512 characters"));
