@@ -98,7 +98,19 @@ pub async fn require_peer(State(state): State<AppState>, mut req: Request, next:
     .await;
     let row = match row {
         Ok(row) => row,
-        Err(e) => return ApiError::from(e).into_response(),
+        Err(e) => {
+            // One audit row per request, this one too (it is written once the database is back).
+            deny_audit(
+                &state,
+                Some(identity.grant_id),
+                None,
+                Some(identity.subject_user_id),
+                "internal",
+                "the grant could not be read".to_string(),
+                req.uri().path(),
+            );
+            return ApiError::from(e).into_response();
+        }
     };
     let now = Utc::now();
     let denial = match &row {
