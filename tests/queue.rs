@@ -1022,3 +1022,39 @@ async fn per_queue_concurrency_caps_running_jobs() {
     rt.shutdown().await;
     assert_eq!(peak.load(Ordering::SeqCst), 3, "exactly the configured number run at once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_receiver_holds_up_only_its_own_line() {
+    let db = TestDb::new().await;
+    let receiver = Receiver::start().await;
+    // A receiver that accepts connections and never answers.
+    let hanging = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hanging_url = format!("http://{}/hook", hanging.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = hanging.accept().await {
+            open.push(socket);
+        }
+    });
+    let mut env = fast_env();
+    env.retain(|(k, _)| k != "TESSERA_OUTBOX_TIMEOUT_MS");
+    env.push(("TESSERA_OUTBOX_TIMEOUT_MS".into(), "8000".into()));
+    let gw = Gateway::start(GatewayOptions { database_url: Some(db.url.clone()), env, ..Default::default() }).await;
+    let (_, token) = seed_admin(&db.pool, "ops@example.test").await;
+    register_webhook(&gw, &token, &hanging_url, json!(["rate_limit.exceeded"])).await;
+    register_webhook(&gw, &token, &receiver.url, json!(["grant.created"])).await;
+
+    tessera::outbox::emit_event(&db.pool, "rate_limit.exceeded", &json!({"n": 1})).await.unwrap();
+    let inflight =
+        || async { count(&db.pool, "select count(*) from outbox.deliveries where status = $1", "inflight").await == 1 };
+    wait_for("the hanging delivery in flight", Duration::from_secs(5), inflight).await;
+    let started = Instant::now();
+    tessera::outbox::emit_event(&db.pool, "grant.created", &json!({"n": 2})).await.unwrap();
+    wait_for("the other endpoint's event", Duration::from_secs(5), || async { receiver.deliveries().len() == 1 }).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "delivered after {:?}: it waited for the hanging receiver's 8 s timeout",
+        started.elapsed()
+    );
+    held.abort();
+}

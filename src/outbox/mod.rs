@@ -252,11 +252,16 @@ async fn listen(pool: PgPool, wake: Arc<Notify>, mut shutdown: watch::Receiver<b
 }
 
 impl Drainer {
+    /// The drain loop. Deliveries run concurrently, one per endpoint (an endpoint whose head is
+    /// in flight is not claimed again, which keeps its order); results are recorded in batches of
+    /// whatever has finished, and the loop claims again without waiting for slow receivers, so
+    /// one receiver that hangs until the timeout holds up only its own line.
     async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let this = Arc::new(self);
+        let mut inflight: tokio::task::JoinSet<(Uuid, i32, Verdict)> = tokio::task::JoinSet::new();
         loop {
             if *shutdown.borrow() {
-                return;
+                break;
             }
             let heads = match this.claim().await {
                 Ok(h) => h,
@@ -265,41 +270,54 @@ impl Drainer {
                     Vec::new()
                 }
             };
-            if heads.is_empty() {
-                tokio::select! {
-                    () = this.wake.notified() => {}
-                    () = tokio::time::sleep(this.settings.poll_interval) => {}
-                    _ = shutdown.changed() => {}
-                }
-                continue;
-            }
-            let mut set = tokio::task::JoinSet::new();
             for head in heads {
                 let this = this.clone();
-                set.spawn(async move {
+                inflight.spawn(async move {
                     let verdict = this.deliver(&head).await;
                     (head.id, head.attempts, verdict)
                 });
             }
+            // Wait for a result, a wake-up or the poll interval; then record every result that
+            // is ready and claim again.
             let mut results = Vec::new();
-            while let Some(r) = set.join_next().await {
-                if let Ok(r) = r {
-                    results.push(r);
-                }
+            tokio::select! {
+                Some(r) = inflight.join_next(), if !inflight.is_empty() => results.extend(r.ok()),
+                () = this.wake.notified() => {}
+                () = tokio::time::sleep(this.settings.poll_interval) => {}
+                _ = shutdown.changed() => {}
             }
-            let mut tries = 0u64;
-            while let Err(e) = this.record(&results).await {
-                tries += 1;
-                tracing::warn!(error = %e, "recording delivery results failed; retrying");
-                if tries > 20 {
-                    break; // the leases expire and the deliveries are sent again
-                }
-                tokio::time::sleep(Duration::from_millis(100 * tries)).await;
+            while let Some(r) = inflight.try_join_next() {
+                results.extend(r.ok());
             }
+            this.record_with_retries(&results).await;
+        }
+        // Shutdown: give the deliveries in flight their timeout, then record what finished; the
+        // leases of the rest expire and those deliveries are sent again (at least once).
+        let deadline = tokio::time::Instant::now() + this.settings.outbox_timeout + Duration::from_secs(1);
+        let mut results = Vec::new();
+        while let Ok(Some(r)) = tokio::time::timeout_at(deadline, inflight.join_next()).await {
+            results.extend(r.ok());
+        }
+        this.record_with_retries(&results).await;
+    }
+
+    async fn record_with_retries(&self, results: &[(Uuid, i32, Verdict)]) {
+        if results.is_empty() {
+            return;
+        }
+        let mut tries = 0u64;
+        while let Err(e) = self.record(results).await {
+            tries += 1;
+            tracing::warn!(error = %e, "recording delivery results failed; retrying");
+            if tries > 20 {
+                return; // the leases expire and the deliveries are sent again
+            }
+            tokio::time::sleep(Duration::from_millis(100 * tries)).await;
         }
     }
 
-    /// Claims the due head of each endpoint's line (at most 64 endpoints per round).
+    /// Claims the due head of each endpoint's line (at most 64 endpoints per round, longest
+    /// waiting first, so no endpoint starves behind the first 64).
     async fn claim(&self) -> Result<Vec<Head>, sqlx::Error> {
         sqlx::query_as::<_, Head>(
             "with heads as (
@@ -313,6 +331,7 @@ impl Drainer {
                   ) h
                  where (h.status = 'pending' and h.next_attempt_at <= now())
                     or (h.status = 'inflight' and h.lease_expires_at < now())
+                 order by h.next_attempt_at
                  limit 64
              )
              update outbox.deliveries d
