@@ -1058,3 +1058,19 @@ async fn a_hanging_receiver_holds_up_only_its_own_line() {
     );
     held.abort();
 }
+
+#[tokio::test]
+async fn a_live_sibling_with_the_same_node_id_makes_the_second_process_take_a_fresh_one() {
+    use sqlx::Connection;
+    let db = TestDb::new().await;
+    let (first, first_lock) = tessera::queue::background::claim_node_id(&db.pool, "nshared".into()).await.unwrap();
+    assert_eq!(first, "nshared", "the stable id while nobody else holds it");
+    let (second, second_lock) = tessera::queue::background::claim_node_id(&db.pool, "nshared".into()).await.unwrap();
+    assert!(second.starts_with("nshared-") && second != first, "{second}");
+    // Once the first process is gone, its next life gets the stable id back (and reconciles it).
+    first_lock.close().await.unwrap();
+    let (again, again_lock) = tessera::queue::background::claim_node_id(&db.pool, "nshared".into()).await.unwrap();
+    assert_eq!(again, "nshared");
+    second_lock.close().await.unwrap();
+    again_lock.close().await.unwrap();
+}
