@@ -389,7 +389,8 @@ async fn enroll(
     let public_key = crate::federation::csr::verified_public_key(&csr)?;
     let peer_id = Uuid::now_v7();
     let grant_id = Uuid::now_v7();
-    let name = format!("bench-{}", &peer_id.simple().to_string()[..8]);
+    // The whole id: a v7 id's first hex digits are its timestamp, the same for a minute.
+    let name = format!("bench-{}", peer_id.simple());
     let cert = ca.issue_client_cert(
         &public_key,
         &ClientCertRequest {
