@@ -56,6 +56,16 @@ async fn serves_health_ca_and_envelopes_over_tls() {
     let r = gw.client.get(gw.url("/api/openapi.json")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), tessera::http::openapi_document_json());
+
+    // /metrics counts requests by method and status class; a method a client makes up counts as
+    // `other`, so nobody can mint new time series.
+    let brew = reqwest::Method::from_bytes(b"BREWCOFFEE").unwrap();
+    let r = gw.client.request(brew, gw.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    let metrics = gw.client.get(gw.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("tessera_http_requests_total{method=\"GET\",status=\"2xx\"}"), "{metrics}");
+    assert!(metrics.contains("method=\"other\""), "{metrics}");
+    assert!(!metrics.contains("BREWCOFFEE"), "{metrics}");
 }
 
 #[tokio::test]
