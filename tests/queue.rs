@@ -1076,3 +1076,52 @@ async fn a_live_sibling_with_the_same_node_id_makes_the_second_process_take_a_fr
     second_lock.close().await.unwrap();
     again_lock.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_lease_is_not_revived_and_the_old_attempts_outcome_is_ignored() {
+    let db = TestDb::new().await;
+    let runs = Arc::new(AtomicU32::new(0));
+    let first_returned = Arc::new(AtomicBool::new(false));
+    let mut registry = HandlerRegistry::new();
+    {
+        let (runs, first_returned) = (runs.clone(), first_returned.clone());
+        registry.register("slow", move |job| {
+            runs.fetch_add(1, Ordering::SeqCst);
+            let first_returned = first_returned.clone();
+            async move {
+                if job.attempt == 1 {
+                    tokio::time::sleep(Duration::from_millis(2000)).await;
+                    first_returned.store(true, Ordering::SeqCst);
+                } else {
+                    tokio::time::sleep(Duration::from_millis(4000)).await;
+                }
+                Ok(())
+            }
+        });
+    }
+    let settings = QueueSettings { lease: Duration::from_secs(1), ..fast_settings() };
+    let rt = QueueRuntime::start(&db.pool, "revive-node", &["t-revive"], registry, &settings).await.unwrap();
+    let id = enqueue(&db.pool, &NewJob::new("t-revive", "slow", json!({}))).await.unwrap().id;
+    wait_for("attempt 1 running", Duration::from_secs(5), || async {
+        job_status(&db.pool, &id).await == ("running".to_string(), 1)
+    })
+    .await;
+    // As if this process had lost the database for longer than a lease: the heartbeat must not
+    // revive the lease, the reaper hands the job back, and the same worker claims attempt 2.
+    sqlx::query("update queue.jobs set lease_expires_at = now() - interval '1 minute' where id = $1")
+        .bind(&id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    wait_for("attempt 2 running", Duration::from_secs(5), || async {
+        job_status(&db.pool, &id).await == ("running".to_string(), 2)
+    })
+    .await;
+    // Attempt 1 finishes while attempt 2 still runs: its late success must not complete attempt 2.
+    wait_for("attempt 1 returned", Duration::from_secs(5), || async { first_returned.load(Ordering::SeqCst) }).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(job_status(&db.pool, &id).await, ("running".to_string(), 2), "attempt 1's outcome was applied");
+    wait_for("attempt 2 done", Duration::from_secs(10), || async { job_status(&db.pool, &id).await.0 == "done" }).await;
+    rt.shutdown().await;
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
