@@ -182,6 +182,16 @@ fn fast_env() -> Vec<(String, String)> {
     .collect()
 }
 
+/// Two gateway processes on one database, with the fast settings plus `extra`. They share one
+/// sealing key (the CA key in the database is sealed with it).
+async fn two_gateways(db: &TestDb, extra: &[(&str, &str)]) -> (Gateway, Gateway) {
+    let mut env = fast_env();
+    env.extend(extra.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())));
+    env.push(("TESSERA_SEALING_KEY".into(), "ab".repeat(32)));
+    let opts = GatewayOptions { database_url: Some(db.url.clone()), env, ..Default::default() };
+    (Gateway::start(opts.clone()).await, Gateway::start(opts).await)
+}
+
 fn cli_env(db: &TestDb) -> Vec<(&str, &str)> {
     vec![("DATABASE_URL", db.url.as_str())]
 }
@@ -285,13 +295,7 @@ async fn crash_safety_every_event_arrives_across_kill_9_and_nothing_stays_runnin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_workers_in_two_processes_run_each_job_exactly_once() {
     let db = TestDb::new().await;
-    let mut env = fast_env();
-    env.push(("TESSERA_QUEUE_WORKERS".into(), "2".into()));
-    // Replicas share one sealing key (the CA key in the database is sealed with it).
-    env.push(("TESSERA_SEALING_KEY".into(), "ab".repeat(32)));
-    let opts = GatewayOptions { database_url: Some(db.url.clone()), env, ..Default::default() };
-    let a = Gateway::start(opts.clone()).await;
-    let b = Gateway::start(opts.clone()).await;
+    let (a, b) = two_gateways(&db, &[("TESSERA_QUEUE_WORKERS", "2")]).await;
 
     // The same work twice is one job.
     let twice = NewJob::new("diag", "diag.probe", json!({"dedup": true}));
@@ -833,12 +837,7 @@ async fn queue_and_webhook_admin_api_denies_outsiders_and_rejects_bad_input() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_schedule_each_periodic_slot_once() {
     let db = TestDb::new().await;
-    let mut env = fast_env();
-    env.push(("TESSERA_SCHEDULE_TICK_MS".into(), "50".into()));
-    env.push(("TESSERA_SEALING_KEY".into(), "ab".repeat(32)));
-    let opts = GatewayOptions { database_url: Some(db.url.clone()), env, ..Default::default() };
-    let a = Gateway::start(opts.clone()).await;
-    let b = Gateway::start(opts.clone()).await;
+    let (a, b) = two_gateways(&db, &[("TESSERA_SCHEDULE_TICK_MS", "50")]).await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     let per_slot: Vec<(String, i64)> = sqlx::query_as(
         "select payload->>'slot', count(*) from queue.jobs where queue = 'maintenance' and kind = $1
