@@ -192,6 +192,18 @@ async fn two_gateways(db: &TestDb, extra: &[(&str, &str)]) -> (Gateway, Gateway)
     (Gateway::start(opts.clone()).await, Gateway::start(opts).await)
 }
 
+/// A fresh database, a webhook receiver, one gateway with the fast settings, and an admin
+/// (id, token).
+async fn webhook_setup() -> (TestDb, Receiver, Gateway, uuid::Uuid, String) {
+    let db = TestDb::new().await;
+    let receiver = Receiver::start().await;
+    let gw =
+        Gateway::start(GatewayOptions { database_url: Some(db.url.clone()), env: fast_env(), ..Default::default() })
+            .await;
+    let (admin_id, token) = seed_admin(&db.pool, "ops@example.test").await;
+    (db, receiver, gw, admin_id, token)
+}
+
 fn cli_env(db: &TestDb) -> Vec<(&str, &str)> {
     vec![("DATABASE_URL", db.url.as_str())]
 }
@@ -527,12 +539,7 @@ async fn drain_needs_yes_and_cancels_only_that_queues_pending_jobs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_are_signed_ordered_and_carry_the_feature_events_without_secrets() {
-    let db = TestDb::new().await;
-    let receiver = Receiver::start().await;
-    let gw =
-        Gateway::start(GatewayOptions { database_url: Some(db.url.clone()), env: fast_env(), ..Default::default() })
-            .await;
-    let (admin_id, token) = seed_admin(&db.pool, "ops@example.test").await;
+    let (db, receiver, gw, admin_id, token) = webhook_setup().await;
     let endpoint = register_webhook(&gw, &token, &receiver.url, json!(["*"])).await;
     assert!(endpoint.get("secret").is_none(), "{endpoint}");
     // The secret is sealed: no column of the row shows it.
@@ -641,12 +648,7 @@ async fn webhooks_are_signed_ordered_and_carry_the_feature_events_without_secret
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permanent_failures_go_dead_in_order_and_replay_delivers_them() {
-    let db = TestDb::new().await;
-    let receiver = Receiver::start().await;
-    let gw =
-        Gateway::start(GatewayOptions { database_url: Some(db.url.clone()), env: fast_env(), ..Default::default() })
-            .await;
-    let (_, token) = seed_admin(&db.pool, "ops@example.test").await;
+    let (db, receiver, gw, _, token) = webhook_setup().await;
     register_webhook(&gw, &token, &receiver.url, json!(["rate_limit.exceeded"])).await;
 
     // Transient errors are retried and hold back later events: 503 for a while, then 200.
@@ -923,12 +925,7 @@ async fn shutdown_releases_running_jobs_without_counting_the_attempt() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enrollment_emits_grant_activated_peer_enrolled_and_enrollment_failed() {
-    let db = TestDb::new().await;
-    let receiver = Receiver::start().await;
-    let gw =
-        Gateway::start(GatewayOptions { database_url: Some(db.url.clone()), env: fast_env(), ..Default::default() })
-            .await;
-    let (admin_id, token) = seed_admin(&db.pool, "ops@example.test").await;
+    let (_db, receiver, gw, admin_id, token) = webhook_setup().await;
     register_webhook(&gw, &token, &receiver.url, json!(["grant.activated", "peer.enrolled", "enrollment.failed"]))
         .await;
     let (_, peer) =
