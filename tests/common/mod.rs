@@ -288,7 +288,8 @@ pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
 /// Pids of postmasters whose data directory is `pgdata`.
 pub fn postmasters_for(pgdata: &Path) -> Vec<u32> {
     let needle = pgdata.to_string_lossy().to_string();
-    let mut pids = Vec::new();
+    // (pid, parent pid) of every live process whose command line is `.../postgres -D <pgdata>`.
+    let mut candidates = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
@@ -296,10 +297,21 @@ pub fn postmasters_for(pgdata: &Path) -> Vec<u32> {
         let is_postmaster = args.first().is_some_and(|a| a.ends_with("/postgres"));
         let on_dir = args.windows(2).any(|w| w[0] == "-D" && w[1] == needle);
         if is_postmaster && on_dir && tessera::services::os::process_alive(pid) {
-            pids.push(pid);
+            candidates.push((pid, parent_pid(pid)));
         }
     }
-    pids
+    // A backend or auxiliary process the postmaster has just forked keeps the postmaster's
+    // command line until it sets its own title, so it can look like a second postmaster for a
+    // moment. A real postmaster's parent is never a postgres on the same data dir.
+    let pids: Vec<u32> = candidates.iter().map(|(pid, _)| *pid).collect();
+    candidates.into_iter().filter(|(_, ppid)| !ppid.is_some_and(|p| pids.contains(&p))).map(|(pid, _)| pid).collect()
+}
+
+/// The parent pid from `/proc/<pid>/stat` (the field after the parenthesised command name).
+fn parent_pid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Inserts an admin user straight into the database and mints a token for it: for tests of areas
