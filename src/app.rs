@@ -15,6 +15,9 @@ use crate::services::Database;
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
+    /// The peer-facing federation path's own pool (generic plans; see
+    /// [`crate::store::peer_read_pool`]).
+    pub peer_reads: PgPool,
     pub config: Arc<Config>,
     pub ca: Arc<GatewayCa>,
     pub sealing: SealingKey,
@@ -105,6 +108,7 @@ async fn run(config: &Config, pool: &PgPool, valkey: Option<crate::services::val
     let breakers = crate::federation::peer_client::Breakers::default();
     let state = AppState {
         pool: pool.clone(),
+        peer_reads: crate::store::peer_read_pool(pool, 16),
         config: Arc::new(config.clone()),
         ca,
         sealing,
@@ -144,8 +148,10 @@ async fn run(config: &Config, pool: &PgPool, valkey: Option<crate::services::val
     .await;
     let _ = background.await;
     // Dropping the last sink lets the audit writer flush what is buffered and stop.
+    let peer_reads = state.peer_reads.clone();
     drop(state);
     let _ = tokio::time::timeout(Duration::from_secs(5), audit_writer).await;
+    peer_reads.close().await;
     tracing::info!("shutting down");
     Ok(())
 }

@@ -103,8 +103,10 @@ async fn run_on(config: &Config, pool: &sqlx::PgPool, args: &ListBench) -> anyho
     let mut bench_config = config.clone();
     bench_config.federation.rate_per_minute = 1_000_000;
     let (audit, audit_writer) = crate::federation::audit::AuditSink::start(pool.clone());
+    let peer_reads = crate::store::peer_read_pool(pool, args.concurrency as u32 + 2);
     let state = AppState {
         pool: pool.clone(),
+        peer_reads: peer_reads.clone(),
         config: Arc::new(bench_config),
         ca: ca.clone(),
         sealing: sealing.clone(),
@@ -132,6 +134,7 @@ async fn run_on(config: &Config, pool: &sqlx::PgPool, args: &ListBench) -> anyho
         .tls_certs_only([reqwest::Certificate::from_pem(ca.cert_pem().as_bytes())?])
         .identity(reqwest::Identity::from_pem(&identity_pem)?)
         .pool_max_idle_per_host(args.concurrency)
+        .http1_only()
         .build()?;
     let url = format!("https://localhost:{port}/api/federation/v1/list/tasks");
     let codec = CursorCodec::new(sealing.derive_key("federation-cursor-v1"));
@@ -208,7 +211,7 @@ async fn run_on(config: &Config, pool: &sqlx::PgPool, args: &ListBench) -> anyho
     let random = http(Box::new(random_cursor.clone()), None).await?;
     println!("list over mTLS, random pages  {random}");
 
-    // The ceiling: the same query shape straight through the pool.
+    // The ceiling: the same query shape straight through the pool the verbs use.
     let filter = crate::federation::scope::QueryFilter {
         resource: "tasks".into(),
         subject_user_id: subject,
@@ -220,7 +223,7 @@ async fn run_on(config: &Config, pool: &sqlx::PgPool, args: &ListBench) -> anyho
         limit: args.limit,
     };
     let sql_random = {
-        let (pool, filter) = (pool.clone(), Arc::new(filter));
+        let (pool, filter) = (peer_reads.clone(), Arc::new(filter));
         drive(args.concurrency, phase, None, move || {
             let (pool, filter) = (pool.clone(), filter.clone());
             let at = oldest + chrono::Duration::microseconds(rand::rng().random_range(0..span));
@@ -251,6 +254,7 @@ async fn run_on(config: &Config, pool: &sqlx::PgPool, args: &ListBench) -> anyho
     // The router (and with it the last audit sink) is gone: let the writer flush before the
     // pool closes.
     let _ = tokio::time::timeout(Duration::from_secs(5), audit_writer).await;
+    peer_reads.close().await;
     Ok(())
 }
 

@@ -94,7 +94,7 @@ pub async fn require_peer(State(state): State<AppState>, mut req: Request, next:
          where g.id = $1",
     )
     .bind(identity.grant_id)
-    .fetch_optional(&state.pool)
+    .fetch_optional(&state.peer_reads)
     .await;
     let row = match row {
         Ok(row) => row,

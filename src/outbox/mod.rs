@@ -186,7 +186,7 @@ impl OutboxRuntime {
         settings: &QueueSettings,
     ) -> anyhow::Result<Self> {
         let opts = (*pool.connect_options()).clone().options([("synchronous_commit", "off")]);
-        let fast = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect_lazy_with(opts);
+        let fast = crate::store::pool_options(2).connect_lazy_with(opts);
         let owner = format!("{node_id}/outbox");
         let back = sqlx::query(
             "update outbox.deliveries set status = 'pending', lease_owner = null, lease_expires_at = null,

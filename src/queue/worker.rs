@@ -448,7 +448,7 @@ async fn release(pool: &PgPool, owner: &str) -> Result<u64, sqlx::Error> {
 /// completions stay durable.
 pub fn lease_pool(pool: &PgPool, max_connections: u32) -> PgPool {
     let opts = (*pool.connect_options()).clone().options([("synchronous_commit", "off")]);
-    sqlx::postgres::PgPoolOptions::new().max_connections(max_connections).connect_lazy_with(opts)
+    crate::store::pool_options(max_connections).connect_lazy_with(opts)
 }
 
 /// The running workers of one process (see the module docs).

@@ -383,9 +383,9 @@ pub async fn list(
     let n = i64::from(filter.limit) + 1;
     let bound = after.as_ref().map_or((end_of_time(), MAX_UUID), |p| (p.created_at(), p.id));
     let mut rows = match resource.as_str() {
-        "tasks" => tasks_page(&state.pool, &filter, bound, n).await?,
-        "notes" => notes_page(&state.pool, &filter, bound, n).await?,
-        _ => memory_page(&state.pool, &filter, after.as_ref(), n).await?,
+        "tasks" => tasks_page(&state.peer_reads, &filter, bound, n).await?,
+        "notes" => notes_page(&state.peer_reads, &filter, bound, n).await?,
+        _ => memory_page(&state.peer_reads, &filter, after.as_ref(), n).await?,
     };
     let has_more = rows.len() > filter.limit as usize;
     rows.truncate(filter.limit as usize);
@@ -439,7 +439,7 @@ pub async fn get(
                 "select t.id, t.title, t.description, t.status, t.priority, t.project_id, t.mission_id, t.created_at, t.updated_at
                  from tasks t where t.id = $4 and t.project_id in ({VISIBLE_PROJECTS})"
             );
-            let row: Option<TaskRow> = scoped(sql, &filter).bind(id).fetch_optional(&state.pool).await?;
+            let row: Option<TaskRow> = scoped(sql, &filter).bind(id).fetch_optional(&state.peer_reads).await?;
             row.map(|r| tag(r, None))
         }
         "notes" => {
@@ -449,7 +449,7 @@ pub async fn get(
                  where mt.id = $4 and mt.user_id = $1 and mt.notes <> ''
                    and exists (select 1 from missions m where m.id = mt.mission_id and m.project_id in ({VISIBLE_PROJECTS}))"
             );
-            let row: Option<NoteRow> = scoped(sql, &filter).bind(id).fetch_optional(&state.pool).await?;
+            let row: Option<NoteRow> = scoped(sql, &filter).bind(id).fetch_optional(&state.peer_reads).await?;
             row.map(|r| tag(r, None))
         }
         _ if filter.include_personal => {
@@ -457,7 +457,7 @@ pub async fn get(
                 sqlx::query_as("select id, content, category, created_at from insights where id = $1 and user_id = $2")
                     .bind(id)
                     .bind(filter.subject_user_id)
-                    .fetch_optional(&state.pool)
+                    .fetch_optional(&state.peer_reads)
                     .await?;
             match insight {
                 Some(r) => Some(tag(r, Some("insight"))),
@@ -467,7 +467,7 @@ pub async fn get(
                     )
                     .bind(id)
                     .bind(filter.subject_user_id)
-                    .fetch_optional(&state.pool)
+                    .fetch_optional(&state.peer_reads)
                     .await?;
                     pref.map(|r| tag(r, Some("preference")))
                 }
