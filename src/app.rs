@@ -18,6 +18,8 @@ pub struct AppState {
     /// The peer-facing federation path's own pool (generic plans; see
     /// [`crate::store::peer_read_pool`]).
     pub peer_reads: PgPool,
+    /// The guard's remembered decisions per grant (proposals the list statement confirms).
+    pub grant_memo: crate::federation::guard::GrantMemo,
     pub config: Arc<Config>,
     pub ca: Arc<GatewayCa>,
     pub sealing: SealingKey,
@@ -109,6 +111,7 @@ async fn run(config: &Config, pool: &PgPool, valkey: Option<crate::services::val
     let state = AppState {
         pool: pool.clone(),
         peer_reads: crate::store::peer_read_pool(pool, 16),
+        grant_memo: Default::default(),
         config: Arc::new(config.clone()),
         ca,
         sealing,

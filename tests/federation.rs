@@ -764,6 +764,117 @@ async fn list_returns_exactly_native_visibility_narrowed_by_the_grant() {
     assert!(n >= 10, "audit rows: {n}");
 }
 
+/// The value of a counter on B's `/metrics` (0 while it has no series yet).
+async fn counter(pair: &Pair, series: &str) -> f64 {
+    let text = pair.b.client.get(pair.b.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0.0)
+}
+
+async fn patch_scope(pair: &Pair, grant: Uuid, scope: Value) -> (u16, Value) {
+    pair.admin(reqwest::Method::PATCH, &format!("/api/admin/grants/{grant}"), Some(json!({"scope": scope}))).await
+}
+
+const GRANT_READS: &str = "tessera_federation_guard_decisions_total{source=\"database\"}";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn list_confirms_the_remembered_grant_in_its_own_statement() {
+    let pair = Pair::new(vec![]).await;
+    let w = world(&pair).await;
+    let pool = &pair.b_db.pool;
+    let (grant, client) = pair.enroll_with(json!({"resources": ["tasks"]})).await;
+    let everything = sorted([w.personal_tasks.clone(), w.t1_tasks.clone(), w.t2_tasks.clone()].concat());
+    let ids = |page: &Value| -> Vec<Uuid> {
+        page["items"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap().parse().unwrap()).collect()
+    };
+
+    // After the first request the guard remembers the grant: later lists cost one statement,
+    // with no separate read of the grant.
+    let (status, page) = pair.list(&client, "tasks", json!({"limit": 100})).await;
+    assert_eq!((status, sorted(ids(&page))), (200, everything.clone()));
+    let reads = counter(&pair, GRANT_READS).await;
+    for _ in 0..3 {
+        let (status, page) = pair.list(&client, "tasks", json!({"limit": 100})).await;
+        assert_eq!((status, sorted(ids(&page))), (200, everything.clone()));
+    }
+    assert_eq!(counter(&pair, GRANT_READS).await, reads, "remembered decisions, confirmed in the page statement");
+
+    // Native RBAC narrows on the very next request: the subject leaves T2.
+    let t2: Uuid = sqlx::query_scalar("select id from teams where name = 't2'").fetch_one(pool).await.unwrap();
+    sqlx::query("delete from team_members where team_id = $1 and user_id = $2")
+        .bind(t2)
+        .bind(pair.subject)
+        .execute(pool)
+        .await
+        .unwrap();
+    let (status, page) = pair.list(&client, "tasks", json!({"limit": 100})).await;
+    assert_eq!((status, sorted(ids(&page))), (200, sorted([w.personal_tasks.clone(), w.t1_tasks.clone()].concat())));
+
+    // A scope edit narrows on the very next request...
+    let (status, body) =
+        patch_scope(&pair, grant, json!({"resources": ["tasks"], "filters": {"tasks": {"include_personal": false}}}))
+            .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, page) = pair.list(&client, "tasks", json!({"limit": 100})).await;
+    assert_eq!((status, sorted(ids(&page))), (200, sorted(w.t1_tasks.clone())));
+    let (status, _) = pair.list(&client, "notes", json!({})).await;
+    assert_eq!(status, 403, "notes are outside the scope");
+    // ...and widens on the very next request: a remembered scope never denies on its own.
+    let (status, body) = patch_scope(&pair, grant, json!({"resources": ["tasks", "notes"]})).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, page) = pair.list(&client, "notes", json!({})).await;
+    assert_eq!((status, ids(&page)), (200, vec![w.subject_note]));
+
+    // An empty page under a remembered decision is still a 200 with no items.
+    let (status, body) = patch_scope(
+        &pair,
+        grant,
+        json!({"resources": ["tasks"], "filters": {"tasks": {"include_personal": false, "include_teams": [t2]}}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    for _ in 0..2 {
+        let (status, page) = pair.list(&client, "tasks", json!({})).await;
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(page["items"], json!([]));
+        assert!(page.get("nextCursor").is_none());
+    }
+
+    // A revocation written straight to the database (as the CLI does) bites on the very next
+    // request, and a bad request under a revoked grant gets the 403, not a 400.
+    patch_scope(&pair, grant, json!({"resources": ["tasks"]})).await;
+    let (status, _) = pair.list(&client, "tasks", json!({"limit": 1})).await;
+    assert_eq!(status, 200);
+    sqlx::query("update federation_grants set status = 'revoked', revoked_at = now() where id = $1")
+        .bind(grant)
+        .execute(pool)
+        .await
+        .unwrap();
+    let (status, body) = pair.list(&client, "tasks", json!({"limit": 1})).await;
+    assert_eq!((status, body["error"]["message"].as_str()), (403, Some("Access denied")));
+    let (status, _) = pair.list(&client, "tasks", json!({"cursor": "not-a-cursor"})).await;
+    assert_eq!(status, 403);
+    let r = client
+        .post(pair.b.url("/api/federation/v1/list/tasks"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+
+    // One audit row per request, whichever path decided it.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (allowed, denied): (i64, i64) = sqlx::query_as(
+        "select count(*) filter (where outcome = 'allowed'), count(*) filter (where outcome = 'denied')
+         from federation_audit_log where grant_id = $1 and verb = 'list'",
+    )
+    .bind(grant)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!((allowed, denied), (10, 4));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn keyset_pages_are_exact_stable_and_tamper_proof() {
     let pair = Pair::new(vec![]).await;

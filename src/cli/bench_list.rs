@@ -107,6 +107,7 @@ async fn run_on(config: &Config, pool: &sqlx::PgPool, args: &ListBench) -> anyho
     let state = AppState {
         pool: pool.clone(),
         peer_reads: peer_reads.clone(),
+        grant_memo: Default::default(),
         config: Arc::new(bench_config),
         ca: ca.clone(),
         sealing: sealing.clone(),

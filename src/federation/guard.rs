@@ -19,15 +19,27 @@
 //! Every 403 carries the same generic message, so a caller cannot enumerate grants; the
 //! specific reason goes to the log and the audit row.
 //!
-//! **No grant cache, on purpose.** DESIGN §5 allows a short-lived grant/peer cache, provided
-//! revocation and scope edits bite on the very next request on every replica. Grants change
-//! through several paths that cannot all notify Valkey: the admin API, the `tessera grant` CLI
-//! writing to the database directly, and a database trigger that revokes every grant of a
-//! disabled or deleted user. A cache would therefore still have to read a version from the
-//! database on every request to be correct, which is the cost of the query it would save; and
-//! any "DB committed, Valkey bump failed" window would serve a revoked grant. The guard instead
-//! reads grant, peer and subject in one indexed query per request, which is correct by
-//! construction on every replica and tier. The rate limit is the only per-request Valkey trip.
+//! **No grant cache; a remembered decision, confirmed by the page query.** DESIGN §5 allows a
+//! short-lived grant/peer cache only if revocation and scope edits bite on the very next
+//! request on every replica. Grants change through several paths that cannot all notify
+//! Valkey (the admin API, the `tessera grant` CLI writing to the database directly, a trigger
+//! that revokes every grant of a disabled or deleted user), so no cached value is ever trusted
+//! on its own. What the list route does instead ([`require_peer_confirmed_by_verb`]):
+//! - the guard remembers, per grant, the last row that allowed a request ([`GrantMemo`]);
+//! - on the next list request it replays the rules on that row in memory (expiry, serial,
+//!   subject), counts the rate limit, and hands the verb a context marked *unconfirmed*;
+//! - the verb's page statement re-reads the grant, peer, subject and team memberships in a CTE
+//!   ([`Confirmation::CTE`]) and returns rows only if the database still gives the same
+//!   decision and the same scope inputs, all in one snapshot with the page itself;
+//! - no rows (a changed grant, or simply an empty page) sends the request through the full
+//!   read here ([`authorise`]), which denies or yields a fresh context for a second attempt.
+//!
+//! So the list verb costs one statement per request, and a revocation, scope edit, membership
+//! change or renewal still bites on the very next request, on every replica. The other verbs
+//! go through [`require_peer`], which always reads the grant first.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
@@ -37,6 +49,7 @@ use uuid::Uuid;
 
 use super::FederationContext;
 use super::audit::AuditEntry;
+use super::identity::PeerIdentity;
 use super::scope::GrantScope;
 use crate::app::AppState;
 use crate::http::error::ApiError;
@@ -46,7 +59,7 @@ use crate::tls::ConnectionInfo;
 /// The one message every federation 403 carries.
 pub const FORBIDDEN_MESSAGE: &str = "Access denied";
 
-#[derive(sqlx::FromRow)]
+#[derive(sqlx::FromRow, Clone)]
 struct GrantPeerRow {
     status: String,
     expires_at: Option<DateTime<Utc>>,
@@ -63,30 +76,207 @@ struct GrantPeerRow {
     rate_per_minute: Option<i32>,
 }
 
+/// Counter: guard decisions by where they came from, `source` = `database` (the grant was
+/// read) or `remembered` (proposed from memory, for the page statement to confirm).
+pub const DECISIONS_METRIC: &str = "tessera_federation_guard_decisions_total";
+/// Counter: remembered decisions the page statement did not confirm (a changed grant, or an
+/// empty page), each followed by a read of the grant.
+pub const UNCONFIRMED_METRIC: &str = "tessera_federation_guard_unconfirmed_total";
+
 /// Length of the rate-limit window.
 const RATE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// The guard middleware.
-pub async fn require_peer(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let identity = req.extensions().get::<ConnectionInfo>().and_then(|c| c.peer_identity.clone());
-    let identity = match identity {
-        Some(Ok(identity)) => identity,
+/// Remembered guard decisions, per grant: the last grant/peer row that allowed a request (see
+/// the module docs). Only ever used as a proposal that the list statement confirms.
+#[derive(Clone, Default)]
+pub struct GrantMemo(Arc<Mutex<HashMap<Uuid, Arc<GrantPeerRow>>>>);
+
+/// Grants remembered at most; past that the memo starts over (it is only an optimisation).
+const MEMO_CAPACITY: usize = 10_000;
+
+impl GrantMemo {
+    fn get(&self, grant_id: Uuid) -> Option<Arc<GrantPeerRow>> {
+        self.0.lock().ok()?.get(&grant_id).cloned()
+    }
+
+    fn remember(&self, grant_id: Uuid, row: Option<&GrantPeerRow>) {
+        let Ok(mut map) = self.0.lock() else { return };
+        match row {
+            Some(row) => {
+                if map.len() >= MEMO_CAPACITY && !map.contains_key(&grant_id) {
+                    map.clear();
+                }
+                map.insert(grant_id, Arc::new(row.clone()));
+            }
+            None => {
+                map.remove(&grant_id);
+            }
+        }
+    }
+}
+
+/// What an unconfirmed context was decided from: the verb binds it into
+/// [`Confirmation::CTE`] so its own statement checks that the database still agrees.
+#[derive(Debug)]
+pub struct Confirmation {
+    identity: PeerIdentity,
+    scope: serde_json::Value,
+    rate_per_minute: Option<i32>,
+    subject_active: bool,
+    subject_teams: Vec<Uuid>,
+}
+
+impl Confirmation {
+    /// A CTE named `grant_check` with one boolean column `ok`: true when the grant, its peer,
+    /// the certificate serial and subject still pass every rule of the guard, and scope, rate
+    /// and the subject's state and teams are what the context was built from. Parameters
+    /// `$7`..`$13` (the page queries use `$1`..`$6`). A missing grant gives no row, so
+    /// `where (select ok from grant_check)` filters everything out.
+    pub const CTE: &'static str = "grant_check as (
+        select g.status = 'active' and (g.expires_at is null or g.expires_at > now())
+           and p.state = 'active' and g.subject_user_id = $8
+           and (p.current_serial = $9 or (p.previous_serial = $9 and p.previous_serial_grace_until > now()))
+           and g.scope = $10 and g.rate_per_minute is not distinct from $11
+           and coalesce(u.disabled_at is null, false) = $12
+           and array(select m.team_id from team_members m where m.user_id = g.subject_user_id order by m.team_id) = $13
+           as ok
+        from federation_grants g
+        join federation_peers p on p.id = g.peer_id
+        left join users u on u.id = g.subject_user_id
+        where g.id = $7)";
+
+    /// Binds `$7`..`$13` of [`Self::CTE`] after the page's own parameters.
+    pub fn bind<'q, T>(
+        &self,
+        q: sqlx::query::QueryAs<'q, sqlx::Postgres, T, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, T, sqlx::postgres::PgArguments> {
+        q.bind(self.identity.grant_id)
+            .bind(self.identity.subject_user_id)
+            .bind(self.identity.serial.clone())
+            .bind(self.scope.clone())
+            .bind(self.rate_per_minute)
+            .bind(self.subject_active)
+            .bind(self.subject_teams.clone())
+    }
+
+    /// The identity to re-authorise when the statement did not confirm.
+    pub fn identity(&self) -> &PeerIdentity {
+        &self.identity
+    }
+}
+
+/// The guard middleware for every verb: reads the grant before the request goes on.
+pub async fn require_peer(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    guard(state, req, next, false).await
+}
+
+/// The guard middleware for `list`: may decide from the remembered row, leaving the page
+/// statement to confirm the decision (see the module docs).
+pub async fn require_peer_confirmed_by_verb(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    guard(state, req, next, true).await
+}
+
+async fn guard(state: AppState, mut req: Request, next: Next, may_remember: bool) -> Response {
+    let identity = match peer_identity(&state, &req) {
+        Ok(identity) => identity,
+        Err(response) => return *response,
+    };
+    let path = req.uri().path().to_string();
+    let remembered = if may_remember { state.grant_memo.get(identity.grant_id) } else { None };
+    let (ctx, limit) = match remembered.filter(|row| denial(row, &identity, Utc::now()).is_none()) {
+        Some(row) => match context(&state, &identity, &row, &path) {
+            Ok(mut ctx) => {
+                metrics::counter!(DECISIONS_METRIC, "source" => "remembered").increment(1);
+                ctx.unconfirmed = Some(Arc::new(Confirmation {
+                    identity: identity.clone(),
+                    scope: row.scope.clone(),
+                    rate_per_minute: row.rate_per_minute,
+                    subject_active: row.subject_active,
+                    subject_teams: row.subject_teams.clone(),
+                }));
+                (ctx, rate_limit(&state, &row))
+            }
+            Err(response) => return *response,
+        },
+        None => match authorise_row(&state, &identity, &path).await {
+            Ok((ctx, row)) => (ctx, rate_limit(&state, &row)),
+            Err(response) => return *response,
+        },
+    };
+    let key = format!("fed:grant:{}", identity.grant_id);
+    match state.limiter.hit(&key, limit, RATE_WINDOW).await {
+        Ok(Decision::Allowed { .. }) => {}
+        Ok(Decision::Denied { retry_after }) => {
+            return over_budget(&state, &identity, ctx.peer_id, limit, retry_after, &path).await;
+        }
+        Err(e) => {
+            deny_audit(
+                &state,
+                Some(identity.grant_id),
+                Some(ctx.peer_id),
+                Some(identity.subject_user_id),
+                "limiter_unavailable",
+                e.to_string(),
+                &path,
+            );
+            return ApiError::from(e).into_response();
+        }
+    }
+    req.extensions_mut().insert(ctx);
+    next.run(req).await
+}
+
+/// The identity the accept loop parsed from the client certificate, or the 401.
+fn peer_identity(state: &AppState, req: &Request) -> Result<PeerIdentity, Box<Response>> {
+    match req.extensions().get::<ConnectionInfo>().and_then(|c| c.peer_identity.clone()) {
+        Some(Ok(identity)) => Ok(identity),
         Some(Err(e)) => {
             tracing::info!(reason = %e, "federation request with an unusable client certificate");
-            deny_audit(&state, None, None, None, "identity", e.to_string(), req.uri().path());
-            return ApiError::unauthorized("A client certificate with grant and subject extensions is required")
-                .into_response();
+            deny_audit(state, None, None, None, "identity", e.to_string(), req.uri().path());
+            Err(Box::new(
+                ApiError::unauthorized("A client certificate with grant and subject extensions is required")
+                    .into_response(),
+            ))
         }
-        None => {
-            return ApiError::unauthorized("A client certificate issued at enrollment is required").into_response();
-        }
-    };
+        None => Err(Box::new(
+            ApiError::unauthorized("A client certificate issued at enrollment is required").into_response(),
+        )),
+    }
+}
 
+/// The grant's budget per window: its own `rate_per_minute`, else the configured default.
+fn rate_limit(state: &AppState, row: &GrantPeerRow) -> u32 {
+    row.rate_per_minute
+        .and_then(|r| u32::try_from(r).ok())
+        .filter(|r| *r > 0)
+        .unwrap_or(state.config.federation.rate_per_minute)
+}
+
+/// Reads grant, peer and subject in one query and applies every rule: a confirmed context, or
+/// the response (403, or 503 when the database is unavailable) with its audit row written.
+/// The verb calls this when its statement did not confirm an unconfirmed context.
+///
+/// # Errors
+/// The response to send instead.
+pub async fn authorise(
+    state: &AppState,
+    identity: &PeerIdentity,
+    path: &str,
+) -> Result<FederationContext, Box<Response>> {
+    authorise_row(state, identity, path).await.map(|(ctx, _)| ctx)
+}
+
+async fn authorise_row(
+    state: &AppState,
+    identity: &PeerIdentity,
+    path: &str,
+) -> Result<(FederationContext, GrantPeerRow), Box<Response>> {
+    metrics::counter!(DECISIONS_METRIC, "source" => "database").increment(1);
     let row: Result<Option<GrantPeerRow>, sqlx::Error> = sqlx::query_as(
         "select g.status, g.expires_at, g.subject_user_id, g.scope, g.scope_version, g.peer_id,
                 p.state as peer_state, p.current_serial, p.previous_serial, p.previous_serial_grace_until,
                 coalesce(u.disabled_at is null, false) as subject_active,
-                coalesce(array(select m.team_id from team_members m where m.user_id = g.subject_user_id), '{}') as subject_teams,
+                array(select m.team_id from team_members m where m.user_id = g.subject_user_id order by m.team_id) as subject_teams,
                 g.rate_per_minute
          from federation_grants g
          join federation_peers p on p.id = g.peer_id
@@ -101,98 +291,95 @@ pub async fn require_peer(State(state): State<AppState>, mut req: Request, next:
         Err(e) => {
             // One audit row per request, this one too (it is written once the database is back).
             deny_audit(
-                &state,
+                state,
                 Some(identity.grant_id),
                 None,
                 Some(identity.subject_user_id),
                 "internal",
                 "the grant could not be read".to_string(),
-                req.uri().path(),
+                path,
             );
-            return ApiError::from(e).into_response();
+            return Err(Box::new(ApiError::from(e).into_response()));
         }
     };
-    let now = Utc::now();
-    let denial = match &row {
+    let reason = match &row {
         None => Some("unknown grant"),
-        Some(r) if r.status != "active" => Some("grant is not active"),
-        Some(r) if r.expires_at.is_some_and(|e| e <= now) => Some("grant has expired"),
-        Some(r) if r.peer_state != "active" => Some("peer is not active"),
-        Some(r) if r.subject_user_id != Some(identity.subject_user_id) => {
-            Some("certificate subject does not match the grant")
-        }
-        Some(r) => {
-            let current = r.current_serial.as_deref() == Some(identity.serial.as_str());
-            let previous = r.previous_serial.as_deref() == Some(identity.serial.as_str())
-                && r.previous_serial_grace_until.is_some_and(|g| g > now);
-            if current || previous { None } else { Some("certificate serial is not current") }
-        }
+        Some(r) => denial(r, identity, Utc::now()),
     };
-    let peer_id = row.as_ref().map(|r| r.peer_id);
-    if let Some(reason) = denial {
+    if let Some(reason) = reason {
+        state.grant_memo.remember(identity.grant_id, None);
         tracing::warn!(grant_id = %identity.grant_id, reason, "federation request denied");
+        let peer_id = row.as_ref().map(|r| r.peer_id);
         deny_audit(
-            &state,
+            state,
             Some(identity.grant_id),
             peer_id,
             Some(identity.subject_user_id),
             "guard",
             reason.to_string(),
-            req.uri().path(),
+            path,
         );
-        return ApiError::forbidden(FORBIDDEN_MESSAGE).into_response();
+        return Err(Box::new(ApiError::forbidden(FORBIDDEN_MESSAGE).into_response()));
     }
-    let row = row.expect("denial covers the missing row");
-    let scope = match serde_json::from_value::<GrantScope>(row.scope) {
+    let row = row.expect("a missing row is a denial");
+    let ctx = context(state, identity, &row, path)?;
+    state.grant_memo.remember(identity.grant_id, Some(&row));
+    Ok((ctx, row))
+}
+
+/// The guard's rules on one grant/peer row; `None` when the request may go on.
+fn denial(r: &GrantPeerRow, identity: &PeerIdentity, now: DateTime<Utc>) -> Option<&'static str> {
+    if r.status != "active" {
+        return Some("grant is not active");
+    }
+    if r.expires_at.is_some_and(|e| e <= now) {
+        return Some("grant has expired");
+    }
+    if r.peer_state != "active" {
+        return Some("peer is not active");
+    }
+    if r.subject_user_id != Some(identity.subject_user_id) {
+        return Some("certificate subject does not match the grant");
+    }
+    let current = r.current_serial.as_deref() == Some(identity.serial.as_str());
+    let previous = r.previous_serial.as_deref() == Some(identity.serial.as_str())
+        && r.previous_serial_grace_until.is_some_and(|g| g > now);
+    if current || previous { None } else { Some("certificate serial is not current") }
+}
+
+/// The request context from an allowing row; a stored scope that no longer parses is a 403.
+fn context(
+    state: &AppState,
+    identity: &PeerIdentity,
+    row: &GrantPeerRow,
+    path: &str,
+) -> Result<FederationContext, Box<Response>> {
+    let scope = match serde_json::from_value::<GrantScope>(row.scope.clone()) {
         Ok(scope) => scope,
         Err(e) => {
             tracing::error!(grant_id = %identity.grant_id, error = %e, "stored grant scope does not parse");
             deny_audit(
-                &state,
+                state,
                 Some(identity.grant_id),
-                peer_id,
+                Some(row.peer_id),
                 Some(identity.subject_user_id),
                 "scope_parse",
                 e.to_string(),
-                req.uri().path(),
+                path,
             );
-            return ApiError::forbidden(FORBIDDEN_MESSAGE).into_response();
+            return Err(Box::new(ApiError::forbidden(FORBIDDEN_MESSAGE).into_response()));
         }
     };
-    let limit = row
-        .rate_per_minute
-        .and_then(|r| u32::try_from(r).ok())
-        .filter(|r| *r > 0)
-        .unwrap_or(state.config.federation.rate_per_minute);
-    let key = format!("fed:grant:{}", identity.grant_id);
-    match state.limiter.hit(&key, limit, RATE_WINDOW).await {
-        Ok(Decision::Allowed { .. }) => {}
-        Ok(Decision::Denied { retry_after }) => {
-            return over_budget(&state, &identity, row.peer_id, limit, retry_after, req.uri().path()).await;
-        }
-        Err(e) => {
-            deny_audit(
-                &state,
-                Some(identity.grant_id),
-                peer_id,
-                Some(identity.subject_user_id),
-                "limiter_unavailable",
-                e.to_string(),
-                req.uri().path(),
-            );
-            return ApiError::from(e).into_response();
-        }
-    }
-    req.extensions_mut().insert(FederationContext {
+    Ok(FederationContext {
         grant_id: identity.grant_id,
         peer_id: row.peer_id,
         subject_user_id: identity.subject_user_id,
         scope,
         scope_version: row.scope_version,
         subject_active: row.subject_active,
-        subject_teams: row.subject_teams,
-    });
-    next.run(req).await
+        subject_teams: row.subject_teams.clone(),
+        unconfirmed: None,
+    })
 }
 
 /// The one place where a request over its grant's budget is answered: 429 `rate_limited` with
@@ -204,7 +391,7 @@ pub async fn require_peer(State(state): State<AppState>, mut req: Request, next:
 /// request path; it announces a condition, not a change, so there is no transaction to join.
 async fn over_budget(
     state: &AppState,
-    identity: &crate::federation::identity::PeerIdentity,
+    identity: &PeerIdentity,
     peer_id: Uuid,
     limit: u32,
     retry_after: std::time::Duration,

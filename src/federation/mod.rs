@@ -35,15 +35,25 @@ pub struct FederationContext {
     /// in the guard's one query so native RBAC needs no second round trip.
     pub subject_active: bool,
     pub subject_teams: Vec<Uuid>,
+    /// Set when the guard decided from a remembered row instead of reading the grant: the verb
+    /// must confirm the decision inside its own statement, or call [`guard::authorise`].
+    pub unconfirmed: Option<std::sync::Arc<guard::Confirmation>>,
 }
 
 /// Routes under `/api/federation` and the peer/grant admin routes. `state` is `None` only when
 /// the router is built to produce the OpenAPI document (layers do not change the document).
 pub fn router(state: Option<AppState>) -> OpenApiRouter<AppState> {
     // The guard wraps only the peer-facing verbs; enrollment, the CA and the CRL are public.
+    // `list` has a guard of its own: its page statement confirms the guard's decision (see
+    // `guard`), so a list request costs one query.
     let verbs = match state {
-        Some(state) => verbs::router().route_layer(axum::middleware::from_fn_with_state(state, guard::require_peer)),
-        None => verbs::router(),
+        Some(state) => {
+            verbs::router().route_layer(axum::middleware::from_fn_with_state(state.clone(), guard::require_peer)).merge(
+                verbs::list_router()
+                    .route_layer(axum::middleware::from_fn_with_state(state, guard::require_peer_confirmed_by_verb)),
+            )
+        }
+        None => verbs::router().merge(verbs::list_router()),
     };
     OpenApiRouter::new()
         .routes(routes!(ca_routes::get_ca))

@@ -5,6 +5,9 @@
 //! the path, to keep cardinality bounded) and `tessera_valkey_failures_total` (every failed
 //! Valkey operation: boot probe, rate-limit round trip, readiness ping). The gauge
 //! `tessera_valkey_up` is 1 while the last readiness check reached Valkey, 0 after a failure.
+//! `tessera_federation_guard_decisions_total{source}` and
+//! `tessera_federation_guard_unconfirmed_total` show how often the list verb's remembered guard
+//! decision was used and how often its page statement sent it back (see `federation::guard`).
 
 use std::sync::OnceLock;
 
@@ -29,6 +32,14 @@ pub fn install() -> &'static PrometheusHandle {
         metrics::describe_counter!(crate::services::valkey::FAILURES_METRIC, "Failed Valkey operations");
         metrics::describe_counter!("tessera_http_requests_total", "HTTP requests by method and status class");
         metrics::describe_gauge!("tessera_valkey_up", "1 while Valkey answered the last readiness check");
+        metrics::describe_counter!(
+            crate::federation::guard::DECISIONS_METRIC,
+            "Federation guard decisions, read from the database or remembered for the page statement to confirm"
+        );
+        metrics::describe_counter!(
+            crate::federation::guard::UNCONFIRMED_METRIC,
+            "Remembered guard decisions the page statement did not confirm"
+        );
         handle
     })
 }

@@ -13,12 +13,15 @@ use crate::app::AppState;
 use crate::http::error::{ApiError, ErrorEnvelope};
 use crate::http::extract::Json;
 
+/// Every verb but `list`; these run behind [`super::guard::require_peer`].
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(renew))
-        .routes(routes!(capabilities))
-        .routes(routes!(read::list))
-        .routes(routes!(read::get))
+    OpenApiRouter::new().routes(routes!(renew)).routes(routes!(capabilities)).routes(routes!(read::get))
+}
+
+/// `list`, which runs behind [`super::guard::require_peer_confirmed_by_verb`]: it must confirm
+/// an unconfirmed context in its page statement.
+pub fn list_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(read::list))
 }
 
 /// Renew this peer's client certificate with a fresh CSR (mTLS). The previous certificate stays

@@ -29,6 +29,7 @@ use uuid::Uuid;
 use super::super::FederationContext;
 use super::super::audit::AuditEntry;
 use super::super::cursor::{CursorCodec, Position};
+use super::super::guard::Confirmation;
 use super::super::scope::{Denial, DenyCode, QueryFilter, evaluate};
 use crate::app::AppState;
 use crate::http::error::{ApiError, ErrorEnvelope};
@@ -163,18 +164,48 @@ where
     sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(f.subject_user_id).bind(f.include_personal).bind(f.team_ids.clone())
 }
 
+/// A page statement's optional confirmation of the guard's remembered decision: the `with`
+/// clause to put in front, and the condition that keeps rows only when the grant checks out.
+fn confirming(confirm: Option<&Confirmation>) -> (String, &'static str) {
+    match confirm {
+        Some(_) => (format!("with {} ", Confirmation::CTE), "(select ok from grant_check)"),
+        None => (String::new(), "true"),
+    }
+}
+
+/// Runs a page statement, binding the confirmation parameters when there are any. `None` means
+/// "not confirmed": the grant no longer checks out, or the page is simply empty; either way the
+/// caller decides again from the database.
+async fn confirmed_page<'q, T>(
+    pool: &sqlx::PgPool,
+    q: sqlx::query::QueryAs<'q, sqlx::Postgres, T, sqlx::postgres::PgArguments>,
+    confirm: Option<&Confirmation>,
+) -> Result<Option<Vec<T>>, sqlx::Error>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+{
+    let rows = match confirm {
+        Some(c) => c.bind(q).fetch_all(pool).await?,
+        None => q.fetch_all(pool).await?,
+    };
+    Ok(if confirm.is_some() && rows.is_empty() { None } else { Some(rows) })
+}
+
 async fn tasks_page(
     pool: &sqlx::PgPool,
     f: &QueryFilter,
+    confirm: Option<&Confirmation>,
     after: (DateTime<Utc>, Uuid),
     n: i64,
-) -> Result<Vec<Row>, sqlx::Error> {
-    let rows = fetch_tasks(pool, f, after, n).await?;
-    Ok(rows.into_iter().map(|r| Row { created_at: r.created_at, id: r.id, source: None, json: raw(&r) }).collect())
+) -> Result<Option<Vec<Row>>, sqlx::Error> {
+    let rows = fetch_tasks(pool, f, confirm, after, n).await?;
+    Ok(rows.map(|rows| {
+        rows.into_iter().map(|r| Row { created_at: r.created_at, id: r.id, source: None, json: raw(&r) }).collect()
+    }))
 }
 
-/// The tasks page query alone (no JSON shaping): what `tessera bench list` measures as the
-/// ceiling. Returns the number of rows.
+/// The tasks page query alone (no JSON shaping, no grant confirmation): what `tessera bench
+/// list` measures as the ceiling. Returns the number of rows.
 ///
 /// # Errors
 /// Database errors.
@@ -184,17 +215,19 @@ pub async fn tasks_query(
     after: (DateTime<Utc>, Uuid),
     n: i64,
 ) -> Result<usize, sqlx::Error> {
-    Ok(fetch_tasks(pool, f, after, n).await?.len())
+    Ok(fetch_tasks(pool, f, None, after, n).await?.map_or(0, |rows| rows.len()))
 }
 
 async fn fetch_tasks(
     pool: &sqlx::PgPool,
     f: &QueryFilter,
+    confirm: Option<&Confirmation>,
     after: (DateTime<Utc>, Uuid),
     n: i64,
-) -> Result<Vec<TaskRow>, sqlx::Error> {
+) -> Result<Option<Vec<TaskRow>>, sqlx::Error> {
+    let (with, check) = confirming(confirm);
     let sql = format!(
-        "select t.id, t.title, t.description, t.status, t.priority, t.project_id, t.mission_id, t.created_at, t.updated_at
+        "{with}select t.id, t.title, t.description, t.status, t.priority, t.project_id, t.mission_id, t.created_at, t.updated_at
          from (
              select k.id
              from ({VISIBLE_PROJECTS}) v
@@ -208,27 +241,33 @@ async fn fetch_tasks(
              limit $6
          ) page
          join tasks t on t.id = page.id
+         where {check}
          order by t.created_at desc, t.id desc"
     );
-    scoped(sql, f).bind(after.0).bind(after.1).bind(n).fetch_all(pool).await
+    confirmed_page(pool, scoped(sql, f).bind(after.0).bind(after.1).bind(n), confirm).await
 }
 
 async fn notes_page(
     pool: &sqlx::PgPool,
     f: &QueryFilter,
+    confirm: Option<&Confirmation>,
     after: (DateTime<Utc>, Uuid),
     n: i64,
-) -> Result<Vec<Row>, sqlx::Error> {
+) -> Result<Option<Vec<Row>>, sqlx::Error> {
+    let (with, check) = confirming(confirm);
     let sql = format!(
-        "select mt.id, mt.mission_id, mt.task_id, mt.notes, mt.status, mt.created_at
+        "{with}select mt.id, mt.mission_id, mt.task_id, mt.notes, mt.status, mt.created_at
          from mission_tasks mt
-         where mt.user_id = $1 and mt.notes <> '' and (mt.created_at, mt.id) < ($4, $5)
+         where {check} and mt.user_id = $1 and mt.notes <> '' and (mt.created_at, mt.id) < ($4, $5)
            and exists (select 1 from missions m where m.id = mt.mission_id and m.project_id in ({VISIBLE_PROJECTS}))
          order by mt.created_at desc, mt.id desc
          limit $6"
     );
-    let rows: Vec<NoteRow> = scoped(sql, f).bind(after.0).bind(after.1).bind(n).fetch_all(pool).await?;
-    Ok(rows.into_iter().map(|r| Row { created_at: r.created_at, id: r.id, source: None, json: raw(&r) }).collect())
+    let rows: Option<Vec<NoteRow>> =
+        confirmed_page(pool, scoped(sql, f).bind(after.0).bind(after.1).bind(n), confirm).await?;
+    Ok(rows.map(|rows| {
+        rows.into_iter().map(|r| Row { created_at: r.created_at, id: r.id, source: None, json: raw(&r) }).collect()
+    }))
 }
 
 /// One keyset page of a memory table (`insights` or `preferences`, fixed names).
@@ -347,6 +386,56 @@ fn audit_verb(state: &AppState, ctx: &FederationContext, verb: &str, resource: &
     });
 }
 
+/// One try at a list page under `ctx`. `Ok(None)` only for an unconfirmed context: the page
+/// statement did not confirm the guard's remembered decision (or the page is empty), or the
+/// remembered scope refused the request, or the cursor does not decode. None of those may be
+/// answered before the grant is read again: a remembered scope must not deny a grant that has
+/// been widened since, nor a 400 go to a grant that has been revoked.
+async fn list_attempt(
+    state: &AppState,
+    ctx: &FederationContext,
+    resource: &str,
+    body: &ListRequest,
+    codec: &CursorCodec,
+) -> Result<Option<(QueryFilter, Vec<Row>)>, ApiError> {
+    let confirm = ctx.unconfirmed.as_deref();
+    let teams = ctx.subject_active.then_some(ctx.subject_teams.as_slice());
+    let filter = match evaluate(&ctx.scope, ctx.subject_user_id, teams, resource, body.limit.as_ref()) {
+        Ok(filter) => filter,
+        Err(_) if confirm.is_some() => return Ok(None),
+        Err(d) => return Err(denial_response(state, ctx, "list", resource, &d)),
+    };
+    let after = match body.cursor.as_deref().map(|c| codec.decode(ctx.grant_id, resource, c)) {
+        None => None,
+        Some(Ok(position)) => Some(position),
+        Some(Err(_)) if confirm.is_some() => return Ok(None),
+        Some(Err(e)) => return Err(ApiError::invalid_field("cursor", e.to_string())),
+    };
+    let n = i64::from(filter.limit) + 1;
+    let bound = after.as_ref().map_or((end_of_time(), MAX_UUID), |p| (p.created_at(), p.id));
+    let rows = match resource {
+        "tasks" => tasks_page(&state.peer_reads, &filter, confirm, bound, n).await?,
+        "notes" => notes_page(&state.peer_reads, &filter, confirm, bound, n).await?,
+        // Two statements, so no confirmation inside them: decide from the database first.
+        _ if confirm.is_some() => None,
+        _ => Some(memory_page(&state.peer_reads, &filter, after.as_ref(), n).await?),
+    };
+    Ok(rows.map(|rows| (filter, rows)))
+}
+
+/// Replaces an unconfirmed context with one read from the database (`Ok(true)`), or answers
+/// the request with the guard's denial. `Ok(false)`: the context was confirmed already.
+async fn reauthorise(
+    state: &AppState,
+    ctx: &mut FederationContext,
+    resource: &str,
+) -> Result<bool, axum::response::Response> {
+    let Some(confirmation) = ctx.unconfirmed.take() else { return Ok(false) };
+    let path = format!("/api/federation/v1/list/{resource}");
+    *ctx = super::super::guard::authorise(state, confirmation.identity(), &path).await.map_err(|r| *r)?;
+    Ok(true)
+}
+
 /// One page of a resource the grant allows, newest first.
 #[utoipa::path(post, path = "/api/federation/v1/list/{resource}", tag = "federation",
     params(("resource" = String, Path, description = "tasks, notes or memory")), request_body = ListRequest,
@@ -361,31 +450,36 @@ pub async fn list(
     raw: axum::body::Bytes,
 ) -> Result<axum::response::Response, ApiError> {
     let started = Instant::now();
+    let mut ctx = ctx;
     // An empty body means "first page, default limit"; anything else must be the JSON object.
     let body: ListRequest = if raw.iter().all(u8::is_ascii_whitespace) {
         ListRequest::default()
     } else {
-        serde_json::from_slice(&raw).map_err(|e| ApiError::invalid_request(format!("Invalid request body: {e}")))?
+        match serde_json::from_slice(&raw) {
+            Ok(body) => body,
+            Err(e) => {
+                // Even a malformed request is answered only once the grant is known to stand.
+                if let Err(response) = reauthorise(&state, &mut ctx, &resource).await {
+                    return Ok(response);
+                }
+                return Err(ApiError::invalid_request(format!("Invalid request body: {e}")));
+            }
+        }
     };
     let requested = body.limit.as_ref().and_then(serde_json::Value::as_u64);
-    let teams = ctx.subject_active.then_some(ctx.subject_teams.as_slice());
-    let filter = match evaluate(&ctx.scope, ctx.subject_user_id, teams, &resource, body.limit.as_ref()) {
-        Ok(f) => f,
-        Err(d) => return Err(denial_response(&state, &ctx, "list", &resource, &d)),
-    };
     let codec = cursor_codec(&state);
-    let after = match &body.cursor {
-        Some(c) => Some(
-            codec.decode(ctx.grant_id, &resource, c).map_err(|e| ApiError::invalid_field("cursor", e.to_string()))?,
-        ),
-        None => None,
-    };
-    let n = i64::from(filter.limit) + 1;
-    let bound = after.as_ref().map_or((end_of_time(), MAX_UUID), |p| (p.created_at(), p.id));
-    let mut rows = match resource.as_str() {
-        "tasks" => tasks_page(&state.peer_reads, &filter, bound, n).await?,
-        "notes" => notes_page(&state.peer_reads, &filter, bound, n).await?,
-        _ => memory_page(&state.peer_reads, &filter, after.as_ref(), n).await?,
+    // At most two rounds: the guard's remembered decision, confirmed by the page statement;
+    // failing that, a decision read from the database (see `guard`).
+    let (filter, mut rows) = loop {
+        if let Some(page) = list_attempt(&state, &ctx, &resource, &body, &codec).await? {
+            break page;
+        }
+        match reauthorise(&state, &mut ctx, &resource).await {
+            Ok(true) => {}
+            // Only an unconfirmed context comes back without a page; never loop on a confirmed one.
+            Ok(false) => return Err(ApiError::internal(anyhow::anyhow!("list: a confirmed context returned no page"))),
+            Err(response) => return Ok(response),
+        }
     };
     let has_more = rows.len() > filter.limit as usize;
     rows.truncate(filter.limit as usize);
