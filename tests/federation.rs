@@ -774,6 +774,7 @@ async fn patch_scope(pair: &Pair, grant: Uuid, scope: Value) -> (u16, Value) {
     pair.admin(reqwest::Method::PATCH, &format!("/api/admin/grants/{grant}"), Some(json!({"scope": scope}))).await
 }
 
+const UNCONFIRMED: &str = "tessera_federation_guard_unconfirmed_total";
 const GRANT_READS: &str = "tessera_federation_guard_decisions_total{source=\"database\"}";
 
 #[tokio::test(flavor = "multi_thread")]
@@ -823,6 +824,62 @@ async fn list_confirms_the_remembered_grant_in_its_own_statement() {
     assert_eq!(status, 200, "{body}");
     let (status, page) = pair.list(&client, "notes", json!({})).await;
     assert_eq!((status, ids(&page)), (200, vec![w.subject_note]));
+    // The notes statement confirms a remembered decision too.
+    let unconfirmed = counter(&pair, UNCONFIRMED).await;
+    let (status, page) = pair.list(&client, "notes", json!({})).await;
+    assert_eq!((status, ids(&page)), (200, vec![w.subject_note]));
+    assert_eq!(counter(&pair, UNCONFIRMED).await, unconfirmed);
+
+    // Every rule of the guard, changed in the database behind the remembered row, decides the
+    // very next request.
+    let rules: [(&str, &str, &str, u16); 4] = [
+        (
+            "peer suspended",
+            "update federation_peers set state = 'suspended' where id = $1",
+            "update federation_peers set state = 'active' where id = $1",
+            403,
+        ),
+        (
+            "grant expired",
+            "update federation_grants set expires_at = now() - interval '1 second' where peer_id = $1",
+            "update federation_grants set expires_at = null where peer_id = $1",
+            403,
+        ),
+        (
+            "certificate superseded, grace over",
+            "update federation_peers set previous_serial = current_serial, current_serial = 'ab',
+                    previous_serial_grace_until = now() - interval '1 second' where id = $1",
+            "update federation_peers set current_serial = previous_serial, previous_serial = null,
+                    previous_serial_grace_until = null where id = $1",
+            403,
+        ),
+        (
+            "certificate superseded, within grace",
+            "update federation_peers set previous_serial = current_serial, current_serial = 'ab',
+                    previous_serial_grace_until = now() + interval '1 hour' where id = $1",
+            "update federation_peers set current_serial = previous_serial, previous_serial = null,
+                    previous_serial_grace_until = null where id = $1",
+            200,
+        ),
+    ];
+    for (rule, change, restore, expected) in rules {
+        let (status, _) = pair.list(&client, "notes", json!({"limit": 1})).await;
+        assert_eq!(status, 200, "{rule}: before");
+        sqlx::query(change).bind(pair.peer_id).execute(pool).await.unwrap();
+        let (status, body) = pair.list(&client, "notes", json!({"limit": 1})).await;
+        assert_eq!(status, expected, "{rule}: {body}");
+        sqlx::query(restore).bind(pair.peer_id).execute(pool).await.unwrap();
+    }
+    // A new rate is picked up on the next request (through a read of the grant).
+    let unconfirmed = counter(&pair, UNCONFIRMED).await;
+    sqlx::query("update federation_grants set rate_per_minute = 5000 where id = $1")
+        .bind(grant)
+        .execute(pool)
+        .await
+        .unwrap();
+    let (status, _) = pair.list(&client, "tasks", json!({"limit": 1})).await;
+    assert_eq!(status, 200);
+    assert_eq!(counter(&pair, UNCONFIRMED).await, unconfirmed + 1.0);
 
     // An empty page under a remembered decision is still a 200 with no items.
     let (status, body) = patch_scope(
@@ -844,6 +901,15 @@ async fn list_confirms_the_remembered_grant_in_its_own_statement() {
     patch_scope(&pair, grant, json!({"resources": ["tasks"]})).await;
     let (status, _) = pair.list(&client, "tasks", json!({"limit": 1})).await;
     assert_eq!(status, 200);
+    // The remembered grant is now over its budget: a revoked grant must still get its 403, not
+    // a 429 decided from memory.
+    sqlx::query("update federation_grants set rate_per_minute = 3 where id = $1")
+        .bind(grant)
+        .execute(pool)
+        .await
+        .unwrap();
+    let (status, _) = pair.list(&client, "tasks", json!({"limit": 1})).await;
+    assert_eq!(status, 200, "the new rate applies from the next request");
     sqlx::query("update federation_grants set status = 'revoked', revoked_at = now() where id = $1")
         .bind(grant)
         .execute(pool)
@@ -872,7 +938,7 @@ async fn list_confirms_the_remembered_grant_in_its_own_statement() {
     .fetch_one(pool)
     .await
     .unwrap();
-    assert_eq!((allowed, denied), (10, 4));
+    assert_eq!((allowed, denied), (18, 7));
 }
 
 #[tokio::test(flavor = "multi_thread")]

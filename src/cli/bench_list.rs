@@ -7,7 +7,8 @@
 //! straight through the CA, and drives `POST /api/federation/v1/list/tasks` from N concurrent
 //! HTTP/2 clients. It prints throughput, p50 and p99 for page 1, page 10 000 and random deep
 //! pages; then the same query run straight through the pool at the same concurrency (the
-//! ceiling); then p99 at half the measured random-page throughput.
+//! ceiling); then a round trip over the same connections to a route with no database work (the
+//! transport's own cost); then p99 at half the measured random-page throughput.
 //!
 //! It refuses a database that holds anything but its own data: give it its own data dir
 //! (`tessera --data-dir .tessera-bench bench list`) or database.
@@ -242,6 +243,23 @@ async fn run_on(config: &Config, pool: &sqlx::PgPool, args: &ListBench) -> anyho
         .await?
     };
     println!("SQL ceiling, random pages     {sql_random}");
+    // The transport alone: the same client and connections, a route with no database work.
+    let floor = {
+        let (client, url) = (client.clone(), format!("https://localhost:{port}/healthz"));
+        drive(args.concurrency, phase, None, move || {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                let r = client.get(&url).send().await?;
+                if !r.status().is_success() {
+                    bail!("healthz returned {}", r.status());
+                }
+                let _ = r.bytes().await?;
+                Ok(())
+            }
+        })
+        .await?
+    };
+    println!("mTLS round trip, no database  {floor}");
     let half = http(Box::new(random_cursor), Some(random.throughput() / 2.0)).await?;
     println!("list at half load (random)    {half}");
 

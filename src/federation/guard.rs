@@ -91,20 +91,23 @@ const RATE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 #[derive(Clone, Default)]
 pub struct GrantMemo(Arc<Mutex<HashMap<Uuid, Arc<GrantPeerRow>>>>);
 
-/// Grants remembered at most; past that the memo starts over (it is only an optimisation).
+/// Grants remembered at most; past that, one entry makes room for each new one.
 const MEMO_CAPACITY: usize = 10_000;
 
 impl GrantMemo {
     fn get(&self, grant_id: Uuid) -> Option<Arc<GrantPeerRow>> {
-        self.0.lock().ok()?.get(&grant_id).cloned()
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&grant_id).cloned()
     }
 
     fn remember(&self, grant_id: Uuid, row: Option<&GrantPeerRow>) {
-        let Ok(mut map) = self.0.lock() else { return };
+        let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         match row {
             Some(row) => {
                 if map.len() >= MEMO_CAPACITY && !map.contains_key(&grant_id) {
-                    map.clear();
+                    // Any one entry makes room: a forgotten grant costs one read next time.
+                    if let Some(evicted) = map.keys().next().copied() {
+                        map.remove(&evicted);
+                    }
                 }
                 map.insert(grant_id, Arc::new(row.clone()));
             }
@@ -159,6 +162,16 @@ impl Confirmation {
             .bind(self.subject_teams.clone())
     }
 
+    fn of(identity: &PeerIdentity, row: &GrantPeerRow) -> Self {
+        Self {
+            identity: identity.clone(),
+            scope: row.scope.clone(),
+            rate_per_minute: row.rate_per_minute,
+            subject_active: row.subject_active,
+            subject_teams: row.subject_teams.clone(),
+        }
+    }
+
     /// The identity to re-authorise when the statement did not confirm.
     pub fn identity(&self) -> &PeerIdentity {
         &self.identity
@@ -182,48 +195,84 @@ async fn guard(state: AppState, mut req: Request, next: Next, may_remember: bool
         Err(response) => return *response,
     };
     let path = req.uri().path().to_string();
-    let remembered = if may_remember { state.grant_memo.get(identity.grant_id) } else { None };
-    let (ctx, limit) = match remembered.filter(|row| denial(row, &identity, Utc::now()).is_none()) {
-        Some(row) => match context(&state, &identity, &row, &path) {
-            Ok(mut ctx) => {
-                metrics::counter!(DECISIONS_METRIC, "source" => "remembered").increment(1);
-                ctx.unconfirmed = Some(Arc::new(Confirmation {
-                    identity: identity.clone(),
-                    scope: row.scope.clone(),
-                    rate_per_minute: row.rate_per_minute,
-                    subject_active: row.subject_active,
-                    subject_teams: row.subject_teams.clone(),
-                }));
-                (ctx, rate_limit(&state, &row))
-            }
-            Err(response) => return *response,
-        },
-        None => match authorise_row(&state, &identity, &path).await {
-            Ok((ctx, row)) => (ctx, rate_limit(&state, &row)),
-            Err(response) => return *response,
-        },
-    };
     let key = format!("fed:grant:{}", identity.grant_id);
-    match state.limiter.hit(&key, limit, RATE_WINDOW).await {
-        Ok(Decision::Allowed { .. }) => {}
-        Ok(Decision::Denied { retry_after }) => {
-            return over_budget(&state, &identity, ctx.peer_id, limit, retry_after, &path).await;
-        }
-        Err(e) => {
-            deny_audit(
-                &state,
-                Some(identity.grant_id),
-                Some(ctx.peer_id),
-                Some(identity.subject_user_id),
-                "limiter_unavailable",
-                e.to_string(),
-                &path,
-            );
-            return ApiError::from(e).into_response();
+
+    // The remembered decision, if there is one and its budget allows the request. A request the
+    // limiter refuses (or cannot count) on the remembered limit is answered only after a read of
+    // the grant: a revoked grant gets its 403, not a 429. Such a request is counted twice; it
+    // was over budget (or unlimited by an outage) either way.
+    let mut remembered = None;
+    let memo = if may_remember { state.grant_memo.get(identity.grant_id) } else { None };
+    if let Some(row) = memo.filter(|row| denial(row, &identity, Utc::now()).is_none()) {
+        let ctx = match context(&state, &identity, &row, &path) {
+            Ok(ctx) => ctx,
+            Err(response) => return *response,
+        };
+        if let Ok(Decision::Allowed { .. }) = state.limiter.hit(&key, rate_limit(&state, &row), RATE_WINDOW).await {
+            metrics::counter!(DECISIONS_METRIC, "source" => "remembered").increment(1);
+            remembered = Some(ListContext { ctx, unconfirmed: Some(Arc::new(Confirmation::of(&identity, &row))) });
         }
     }
-    req.extensions_mut().insert(ctx);
+    let list_ctx = match remembered {
+        Some(list_ctx) => list_ctx,
+        None => {
+            let (ctx, row) = match authorise_row(&state, &identity, &path).await {
+                Ok(decided) => decided,
+                Err(response) => return *response,
+            };
+            let limit = rate_limit(&state, &row);
+            match state.limiter.hit(&key, limit, RATE_WINDOW).await {
+                Ok(Decision::Allowed { .. }) => {}
+                Ok(Decision::Denied { retry_after }) => {
+                    return over_budget(&state, &identity, ctx.peer_id, limit, retry_after, &path).await;
+                }
+                Err(e) => {
+                    deny_audit(
+                        &state,
+                        Some(identity.grant_id),
+                        Some(ctx.peer_id),
+                        Some(identity.subject_user_id),
+                        "limiter_unavailable",
+                        e.to_string(),
+                        &path,
+                    );
+                    return ApiError::from(e).into_response();
+                }
+            }
+            ListContext { ctx, unconfirmed: None }
+        }
+    };
+    // Only the list route receives a `ListContext`; every other verb extracts a plain
+    // `FederationContext`, which only a database read produces, so a verb that cannot confirm
+    // a remembered decision can never be handed one.
+    if may_remember {
+        req.extensions_mut().insert(list_ctx);
+    } else {
+        req.extensions_mut().insert(list_ctx.ctx);
+    }
     next.run(req).await
+}
+
+/// What the list guard hands the list verb: the request context and, when it was decided from
+/// memory, what the page statement must confirm ([`Confirmation::CTE`]) before any answer.
+#[derive(Debug, Clone)]
+pub struct ListContext {
+    pub ctx: FederationContext,
+    pub unconfirmed: Option<Arc<Confirmation>>,
+}
+
+/// Writes the audit row of a request whose remembered decision could not be confirmed because
+/// the database failed (the guard writes the same row when its own read fails).
+pub fn audit_database_failure(state: &AppState, identity: &PeerIdentity, path: &str) {
+    deny_audit(
+        state,
+        Some(identity.grant_id),
+        None,
+        Some(identity.subject_user_id),
+        "internal",
+        "the grant could not be read".to_string(),
+        path,
+    );
 }
 
 /// The identity the accept loop parsed from the client certificate, or the 401.
@@ -263,6 +312,7 @@ pub async fn authorise(
     identity: &PeerIdentity,
     path: &str,
 ) -> Result<FederationContext, Box<Response>> {
+    metrics::counter!(UNCONFIRMED_METRIC).increment(1);
     authorise_row(state, identity, path).await.map(|(ctx, _)| ctx)
 }
 
@@ -290,15 +340,7 @@ async fn authorise_row(
         Ok(row) => row,
         Err(e) => {
             // One audit row per request, this one too (it is written once the database is back).
-            deny_audit(
-                state,
-                Some(identity.grant_id),
-                None,
-                Some(identity.subject_user_id),
-                "internal",
-                "the grant could not be read".to_string(),
-                path,
-            );
+            audit_database_failure(state, identity, path);
             return Err(Box::new(ApiError::from(e).into_response()));
         }
     };
@@ -378,7 +420,6 @@ fn context(
         scope_version: row.scope_version,
         subject_active: row.subject_active,
         subject_teams: row.subject_teams.clone(),
-        unconfirmed: None,
     })
 }
 

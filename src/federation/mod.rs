@@ -35,9 +35,6 @@ pub struct FederationContext {
     /// in the guard's one query so native RBAC needs no second round trip.
     pub subject_active: bool,
     pub subject_teams: Vec<Uuid>,
-    /// Set when the guard decided from a remembered row instead of reading the grant: the verb
-    /// must confirm the decision inside its own statement, or call [`guard::authorise`].
-    pub unconfirmed: Option<std::sync::Arc<guard::Confirmation>>,
 }
 
 /// Routes under `/api/federation` and the peer/grant admin routes. `state` is `None` only when

@@ -29,7 +29,7 @@ use uuid::Uuid;
 use super::super::FederationContext;
 use super::super::audit::AuditEntry;
 use super::super::cursor::{CursorCodec, Position};
-use super::super::guard::Confirmation;
+use super::super::guard::{self, Confirmation, ListContext};
 use super::super::scope::{Denial, DenyCode, QueryFilter, evaluate};
 use crate::app::AppState;
 use crate::http::error::{ApiError, ErrorEnvelope};
@@ -393,12 +393,12 @@ fn audit_verb(state: &AppState, ctx: &FederationContext, verb: &str, resource: &
 /// been widened since, nor a 400 go to a grant that has been revoked.
 async fn list_attempt(
     state: &AppState,
-    ctx: &FederationContext,
+    lc: &ListContext,
     resource: &str,
     body: &ListRequest,
     codec: &CursorCodec,
 ) -> Result<Option<(QueryFilter, Vec<Row>)>, ApiError> {
-    let confirm = ctx.unconfirmed.as_deref();
+    let (ctx, confirm) = (&lc.ctx, lc.unconfirmed.as_deref());
     let teams = ctx.subject_active.then_some(ctx.subject_teams.as_slice());
     let filter = match evaluate(&ctx.scope, ctx.subject_user_id, teams, resource, body.limit.as_ref()) {
         Ok(filter) => filter,
@@ -414,25 +414,49 @@ async fn list_attempt(
     let n = i64::from(filter.limit) + 1;
     let bound = after.as_ref().map_or((end_of_time(), MAX_UUID), |p| (p.created_at(), p.id));
     let rows = match resource {
-        "tasks" => tasks_page(&state.peer_reads, &filter, confirm, bound, n).await?,
-        "notes" => notes_page(&state.peer_reads, &filter, confirm, bound, n).await?,
+        "tasks" => tasks_page(&state.peer_reads, &filter, confirm, bound, n).await,
+        "notes" => notes_page(&state.peer_reads, &filter, confirm, bound, n).await,
         // Two statements, so no confirmation inside them: decide from the database first.
-        _ if confirm.is_some() => None,
-        _ => Some(memory_page(&state.peer_reads, &filter, after.as_ref(), n).await?),
+        _ if confirm.is_some() => Ok(None),
+        _ => memory_page(&state.peer_reads, &filter, after.as_ref(), n).await.map(Some),
     };
+    let rows = rows.map_err(|e| {
+        if let Some(c) = confirm {
+            // The page statement was this request's only read of the grant.
+            guard::audit_database_failure(state, c.identity(), &list_path(resource));
+        }
+        ApiError::from(e)
+    })?;
     Ok(rows.map(|rows| (filter, rows)))
+}
+
+/// An empty body means "first page, default limit"; anything else must be the JSON object.
+fn parse_list_body(raw: &[u8]) -> Result<ListRequest, ApiError> {
+    if raw.iter().all(u8::is_ascii_whitespace) {
+        return Ok(ListRequest::default());
+    }
+    serde_json::from_slice(raw).map_err(|e| ApiError::invalid_request(format!("Invalid request body: {e}")))
+}
+
+fn body_rejection(e: &axum::extract::rejection::BytesRejection) -> ApiError {
+    use crate::http::error::ErrorCode;
+    match e.status() {
+        axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::new(e.status(), ErrorCode::InvalidRequest, "Request body too large")
+        }
+        status => ApiError::new(status, ErrorCode::InvalidRequest, "Request body could not be read"),
+    }
+}
+
+fn list_path(resource: &str) -> String {
+    format!("/api/federation/v1/list/{resource}")
 }
 
 /// Replaces an unconfirmed context with one read from the database (`Ok(true)`), or answers
 /// the request with the guard's denial. `Ok(false)`: the context was confirmed already.
-async fn reauthorise(
-    state: &AppState,
-    ctx: &mut FederationContext,
-    resource: &str,
-) -> Result<bool, axum::response::Response> {
-    let Some(confirmation) = ctx.unconfirmed.take() else { return Ok(false) };
-    let path = format!("/api/federation/v1/list/{resource}");
-    *ctx = super::super::guard::authorise(state, confirmation.identity(), &path).await.map_err(|r| *r)?;
+async fn reauthorise(state: &AppState, lc: &mut ListContext, resource: &str) -> Result<bool, axum::response::Response> {
+    let Some(confirmation) = lc.unconfirmed.take() else { return Ok(false) };
+    lc.ctx = guard::authorise(state, confirmation.identity(), &list_path(resource)).await.map_err(|r| *r)?;
     Ok(true)
 }
 
@@ -445,25 +469,26 @@ async fn reauthorise(
     ))]
 pub async fn list(
     State(state): State<AppState>,
-    Extension(ctx): Extension<FederationContext>,
-    Path(resource): Path<String>,
-    raw: axum::body::Bytes,
+    Extension(lc): Extension<ListContext>,
+    path: Result<Path<String>, ApiError>,
+    raw: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<axum::response::Response, ApiError> {
     let started = Instant::now();
-    let mut ctx = ctx;
-    // An empty body means "first page, default limit"; anything else must be the JSON object.
-    let body: ListRequest = if raw.iter().all(u8::is_ascii_whitespace) {
-        ListRequest::default()
-    } else {
-        match serde_json::from_slice(&raw) {
-            Ok(body) => body,
-            Err(e) => {
-                // Even a malformed request is answered only once the grant is known to stand.
-                if let Err(response) = reauthorise(&state, &mut ctx, &resource).await {
-                    return Ok(response);
-                }
-                return Err(ApiError::invalid_request(format!("Invalid request body: {e}")));
+    let mut lc = lc;
+    // Even a malformed request is answered only once the grant is known to stand: with a
+    // remembered decision, read the grant before any 400 or 413.
+    let parsed = match (path, raw) {
+        (Ok(Path(resource)), Ok(raw)) => parse_list_body(&raw).map(|body| (resource, body)),
+        (Err(e), _) => Err(e),
+        (_, Err(e)) => Err(body_rejection(&e)),
+    };
+    let (resource, body) = match parsed {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            if let Err(response) = reauthorise(&state, &mut lc, "").await {
+                return Ok(response);
             }
+            return Err(e);
         }
     };
     let requested = body.limit.as_ref().and_then(serde_json::Value::as_u64);
@@ -471,16 +496,17 @@ pub async fn list(
     // At most two rounds: the guard's remembered decision, confirmed by the page statement;
     // failing that, a decision read from the database (see `guard`).
     let (filter, mut rows) = loop {
-        if let Some(page) = list_attempt(&state, &ctx, &resource, &body, &codec).await? {
+        if let Some(page) = list_attempt(&state, &lc, &resource, &body, &codec).await? {
             break page;
         }
-        match reauthorise(&state, &mut ctx, &resource).await {
+        match reauthorise(&state, &mut lc, &resource).await {
             Ok(true) => {}
             // Only an unconfirmed context comes back without a page; never loop on a confirmed one.
             Ok(false) => return Err(ApiError::internal(anyhow::anyhow!("list: a confirmed context returned no page"))),
             Err(response) => return Ok(response),
         }
     };
+    let ctx = lc.ctx;
     let has_more = rows.len() > filter.limit as usize;
     rows.truncate(filter.limit as usize);
     let next_cursor = if has_more {
