@@ -378,12 +378,16 @@ async fn seed(pool: &sqlx::PgPool, tasks: u32) -> anyhow::Result<Uuid> {
             .await?;
         projects.push(id);
     }
+    // Rows arrive as on a live gateway: in creation order, with the time-ordered (v7) ids the
+    // data API mints, so heap and primary key follow time. Inserting project by project with
+    // random ids would scatter every page's rows over the table, a layout no gateway has.
     let per_project = i64::from(tasks) / 50;
     sqlx::query(
         "insert into tasks (id, title, status, priority, project_id, created_at, updated_at)
-         select gen_random_uuid(), 'bench task ' || g, 'todo', 'medium', p, ts, ts
-         from unnest($1::uuid[]) p, generate_series(1, $2) g,
-              lateral (select now() - random() * interval '365 days' + g * interval '0 seconds' as ts) t",
+         select uuidv7(ts - now()), 'bench task ' || g, 'todo', 'medium', p, ts, ts
+         from (select p, g, now() - random() * interval '365 days' as ts
+               from unnest($1::uuid[]) p, generate_series(1, $2) g) s
+         order by ts",
     )
     .bind(&projects)
     .bind(per_project)
