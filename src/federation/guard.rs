@@ -200,7 +200,9 @@ async fn guard(state: AppState, mut req: Request, next: Next, may_remember: bool
     // The remembered decision, if there is one and its budget allows the request. A request the
     // limiter refuses (or cannot count) on the remembered limit is answered only after a read of
     // the grant: a revoked grant gets its 403, not a 429. Such a request is counted twice; it
-    // was over budget (or unlimited by an outage) either way.
+    // was over budget (or unlimited by an outage) either way. A changed rate fails the page
+    // statement's confirmation, so it applies from the request after the one that finds it
+    // (that one was already counted on the old rate).
     let mut remembered = None;
     let memo = if may_remember { state.grant_memo.get(identity.grant_id) } else { None };
     if let Some(row) = memo.filter(|row| denial(row, &identity, Utc::now()).is_none()) {
