@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use common::replicas::{EnrolledPeer, Replicas, admin_call, enroll_peer, seed_member, start_valkey};
-use common::{Gateway, GatewayOptions, TestDb, free_port, run_cli, seed_admin};
+use common::{Gateway, GatewayOptions, TestDb, free_port, run_cli, seed_admin, wait_for_count};
 use serde_json::{Value, json};
 
 const CAPABILITIES: &str = "/api/federation/v1/capabilities";
@@ -24,17 +24,6 @@ async fn get_status(client: &reqwest::Client, url: &str) -> (u16, Option<String>
 }
 
 /// Polls the audit log (written in batches off the request path) until `sql` counts `want`.
-async fn wait_for_count(pool: &sqlx::PgPool, sql: &'static str, grant: uuid::Uuid, want: i64) -> i64 {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let n: i64 = sqlx::query_scalar(sql).bind(grant).fetch_one(pool).await.unwrap();
-        if n >= want || Instant::now() > deadline {
-            return n;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn federated_boot_fails_fast_naming_the_service_without_passwords() {
     let db = TestDb::new().await;

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Gateway, GatewayOptions, TestDb, run_cli, seed_admin};
+use common::{Gateway, GatewayOptions, TestDb, run_cli, seed_admin, wait_for_count};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -756,11 +756,13 @@ async fn list_returns_exactly_native_visibility_narrowed_by_the_grant() {
     assert_eq!(got, sorted(w.personal_tasks.clone()));
 
     // Every request left an audit row.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let n: i64 = sqlx::query_scalar("select count(*) from federation_audit_log where verb in ('list', 'get')")
-        .fetch_one(&pair.b_db.pool)
-        .await
-        .unwrap();
+    let n = wait_for_count(
+        &pair.b_db.pool,
+        "select count(*) from federation_audit_log where verb in ('list', 'get') and $1::uuid is not null",
+        Uuid::nil(),
+        10,
+    )
+    .await;
     assert!(n >= 10, "audit rows: {n}");
 }
 
@@ -929,7 +931,8 @@ async fn list_confirms_the_remembered_grant_in_its_own_statement() {
     assert_eq!(r.status(), 403);
 
     // One audit row per request, whichever path decided it.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    wait_for_count(pool, "select count(*) from federation_audit_log where grant_id = $1 and verb = 'list'", grant, 25)
+        .await;
     let (allowed, denied): (i64, i64) = sqlx::query_as(
         "select count(*) filter (where outcome = 'allowed'), count(*) filter (where outcome = 'denied')
          from federation_audit_log where grant_id = $1 and verb = 'list'",
@@ -1091,7 +1094,13 @@ async fn scope_denials_are_generic_on_the_wire_and_specific_in_the_audit() {
     let (status, _) = pair.list(&client, "nonsense", json!({})).await;
     assert_eq!(status, 400);
 
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_count(
+        &pair.b_db.pool,
+        "select count(*) from federation_audit_log where grant_id = $1 and outcome = 'denied'",
+        grant,
+        5,
+    )
+    .await;
     let codes: Vec<String> = sqlx::query_scalar(
         "select deny_code from federation_audit_log where grant_id = $1 and outcome = 'denied' order by id",
     )

@@ -327,3 +327,16 @@ pub async fn seed_admin(pool: &sqlx::PgPool, email: &str) -> (uuid::Uuid, String
     let (_, secret) = tessera::admin::credentials::mint_token(pool, user_id, "test", None).await.expect("mint token");
     (user_id, secret.expose().to_string())
 }
+
+/// Polls a count query with one uuid parameter until it reaches `want` or 5 s pass, and returns
+/// the last count: for rows written off the request path (audit batches, outbox events).
+pub async fn wait_for_count(pool: &sqlx::PgPool, sql: &'static str, grant: uuid::Uuid, want: i64) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let n: i64 = sqlx::query_scalar(sql).bind(grant).fetch_one(pool).await.unwrap();
+        if n >= want || Instant::now() > deadline {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
