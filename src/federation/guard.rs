@@ -86,30 +86,36 @@ pub const UNCONFIRMED_METRIC: &str = "tessera_federation_guard_unconfirmed_total
 /// Length of the rate-limit window.
 const RATE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Remembered guard decisions, per grant: the last grant/peer row that allowed a request (see
-/// the module docs). Only ever used as a proposal that the list statement confirms.
+/// Remembered guard decisions, per grant: the last grant/peer row that allowed a request and
+/// the context built from it, scope already parsed (see the module docs). Only ever used as a
+/// proposal that the list statement confirms.
 #[derive(Clone, Default)]
-pub struct GrantMemo(Arc<Mutex<HashMap<Uuid, Arc<GrantPeerRow>>>>);
+pub struct GrantMemo(Arc<Mutex<HashMap<Uuid, Arc<Remembered>>>>);
+
+struct Remembered {
+    row: GrantPeerRow,
+    ctx: FederationContext,
+}
 
 /// Grants remembered at most; past that, one entry makes room for each new one.
 const MEMO_CAPACITY: usize = 10_000;
 
 impl GrantMemo {
-    fn get(&self, grant_id: Uuid) -> Option<Arc<GrantPeerRow>> {
+    fn get(&self, grant_id: Uuid) -> Option<Arc<Remembered>> {
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&grant_id).cloned()
     }
 
-    fn remember(&self, grant_id: Uuid, row: Option<&GrantPeerRow>) {
+    fn remember(&self, grant_id: Uuid, decided: Option<(&GrantPeerRow, &FederationContext)>) {
         let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        match row {
-            Some(row) => {
+        match decided {
+            Some((row, ctx)) => {
                 if map.len() >= MEMO_CAPACITY && !map.contains_key(&grant_id) {
                     // Any one entry makes room: a forgotten grant costs one read next time.
                     if let Some(evicted) = map.keys().next().copied() {
                         map.remove(&evicted);
                     }
                 }
-                map.insert(grant_id, Arc::new(row.clone()));
+                map.insert(grant_id, Arc::new(Remembered { row: row.clone(), ctx: ctx.clone() }));
             }
             None => {
                 map.remove(&grant_id);
@@ -205,15 +211,12 @@ async fn guard(state: AppState, mut req: Request, next: Next, may_remember: bool
     // (that one was already counted on the old rate).
     let mut remembered = None;
     let memo = if may_remember { state.grant_memo.get(identity.grant_id) } else { None };
-    if let Some(row) = memo.filter(|row| denial(row, &identity, Utc::now()).is_none()) {
-        let ctx = match context(&state, &identity, &row, &path) {
-            Ok(ctx) => ctx,
-            Err(response) => return *response,
-        };
-        if let Ok(Decision::Allowed { .. }) = state.limiter.hit(&key, rate_limit(&state, &row), RATE_WINDOW).await {
-            metrics::counter!(DECISIONS_METRIC, "source" => "remembered").increment(1);
-            remembered = Some(ListContext { ctx, unconfirmed: Some(Arc::new(Confirmation::of(&identity, &row))) });
-        }
+    if let Some(memo) = memo.filter(|m| denial(&m.row, &identity, Utc::now()).is_none())
+        && let Ok(Decision::Allowed { .. }) = state.limiter.hit(&key, rate_limit(&state, &memo.row), RATE_WINDOW).await
+    {
+        metrics::counter!(DECISIONS_METRIC, "source" => "remembered").increment(1);
+        let unconfirmed = Some(Arc::new(Confirmation::of(&identity, &memo.row)));
+        remembered = Some(ListContext { ctx: memo.ctx.clone(), unconfirmed });
     }
     let list_ctx = match remembered {
         Some(list_ctx) => list_ctx,
@@ -367,7 +370,7 @@ async fn authorise_row(
     }
     let row = row.expect("a missing row is a denial");
     let ctx = context(state, identity, &row, path)?;
-    state.grant_memo.remember(identity.grant_id, Some(&row));
+    state.grant_memo.remember(identity.grant_id, Some((&row, &ctx)));
     Ok((ctx, row))
 }
 
