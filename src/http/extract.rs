@@ -4,7 +4,7 @@
 //! them and turn the rejection into a `400 invalid_request` (or 413/415 with the same envelope), so
 //! a malformed body never gets a response shape clients do not expect.
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
@@ -49,9 +49,22 @@ fn json_rejection(rejection: &JsonRejection) -> ApiError {
     };
     let message = trim_serde_prefix(&message);
     match status {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(status, ErrorCode::InvalidRequest, "Request body too large"),
+        StatusCode::PAYLOAD_TOO_LARGE => body_too_large(),
         StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(status, ErrorCode::InvalidRequest, message),
         _ => ApiError::invalid_request(message),
+    }
+}
+
+fn body_too_large() -> ApiError {
+    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::InvalidRequest, "Request body too large")
+}
+
+/// The envelope for a raw body (`Bytes`) that could not be read: 413 when over the limit,
+/// otherwise the rejection's own status, with a message that carries no internals.
+pub fn bytes_rejection(rejection: &BytesRejection) -> ApiError {
+    match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => body_too_large(),
+        status => ApiError::new(status, ErrorCode::InvalidRequest, "Request body could not be read"),
     }
 }
 

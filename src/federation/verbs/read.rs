@@ -438,16 +438,6 @@ fn parse_list_body(raw: &[u8]) -> Result<ListRequest, ApiError> {
     serde_json::from_slice(raw).map_err(|e| ApiError::invalid_request(format!("Invalid request body: {e}")))
 }
 
-fn body_rejection(e: &axum::extract::rejection::BytesRejection) -> ApiError {
-    use crate::http::error::ErrorCode;
-    match e.status() {
-        axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::new(e.status(), ErrorCode::InvalidRequest, "Request body too large")
-        }
-        status => ApiError::new(status, ErrorCode::InvalidRequest, "Request body could not be read"),
-    }
-}
-
 fn list_path(resource: &str) -> String {
     format!("/api/federation/v1/list/{resource}")
 }
@@ -480,7 +470,7 @@ pub async fn list(
     let parsed = match (path, raw) {
         (Ok(Path(resource)), Ok(raw)) => parse_list_body(&raw).map(|body| (resource, body)),
         (Err(e), _) => Err(e),
-        (_, Err(e)) => Err(body_rejection(&e)),
+        (_, Err(e)) => Err(crate::http::extract::bytes_rejection(&e)),
     };
     let (resource, body) = match parsed {
         Ok(parsed) => parsed,
