@@ -776,6 +776,15 @@ async fn patch_scope(pair: &Pair, grant: Uuid, scope: Value) -> (u16, Value) {
     pair.admin(reqwest::Method::PATCH, &format!("/api/admin/grants/{grant}"), Some(json!({"scope": scope}))).await
 }
 
+async fn set_grant_rate(pool: &sqlx::PgPool, grant: Uuid, per_minute: i32) {
+    sqlx::query("update federation_grants set rate_per_minute = $2 where id = $1")
+        .bind(grant)
+        .bind(per_minute)
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
 const UNCONFIRMED: &str = "tessera_federation_guard_unconfirmed_total";
 const GRANT_READS: &str = "tessera_federation_guard_decisions_total{source=\"database\"}";
 
@@ -874,11 +883,7 @@ async fn list_confirms_the_remembered_grant_in_its_own_statement() {
     }
     // A new rate is picked up on the next request (through a read of the grant).
     let unconfirmed = counter(&pair, UNCONFIRMED).await;
-    sqlx::query("update federation_grants set rate_per_minute = 5000 where id = $1")
-        .bind(grant)
-        .execute(pool)
-        .await
-        .unwrap();
+    set_grant_rate(pool, grant, 5000).await;
     let (status, _) = pair.list(&client, "tasks", json!({"limit": 1})).await;
     assert_eq!(status, 200);
     assert_eq!(counter(&pair, UNCONFIRMED).await, unconfirmed + 1.0);
@@ -905,11 +910,7 @@ async fn list_confirms_the_remembered_grant_in_its_own_statement() {
     assert_eq!(status, 200);
     // The remembered grant is now over its budget: a revoked grant must still get its 403, not
     // a 429 decided from memory.
-    sqlx::query("update federation_grants set rate_per_minute = 3 where id = $1")
-        .bind(grant)
-        .execute(pool)
-        .await
-        .unwrap();
+    set_grant_rate(pool, grant, 3).await;
     let (status, _) = pair.list(&client, "tasks", json!({"limit": 1})).await;
     assert_eq!(status, 200, "the new rate applies from the next request");
     sqlx::query("update federation_grants set status = 'revoked', revoked_at = now() where id = $1")
