@@ -4,8 +4,8 @@
 //! Data set (seeded once per database, reused on later runs): 1 000 000 tasks over 50 projects
 //! created in the last year; the subject sees 10 of them (2 personal, 8 of its two teams). The
 //! bench runs the real router on a loopback port in this process, enrolls a client certificate
-//! straight through the CA, and drives `POST /api/federation/v1/list/tasks` from N concurrent
-//! HTTP/2 clients. It prints throughput, p50 and p99 for page 1, page 10 000 and random deep
+//! straight through the CA, and drives `POST /api/federation/v1/list/tasks` over N keep-alive
+//! HTTP/1.1 connections ([`Clients`]). It prints throughput, p50 and p99 for page 1, page 10 000 and random deep
 //! pages; then the same query run straight through the pool at the same concurrency (the
 //! ceiling); then a round trip over the same connections to a route with no database work (the
 //! transport's own cost); then p99 at half the measured random-page throughput.
@@ -17,9 +17,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use axum::body::Body;
+use axum::http::{Method, header};
 use chrono::{DateTime, Utc};
 use clap::Args;
+use http_body_util::BodyExt;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
 use rand::RngExt;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use uuid::Uuid;
 
 use crate::app::AppState;
@@ -45,6 +52,31 @@ pub struct ListBench {
     /// Page size.
     #[arg(long, default_value_t = 20)]
     limit: u32,
+    /// Phases to run, comma-separated (all by default). Running one alone is meant for
+    /// profiling it; the summary line needs page1, page10k, random and ceiling.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = Phase::ALL)]
+    phases: Vec<Phase>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Phase {
+    Page1,
+    Page10k,
+    Random,
+    Ceiling,
+    Healthz,
+    Half,
+}
+
+impl Phase {
+    const ALL: [Phase; 6] = [Phase::Page1, Phase::Page10k, Phase::Random, Phase::Ceiling, Phase::Healthz, Phase::Half];
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use clap::ValueEnum;
+        f.write_str(self.to_possible_value().map(|v| v.get_name().to_owned()).unwrap_or_default().as_str())
+    }
 }
 
 struct Figures {
@@ -131,14 +163,7 @@ async fn run_on(config: &Config, pool: &sqlx::PgPool, args: &ListBench) -> anyho
         },
         Duration::from_secs(2),
     ));
-    let client = reqwest::Client::builder()
-        .tls_backend_rustls()
-        .tls_certs_only([reqwest::Certificate::from_pem(ca.cert_pem().as_bytes())?])
-        .identity(reqwest::Identity::from_pem(&identity_pem)?)
-        .pool_max_idle_per_host(args.concurrency)
-        .http1_only()
-        .build()?;
-    let url = format!("https://localhost:{port}/api/federation/v1/list/tasks");
+    let client = Clients::connect(ca.cert_pem(), &identity_pem, port, args.concurrency).await?;
     let codec = CursorCodec::new(sealing.derive_key("federation-cursor-v1"));
 
     // Positions: the start of page 10 000, and random depths across the visible rows.
@@ -187,31 +212,36 @@ async fn run_on(config: &Config, pool: &sqlx::PgPool, args: &ListBench) -> anyho
     };
     let phase = Duration::from_secs(args.seconds);
     let http = |cursor: Box<dyn Fn() -> Option<String> + Send + Sync>, rate: Option<f64>| {
-        let (client, url, limit) = (client.clone(), url.clone(), args.limit);
+        let (client, limit) = (client.clone(), args.limit);
         let cursor = Arc::new(cursor);
-        drive(args.concurrency, phase, rate, move || {
-            let (client, url, cursor) = (client.clone(), url.clone(), cursor.clone());
+        drive(args.concurrency, phase, rate, move |worker| {
+            let (client, cursor) = (client.clone(), cursor.clone());
             async move {
-                let body = serde_json::json!({"limit": limit, "cursor": cursor()});
-                let r = client.post(&url).json(&body).send().await?;
-                if !r.status().is_success() {
-                    bail!("list returned {}", r.status());
-                }
-                let _ = r.bytes().await?;
-                Ok(())
+                // Cursors are base64url: nothing to escape.
+                let body = match cursor() {
+                    Some(c) => format!(r#"{{"limit":{limit},"cursor":"{c}"}}"#),
+                    None => format!(r#"{{"limit":{limit}}}"#),
+                };
+                client.request(worker, Method::POST, "/api/federation/v1/list/tasks", body).await
             }
         })
     };
 
+    let want = |p: Phase| args.phases.contains(&p);
     // Warm up caches and connections.
     http(Box::new(|| None), None).await?;
-    let page1 = http(Box::new(|| None), None).await?;
-    println!("list over mTLS, page 1        {page1}");
+    let page1 = if want(Phase::Page1) { Some(http(Box::new(|| None), None).await?) } else { None };
+    report("list over mTLS, page 1       ", page1.as_ref());
     let deep_c = deep_cursor.clone();
-    let page10k = http(Box::new(move || Some(deep_c.clone())), None).await?;
-    println!("list over mTLS, page 10 000   {page10k}");
-    let random = http(Box::new(random_cursor.clone()), None).await?;
-    println!("list over mTLS, random pages  {random}");
+    let page10k =
+        if want(Phase::Page10k) { Some(http(Box::new(move || Some(deep_c.clone())), None).await?) } else { None };
+    report("list over mTLS, page 10 000  ", page10k.as_ref());
+    let random = if want(Phase::Random) || want(Phase::Half) {
+        Some(http(Box::new(random_cursor.clone()), None).await?)
+    } else {
+        None
+    };
+    report("list over mTLS, random pages ", random.as_ref());
 
     // The ceiling: the same query shape straight through the pool the verbs use.
     let filter = crate::federation::scope::QueryFilter {
@@ -224,49 +254,57 @@ async fn run_on(config: &Config, pool: &sqlx::PgPool, args: &ListBench) -> anyho
             .await?,
         limit: args.limit,
     };
-    let sql_random = {
+    let sql_random = if want(Phase::Ceiling) {
         let (pool, filter) = (peer_reads.clone(), Arc::new(filter));
-        drive(args.concurrency, phase, None, move || {
-            let (pool, filter) = (pool.clone(), filter.clone());
-            let at = oldest + chrono::Duration::microseconds(rand::rng().random_range(0..span));
-            async move {
-                crate::federation::verbs::read::tasks_query(
-                    &pool,
-                    &filter,
-                    (at, Uuid::max()),
-                    i64::from(filter.limit) + 1,
-                )
-                .await?;
-                Ok(())
-            }
-        })
-        .await?
-    };
-    println!("SQL ceiling, random pages     {sql_random}");
-    // The transport alone: the same client and connections, a route with no database work.
-    let floor = {
-        let (client, url) = (client.clone(), format!("https://localhost:{port}/healthz"));
-        drive(args.concurrency, phase, None, move || {
-            let (client, url) = (client.clone(), url.clone());
-            async move {
-                let r = client.get(&url).send().await?;
-                if !r.status().is_success() {
-                    bail!("healthz returned {}", r.status());
+        Some(
+            drive(args.concurrency, phase, None, move |_| {
+                let (pool, filter) = (pool.clone(), filter.clone());
+                let at = oldest + chrono::Duration::microseconds(rand::rng().random_range(0..span));
+                async move {
+                    crate::federation::verbs::read::tasks_query(
+                        &pool,
+                        &filter,
+                        (at, Uuid::max()),
+                        i64::from(filter.limit) + 1,
+                    )
+                    .await?;
+                    Ok(())
                 }
-                let _ = r.bytes().await?;
-                Ok(())
-            }
-        })
-        .await?
+            })
+            .await?,
+        )
+    } else {
+        None
     };
-    println!("mTLS round trip, no database  {floor}");
-    let half = http(Box::new(random_cursor), Some(random.throughput() / 2.0)).await?;
-    println!("list at half load (random)    {half}");
+    report("SQL ceiling, random pages    ", sql_random.as_ref());
+    // The transport alone: the same client and connections, a route with no database work.
+    let floor = if want(Phase::Healthz) {
+        let client = client.clone();
+        Some(
+            drive(args.concurrency, phase, None, move |worker| {
+                let client = client.clone();
+                async move { client.request(worker, Method::GET, "/healthz", String::new()).await }
+            })
+            .await?,
+        )
+    } else {
+        None
+    };
+    report("mTLS round trip, no database ", floor.as_ref());
+    let half = match &random {
+        Some(random) if want(Phase::Half) => {
+            Some(http(Box::new(random_cursor), Some(random.throughput() / 2.0)).await?)
+        }
+        _ => None,
+    };
+    report("list at half load (random)   ", half.as_ref());
 
-    let ratio = random.throughput() / sql_random.throughput();
-    let spread = [page1.throughput(), page10k.throughput(), random.throughput()];
-    let (lo, hi) = spread.iter().fold((f64::MAX, 0.0f64), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
-    println!("random pages / ceiling = {ratio:.2}; fastest / slowest page kind = {:.2}", hi / lo);
+    if let (Some(page1), Some(page10k), Some(random), Some(sql_random)) = (page1, page10k, &random, sql_random) {
+        let ratio = random.throughput() / sql_random.throughput();
+        let spread = [page1.throughput(), page10k.throughput(), random.throughput()];
+        let (lo, hi) = spread.iter().fold((f64::MAX, 0.0f64), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+        println!("random pages / ceiling = {ratio:.2}; fastest / slowest page kind = {:.2}", hi / lo);
+    }
 
     let _ = stop_tx.send(());
     let _ = server.await;
@@ -277,11 +315,68 @@ async fn run_on(config: &Config, pool: &sqlx::PgPool, args: &ListBench) -> anyho
     Ok(())
 }
 
-/// Runs `make()` from `concurrency` workers for `phase`, optionally paced to `rate` requests/s
-/// in total, and returns the latency figures.
+fn report(label: &str, figures: Option<&Figures>) {
+    if let Some(figures) = figures {
+        println!("{label} {figures}");
+    }
+}
+
+/// The load generator's side of the wire: one keep-alive mTLS connection per worker, HTTP/1.1
+/// straight through hyper. It shares the machine's cores with the gateway and Postgres, so it
+/// stays as lean as it can: no redirect, retry or decompression layers and no URL parsing per
+/// request (a `reqwest` client cost about a tenth of the list throughput here).
+#[derive(Clone)]
+struct Clients {
+    connections: Arc<Vec<tokio::sync::Mutex<SendRequest<Body>>>>,
+}
+
+impl Clients {
+    async fn connect(ca_pem: &str, identity_pem: &[u8], port: u16, n: usize) -> anyhow::Result<Self> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes())?)?;
+        let chain = CertificateDer::pem_slice_iter(identity_pem).collect::<Result<Vec<_>, _>>()?;
+        let key = PrivateKeyDer::from_pem_slice(identity_pem)?;
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)?;
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+        let mut connections = Vec::with_capacity(n);
+        for _ in 0..n {
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+            tcp.set_nodelay(true)?;
+            let stream = connector.connect(ServerName::try_from("localhost")?, tcp).await?;
+            let (send, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(connection);
+            connections.push(tokio::sync::Mutex::new(send));
+        }
+        Ok(Self { connections: Arc::new(connections) })
+    }
+
+    /// One request on worker `worker`'s connection; fails unless the answer is a 2xx.
+    async fn request(&self, worker: usize, method: Method, path: &'static str, body: String) -> anyhow::Result<()> {
+        let request = axum::http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, "localhost")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body))?;
+        let mut send = self.connections[worker].lock().await;
+        let response = send.send_request(request).await?;
+        let status = response.status();
+        let _ = response.into_body().collect().await?;
+        if !status.is_success() {
+            bail!("{path} returned {status}");
+        }
+        Ok(())
+    }
+}
+
+/// Runs `make(worker)` from `concurrency` workers for `phase`, optionally paced to `rate`
+/// requests/s in total, and returns the latency figures.
 async fn drive<F, Fut>(concurrency: usize, phase: Duration, rate: Option<f64>, make: F) -> anyhow::Result<Figures>
 where
-    F: Fn() -> Fut + Send + Sync + 'static,
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
 {
     let make = Arc::new(make);
@@ -289,7 +384,7 @@ where
     let deadline = started + phase;
     let interval = rate.map(|r| Duration::from_secs_f64(concurrency as f64 / r.max(1.0)));
     let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..concurrency {
+    for worker in 0..concurrency {
         let make = make.clone();
         workers.spawn(async move {
             let mut latencies = Vec::new();
@@ -300,7 +395,7 @@ where
                     next += gap;
                 }
                 let t = Instant::now();
-                make().await?;
+                make(worker).await?;
                 latencies.push(t.elapsed());
             }
             anyhow::Ok(latencies)
