@@ -7,8 +7,10 @@
 //! straight through the CA, and drives `POST /api/federation/v1/list/tasks` over N keep-alive
 //! HTTP/1.1 connections ([`Clients`]). It prints throughput, p50 and p99 for page 1, page 10 000 and random deep
 //! pages; then the same query run straight through the pool at the same concurrency (the
-//! ceiling); then a round trip over the same connections to a route with no database work (the
-//! transport's own cost); then p99 at half the measured random-page throughput.
+//! ceiling); then that query behind the same mTLS connections and HTTP server with no gateway
+//! work at all (a bench-only route, see [`sql_behind_tls_route`]: the most any list verb could
+//! reach here); then a round trip to a route with no database work (the transport's own cost);
+//! then p99 at half the measured random-page throughput.
 //!
 //! It refuses a database that holds anything but its own data: give it its own data dir
 //! (`tessera --data-dir .tessera-bench bench list`) or database.
@@ -18,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use axum::body::Body;
-use axum::http::{Method, header};
+use axum::extract::State;
+use axum::http::{Method, StatusCode, header};
 use chrono::{DateTime, Utc};
 use clap::Args;
 use http_body_util::BodyExt;
@@ -33,6 +36,7 @@ use crate::app::AppState;
 use crate::config::Config;
 use crate::federation::ca::{ClientCertRequest, GatewayCa};
 use crate::federation::cursor::{CursorCodec, Position};
+use crate::federation::scope::QueryFilter;
 use crate::sealing::SealingKey;
 use crate::services::Database;
 
@@ -64,12 +68,14 @@ enum Phase {
     Page10k,
     Random,
     Ceiling,
+    Bare,
     Healthz,
     Half,
 }
 
 impl Phase {
-    const ALL: [Phase; 6] = [Phase::Page1, Phase::Page10k, Phase::Random, Phase::Ceiling, Phase::Healthz, Phase::Half];
+    const ALL: [Phase; 7] =
+        [Phase::Page1, Phase::Page10k, Phase::Random, Phase::Ceiling, Phase::Bare, Phase::Healthz, Phase::Half];
 }
 
 impl std::fmt::Display for Phase {
@@ -149,13 +155,24 @@ async fn run_on(config: &Config, pool: &sqlx::PgPool, args: &ListBench) -> anyho
         audit,
         breakers: Default::default(),
     };
+    // What the subject sees, as the scope service would put it: the ceiling's query filter.
+    let filter = Arc::new(QueryFilter {
+        resource: "tasks".into(),
+        subject_user_id: subject,
+        include_personal: true,
+        team_ids: sqlx::query_scalar("select team_id from team_members where user_id = $1")
+            .bind(subject)
+            .fetch_all(pool)
+            .await?,
+        limit: args.limit,
+    });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(crate::tls::serve(
         listener,
         tls,
-        crate::http::router(state),
+        crate::http::router(state).merge(sql_behind_tls_route(peer_reads.clone(), filter.clone())),
         config.federation.oids.clone(),
         Duration::from_secs(10),
         async {
@@ -244,18 +261,8 @@ async fn run_on(config: &Config, pool: &sqlx::PgPool, args: &ListBench) -> anyho
     report("list over mTLS, random pages ", random.as_ref());
 
     // The ceiling: the same query shape straight through the pool the verbs use.
-    let filter = crate::federation::scope::QueryFilter {
-        resource: "tasks".into(),
-        subject_user_id: subject,
-        include_personal: true,
-        team_ids: sqlx::query_scalar("select team_id from team_members where user_id = $1")
-            .bind(subject)
-            .fetch_all(pool)
-            .await?,
-        limit: args.limit,
-    };
     let sql_random = if want(Phase::Ceiling) {
-        let (pool, filter) = (peer_reads.clone(), Arc::new(filter));
+        let (pool, filter) = (peer_reads.clone(), filter.clone());
         Some(
             drive(args.concurrency, phase, None, move |_| {
                 let (pool, filter) = (pool.clone(), filter.clone());
@@ -277,6 +284,22 @@ async fn run_on(config: &Config, pool: &sqlx::PgPool, args: &ListBench) -> anyho
         None
     };
     report("SQL ceiling, random pages    ", sql_random.as_ref());
+    // The ceiling's query behind the same mTLS connections and HTTP server, with no gateway work
+    // at all: the most any list verb could reach on this machine.
+    let bare = if want(Phase::Bare) {
+        let client = client.clone();
+        Some(
+            drive(args.concurrency, phase, None, move |worker| {
+                let client = client.clone();
+                let at = oldest + chrono::Duration::microseconds(rand::rng().random_range(0..span));
+                async move { client.request(worker, Method::POST, "/bench/sql", at.timestamp_micros().to_string()).await }
+            })
+            .await?,
+        )
+    } else {
+        None
+    };
+    report("SQL behind mTLS, no gateway  ", bare.as_ref());
     // The transport alone: the same client and connections, a route with no database work.
     let floor = if want(Phase::Healthz) {
         let client = client.clone();
@@ -299,6 +322,12 @@ async fn run_on(config: &Config, pool: &sqlx::PgPool, args: &ListBench) -> anyho
     };
     report("list at half load (random)   ", half.as_ref());
 
+    if let (Some(bare), Some(sql_random)) = (&bare, &sql_random) {
+        println!(
+            "SQL behind mTLS / ceiling = {:.2} (the most a list verb could reach)",
+            bare.throughput() / sql_random.throughput()
+        );
+    }
     if let (Some(page1), Some(page10k), Some(random), Some(sql_random)) = (page1, page10k, &random, sql_random) {
         let ratio = random.throughput() / sql_random.throughput();
         let spread = [page1.throughput(), page10k.throughput(), random.throughput()];
@@ -319,6 +348,26 @@ fn report(label: &str, figures: Option<&Figures>) {
     if let Some(figures) = figures {
         println!("{label} {figures}");
     }
+}
+
+/// `POST /bench/sql` (body: a timestamp in microseconds), served only by the bench's own server
+/// and never by the gateway: the ceiling's query from that position, answered with its row
+/// count. No guard, scope, audit or JSON: what is left is the transport and the SQL.
+fn sql_behind_tls_route(pool: sqlx::PgPool, filter: Arc<QueryFilter>) -> axum::Router {
+    async fn sql_only(
+        State((pool, filter)): State<(sqlx::PgPool, Arc<QueryFilter>)>,
+        body: String,
+    ) -> Result<String, (StatusCode, String)> {
+        let bad = |e: String| (StatusCode::BAD_REQUEST, e);
+        let micros: i64 = body.trim().parse().map_err(|e: std::num::ParseIntError| bad(e.to_string()))?;
+        let at = DateTime::<Utc>::from_timestamp_micros(micros).ok_or_else(|| bad("out of range".into()))?;
+        let rows =
+            crate::federation::verbs::read::tasks_query(&pool, &filter, (at, Uuid::max()), i64::from(filter.limit) + 1)
+                .await
+                .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        Ok(rows.to_string())
+    }
+    axum::Router::new().route("/bench/sql", axum::routing::post(sql_only)).with_state((pool, filter))
 }
 
 /// The load generator's side of the wire: one keep-alive mTLS connection per worker, HTTP/1.1
