@@ -1287,3 +1287,72 @@ async fn gateway_a_renews_certificates_that_are_due() {
     let r = pair.mtls_client(&identity).get(pair.b.url("/api/federation/v1/capabilities")).send().await.unwrap();
     assert_eq!(r.status(), 200, "the stored (re-sealed) key and new certificate work");
 }
+
+/// Runs the CLI off the async runtime (the bench takes a few seconds).
+async fn run_cli_blocking(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let args: Vec<String> = args.iter().map(|s| (*s).to_string()).collect();
+    let env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        run_cli(&args, &env)
+    })
+    .await
+    .unwrap()
+}
+
+/// `tessera bench list` end to end on a small data set: every phase drives the real router over
+/// mTLS (the bench fails on any answer but 2xx) and prints its figures; the list requests reach
+/// the verb and its audit. The figures themselves are read from the bench, never asserted here.
+#[tokio::test(flavor = "multi_thread")]
+async fn bench_list_runs_every_phase_over_mtls_and_refuses_a_database_with_data() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let dd = dir.path().to_str().unwrap();
+    let args = ["bench", "list", "--tasks", "3000", "--seconds", "1", "--concurrency", "2"];
+    let (code, stdout, stderr) = run_cli_blocking(&args, &[("DATABASE_URL", &db.url), ("TESSERA_DATA_DIR", dd)]).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    for line in [
+        "list over mTLS, page 1",
+        "list over mTLS, page 10 000",
+        "list over mTLS, random pages",
+        "SQL ceiling, random pages",
+        "SQL behind mTLS, no gateway",
+        "mTLS round trip, no database",
+        "list at half load (random)",
+        "SQL behind mTLS / ceiling =",
+        "random pages / ceiling =",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
+    }
+    let allowed = wait_for_count(
+        &db.pool,
+        "select count(*) from federation_audit_log where verb = 'list' and outcome = 'allowed' and grant_id <> $1",
+        Uuid::nil(),
+        1,
+    )
+    .await;
+    assert!(allowed >= 1, "the bench's list requests are audited");
+    let denied: i64 = sqlx::query_scalar("select count(*) from federation_audit_log where outcome <> 'allowed'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(denied, 0);
+
+    // One phase alone: only its line, and no summary that would need the others.
+    let args = ["bench", "list", "--tasks", "3000", "--seconds", "1", "--concurrency", "2", "--phases", "ceiling"];
+    let (code, stdout, stderr) = run_cli_blocking(&args, &[("DATABASE_URL", &db.url), ("TESSERA_DATA_DIR", dd)]).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("SQL ceiling, random pages"), "{stdout}");
+    assert!(!stdout.contains("list over mTLS") && !stdout.contains("/ ceiling ="), "{stdout}");
+
+    // A database that holds anything else is refused before anything is written.
+    let other = TestDb::new().await;
+    seed_admin(&other.pool, "admin@example.test").await;
+    let (code, stdout, stderr) =
+        run_cli_blocking(&args, &[("DATABASE_URL", &other.url), ("TESSERA_DATA_DIR", dd)]).await;
+    assert_ne!(code, 0, "{stdout}");
+    assert!(stderr.contains("already holds data"), "{stderr}");
+    let tasks: i64 = sqlx::query_scalar("select count(*) from tasks").fetch_one(&other.pool).await.unwrap();
+    assert_eq!(tasks, 0);
+}
