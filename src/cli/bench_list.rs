@@ -131,6 +131,7 @@ pub async fn run(config: &Config, args: &ListBench) -> anyhow::Result<()> {
 async fn run_on(config: &Config, pool: &sqlx::PgPool, args: &ListBench) -> anyhow::Result<()> {
     crate::store::migrate(pool).await?;
     let subject = seed(pool, args.tasks).await?;
+    forget_earlier_runs(pool).await?;
     let sealing = SealingKey::load(config.sealing_key.as_ref(), &config.data_dir)?;
     let ca = GatewayCa::load_or_create(pool, &sealing).await?;
     let (grant_id, identity_pem) = enroll(pool, &ca, config, subject).await?;
@@ -455,6 +456,19 @@ where
         all.extend(result?);
     }
     Ok(summarise(all, started.elapsed()))
+}
+
+/// Removes the peers, grants and audit rows of earlier runs, so that every run starts from the
+/// same database: otherwise the audit log grows by a few hundred thousand rows a run, and its
+/// autovacuum lands inside later runs' phases. `seed` has made sure this database holds bench
+/// data only.
+async fn forget_earlier_runs(pool: &sqlx::PgPool) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("truncate federation_audit_log").execute(&mut *tx).await?;
+    sqlx::query("delete from federation_grants").execute(&mut *tx).await?;
+    sqlx::query("delete from federation_peers").execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Seeds the bench data set once; returns the subject's id.
