@@ -1345,8 +1345,20 @@ async fn bench_list_runs_every_phase_over_mtls_and_refuses_a_database_with_data(
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(stdout.contains("SQL ceiling, random pages"), "{stdout}");
     assert!(!stdout.contains("list over mTLS") && !stdout.contains("/ ceiling ="), "{stdout}");
+    // The second run forgot the first run's peer and grant.
+    let peers: i64 = sqlx::query_scalar("select count(*) from federation_peers").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(peers, 1);
 
-    // A database that holds anything else is refused before anything is written.
+    // Once the database holds any other user, even a bench database is refused, and nothing of
+    // the federation tables is touched.
+    seed_admin(&db.pool, "admin@example.test").await;
+    let (code, stdout, stderr) = run_cli_blocking(&args, &[("DATABASE_URL", &db.url), ("TESSERA_DATA_DIR", dd)]).await;
+    assert_ne!(code, 0, "{stdout}");
+    assert!(stderr.contains("already holds data"), "{stderr}");
+    let peers: i64 = sqlx::query_scalar("select count(*) from federation_peers").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(peers, 1);
+
+    // So is any other database with users in it: no bench data is written there.
     let other = TestDb::new().await;
     seed_admin(&other.pool, "admin@example.test").await;
     let (code, stdout, stderr) =

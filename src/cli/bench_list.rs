@@ -41,6 +41,7 @@ use crate::sealing::SealingKey;
 use crate::services::Database;
 
 const SUBJECT_EMAIL: &str = "bench-subject@bench.tessera.test";
+const OTHER_EMAIL: &str = "bench-other@bench.tessera.test";
 
 #[derive(Debug, Args)]
 pub struct ListBench {
@@ -56,8 +57,10 @@ pub struct ListBench {
     /// Page size.
     #[arg(long, default_value_t = 20)]
     limit: u32,
-    /// Phases to run, comma-separated (all by default). Running one alone is meant for
-    /// profiling it; the summary line needs page1, page10k, random and ceiling.
+    /// Phases to run, comma-separated (all by default); meant for profiling one at a time.
+    /// `half` runs `random` first (it paces at half of that). The list warm-up runs only with a
+    /// list phase. Summaries print when their inputs ran: `bare` and `ceiling` for the first;
+    /// `page1`, `page10k`, `random` and `ceiling` for the second.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = Phase::ALL)]
     phases: Vec<Phase>,
 }
@@ -76,13 +79,6 @@ enum Phase {
 impl Phase {
     const ALL: [Phase; 7] =
         [Phase::Page1, Phase::Page10k, Phase::Random, Phase::Ceiling, Phase::Bare, Phase::Healthz, Phase::Half];
-}
-
-impl std::fmt::Display for Phase {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        use clap::ValueEnum;
-        f.write_str(self.to_possible_value().map(|v| v.get_name().to_owned()).unwrap_or_default().as_str())
-    }
 }
 
 struct Figures {
@@ -196,7 +192,9 @@ async fn run_on(config: &Config, pool: &sqlx::PgPool, args: &ListBench) -> anyho
         .bind(&visible)
         .fetch_one(pool)
         .await?;
-    let deep_offset = (i64::from(args.limit) * 9_999).min(visible_rows - 1);
+    // The cursor of page 10 000 is the last row of page 9 999 (with 200 000 visible rows and
+    // limit 20, page 10 000 is the last page). On smaller data sets: the last full page.
+    let deep_offset = (i64::from(args.limit) * 9_999 - 1).min(visible_rows - i64::from(args.limit) - 1).max(0);
     let deep: (DateTime<Utc>, Uuid) = sqlx::query_as(
         "select created_at, id from tasks where project_id = any($1) order by created_at desc, id desc offset $2 limit 1",
     )
@@ -247,7 +245,9 @@ async fn run_on(config: &Config, pool: &sqlx::PgPool, args: &ListBench) -> anyho
 
     let want = |p: Phase| args.phases.contains(&p);
     // Warm up caches and connections.
-    http(Box::new(|| None), None).await?;
+    if [Phase::Page1, Phase::Page10k, Phase::Random, Phase::Half].iter().any(|p| want(*p)) {
+        http(Box::new(|| None), None).await?;
+    }
     let page1 = if want(Phase::Page1) { Some(http(Box::new(|| None), None).await?) } else { None };
     report("list over mTLS, page 1       ", page1.as_ref());
     let deep_c = deep_cursor.clone();
@@ -378,6 +378,8 @@ fn sql_behind_tls_route(pool: sqlx::PgPool, filter: Arc<QueryFilter>) -> axum::R
 #[derive(Clone)]
 struct Clients {
     connections: Arc<Vec<tokio::sync::Mutex<SendRequest<Body>>>>,
+    connector: tokio_rustls::TlsConnector,
+    port: u16,
 }
 
 impl Clients {
@@ -393,14 +395,9 @@ impl Clients {
         let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
         let mut connections = Vec::with_capacity(n);
         for _ in 0..n {
-            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-            tcp.set_nodelay(true)?;
-            let stream = connector.connect(ServerName::try_from("localhost")?, tcp).await?;
-            let (send, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-            tokio::spawn(connection);
-            connections.push(tokio::sync::Mutex::new(send));
+            connections.push(tokio::sync::Mutex::new(open(&connector, port).await?));
         }
-        Ok(Self { connections: Arc::new(connections) })
+        Ok(Self { connections: Arc::new(connections), connector, port })
     }
 
     /// One request on worker `worker`'s connection; fails unless the answer is a 2xx.
@@ -412,6 +409,12 @@ impl Clients {
             .header(header::CONTENT_TYPE, "application/json")
             .body(Body::from(body))?;
         let mut send = self.connections[worker].lock().await;
+        // The gateway closes a connection that idles past its header timeout (for example through
+        // a long ceiling phase): open a new one rather than fail the run.
+        if send.ready().await.is_err() {
+            *send = open(&self.connector, self.port).await?;
+            send.ready().await?;
+        }
         let response = send.send_request(request).await?;
         let status = response.status();
         let _ = response.into_body().collect().await?;
@@ -420,6 +423,15 @@ impl Clients {
         }
         Ok(())
     }
+}
+
+async fn open(connector: &tokio_rustls::TlsConnector, port: u16) -> anyhow::Result<SendRequest<Body>> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    tcp.set_nodelay(true)?;
+    let stream = connector.connect(ServerName::try_from("localhost")?, tcp).await?;
+    let (send, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    Ok(send)
 }
 
 /// Runs `make(worker)` from `concurrency` workers for `phase`, optionally paced to `rate`
@@ -460,8 +472,8 @@ where
 
 /// Removes the peers, grants and audit rows of earlier runs, so that every run starts from the
 /// same database: otherwise the audit log grows by a few hundred thousand rows a run, and its
-/// autovacuum lands inside later runs' phases. `seed` has made sure this database holds bench
-/// data only.
+/// autovacuum lands inside later runs' phases. `seed` has just made sure that this database
+/// holds no user but the bench's own, so every grant and audit row here is the bench's.
 async fn forget_earlier_runs(pool: &sqlx::PgPool) -> anyhow::Result<()> {
     let mut tx = pool.begin().await?;
     sqlx::query("truncate federation_audit_log").execute(&mut *tx).await?;
@@ -473,6 +485,18 @@ async fn forget_earlier_runs(pool: &sqlx::PgPool) -> anyhow::Result<()> {
 
 /// Seeds the bench data set once; returns the subject's id.
 async fn seed(pool: &sqlx::PgPool, tasks: u32) -> anyhow::Result<Uuid> {
+    // Only the bench's own two users may be here, on every run: `forget_earlier_runs` empties
+    // the federation tables next.
+    let foreign: bool = sqlx::query_scalar("select exists (select 1 from users where email not in ($1, $2))")
+        .bind(SUBJECT_EMAIL)
+        .bind(OTHER_EMAIL)
+        .fetch_one(pool)
+        .await?;
+    if foreign {
+        bail!(
+            "this database already holds data; run the bench on its own data dir (tessera --data-dir .tessera-bench bench list)"
+        );
+    }
     if let Some(subject) = sqlx::query_scalar::<_, Uuid>("select id from users where email = $1")
         .bind(SUBJECT_EMAIL)
         .fetch_optional(pool)
@@ -480,21 +504,16 @@ async fn seed(pool: &sqlx::PgPool, tasks: u32) -> anyhow::Result<Uuid> {
     {
         return Ok(subject);
     }
-    let users: i64 = sqlx::query_scalar("select count(*) from users").fetch_one(pool).await?;
-    if users > 0 {
-        bail!(
-            "this database already holds data; run the bench on its own data dir (tessera --data-dir .tessera-bench bench list)"
-        );
-    }
     let started = Instant::now();
     eprintln!("seeding {tasks} tasks over 50 projects (first run only)...");
     let mut tx = pool.begin().await?;
     let subject = Uuid::now_v7();
     let other = Uuid::now_v7();
-    sqlx::query("insert into users (id, email, name, role) values ($1, $2, 'Bench Subject', 'member'), ($3, 'bench-other@bench.tessera.test', 'Other', 'member')")
+    sqlx::query("insert into users (id, email, name, role) values ($1, $2, 'Bench Subject', 'member'), ($3, $4, 'Other', 'member')")
         .bind(subject)
         .bind(SUBJECT_EMAIL)
         .bind(other)
+        .bind(OTHER_EMAIL)
         .execute(&mut *tx)
         .await?;
     // Teams 0 and 1 include the subject; 2..=9 do not.
