@@ -219,12 +219,11 @@ async fn run_on(config: &Config, pool: &sqlx::PgPool, args: &ListBench) -> anyho
 
     let deep_cursor = codec.encode(grant_id, &Position::new("tasks", deep.0, deep.1, None));
     let span = (newest - oldest).num_microseconds().unwrap_or(1).max(1);
+    // A random position among the visible rows: the same spread for every random-page phase.
+    let random_at = move || oldest + chrono::Duration::microseconds(rand::rng().random_range(0..span));
     let random_cursor = {
         let codec = codec.clone();
-        move || {
-            let at = oldest + chrono::Duration::microseconds(rand::rng().random_range(0..span));
-            Some(codec.encode(grant_id, &Position::new("tasks", at, Uuid::max(), None)))
-        }
+        move || Some(codec.encode(grant_id, &Position::new("tasks", random_at(), Uuid::max(), None)))
     };
     let phase = Duration::from_secs(args.seconds);
     let http = |cursor: Box<dyn Fn() -> Option<String> + Send + Sync>, rate: Option<f64>| {
@@ -248,80 +247,50 @@ async fn run_on(config: &Config, pool: &sqlx::PgPool, args: &ListBench) -> anyho
     if [Phase::Page1, Phase::Page10k, Phase::Random, Phase::Half].iter().any(|p| want(*p)) {
         http(Box::new(|| None), None).await?;
     }
-    let page1 = if want(Phase::Page1) { Some(http(Box::new(|| None), None).await?) } else { None };
-    report("list over mTLS, page 1       ", page1.as_ref());
-    let deep_c = deep_cursor.clone();
-    let page10k =
-        if want(Phase::Page10k) { Some(http(Box::new(move || Some(deep_c.clone())), None).await?) } else { None };
-    report("list over mTLS, page 10 000  ", page10k.as_ref());
-    let random = if want(Phase::Random) || want(Phase::Half) {
-        Some(http(Box::new(random_cursor.clone()), None).await?)
-    } else {
-        None
-    };
-    report("list over mTLS, random pages ", random.as_ref());
+    let page1 = measure("list over mTLS, page 1       ", want(Phase::Page1), || http(Box::new(|| None), None)).await?;
+    let page10k = measure("list over mTLS, page 10 000  ", want(Phase::Page10k), || {
+        http(Box::new(move || Some(deep_cursor.clone())), None)
+    })
+    .await?;
+    let random = measure("list over mTLS, random pages ", want(Phase::Random) || want(Phase::Half), || {
+        http(Box::new(random_cursor.clone()), None)
+    })
+    .await?;
 
     // The ceiling: the same query shape straight through the pool the verbs use.
-    let sql_random = if want(Phase::Ceiling) {
+    let sql_random = measure("SQL ceiling, random pages    ", want(Phase::Ceiling), || {
         let (pool, filter) = (peer_reads.clone(), filter.clone());
-        Some(
-            drive(args.concurrency, phase, None, move |_| {
-                let (pool, filter) = (pool.clone(), filter.clone());
-                let at = oldest + chrono::Duration::microseconds(rand::rng().random_range(0..span));
-                async move {
-                    crate::federation::verbs::read::tasks_query(
-                        &pool,
-                        &filter,
-                        (at, Uuid::max()),
-                        i64::from(filter.limit) + 1,
-                    )
-                    .await?;
-                    Ok(())
-                }
-            })
-            .await?,
-        )
-    } else {
-        None
-    };
-    report("SQL ceiling, random pages    ", sql_random.as_ref());
+        drive(args.concurrency, phase, None, move |_| {
+            let (pool, filter, at) = (pool.clone(), filter.clone(), random_at());
+            async move {
+                let n = i64::from(filter.limit) + 1;
+                crate::federation::verbs::read::tasks_query(&pool, &filter, (at, Uuid::max()), n).await?;
+                Ok(())
+            }
+        })
+    })
+    .await?;
     // The ceiling's query behind the same mTLS connections and HTTP server, with no gateway work
     // at all: the most any list verb could reach on this machine.
-    let bare = if want(Phase::Bare) {
+    let bare = measure("SQL behind mTLS, no gateway  ", want(Phase::Bare), || {
         let client = client.clone();
-        Some(
-            drive(args.concurrency, phase, None, move |worker| {
-                let client = client.clone();
-                let at = oldest + chrono::Duration::microseconds(rand::rng().random_range(0..span));
-                async move { client.request(worker, Method::POST, "/bench/sql", at.timestamp_micros().to_string()).await }
-            })
-            .await?,
-        )
-    } else {
-        None
-    };
-    report("SQL behind mTLS, no gateway  ", bare.as_ref());
+        drive(args.concurrency, phase, None, move |worker| {
+            let (client, at) = (client.clone(), random_at());
+            async move { client.request(worker, Method::POST, "/bench/sql", at.timestamp_micros().to_string()).await }
+        })
+    })
+    .await?;
     // The transport alone: the same client and connections, a route with no database work.
-    let floor = if want(Phase::Healthz) {
+    measure("mTLS round trip, no database ", want(Phase::Healthz), || {
         let client = client.clone();
-        Some(
-            drive(args.concurrency, phase, None, move |worker| {
-                let client = client.clone();
-                async move { client.request(worker, Method::GET, "/healthz", String::new()).await }
-            })
-            .await?,
-        )
-    } else {
-        None
-    };
-    report("mTLS round trip, no database ", floor.as_ref());
-    let half = match &random {
-        Some(random) if want(Phase::Half) => {
-            Some(http(Box::new(random_cursor), Some(random.throughput() / 2.0)).await?)
-        }
-        _ => None,
-    };
-    report("list at half load (random)   ", half.as_ref());
+        drive(args.concurrency, phase, None, move |worker| {
+            let client = client.clone();
+            async move { client.request(worker, Method::GET, "/healthz", String::new()).await }
+        })
+    })
+    .await?;
+    let half_rate = random.as_ref().map(|r| r.throughput() / 2.0);
+    measure("list at half load (random)   ", want(Phase::Half), || http(Box::new(random_cursor), half_rate)).await?;
 
     if let (Some(bare), Some(sql_random)) = (&bare, &sql_random) {
         println!(
@@ -345,10 +314,17 @@ async fn run_on(config: &Config, pool: &sqlx::PgPool, args: &ListBench) -> anyho
     Ok(())
 }
 
-fn report(label: &str, figures: Option<&Figures>) {
-    if let Some(figures) = figures {
-        println!("{label} {figures}");
+/// Runs one phase when it is wanted, and prints its figures under `label`.
+async fn measure<Fut>(label: &str, wanted: bool, run: impl FnOnce() -> Fut) -> anyhow::Result<Option<Figures>>
+where
+    Fut: std::future::Future<Output = anyhow::Result<Figures>>,
+{
+    if !wanted {
+        return Ok(None);
     }
+    let figures = run().await?;
+    println!("{label} {figures}");
+    Ok(Some(figures))
 }
 
 /// `POST /bench/sql` (body: a timestamp in microseconds), served only by the bench's own server
