@@ -48,6 +48,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
 
     crate::http::metrics::install();
+    let limits = connection_limits(&config);
     // Probe Valkey before Postgres: both are capped at 5 s, and a configured Valkey that is down
     // stops start-up rather than being replaced by in-process state.
     let valkey = connect_valkey(&config).await?;
@@ -56,7 +57,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         // An orphan adopted after a crash is ours to stop now.
         pg.take_ownership();
     }
-    let result = run(&config, &db.pool, valkey.clone()).await;
+    let result = run(&config, &db.pool, valkey.clone(), limits).await;
     db.close().await;
     if let Some(v) = valkey {
         v.close().await;
@@ -83,7 +84,47 @@ pub async fn connect_valkey(config: &Config) -> anyhow::Result<Option<crate::ser
     }
 }
 
-async fn run(config: &Config, pool: &PgPool, valkey: Option<crate::services::valkey::Valkey>) -> anyhow::Result<()> {
+/// Raises the descriptor limit and sizes the connection cap below it (see `tls`).
+pub fn connection_limits(config: &Config) -> crate::tls::ConnectionLimits {
+    use crate::services::os;
+    let settings = &config.connections;
+    let capacity = match os::raise_descriptor_limit() {
+        Ok((soft, hard)) => {
+            let capacity = os::connection_capacity(soft);
+            tracing::info!(soft, hard, capacity, "open descriptor limit");
+            capacity
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the descriptor limit; capping connections at 1024");
+            1024
+        }
+    };
+    let max_connections = match settings.max_connections {
+        Some(wanted) if wanted > capacity => {
+            tracing::warn!(
+                wanted,
+                capacity,
+                "TESSERA_MAX_CONNECTIONS is above what the descriptor limit allows; using the limit"
+            );
+            capacity
+        }
+        Some(wanted) => wanted,
+        None => capacity,
+    };
+    crate::tls::ConnectionLimits {
+        handshake_timeout: settings.handshake_timeout,
+        idle_timeout: settings.idle_timeout,
+        header_read_timeout: settings.header_read_timeout,
+        max_connections,
+    }
+}
+
+async fn run(
+    config: &Config,
+    pool: &PgPool,
+    valkey: Option<crate::services::valkey::Valkey>,
+    limits: crate::tls::ConnectionLimits,
+) -> anyhow::Result<()> {
     crate::admin::sessions::SignInThrottle::init_from_env()?;
     crate::store::migrate(pool).await?;
     let sealing = SealingKey::load(config.sealing_key.as_ref(), &config.data_dir)?;
@@ -139,16 +180,8 @@ async fn run(config: &Config, pool: &PgPool, valkey: Option<crate::services::val
         .with_context(|| format!("TESSERA_LISTEN: cannot bind {}", config.listen))?;
     let local = listener.local_addr()?;
     tracing::info!(listen = %local, tier = config.tier.as_str(), data_dir = %config.data_dir.display(), "tessera is serving");
-    crate::tls::serve(
-        listener,
-        tls,
-        app,
-        config.federation.oids.clone(),
-        config.handshake_timeout,
-        signal,
-        Duration::from_secs(10),
-    )
-    .await;
+    crate::tls::serve(listener, tls, app, config.federation.oids.clone(), limits, signal, Duration::from_secs(10))
+        .await;
     let _ = background.await;
     // Dropping the last sink lets the audit writer flush what is buffered and stop.
     let peer_reads = state.peer_reads.clone();

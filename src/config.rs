@@ -121,6 +121,27 @@ pub struct GatewayArgs {
     /// `ratePerMinute` overrides it [default: 600].
     #[arg(long, env = "TESSERA_FEDERATION_RATE_PER_MINUTE", global = true)]
     pub federation_rate_per_minute: Option<u32>,
+
+    /// Seconds a client has to finish the TLS handshake [default: 10].
+    #[arg(long, env = "TESSERA_HANDSHAKE_TIMEOUT_SECS", global = true)]
+    pub handshake_timeout_secs: Option<u64>,
+
+    /// Seconds a connection may stay open with no request in flight [default: 60].
+    #[arg(long, env = "TESSERA_IDLE_TIMEOUT_SECS", global = true)]
+    pub idle_timeout_secs: Option<u64>,
+
+    /// Seconds a client has to send a request's headers (HTTP/1.1) [default: 30].
+    #[arg(long, env = "TESSERA_HEADER_READ_TIMEOUT_SECS", global = true)]
+    pub header_read_timeout_secs: Option<u64>,
+
+    /// Most client connections open at once [default: the descriptor limit minus 128, kept for
+    /// Postgres, Valkey and the queue].
+    #[arg(long, env = "TESSERA_MAX_CONNECTIONS", global = true)]
+    pub max_connections: Option<usize>,
+
+    /// Enrollment redemptions allowed per client address and minute [default: 30].
+    #[arg(long, env = "TESSERA_ENROLLMENT_RATE_PER_MINUTE", global = true)]
+    pub enrollment_rate_per_minute: Option<u32>,
 }
 
 /// The subset of settings the TOML file may hold. Unknown keys are an error, so a typo is caught.
@@ -143,6 +164,11 @@ struct FileConfig {
     federation_grant_oid: Option<String>,
     federation_subject_oid: Option<String>,
     federation_rate_per_minute: Option<u32>,
+    handshake_timeout_secs: Option<u64>,
+    idle_timeout_secs: Option<u64>,
+    header_read_timeout_secs: Option<u64>,
+    max_connections: Option<usize>,
+    enrollment_rate_per_minute: Option<u32>,
 }
 
 /// A configuration error that names the setting at fault.
@@ -214,8 +240,20 @@ pub struct Config {
     pub tls_cert: Option<(PathBuf, PathBuf)>,
     pub public_url: String,
     pub log_format: LogFormat,
-    pub handshake_timeout: Duration,
+    pub connections: ConnectionSettings,
     pub federation: FederationSettings,
+}
+
+/// Timeouts and limits of client connections (README, "Security").
+#[derive(Debug, Clone)]
+pub struct ConnectionSettings {
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub header_read_timeout: Duration,
+    /// `None`: derived from the process's descriptor limit at start.
+    pub max_connections: Option<usize>,
+    /// Enrollment redemptions per client address and minute.
+    pub enrollment_rate_per_minute: u32,
 }
 
 /// Settings of the federation trust layer.
@@ -351,6 +389,39 @@ impl GatewayArgs {
         if !(1..=1_000_000).contains(&rate_per_minute) {
             return Err(bad("TESSERA_FEDERATION_RATE_PER_MINUTE", "must be between 1 and 1000000"));
         }
+        let secs = |value: Option<u64>, default: u64, key: &'static str, max: u64| match value.unwrap_or(default) {
+            n if (1..=max).contains(&n) => Ok(Duration::from_secs(n)),
+            _ => Err(bad(key, format!("must be between 1 and {max} seconds"))),
+        };
+        let connections = ConnectionSettings {
+            handshake_timeout: secs(
+                self.handshake_timeout_secs.or(file.handshake_timeout_secs),
+                10,
+                "TESSERA_HANDSHAKE_TIMEOUT_SECS",
+                300,
+            )?,
+            idle_timeout: secs(
+                self.idle_timeout_secs.or(file.idle_timeout_secs),
+                60,
+                "TESSERA_IDLE_TIMEOUT_SECS",
+                3600,
+            )?,
+            header_read_timeout: secs(
+                self.header_read_timeout_secs.or(file.header_read_timeout_secs),
+                30,
+                "TESSERA_HEADER_READ_TIMEOUT_SECS",
+                300,
+            )?,
+            max_connections: match self.max_connections.or(file.max_connections) {
+                Some(0) => return Err(bad("TESSERA_MAX_CONNECTIONS", "must be at least 1")),
+                other => other,
+            },
+            enrollment_rate_per_minute: match self.enrollment_rate_per_minute.or(file.enrollment_rate_per_minute) {
+                None => 30,
+                Some(n) if (1..=100_000).contains(&n) => n,
+                Some(_) => return Err(bad("TESSERA_ENROLLMENT_RATE_PER_MINUTE", "must be between 1 and 100000")),
+            },
+        };
         if oids.grant == oids.subject {
             return Err(bad("TESSERA_FEDERATION_SUBJECT_OID", "must differ from the grant OID"));
         }
@@ -367,7 +438,7 @@ impl GatewayArgs {
             tls_cert,
             public_url,
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
-            handshake_timeout: Duration::from_secs(10),
+            connections,
             federation: FederationSettings {
                 oids,
                 cert_ttl: Duration::from_secs(cert_ttl),

@@ -541,12 +541,13 @@ async fn the_guard_checks_identity_serial_and_subject() {
             .fetch_one(&pair.b_db.pool)
             .await
             .unwrap();
-        if n >= 3 {
+        if n >= 4 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(n >= 3, "denials audited: {n}");
+    // No certificate, no OIDs, a foreign subject, a superseded serial.
+    assert!(n >= 4, "denials audited: {n}");
     let reasons: Vec<String> = sqlx::query_scalar("select reason from federation_audit_log where outcome = 'denied'")
         .fetch_all(&pair.b_db.pool)
         .await
@@ -1367,4 +1368,411 @@ async fn bench_list_runs_every_phase_over_mtls_and_refuses_a_database_with_data(
     assert!(stderr.contains("already holds data"), "{stderr}");
     let tasks: i64 = sqlx::query_scalar("select count(*) from tasks").fetch_one(&other.pool).await.unwrap();
     assert_eq!(tasks, 0);
+}
+
+// --- Hostile peers (the attack run of the security issue) -------------------------------------
+
+/// A second peer of B with its own tasks grant, enrolled by redeeming a CSR straight at B:
+/// (grant id, mTLS identity PEM).
+async fn second_peer(pair: &Pair, name: &str) -> (Uuid, String) {
+    let (status, peer) = pair.admin_post("/api/admin/peers", json!({"name": name})).await;
+    assert_eq!(status, 201, "{peer}");
+    let (status, g) = pair
+        .admin_post(
+            "/api/admin/grants",
+            json!({"peerId": peer["id"], "subjectUserId": pair.subject, "scope": {"resources": ["tasks"]}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{g}");
+    let grant: Uuid = g["id"].as_str().unwrap().parse().unwrap();
+    let (token, _) = pair.enrollment_url(grant).await;
+    let key = p256();
+    let (status, issued) = redeem(&pair.b, &token, &csr(&key, rcgen::CertificateParams::default())).await;
+    assert_eq!(status, 200, "{issued}");
+    (grant, format!("{}{}", key.serialize_pem(), issued["certPem"].as_str().unwrap()))
+}
+
+async fn audit_rows(pool: &sqlx::PgPool, grant: Uuid) -> Vec<(String, Option<String>, Option<String>)> {
+    sqlx::query_as(
+        "select outcome, deny_code, resource from federation_audit_log
+          where grant_id = $1 and outcome <> 'enrolled' order by id",
+    )
+    .bind(grant)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_poisoned_request_never_erases_other_audit_rows() {
+    let pair = Pair::new(vec![]).await;
+    let grant_a = pair.enroll().await;
+    let a = pair.mtls_client(&pair.a_identity().await.0);
+    let (grant_c, identity_c) = second_peer(&pair, "gateway-c").await;
+    let c = pair.mtls_client(identity_c.as_bytes());
+    let list = |client: &reqwest::Client, path: &str| client.post(pair.b.url(path)).json(&json!({})).send();
+
+    // Within one batch window: legitimate reads of two peers with NUL-carrying paths between them.
+    assert_eq!(list(&a, "/api/federation/v1/list/tasks").await.unwrap().status(), 200);
+    let poisoned = list(&a, "/api/federation/v1/list/tasks%00").await.unwrap();
+    assert_eq!(poisoned.status(), 400);
+    assert_eq!(poisoned.json::<Value>().await.unwrap()["error"]["code"], "invalid_request");
+    let poisoned = list(&c, &format!("/api/federation/v1/get/tasks%00/{}", Uuid::now_v7())).await.unwrap();
+    assert_eq!(poisoned.status(), 400);
+    assert_eq!(list(&c, "/api/federation/v1/list/tasks").await.unwrap().status(), 200);
+    assert_eq!(list(&a, "/api/federation/v1/list/tasks%00%00%00").await.unwrap().status(), 400);
+
+    let sql = "select count(*) from federation_audit_log where grant_id = $1 and outcome <> 'enrolled'";
+    assert_eq!(wait_for_count(&pair.b_db.pool, sql, grant_a, 3).await, 3);
+    assert_eq!(wait_for_count(&pair.b_db.pool, sql, grant_c, 2).await, 2);
+    let rows_a = audit_rows(&pair.b_db.pool, grant_a).await;
+    assert_eq!(rows_a[0], ("allowed".into(), None, Some("tasks".into())), "{rows_a:?}");
+    for (outcome, deny_code, resource) in &rows_a[1..] {
+        assert_eq!((outcome.as_str(), deny_code.as_deref()), ("denied", Some("invalid_resource")), "{rows_a:?}");
+        assert_eq!(resource, &None, "an unknown resource name is never stored as the resource");
+    }
+    let rows_c = audit_rows(&pair.b_db.pool, grant_c).await;
+    assert_eq!(rows_c.iter().filter(|r| r.0 == "allowed").count(), 1, "{rows_c:?}");
+    assert_eq!(rows_c.iter().filter(|r| r.0 == "denied" && r.2.is_none()).count(), 1, "{rows_c:?}");
+    let gaps: i64 = sqlx::query_scalar("select count(*) from federation_audit_log where outcome = 'gap'")
+        .fetch_one(&pair.b_db.pool)
+        .await
+        .unwrap();
+    assert_eq!(gaps, 0, "nothing was lost");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_audit_batch_is_retried_row_by_row_and_the_loss_names_its_cause() {
+    use tessera::federation::audit::{AuditEntry, AuditSink};
+    let db = common::TestDb::new().await;
+    // A row the database refuses for a reason no input cleaning can foresee.
+    sqlx::query("alter table federation_audit_log add constraint no_poison check (reason is distinct from 'poison')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let (sink, writer) = AuditSink::start(db.pool.clone());
+    let row = |reason: &str| AuditEntry {
+        verb: "list",
+        outcome: "allowed",
+        reason: Some(reason.to_string()),
+        ..Default::default()
+    };
+    sink.submit(&row("first"));
+    sink.submit(&row("poison"));
+    sink.submit(&row("nul \u{0} inside"));
+    sink.submit(&AuditEntry { verb: "list\u{0}", outcome: "denied", resource: Some("tasks\u{0}"), ..row("last") });
+    drop(sink);
+    writer.await.unwrap();
+    let rows: Vec<(String, Option<String>)> =
+        sqlx::query_as("select outcome, reason from federation_audit_log order by id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    let reasons: Vec<&str> = rows.iter().filter_map(|r| r.1.as_deref()).collect();
+    assert!(reasons.contains(&"first") && reasons.contains(&"last"), "{rows:?}");
+    assert!(reasons.contains(&"nul \u{FFFD} inside"), "a NUL is replaced, not refused: {rows:?}");
+    assert!(!reasons.contains(&"poison"));
+    let gap = rows.iter().find(|r| r.0 == "gap").expect("the refused row is recorded as a gap");
+    let cause = gap.1.as_deref().unwrap();
+    assert!(cause.starts_with("1 audit rows lost") && cause.contains("no_poison"), "the true cause: {cause}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_the_current_certificate_may_renew() {
+    let pair = Pair::new(vec![("TESSERA_FEDERATION_RENEW_GRACE_SECS".into(), "30".into())]).await;
+    // A receiver subscribed to the event (never reached; the delivery row is what counts).
+    let hook = json!({"url": "http://192.0.2.1:9/hook", "secret": "s".repeat(32), "events": ["peer.superseded_certificate_used"]});
+    let (status, body) = pair.admin_post("/api/admin/webhooks", hook).await;
+    assert_eq!(status, 201, "{body}");
+    let grant = pair.enroll().await;
+    let s1 = pair.mtls_client(&pair.a_identity().await.0);
+    let renew = |client: &reqwest::Client| {
+        let body = json!({"csrPem": csr(&p256(), rcgen::CertificateParams::default())});
+        let req = client.post(pair.b.url("/api/federation/v1/renew")).json(&body);
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let new_key = p256();
+    let r = s1
+        .post(pair.b.url("/api/federation/v1/renew"))
+        .json(&json!({"csrPem": csr(&new_key, rcgen::CertificateParams::default())}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let issued: Value = r.json().await.unwrap();
+    let s2 = pair.mtls_client(format!("{}{}", new_key.serialize_pem(), issued["certPem"].as_str().unwrap()).as_bytes());
+
+    // The superseded serial renews: refused, generic on the wire, and announced.
+    let (status, body) = renew(&s1).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["message"], "Access denied");
+    let caps = |c: &reqwest::Client| c.get(pair.b.url("/api/federation/v1/capabilities")).send();
+    assert_eq!(caps(&s1).await.unwrap().status(), 200, "the grace serial still reads");
+    let current: String = sqlx::query_scalar("select current_serial from federation_peers where id = $1")
+        .bind(pair.peer_id)
+        .fetch_one(&pair.b_db.pool)
+        .await
+        .unwrap();
+    assert_eq!(current, leaf_identity(issued["certPem"].as_str().unwrap()).serial, "s2 stays current");
+    let denied: Vec<(Option<String>, Option<String>)> = sqlx::query_as(
+        "select deny_code, reason from federation_audit_log where grant_id = $1 and verb = 'renew' and outcome = 'denied'",
+    )
+    .bind(grant)
+    .fetch_all(&pair.b_db.pool)
+    .await
+    .unwrap();
+    assert_eq!(denied.len(), 1, "{denied:?}");
+    assert_eq!(denied[0].0.as_deref(), Some("superseded_certificate"));
+    let events: i64 = sqlx::query_scalar(
+        "select count(*) from outbox.deliveries where event = 'peer.superseded_certificate_used' and payload->>'grantId' = $1::text",
+    )
+    .bind(grant.to_string())
+    .fetch_one(&pair.b_db.pool)
+    .await
+    .unwrap();
+    assert_eq!(events, 1, "the outbox announces a copied key");
+
+    // The current serial renews as before.
+    let (status, body) = renew(&s2).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// A client certificate for `grant` signed by B's CA, valid for `secs` from now, made the
+/// peer's current serial: (identity PEM, cert PEM).
+async fn short_lived_identity(pair: &Pair, grant: Uuid, secs: i64) -> (String, String) {
+    let ca = pair.b_ca();
+    let key = p256();
+    let mut params = rcgen::CertificateParams::default();
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    params.not_before = time::OffsetDateTime::now_utc() - time::Duration::minutes(1);
+    params.not_after = time::OffsetDateTime::now_utc() + time::Duration::seconds(secs);
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(Uuid::new_v4().as_bytes()));
+    for (arc, value) in [(1u64, grant), (2, pair.subject)] {
+        let mut content = vec![0x0c, 36];
+        content.extend_from_slice(value.to_string().as_bytes());
+        params
+            .custom_extensions
+            .push(rcgen::CustomExtension::from_oid_content(&[1, 3, 6, 1, 4, 1, 99999, arc], content));
+    }
+    let cert = params.signed_by(&key, ca.issuer()).unwrap();
+    sqlx::query("update federation_peers set current_serial = $2 where id = $1")
+        .bind(pair.peer_id)
+        .bind(leaf_identity(&cert.pem()).serial)
+        .execute(&pair.b_db.pool)
+        .await
+        .unwrap();
+    (format!("{}{}", key.serialize_pem(), cert.pem()), cert.pem())
+}
+
+/// Like [`raw_get`], but a refused handshake or a closed connection is `None`.
+async fn try_raw_get(
+    port: u16,
+    config: std::sync::Arc<rustls::ClientConfig>,
+    path: &str,
+) -> Option<(u16, rustls::HandshakeKind)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.ok()?;
+    let kind = tls.get_ref().1.handshake_kind()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    tls.write_all(request.as_bytes()).await.ok()?;
+    let mut response = Vec::new();
+    let _ = tls.read_to_end(&mut response).await;
+    let text = String::from_utf8_lossy(&response);
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok())?;
+    Some((status, kind))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_certificate_is_refused_on_a_kept_alive_connection_and_on_resumption() {
+    use rustls_pki_types::pem::PemObject;
+    let pair = Pair::new(vec![]).await;
+    let grant = pair.enroll().await;
+    let (identity, cert_pem) = short_lived_identity(&pair, grant, 4).await;
+    let kept_alive = pair.mtls_client(identity.as_bytes());
+    let caps = |c: &reqwest::Client| c.get(pair.b.url("/api/federation/v1/capabilities")).send();
+    assert_eq!(caps(&kept_alive).await.unwrap().status(), 200);
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls_pki_types::CertificateDer::from_pem_slice(&pair.b.ca_pem).unwrap()).unwrap();
+    let chain = vec![rustls_pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap()];
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(identity.as_bytes()).unwrap();
+    let config = std::sync::Arc::new(
+        rustls::ClientConfig::builder().with_root_certificates(roots).with_client_auth_cert(chain, key).unwrap(),
+    );
+    let path = "/api/federation/v1/capabilities";
+    assert_eq!(try_raw_get(pair.b.port, config.clone(), path).await, Some((200, rustls::HandshakeKind::Full)));
+    assert_eq!(try_raw_get(pair.b.port, config.clone(), path).await, Some((200, rustls::HandshakeKind::Resumed)));
+    assert_eq!(try_raw_get(pair.b.port, config.clone(), path).await, Some((200, rustls::HandshakeKind::Resumed)));
+
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // The same HTTP/2 connection, opened while the certificate was valid: refused per request.
+    let r = caps(&kept_alive).await.expect("the kept-alive connection is reused, not re-handshaken");
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "unauthorized");
+    // A resumption after notAfter is not honoured: the full handshake that follows refuses the
+    // expired certificate.
+    let resumed = try_raw_get(pair.b.port, config, path).await;
+    assert!(
+        resumed.is_none_or(|(status, kind)| status != 200 && kind != rustls::HandshakeKind::Resumed),
+        "{resumed:?}"
+    );
+
+    let sql = "select count(*) from federation_audit_log where grant_id = $1 and deny_code = 'certificate_expired'";
+    assert_eq!(wait_for_count(&pair.b_db.pool, sql, grant, 1).await, 1, "the refusal is audited as denied");
+    let allowed_after: i64 = sqlx::query_scalar(
+        "select count(*) from federation_audit_log where grant_id = $1 and outcome = 'allowed' and at > now() - interval '4 seconds'",
+    )
+    .bind(grant)
+    .fetch_one(&pair.b_db.pool)
+    .await
+    .unwrap();
+    assert_eq!(allowed_after, 0, "nothing was allowed after the expiry");
+    let metrics = pair.b.client.get(pair.b.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains("tessera_tls_handshake_failures_total{reason=\"certificate_expired\"}"),
+        "the refused handshake is counted by reason"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_federation_request_leaves_exactly_one_audit_row() {
+    let pair = Pair::new(vec![]).await;
+    let grant = pair.enroll().await;
+    let a = pair.mtls_client(&pair.a_identity().await.0);
+    let post = |c: &reqwest::Client, path: &str, body: Value| c.post(pair.b.url(path)).json(&body).send();
+    let statuses = [
+        post(&a, "/api/federation/v1/list/tasks", json!({"cursor": "bm90LWEtY3Vyc29y"})).await.unwrap().status(),
+        post(&a, "/api/federation/v1/list/tasks", json!({"limit": "many"})).await.unwrap().status(),
+        post(&a, "/api/federation/v1/list/tasks", json!({})).await.unwrap().status(),
+        a.get(pair.b.url("/api/federation/v1/capabilities")).send().await.unwrap().status(),
+        post(&a, "/api/federation/v1/nope", json!({})).await.unwrap().status(),
+        a.get(pair.b.url("/api/federation/v1/list/tasks")).send().await.unwrap().status(),
+        a.post(pair.b.url("/api/federation/v1/list/tasks")).body("{").send().await.unwrap().status().to_owned(),
+    ];
+    let statuses: Vec<u16> = statuses.iter().map(|s| s.as_u16()).collect();
+    assert_eq!(statuses, [400, 400, 200, 200, 404, 405, 400]);
+    let sql = "select count(*) from federation_audit_log where grant_id = $1 and outcome <> 'enrolled'";
+    assert_eq!(wait_for_count(&pair.b_db.pool, sql, grant, 7).await, 7);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rows = audit_rows(&pair.b_db.pool, grant).await;
+    assert_eq!(rows.len(), 7, "exactly one row each: {rows:?}");
+    let codes: Vec<Option<&str>> = rows.iter().map(|r| r.1.as_deref()).collect();
+    assert_eq!(
+        codes,
+        [
+            Some("invalid_cursor"),
+            Some("invalid_limit"),
+            None,
+            None,
+            Some("unknown_route"),
+            Some("method_not_allowed"),
+            Some("invalid_request")
+        ],
+        "{rows:?}"
+    );
+
+    // Without a certificate there is no grant, but still one row.
+    let before: i64 =
+        sqlx::query_scalar("select count(*) from federation_audit_log where deny_code = 'no_certificate'")
+            .fetch_one(&pair.b_db.pool)
+            .await
+            .unwrap();
+    assert_eq!(before, 0);
+    let r = pair.b.client.get(pair.b.url("/api/federation/v1/capabilities")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let mut n = 0i64;
+    for _ in 0..50 {
+        n = sqlx::query_scalar("select count(*) from federation_audit_log where deny_code = 'no_certificate'")
+            .fetch_one(&pair.b_db.pool)
+            .await
+            .unwrap();
+        if n > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(n, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn handshake_failures_are_counted_and_logged_by_reason() {
+    let pair = Pair::new(vec![]).await;
+    // A client certificate from a CA the gateway does not trust.
+    let rogue_ca_key = p256();
+    let mut rogue_params = rcgen::CertificateParams::default();
+    rogue_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let rogue_ca = rcgen::Issuer::new(rogue_params, rogue_ca_key);
+    let leaf_key = p256();
+    let mut leaf = rcgen::CertificateParams::default();
+    leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let rogue = leaf.signed_by(&leaf_key, &rogue_ca).unwrap();
+    let rogue_identity = format!("{}{}", leaf_key.serialize_pem(), rogue.pem());
+    for _ in 0..3 {
+        let r = pair.mtls_client(rogue_identity.as_bytes()).get(pair.b.url("/healthz")).send().await;
+        assert!(r.is_err());
+    }
+    // Not TLS at all.
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", pair.b.port)).await.unwrap();
+        tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let metrics = pair.b.client.get(pair.b.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("tessera_tls_handshake_failures_total{reason=\"untrusted_certificate\"}"))
+        .unwrap_or_else(|| panic!("no untrusted_certificate series:\n{metrics}"));
+    assert!(line.ends_with(" 3"), "{line}");
+    assert!(metrics.contains("tessera_tls_handshake_failures_total{reason=\"not_tls\"}"), "{metrics}");
+    let log = pair.b.log();
+    let logged =
+        log.lines().filter(|l| l.contains("TLS handshake failed") && l.contains("untrusted_certificate")).count();
+    assert_eq!(logged, 1, "logged at info with the peer address, once a second per reason:\n{log}");
+    assert!(log.lines().any(|l| l.contains("TLS handshake failed") && l.contains("127.0.0.1:")));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_headers_get_431_in_the_envelope() {
+    let pair = Pair::new(vec![]).await;
+    let huge = "x".repeat(2 << 20);
+    let h1 = reqwest::Client::builder()
+        .tls_backend_rustls()
+        .tls_certs_only([reqwest::Certificate::from_pem(&pair.b.ca_pem).unwrap()])
+        .http1_only()
+        .build()
+        .unwrap();
+    for client in [&h1, &pair.b.client] {
+        let r = client.get(pair.b.url("/healthz")).header("x-big", &huge).send().await.unwrap();
+        assert_eq!(r.status(), 431);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "invalid_request");
+        assert!(body["error"]["message"].as_str().unwrap().contains("too large"), "{body}");
+    }
+    assert_eq!(h1.get(pair.b.url("/healthz")).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn enrollment_redemptions_are_limited_per_address_and_unknown_tokens_counted() {
+    let pair = Pair::new(vec![("TESSERA_ENROLLMENT_RATE_PER_MINUTE".into(), "3".into())]).await;
+    let body = csr(&p256(), rcgen::CertificateParams::default());
+    let mut statuses = Vec::new();
+    for i in 0..5 {
+        statuses.push(redeem(&pair.b, &format!("{i:064}"), &body).await.0);
+    }
+    assert_eq!(statuses, [404, 404, 404, 429, 429]);
+    // A good token from the same address waits for the window too: the budget is per address.
+    let grant = pair.grant(json!({"resources": ["tasks"]})).await;
+    let (token, _) = pair.enrollment_url(grant).await;
+    let (status, body) = redeem(&pair.b, &token, &body).await;
+    assert_eq!(status, 429, "{body}");
+    let metrics = pair.b.client.get(pair.b.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.lines().any(|l| l == "tessera_enrollment_unknown_tokens_total 3"), "{metrics}");
 }

@@ -171,7 +171,7 @@ async fn run_on(config: &Config, pool: &sqlx::PgPool, args: &ListBench) -> anyho
         tls,
         crate::http::router(state).merge(sql_behind_tls_route(peer_reads.clone(), filter.clone())),
         config.federation.oids.clone(),
-        Duration::from_secs(10),
+        crate::app::connection_limits(config),
         async {
             let _ = stop_rx.await;
         },

@@ -7,6 +7,19 @@
 //! path never waits on an audit commit, the writer commits a few times a second under load, and
 //! rows land within a second. If the buffer is ever full, the loss is counted and
 //! recorded as a `gap` row with the number of rows dropped; it is never silent.
+//!
+//! **No input makes a row unwritable.** Every text is cleaned on its way in ([`clean`]): NUL
+//! bytes (which Postgres `text` refuses) become U+FFFD and each field has a length bound, so a
+//! peer cannot poison a batch with a crafted path or body. Should a batch still fail on a data
+//! error (a constraint added later, say), it is retried row by row: one bad row never takes the
+//! others with it, and a row that still fails becomes a `gap` row that names the database's
+//! cause. Only an unreachable database loses a whole batch, and that too is recorded as a gap
+//! with its cause once the database is back.
+//!
+//! **Exactly one row per federation request.** [`one_row_per_request`] wraps every route under
+//! `/api/federation/v1/`: the guard and the verbs write the specific row, and a request that
+//! ends without one (a 401 without a certificate, a malformed body, an unknown route,
+//! `capabilities`) gets a row derived from its status, so probing is never invisible.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +31,9 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 const BUFFER: usize = 16_384;
+/// Length bounds, in characters, of the texts an audit row stores.
+const MAX_SHORT: usize = 64;
+const MAX_REASON: usize = 1_000;
 const BATCH: usize = 512;
 const FLUSH_EVERY: Duration = Duration::from_millis(200);
 
@@ -45,23 +61,25 @@ pub struct AuditEntry<'a> {
 /// # Errors
 /// Database errors.
 pub async fn record(db: impl PgExecutor<'_>, e: &AuditEntry<'_>) -> Result<(), sqlx::Error> {
+    let row = Pending::from_entry(e);
+    let _ = REQUEST_AUDITED.try_with(|audited| audited.set(true));
     sqlx::query(
         "insert into federation_audit_log
             (grant_id, peer_id, subject_user_id, verb, resource, query_hash, outcome, deny_code, reason, rows, bytes_out, latency_ms)
          values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
     )
-    .bind(e.grant_id)
-    .bind(e.peer_id)
-    .bind(e.subject_user_id)
-    .bind(e.verb)
-    .bind(e.resource)
-    .bind(&e.query_hash)
-    .bind(e.outcome)
-    .bind(e.deny_code)
-    .bind(&e.reason)
-    .bind(e.rows)
-    .bind(e.bytes_out)
-    .bind(e.latency_ms)
+    .bind(row.grant_id)
+    .bind(row.peer_id)
+    .bind(row.subject_user_id)
+    .bind(row.verb)
+    .bind(row.resource)
+    .bind(row.query_hash)
+    .bind(row.outcome)
+    .bind(row.deny_code)
+    .bind(row.reason)
+    .bind(row.rows)
+    .bind(row.bytes_out)
+    .bind(row.latency_ms)
     .execute(db)
     .await?;
     Ok(())
@@ -85,6 +103,57 @@ struct Pending {
     latency_ms: Option<f64>,
 }
 
+/// Makes `text` storable: NUL bytes become U+FFFD and the text is cut to `max` characters
+/// (marked with `…`). Rust strings are valid UTF-8 already; bytes that were not (a lossy
+/// decode upstream) arrive as U+FFFD.
+pub fn clean(text: &str, max: usize) -> String {
+    let mut out: String = text.chars().take(max).map(|c| if c == '\0' { '\u{FFFD}' } else { c }).collect();
+    if text.chars().nth(max).is_some() {
+        out.pop();
+        out.push('…');
+    }
+    out
+}
+
+impl Pending {
+    fn from_entry(e: &AuditEntry<'_>) -> Self {
+        let short = |s: &str| clean(s, MAX_SHORT);
+        Self {
+            at: Utc::now(),
+            grant_id: e.grant_id,
+            peer_id: e.peer_id,
+            subject_user_id: e.subject_user_id,
+            verb: short(e.verb),
+            resource: e.resource.map(short),
+            query_hash: e.query_hash.as_deref().map(|q| clean(q, 2 * MAX_SHORT)),
+            outcome: short(e.outcome),
+            deny_code: e.deny_code.map(short),
+            reason: e.reason.as_deref().map(|r| clean(r, MAX_REASON)),
+            rows: e.rows,
+            bytes_out: e.bytes_out,
+            latency_ms: e.latency_ms,
+        }
+    }
+
+    fn gap(lost: u64, cause: &str) -> Self {
+        Self {
+            at: Utc::now(),
+            grant_id: None,
+            peer_id: None,
+            subject_user_id: None,
+            verb: "audit".into(),
+            resource: None,
+            query_hash: None,
+            outcome: "gap".into(),
+            deny_code: None,
+            reason: Some(clean(&format!("{lost} audit rows lost: {cause}"), MAX_REASON)),
+            rows: i32::try_from(lost).ok(),
+            bytes_out: None,
+            latency_ms: None,
+        }
+    }
+}
+
 /// The per-request audit writer (cheap to clone).
 #[derive(Debug, Clone)]
 pub struct AuditSink {
@@ -104,22 +173,8 @@ impl AuditSink {
 
     /// Queues a row without waiting. A full buffer drops the row and counts it.
     pub fn submit(&self, e: &AuditEntry<'_>) {
-        let row = Pending {
-            at: Utc::now(),
-            grant_id: e.grant_id,
-            peer_id: e.peer_id,
-            subject_user_id: e.subject_user_id,
-            verb: e.verb.to_string(),
-            resource: e.resource.map(str::to_string),
-            query_hash: e.query_hash.clone(),
-            outcome: e.outcome.to_string(),
-            deny_code: e.deny_code.map(str::to_string),
-            reason: e.reason.clone(),
-            rows: e.rows,
-            bytes_out: e.bytes_out,
-            latency_ms: e.latency_ms,
-        };
-        if self.tx.try_send(row).is_err() {
+        let _ = REQUEST_AUDITED.try_with(|audited| audited.set(true));
+        if self.tx.try_send(Pending::from_entry(e)).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -127,6 +182,8 @@ impl AuditSink {
 
 async fn writer(pool: PgPool, mut rx: mpsc::Receiver<Pending>, dropped: Arc<AtomicU64>) {
     let mut batch = Vec::with_capacity(BATCH);
+    // Rows the last write could not store, and why: a gap row in the next batch.
+    let mut unwritten: Option<(u64, String)> = None;
     loop {
         let first = tokio::time::timeout(FLUSH_EVERY, rx.recv()).await;
         let mut closed = matches!(first, Ok(None));
@@ -148,33 +205,66 @@ async fn writer(pool: PgPool, mut rx: mpsc::Receiver<Pending>, dropped: Arc<Atom
         }
         let lost = dropped.swap(0, Ordering::Relaxed);
         if lost > 0 {
-            batch.push(Pending {
-                at: Utc::now(),
-                grant_id: None,
-                peer_id: None,
-                subject_user_id: None,
-                verb: "audit".into(),
-                resource: None,
-                query_hash: None,
-                outcome: "gap".into(),
-                deny_code: None,
-                reason: Some(format!("{lost} audit rows dropped: buffer full")),
-                rows: i32::try_from(lost).ok(),
-                bytes_out: None,
-                latency_ms: None,
-            });
+            batch.push(Pending::gap(lost, "buffer full"));
+        }
+        if let Some((n, cause)) = unwritten.take() {
+            batch.push(Pending::gap(n, &cause));
         }
         if !batch.is_empty() {
-            if let Err(e) = insert_batch(&pool, &batch).await {
-                tracing::error!(error = %e, rows = batch.len(), "could not write federation audit rows");
-                dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
-            }
+            unwritten = write(&pool, &batch).await;
             batch.clear();
+        }
+        // Record a loss at once; only if even that fails (no database) does it wait for the
+        // next batch.
+        if let Some((n, cause)) = unwritten.take()
+            && insert_batch(&pool, &[Pending::gap(n, &cause)]).await.is_err()
+        {
+            unwritten = Some((n, cause));
         }
         if closed {
             return;
         }
     }
+}
+
+/// Writes `rows` in one statement; on a data error, row by row. Returns how many rows could not
+/// be stored and the database's cause, for a gap row.
+async fn write(pool: &PgPool, rows: &[Pending]) -> Option<(u64, String)> {
+    let e = match insert_batch(pool, rows).await {
+        Ok(()) => return None,
+        Err(e) => e,
+    };
+    // A data error belongs to some row; anything else (no connection, a timeout) would fail
+    // each row alike, so retrying one by one would only multiply the wait.
+    if !matches!(e, sqlx::Error::Database(_)) || rows.len() == 1 {
+        tracing::error!(error = %e, rows = rows.len(), "could not write federation audit rows");
+        return Some((rows.len() as u64, e.to_string()));
+    }
+    let mut failed = 0u64;
+    let mut cause = String::new();
+    for row in rows {
+        if let Err(e) = insert_batch(pool, std::slice::from_ref(row)).await {
+            tracing::error!(error = %e, verb = %row.verb, outcome = %row.outcome, "could not write a federation audit row");
+            failed += 1;
+            cause = e.to_string();
+        }
+    }
+    (failed > 0).then_some((failed, cause))
+}
+
+tokio::task_local! {
+    /// Set while a federation request runs; [`AuditSink::submit`] marks it.
+    static REQUEST_AUDITED: std::cell::Cell<bool>;
+}
+
+/// Runs `fut` (one federation request) and reports whether it submitted an audit row.
+pub async fn tracking_audit<F: std::future::Future>(fut: F) -> (F::Output, bool) {
+    REQUEST_AUDITED
+        .scope(std::cell::Cell::new(false), async move {
+            let out = fut.await;
+            (out, REQUEST_AUDITED.with(std::cell::Cell::get))
+        })
+        .await
 }
 
 async fn insert_batch(pool: &PgPool, rows: &[Pending]) -> Result<(), sqlx::Error> {

@@ -134,12 +134,17 @@ pub async fn create_token(
         (status = 200, body = IssuedCertificate), (status = 400, body = ErrorEnvelope),
         (status = 404, description = "Unknown token", body = ErrorEnvelope),
         (status = 410, description = "Used, expired, lost race, or grant not pending", body = ErrorEnvelope),
+        (status = 429, description = "Too many redemptions from this address", body = ErrorEnvelope),
     ))]
 pub async fn redeem(
     State(state): State<AppState>,
+    connection: Option<axum::Extension<crate::tls::ConnectionInfo>>,
     Path(token): Path<String>,
     Json(body): Json<RedeemRequest>,
 ) -> Result<Json<IssuedCertificate>, ApiError> {
+    if let Some(axum::Extension(connection)) = connection {
+        redeem_budget(&state, connection.remote_addr.ip()).await?;
+    }
     let hash = Secret::from_plaintext(token).hash();
     let public_key = match verified_public_key(&body.csr_pem) {
         Ok(k) => k,
@@ -173,6 +178,7 @@ pub async fn redeem(
                 ApiError::gone("This enrollment token was already used or has expired")
             }
             None => {
+                metrics::counter!(UNKNOWN_TOKENS_METRIC).increment(1);
                 enrollment_failed(&state, "unknown_token", None).await;
                 ApiError::not_found("Unknown enrollment token")
             }
@@ -334,10 +340,20 @@ pub async fn renew(
 ) -> Result<IssuedCertificate, ApiError> {
     let public_key = verified_public_key(csr_pem).map_err(|e| ApiError::invalid_field("csrPem", e.to_string()))?;
     let mut tx = state.pool.begin().await?;
-    let peer_name: String = sqlx::query_scalar("select name from federation_peers where id = $1 for update")
-        .bind(ctx.peer_id)
-        .fetch_one(&mut *tx)
-        .await?;
+    let (peer_name, current_serial): (String, Option<String>) =
+        sqlx::query_as("select name, current_serial from federation_peers where id = $1 for update")
+            .bind(ctx.peer_id)
+            .fetch_one(&mut *tx)
+            .await?;
+    if current_serial.as_deref() != Some(ctx.serial.as_str()) {
+        // The guard let a superseded serial through because it is inside its renewal grace,
+        // which is for reads in flight, not for renewing: a renewal from it would hand whoever
+        // holds the old key a certificate that outlives the legitimate one. Someone renewing
+        // from an old serial most likely holds a copy of the key, so the event is announced.
+        refuse_superseded(&mut tx, ctx, &peer_name).await?;
+        tx.commit().await?;
+        return Err(ApiError::forbidden(super::guard::FORBIDDEN_MESSAGE));
+    }
     let holder = Holder {
         peer_id: ctx.peer_id,
         grant_id: ctx.grant_id,
@@ -360,6 +376,54 @@ pub async fn renew(
     .await?;
     tx.commit().await?;
     Ok(chain(state, cert))
+}
+
+/// Counter: redemptions of tokens that never existed (guessing shows here).
+pub const UNKNOWN_TOKENS_METRIC: &str = "tessera_enrollment_unknown_tokens_total";
+
+/// The redeem route needs no credential, so each client address gets a small budget of
+/// attempts per minute (`TESSERA_ENROLLMENT_RATE_PER_MINUTE`), counted in the shared limiter so
+/// replicas agree. A limiter that cannot count refuses (503), as the federation verbs do.
+async fn redeem_budget(state: &AppState, ip: std::net::IpAddr) -> Result<(), ApiError> {
+    let limit = state.config.connections.enrollment_rate_per_minute;
+    let key = format!("enroll:addr:{ip}");
+    match state.limiter.hit(&key, limit, std::time::Duration::from_secs(60)).await? {
+        crate::ratelimit::Decision::Allowed { .. } => Ok(()),
+        crate::ratelimit::Decision::Denied { retry_after } => {
+            tracing::info!(%ip, limit, "enrollment redemptions over the per-address budget");
+            let secs = u64::try_from(retry_after.as_millis().div_ceil(1000)).unwrap_or(60);
+            Err(ApiError::rate_limited(secs))
+        }
+    }
+}
+
+/// Audits a renewal attempt from a superseded certificate and announces it
+/// (`peer.superseded_certificate_used`), in the caller's transaction.
+async fn refuse_superseded(
+    conn: &mut PgConnection,
+    ctx: &super::FederationContext,
+    peer_name: &str,
+) -> Result<(), sqlx::Error> {
+    tracing::warn!(peer = peer_name, serial = %ctx.serial, grant_id = %ctx.grant_id, "renewal attempted with a superseded certificate");
+    let entry = AuditEntry {
+        grant_id: Some(ctx.grant_id),
+        peer_id: Some(ctx.peer_id),
+        subject_user_id: Some(ctx.subject_user_id),
+        verb: "renew",
+        outcome: "denied",
+        deny_code: Some("superseded_certificate"),
+        reason: Some(format!("renewal attempted with superseded serial {}", ctx.serial)),
+        ..Default::default()
+    };
+    audit::record(&mut *conn, &entry).await?;
+    let payload = serde_json::json!({
+        "peerId": ctx.peer_id,
+        "peerName": peer_name,
+        "grantId": ctx.grant_id,
+        "serial": ctx.serial,
+    });
+    crate::outbox::emit_event(&mut *conn, "peer.superseded_certificate_used", &payload).await?;
+    Ok(())
 }
 
 /// The certificate revocation list (DER), signed by this gateway's CA.

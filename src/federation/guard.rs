@@ -281,20 +281,57 @@ pub fn audit_database_failure(state: &AppState, identity: &PeerIdentity, path: &
 }
 
 /// The identity the accept loop parsed from the client certificate, or the 401.
+///
+/// The certificate's validity window is checked here, on every request: rustls checks it only
+/// at a full handshake, so a keep-alive connection, or a TLS session resumed from a ticket,
+/// would otherwise outlive the certificate it was opened with.
 fn peer_identity(state: &AppState, req: &Request) -> Result<PeerIdentity, Box<Response>> {
+    let path = req.uri().path();
+    let unauthorized = |code: &'static str, reason: String, message: &str| {
+        tracing::info!(code, %reason, "federation request refused before the grant");
+        deny_audit(state, None, None, None, code, reason, path);
+        Err(Box::new(ApiError::unauthorized(message).into_response()))
+    };
     match req.extensions().get::<ConnectionInfo>().and_then(|c| c.peer_identity.clone()) {
-        Some(Ok(identity)) => Ok(identity),
-        Some(Err(e)) => {
-            tracing::info!(reason = %e, "federation request with an unusable client certificate");
-            deny_audit(state, None, None, None, "identity", e.to_string(), req.uri().path());
-            Err(Box::new(
-                ApiError::unauthorized("A client certificate with grant and subject extensions is required")
-                    .into_response(),
-            ))
+        Some(Ok(identity)) => {
+            let now = Utc::now();
+            let refused = if identity.not_after <= now {
+                Some(("certificate_expired", "The client certificate has expired; renew or re-enroll"))
+            } else if identity.not_before > now {
+                Some(("certificate_not_yet_valid", "The client certificate is not valid yet"))
+            } else {
+                None
+            };
+            match refused {
+                None => Ok(identity),
+                Some((code, message)) => {
+                    let reason = format!(
+                        "serial {} valid from {} to {}",
+                        identity.serial, identity.not_before, identity.not_after
+                    );
+                    deny_audit(
+                        state,
+                        Some(identity.grant_id),
+                        None,
+                        Some(identity.subject_user_id),
+                        code,
+                        reason,
+                        path,
+                    );
+                    Err(Box::new(ApiError::unauthorized(message).into_response()))
+                }
+            }
         }
-        None => Err(Box::new(
-            ApiError::unauthorized("A client certificate issued at enrollment is required").into_response(),
-        )),
+        Some(Err(e)) => unauthorized(
+            "identity",
+            e.to_string(),
+            "A client certificate with grant and subject extensions is required",
+        ),
+        None => unauthorized(
+            "no_certificate",
+            "no client certificate".to_string(),
+            "A client certificate issued at enrollment is required",
+        ),
     }
 }
 
@@ -419,6 +456,7 @@ fn context(
     };
     Ok(FederationContext {
         grant_id: identity.grant_id,
+        serial: identity.serial.clone(),
         peer_id: row.peer_id,
         subject_user_id: identity.subject_user_id,
         scope,
@@ -486,7 +524,7 @@ fn deny_audit(
     reason: String,
     path: &str,
 ) {
-    let verb = path.trim_start_matches("/api/federation/v1/").split('/').next().unwrap_or("");
+    let verb = super::request_audit::verb_of(path);
     state.audit.submit(&AuditEntry {
         grant_id,
         peer_id,

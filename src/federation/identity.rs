@@ -41,6 +41,7 @@ pub struct PeerIdentity {
     pub subject_user_id: Uuid,
     /// Lowercase hex of the certificate serial.
     pub serial: String,
+    pub not_before: DateTime<Utc>,
     pub not_after: DateTime<Utc>,
 }
 
@@ -64,9 +65,12 @@ pub fn parse_identity(der: &[u8], oids: &FederationOids) -> Result<PeerIdentity,
     let (_, cert) = X509Certificate::from_der(der).map_err(|_| IdentityError::NotACertificate)?;
     let grant_id = uuid_extension(&cert, &oids.grant, "grant id")?;
     let subject_user_id = uuid_extension(&cert, &oids.subject, "subject user id")?;
-    let not_after = DateTime::<Utc>::from_timestamp(cert.validity().not_after.timestamp(), 0)
-        .ok_or(IdentityError::NotACertificate)?;
-    Ok(PeerIdentity { grant_id, subject_user_id, serial: hex::encode(cert.raw_serial()), not_after })
+    let instant = |t: x509_parser::time::ASN1Time| {
+        DateTime::<Utc>::from_timestamp(t.timestamp(), 0).ok_or(IdentityError::NotACertificate)
+    };
+    let not_before = instant(cert.validity().not_before)?;
+    let not_after = instant(cert.validity().not_after)?;
+    Ok(PeerIdentity { grant_id, subject_user_id, serial: hex::encode(cert.raw_serial()), not_before, not_after })
 }
 
 fn uuid_extension(cert: &X509Certificate<'_>, arcs: &[u64], name: &'static str) -> Result<Uuid, IdentityError> {

@@ -14,6 +14,7 @@ pub mod identity;
 pub mod peer_client;
 pub mod peers;
 pub mod query;
+pub mod request_audit;
 pub mod scope;
 pub mod verbs;
 
@@ -27,6 +28,9 @@ use crate::app::AppState;
 #[derive(Debug, Clone)]
 pub struct FederationContext {
     pub grant_id: Uuid,
+    /// Serial of the client certificate the request came with (the current one, or the
+    /// previous one inside its renewal grace).
+    pub serial: String,
     pub peer_id: Uuid,
     pub subject_user_id: Uuid,
     pub scope: scope::GrantScope,

@@ -226,7 +226,10 @@ impl GrantScope {
     /// The first stage that refuses.
     pub fn check_resource(&self, resource: &str, limit: Option<&serde_json::Value>) -> Result<u32, Denial> {
         if !KNOWN_RESOURCES.contains(&resource) {
-            return Err(deny(DenyCode::InvalidResource, format!("'{resource}' is not a resource")));
+            return Err(deny(
+                DenyCode::InvalidResource,
+                format!("{:?} is not a resource", super::audit::clean(resource, 64)),
+            ));
         }
         if self.excluded_resources.iter().any(|r| r == resource) {
             return Err(deny(DenyCode::ResourceExcluded, format!("'{resource}' is excluded by the grant")));

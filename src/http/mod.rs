@@ -4,6 +4,7 @@
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod limits;
 pub mod metrics;
 
 use std::sync::OnceLock;
@@ -66,6 +67,8 @@ pub fn openapi_document_json() -> &'static str {
 /// Layer order (outermost first): the request id is set before tracing so every log line of the
 /// request carries it; it is propagated to the response after the handler; the request counter
 /// sits inside it and outside the panic catcher, so a panic is counted as the 500 it becomes;
+/// the federation audit layer sits inside the counter and outside the header limit and the
+/// panic catcher, so a 431 or a panic on a federation route still leaves its one audit row;
 /// panics are caught innermost so the trace layer still records the resulting 500.
 pub fn router(state: AppState) -> Router {
     let (router, _) = api_router(Some(state.clone())).split_for_parts();
@@ -81,6 +84,11 @@ pub fn router(state: AppState) -> Router {
                 }))
                 .layer(PropagateRequestIdLayer::x_request_id())
                 .layer(axum::middleware::from_fn(metrics::count_requests))
+                .layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    crate::federation::request_audit::one_row_per_request,
+                ))
+                .layer(axum::middleware::from_fn(limits::header_size))
                 .layer(CatchPanicLayer::custom(error::panic_response)),
         )
         .with_state(state)

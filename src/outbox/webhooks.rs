@@ -34,6 +34,7 @@ pub const EVENTS: &[&str] = &[
     "token.created",
     "token.revoked",
     "rate_limit.exceeded",
+    "peer.superseded_certificate_used",
 ];
 
 /// The sealing context of an endpoint's secret: a sealed secret cannot be moved to another row.

@@ -123,3 +123,30 @@ pub fn ensure_traversable(path: &Path) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// Raises the soft limit on open descriptors to the hard limit and returns the limit now in
+/// force (soft, hard). Idle clients must never exhaust what Postgres, Valkey and the queue need,
+/// so the gateway takes all the descriptors it is allowed and caps client connections below.
+#[expect(unsafe_code, reason = "getrlimit/setrlimit on a stack value; failure is reported, not assumed")]
+pub fn raise_descriptor_limit() -> std::io::Result<(u64, u64)> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const raised) } == 0 {
+            limit = raised;
+        }
+    }
+    Ok((limit.rlim_cur, limit.rlim_max))
+}
+
+/// Descriptors kept back from client connections: the two Postgres pools, Valkey, the queue's
+/// listeners, log and data files, and the embedded supervisor's pipes.
+pub const RESERVED_DESCRIPTORS: u64 = 128;
+
+/// The most client connections the descriptor limit leaves room for.
+pub fn connection_capacity(descriptor_limit: u64) -> usize {
+    usize::try_from(descriptor_limit.saturating_sub(RESERVED_DESCRIPTORS).max(16)).unwrap_or(usize::MAX)
+}

@@ -349,10 +349,16 @@ fn denial_response(state: &AppState, ctx: &FederationContext, verb: &str, resour
         reason: Some(d.reason.clone()),
         ..Default::default()
     };
-    audit_verb(state, ctx, verb, resource, o);
+    // Only a resource name this gateway knows is stored as the row's resource; an unknown one
+    // (any text a peer put in the path) is named, escaped and bounded, in the reason alone.
+    let known = (d.code != DenyCode::InvalidResource).then_some(resource);
+    audit_verb(state, ctx, verb, known, o);
     match d.code {
         DenyCode::InvalidLimit => ApiError::invalid_field("limit", "limit must be a positive integer"),
-        DenyCode::InvalidResource => ApiError::invalid_request(format!("Unknown resource '{resource}'")),
+        DenyCode::InvalidResource => ApiError::invalid_field(
+            "resource",
+            format!("Unknown resource {:?}", super::super::audit::clean(resource, 64)),
+        ),
         _ => ApiError::forbidden(super::super::guard::FORBIDDEN_MESSAGE),
     }
 }
@@ -369,13 +375,13 @@ struct Outcome {
     latency_ms: Option<f64>,
 }
 
-fn audit_verb(state: &AppState, ctx: &FederationContext, verb: &str, resource: &str, o: Outcome) {
+fn audit_verb(state: &AppState, ctx: &FederationContext, verb: &str, resource: Option<&str>, o: Outcome) {
     state.audit.submit(&AuditEntry {
         grant_id: Some(ctx.grant_id),
         peer_id: Some(ctx.peer_id),
         subject_user_id: Some(ctx.subject_user_id),
         verb,
-        resource: Some(resource),
+        resource,
         query_hash: o.query_hash,
         outcome: o.outcome,
         deny_code: o.deny_code,
@@ -409,7 +415,17 @@ async fn list_attempt(
         None => None,
         Some(Ok(position)) => Some(position),
         Some(Err(_)) if confirm.is_some() => return Ok(None),
-        Some(Err(e)) => return Err(ApiError::invalid_field("cursor", e.to_string())),
+        Some(Err(e)) => {
+            // Cursor probing is audited like any denial (deny code `invalid_cursor`).
+            let o = Outcome {
+                outcome: "denied",
+                deny_code: Some("invalid_cursor"),
+                reason: Some(e.to_string()),
+                ..Default::default()
+            };
+            audit_verb(state, ctx, "list", Some(resource), o);
+            return Err(ApiError::invalid_field("cursor", e.to_string()));
+        }
     };
     let n = i64::from(filter.limit) + 1;
     let bound = after.as_ref().map_or((end_of_time(), MAX_UUID), |p| (p.created_at(), p.id));
@@ -521,7 +537,7 @@ pub async fn list(
         latency_ms: Some(started.elapsed().as_secs_f64() * 1000.0),
         ..Default::default()
     };
-    audit_verb(&state, &ctx, "list", &resource, o);
+    audit_verb(&state, &ctx, "list", Some(&resource), o);
     Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], encoded).into_response())
 }
 
@@ -593,6 +609,6 @@ pub async fn get(
         latency_ms: Some(started.elapsed().as_secs_f64() * 1000.0),
         ..Default::default()
     };
-    audit_verb(&state, &ctx, "get", &resource, o);
+    audit_verb(&state, &ctx, "get", Some(&resource), o);
     item.map(|item| Json(GetResponse { item })).ok_or_else(|| ApiError::not_found("Not found"))
 }
