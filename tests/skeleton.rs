@@ -271,3 +271,112 @@ async fn concurrent_migrations_do_not_race() {
     let n: i64 = sqlx::query_scalar("select count(*) from _sqlx_migrations").fetch_one(&pg_db.pool).await.unwrap();
     assert_eq!(n as usize, tessera::store::MIGRATOR.iter().count());
 }
+
+/// True when the server closes `stream` (EOF or reset) within `within`, whatever it sends first.
+async fn closed_within<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let deadline = Instant::now() + within;
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+fn tls_connector(ca_pem: &[u8], alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls_pki_types::CertificateDer::from_pem_slice(ca_pem).unwrap()).unwrap();
+    let mut config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_connections_are_closed_and_a_flood_cannot_starve_the_gateway() {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+    let db = TestDb::new().await;
+    let gw = Gateway::start(GatewayOptions {
+        database_url: Some(db.url.clone()),
+        env: vec![
+            ("TESSERA_IDLE_TIMEOUT_SECS".into(), "2".into()),
+            ("TESSERA_HANDSHAKE_TIMEOUT_SECS".into(), "2".into()),
+        ],
+        descriptor_limit: Some(256),
+        ..Default::default()
+    })
+    .await;
+    assert!(gw.log().contains("capacity=128"), "the connection cap sits below the descriptor limit:\n{}", gw.log());
+    let addr = ("127.0.0.1", gw.port);
+    let name = || rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let slack = Duration::from_secs(6);
+
+    // A TCP connection that never starts TLS: the handshake timeout closes it.
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    // A TLS connection that sends nothing after the handshake (HTTP/1.1).
+    let h1 = tls_connector(&gw.ca_pem, &[b"http/1.1"]);
+    let mut idle_h1 = h1.connect(name(), TcpStream::connect(addr).await.unwrap()).await.unwrap();
+    // An HTTP/2 connection idle after its preface and SETTINGS.
+    let h2 = tls_connector(&gw.ca_pem, &[b"h2"]);
+    let mut idle_h2 = h2.connect(name(), TcpStream::connect(addr).await.unwrap()).await.unwrap();
+    idle_h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").await.unwrap();
+    // A half-sent preface.
+    let mut half = h2.connect(name(), TcpStream::connect(addr).await.unwrap()).await.unwrap();
+    half.write_all(b"PRI * HTT").await.unwrap();
+    // A kept-alive HTTP/1.1 connection after one request.
+    let mut kept = h1.connect(name(), TcpStream::connect(addr).await.unwrap()).await.unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
+
+    assert!(closed_within(&mut silent, slack).await, "a silent TCP connection is closed");
+    assert!(closed_within(&mut idle_h1, slack).await, "an idle TLS connection is closed");
+    assert!(closed_within(&mut idle_h2, slack).await, "an idle HTTP/2 connection is closed");
+    assert!(closed_within(&mut half, slack).await, "a half-sent preface is closed");
+    assert!(closed_within(&mut kept, slack).await, "an idle keep-alive connection is closed");
+
+    // A flood well past the descriptor limit: the gateway accepts what its cap allows, closes
+    // them as they idle out, and serves a legitimate client afterwards.
+    let mut flood = Vec::new();
+    for _ in 0..400 {
+        if let Ok(tcp) = TcpStream::connect(addr).await {
+            flood.push(tcp);
+        }
+    }
+    let started = Instant::now();
+    let client = common::client_trusting(&gw.ca_pem);
+    let mut served = false;
+    while started.elapsed() < Duration::from_secs(30) {
+        let probe = tokio::time::timeout(Duration::from_secs(3), client.get(gw.url("/readyz")).send()).await;
+        if let Ok(Ok(r)) = probe
+            && r.status() == 200
+        {
+            served = true;
+            break;
+        }
+    }
+    assert!(served, "a legitimate client is served once idle connections time out:\n{}", gw.log());
+
+    // The queue kept its descriptors: a job still runs to the end.
+    let job = tessera::queue::NewJob::new("diag", "diag.probe", serde_json::json!({"after": "flood"}));
+    tessera::queue::enqueue_many(&db.pool, &[job]).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let done: i64 = sqlx::query_scalar("select count(*) from queue.jobs where queue = 'diag' and status = 'done'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        if done == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the queue stopped:\n{}", gw.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(flood);
+    let log = gw.log();
+    assert!(!log.contains("Too many open files"), "{log}");
+    assert!(log.lines().filter(|l| l.contains("accept failed")).count() <= 2, "{log}");
+}

@@ -142,6 +142,8 @@ pub struct GatewayOptions {
     pub data_dir: Option<PathBuf>,
     pub port: Option<u16>,
     pub env: Vec<(String, String)>,
+    /// Start the gateway under this open-descriptor limit (soft and hard), as `ulimit -n` would.
+    pub descriptor_limit: Option<u64>,
 }
 
 impl Gateway {
@@ -157,7 +159,14 @@ impl Gateway {
             }
         };
         let port = opts.port.unwrap_or_else(free_port);
-        let mut cmd = hermetic(Command::new(tessera_bin()));
+        let mut cmd = match opts.descriptor_limit {
+            None => hermetic(Command::new(tessera_bin())),
+            Some(limit) => {
+                let mut sh = hermetic(Command::new("sh"));
+                sh.arg("-c").arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\"")).arg(tessera_bin());
+                sh
+            }
+        };
         cmd.arg("serve")
             .env("TESSERA_DATA_DIR", &data_dir)
             .env("TESSERA_LISTEN", format!("127.0.0.1:{port}"))
