@@ -380,3 +380,17 @@ async fn idle_connections_are_closed_and_a_flood_cannot_starve_the_gateway() {
     assert!(!log.contains("Too many open files"), "{log}");
     assert!(log.lines().filter(|l| l.contains("accept failed")).count() <= 2, "{log}");
 }
+
+#[tokio::test]
+async fn bench_handshake_measures_full_and_resumed_handshakes() {
+    let (code, out, err) = run_cli(&["bench", "handshake", "--seconds", "1"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    let resumed_share = |label: &str| -> u32 {
+        let line = out.lines().find(|l| l.trim_start().starts_with(label)).unwrap_or_else(|| panic!("{out}"));
+        let pct = line.rsplit('(').next().unwrap().split('%').next().unwrap();
+        pct.parse().unwrap()
+    };
+    assert_eq!(resumed_share("full, client certificate"), 0, "{out}");
+    // A valid client certificate's session resumes: the binding to notAfter does not stop it.
+    assert!(resumed_share("resumed, client certificate") >= 50, "{out}");
+}

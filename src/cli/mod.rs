@@ -4,6 +4,7 @@
 //! printing data (`openapi`, `doctor --json`) keep stdout clean.
 
 mod admin;
+mod bench_handshake;
 mod bench_list;
 mod bench_queue;
 mod client;
@@ -96,6 +97,8 @@ pub enum BenchCommand {
     List(bench_list::ListBench),
     /// The job queue: burn-down of 200 000 no-op jobs and enqueue-to-start latency (durable commits).
     Queue(bench_queue::QueueBench),
+    /// TLS handshakes per second: full and resumed, with and without a client certificate.
+    Handshake(bench_handshake::HandshakeBench),
 }
 
 #[derive(Debug, Subcommand)]
@@ -170,6 +173,9 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Token(a) => Ok(admin::token(a, &config).await),
         Command::Import(a) => Ok(admin::import(a, &config).await),
         Command::Bench(BenchCommand::List(args)) => bench_list::run(&config, &args).await.map(|()| ExitCode::SUCCESS),
+        Command::Bench(BenchCommand::Handshake(args)) => {
+            bench_handshake::run(&config, &args).await.map(|()| ExitCode::SUCCESS)
+        }
         Command::Bench(BenchCommand::Queue(args)) => bench_queue::run(&config, &args).await.map(|()| ExitCode::SUCCESS),
         Command::Queue(cmd) => queue::run(&config, cmd).await,
         Command::Peer(cmd) => federation::peer(&config, cmd).await,

@@ -70,6 +70,17 @@ impl GatewayCa {
         Self::load(pool, sealing).await?.map(Arc::new).context("gateway CA vanished after insert")
     }
 
+    /// A CA that lives only in memory, for benchmarks that need no database.
+    ///
+    /// # Errors
+    /// rcgen refuses the parameters.
+    pub fn ephemeral() -> anyhow::Result<Self> {
+        let (cert_pem, key, not_after) = generate_ca()?;
+        let cert_der = CertificateDer::from(pem_to_der(&cert_pem)?);
+        let issuer = Issuer::from_ca_cert_der(&cert_der, key).context("generated CA certificate is invalid")?;
+        Ok(Self { cert_pem, cert_der, issuer, not_after })
+    }
+
     async fn load(pool: &PgPool, sealing: &SealingKey) -> anyhow::Result<Option<Self>> {
         let row: Option<(String, String, DateTime<Utc>)> =
             sqlx::query_as("select cert_pem, sealed_key, not_after from gateway_ca where id = 1")
