@@ -212,17 +212,30 @@ impl std::fmt::Display for SecretUrl {
     }
 }
 
-/// Replaces the password of `scheme://user:password@host` with `***`; other strings are unchanged.
-pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else { return url.to_string() };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    let Some(at) = authority.rfind('@') else { return url.to_string() };
-    let userinfo = &authority[..at];
-    let user = userinfo.split(':').next().unwrap_or("");
-    let masked = if userinfo.contains(':') { format!("{user}:***") } else { user.to_string() };
-    format!("{}://{}@{}", &url[..scheme_end], masked, &rest[at + 1..])
+/// The URL with every password replaced by `***`: the one in the user info
+/// (`scheme://user:password@host`) and a `password` query parameter (which sqlx and libpq
+/// accept). A string that is not a URL is shown only as its scheme, since it cannot be checked.
+pub fn redact_url(raw: &str) -> String {
+    let Ok(mut url) = url::Url::parse(raw) else {
+        return match raw.split_once("://") {
+            Some((scheme, _)) => format!("{scheme}://***"),
+            None => raw.to_string(),
+        };
+    };
+    if url.password().is_some() {
+        let _ = url.set_password(Some("***"));
+    }
+    if url.query_pairs().any(|(k, _)| k.eq_ignore_ascii_case("password")) {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if k.eq_ignore_ascii_case("password") { "***".to_string() } else { v.into_owned() };
+                (k.into_owned(), v)
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.to_string().replace("%2A%2A%2A", "***")
 }
 
 /// The validated configuration every command works from.
@@ -523,5 +536,13 @@ mod tests {
         assert_eq!(redact_url("postgres://app:s3cret@db:5432/x"), "postgres://app:***@db:5432/x");
         assert_eq!(redact_url("redis://:pw@h:6379"), "redis://:***@h:6379");
         assert_eq!(redact_url("postgres://db/x"), "postgres://db/x");
+        assert_eq!(
+            redact_url("postgres://u@db/x?password=s3cret&sslmode=require"),
+            "postgres://u@db/x?password=***&sslmode=require"
+        );
+        assert_eq!(redact_url("postgres://u@db/x?PASSWORD=s3cret"), "postgres://u@db/x?PASSWORD=***");
+        let config =
+            GatewayArgs { database_url: Some("postgres://u@h/d?password=hunter2".into()), ..args() }.resolve().unwrap();
+        assert!(!format!("{config:?}").contains("hunter2"), "{config:?}");
     }
 }

@@ -40,25 +40,34 @@ pub struct EnrollmentUrl {
 /// # Errors
 /// Anything else, with a message saying what is wrong.
 pub fn parse_enrollment_url(url: &str) -> anyhow::Result<EnrollmentUrl> {
-    let (without_fragment, fragment) =
-        url.split_once('#').context("the enrollment URL has no #sha256=<fingerprint> pin")?;
-    let pin = fragment
+    let parsed = url::Url::parse(url).context("the enrollment URL is not a URL")?;
+    if parsed.scheme() != "https" {
+        bail!("the enrollment URL must start with https://");
+    }
+    let pin = parsed
+        .fragment()
+        .context("the enrollment URL has no #sha256=<fingerprint> pin")?
         .strip_prefix("sha256=")
         .filter(|p| p.len() == 64 && p.chars().all(|c| c.is_ascii_hexdigit()))
         .context("the enrollment URL pin must be #sha256=<64 hex characters>")?
         .to_ascii_lowercase();
-    let rest = without_fragment.strip_prefix("https://").context("the enrollment URL must start with https://")?;
-    let (authority, path) = rest.split_once('/').context("the enrollment URL has no path")?;
-    let token = path
-        .strip_prefix("api/federation/enrollment/")
+    let token = parsed
+        .path()
+        .strip_prefix("/api/federation/enrollment/")
         .filter(|t| !t.is_empty() && !t.contains('/'))
         .context("the enrollment URL path must be /api/federation/enrollment/<token>")?
         .to_string();
-    let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h).trim_matches(['[', ']']).to_string();
-    if host.is_empty() {
-        bail!("the enrollment URL has no host");
+    let host = match parsed.host() {
+        Some(url::Host::Domain(d)) => d.to_string(),
+        Some(url::Host::Ipv4(ip)) => ip.to_string(),
+        Some(url::Host::Ipv6(ip)) => ip.to_string(),
+        None => bail!("the enrollment URL has no host"),
+    };
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        bail!("the enrollment URL must not carry a user name or password");
     }
-    Ok(EnrollmentUrl { origin: format!("https://{authority}"), host, token, pin })
+    let origin = parsed.origin().ascii_serialization();
+    Ok(EnrollmentUrl { origin, host, token, pin })
 }
 
 /// SHA-256 of a PEM certificate's DER, lowercase hex.
@@ -351,7 +360,13 @@ mod tests {
         assert_eq!(u.host, "b.example");
         assert_eq!(u.token, "tok");
         assert_eq!(u.pin, pin);
+        let v6 = parse_enrollment_url(&format!("https://[::1]/api/federation/enrollment/tok#sha256={pin}")).unwrap();
+        assert_eq!((v6.origin.as_str(), v6.host.as_str()), ("https://[::1]", "::1"));
+        let v6 =
+            parse_enrollment_url(&format!("https://[::1]:9443/api/federation/enrollment/tok#sha256={pin}")).unwrap();
+        assert_eq!((v6.origin.as_str(), v6.host.as_str()), ("https://[::1]:9443", "::1"));
         for bad in [
+            format!("https://u:p@b.example/api/federation/enrollment/tok#sha256={pin}"),
             "https://b.example/api/federation/enrollment/tok".to_string(),
             format!("http://b.example/api/federation/enrollment/tok#sha256={pin}"),
             format!("https://b.example/api/other/tok#sha256={pin}"),

@@ -80,24 +80,17 @@ fn uuid_extension(cert: &X509Certificate<'_>, arcs: &[u64], name: &'static str) 
         .map_err(|_| IdentityError::Duplicated(name))?
         .ok_or(IdentityError::Missing(name))?;
     let text = decode_utf8string(ext.value).ok_or(IdentityError::Malformed(name))?;
-    Uuid::parse_str(text).map_err(|_| IdentityError::Malformed(name))
+    Uuid::parse_str(&text).map_err(|_| IdentityError::Malformed(name))
 }
 
-/// DER UTF8String with a short-form length and nothing after it.
-fn decode_utf8string(der: &[u8]) -> Option<&str> {
-    let (&tag, rest) = der.split_first()?;
-    let (&len, body) = rest.split_first()?;
-    if tag != 0x0c || len >= 0x80 || body.len() != usize::from(len) {
-        return None;
-    }
-    std::str::from_utf8(body).ok()
+/// A DER UTF8String and nothing after it (strict DER: minimal length encoding).
+fn decode_utf8string(der: &[u8]) -> Option<String> {
+    yasna::parse_der(der, |r| r.read_utf8string()).ok()
 }
 
-/// Encodes `s` (shorter than 128 bytes) as a DER UTF8String.
+/// Encodes `s` as a DER UTF8String, short or long length form as its size needs.
 pub fn encode_utf8string(s: &str) -> Vec<u8> {
-    let mut out = vec![0x0c, u8::try_from(s.len()).unwrap_or(0x7f).min(0x7f)];
-    out.extend_from_slice(s.as_bytes());
-    out
+    yasna::construct_der(|w| w.write_utf8_string(s))
 }
 
 #[cfg(test)]
@@ -109,12 +102,31 @@ mod tests {
         let id = Uuid::new_v4().to_string();
         let der = encode_utf8string(&id);
         assert_eq!(der[0], 0x0c);
-        assert_eq!(decode_utf8string(&der), Some(id.as_str()));
+        assert_eq!(decode_utf8string(&der).as_deref(), Some(id.as_str()));
         assert_eq!(decode_utf8string(&[0x13, 1, b'a']), None, "PrintableString is not UTF8String");
         assert_eq!(decode_utf8string(&[0x0c, 5, b'a']), None, "length must match");
         let mut trailing = der.clone();
         trailing.push(0);
         assert_eq!(decode_utf8string(&trailing), None);
+    }
+
+    #[test]
+    fn utf8string_lengths_of_128_bytes_and_more_use_the_long_form() {
+        for n in [127usize, 128, 255, 256, 70_000] {
+            let s = "é".repeat(n / 2) + &"a".repeat(n % 2);
+            let der = encode_utf8string(&s);
+            let header = der.len() - s.len();
+            match n {
+                0..=127 => assert_eq!(&der[..2], &[0x0c, u8::try_from(n).unwrap()]),
+                128..=255 => assert_eq!(&der[..3], &[0x0c, 0x81, u8::try_from(n).unwrap()]),
+                256..=65_535 => assert_eq!(der[1], 0x82),
+                _ => assert_eq!(der[1], 0x83),
+            }
+            assert!(header <= 5, "{n}: {header}");
+            assert_eq!(decode_utf8string(&der).as_deref(), Some(s.as_str()), "{n} bytes round-trip");
+        }
+        // A long form where the short one fits is not DER.
+        assert_eq!(decode_utf8string(&[0x0c, 0x81, 1, b'a']), None);
     }
 
     #[test]
