@@ -5,6 +5,8 @@
 //! A fetches B's CA, compares its SHA-256 with the pin *before sending anything else*, and from
 //! then on trusts only that CA for B (`tls_certs_only`), for redemption and every later call.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -266,11 +268,35 @@ pub async fn outbound_peer(pool: &PgPool, sealing: &SealingKey, name: &str) -> a
     let (Some(endpoint_url), Some(ca), Some(cert), Some(sealed)) = (endpoint, ca, cert, sealed) else {
         bail!("peer '{name}' has no client credentials; enroll with `tessera peer add <enrollment-url>`");
     };
-    let key_pem = sealing.open(CLIENT_KEY_CONTEXT, &sealed).context("cannot unseal the client key")?;
-    let mut identity = key_pem;
-    identity.extend_from_slice(cert.as_bytes());
-    let client = pinned_client(&ca, Some(&identity))?;
+    let client = peer_client(id, &ca, &cert, || {
+        let mut identity = sealing.open(CLIENT_KEY_CONTEXT, &sealed).context("cannot unseal the client key")?;
+        identity.extend_from_slice(cert.as_bytes());
+        Ok(identity)
+    })?;
     Ok(Some(OutboundPeer { id, name, endpoint_url, client, cert_not_after: not_after }))
+}
+
+/// One mTLS client per peer and credentials, kept for the life of the process: its keep-alive
+/// connections are reused across calls, so a page costs a request, not a TLS handshake. A
+/// renewed certificate (or a new pinned CA) is a new key, and the peer's old client is dropped.
+fn peer_client(
+    peer_id: Uuid,
+    ca_pem: &str,
+    cert_pem: &str,
+    identity: impl FnOnce() -> anyhow::Result<Vec<u8>>,
+) -> anyhow::Result<reqwest::Client> {
+    type Clients = HashMap<Uuid, ([u8; 32], reqwest::Client)>;
+    static CLIENTS: std::sync::LazyLock<Mutex<Clients>> = std::sync::LazyLock::new(Mutex::default);
+    let credentials: [u8; 32] = sha2::Sha256::new().chain_update(ca_pem).chain_update(cert_pem).finalize().into();
+    let mut clients = CLIENTS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((cached, client)) = clients.get(&peer_id)
+        && *cached == credentials
+    {
+        return Ok(client.clone());
+    }
+    let client = pinned_client(ca_pem, Some(&identity()?))?;
+    clients.insert(peer_id, (credentials, client.clone()));
+    Ok(client)
 }
 
 /// Renews our client certificate with `peer` over the existing mTLS channel and stores the new
