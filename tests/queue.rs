@@ -988,6 +988,129 @@ async fn a_target_refused_at_delivery_time_is_never_contacted_and_retried_like_a
 }
 
 // ---------------------------------------------------------------------------------------------
+// Cookie sessions refuse cross-site writes (CSRF).
+
+const PASSWORD: &str = "correct horse battery";
+
+/// A raw request body: (content type, bytes).
+type RawBody = Option<(&'static str, &'static str)>;
+
+/// A call with the session cookie or a token, extra headers and an optional raw body; returns
+/// status, body and the `Set-Cookie` header.
+async fn raw_call(
+    gw: &Gateway,
+    method: reqwest::Method,
+    path: &str,
+    cookie: Option<&str>,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: RawBody,
+) -> (u16, Value, Option<String>) {
+    let mut req = gw.client.request(method, gw.url(path));
+    if let Some(c) = cookie {
+        req = req.header("cookie", format!("tessera_session={c}"));
+    }
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    if let Some((content_type, bytes)) = body {
+        req = req.header("content-type", content_type).body(bytes);
+    }
+    let r = req.send().await.expect("request");
+    let status = r.status().as_u16();
+    let set_cookie = r.headers().get("set-cookie").map(|v| v.to_str().unwrap().to_string());
+    let text = r.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)), set_cookie)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookie_sessions_refuse_cross_site_writes_and_tokens_are_unaffected() {
+    let db = TestDb::new().await;
+    let gw =
+        Gateway::start(GatewayOptions { database_url: Some(db.url.clone()), env: fast_env(), ..Default::default() })
+            .await;
+    let setup = json!({"email": "ada@example.test", "name": "Ada", "password": PASSWORD});
+    let (s, b) = admin(&gw, reqwest::Method::POST, "/api/bootstrap/setup", None, Some(setup)).await;
+    assert_eq!(s, 201, "{b}");
+    let token = b["token"]["plaintext"].as_str().unwrap().to_string();
+    let credentials = r#"{"email": "ada@example.test", "password": "correct horse battery"}"#;
+    let (s, b, set_cookie) = raw_call(
+        &gw,
+        reqwest::Method::POST,
+        "/api/auth/sign-in",
+        None,
+        None,
+        &[],
+        Some(("application/json", credentials)),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let cookie = set_cookie.unwrap().split(';').next().unwrap().strip_prefix("tessera_session=").unwrap().to_string();
+    let paused = || async {
+        sqlx::query_scalar::<_, bool>("select coalesce((select paused from queue.queues where name = 'diag'), false)")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+    };
+    let own_origin = format!("https://localhost:{}", gw.port);
+    let pause = "/api/admin/queues/diag/pause";
+    let form: RawBody = Some(("application/x-www-form-urlencoded", "paused=1"));
+    let json_body: RawBody = Some(("application/json", "{}"));
+    use reqwest::Method as M;
+
+    // What a page on another site can make the admin's browser send: refused, nothing changes.
+    type Headers<'a> = &'a [(&'a str, &'a str)];
+    let cross_site: Vec<(Headers, RawBody, &str)> = vec![
+        (&[("origin", "https://evil.example")], form, "Origin 'https://evil.example'"),
+        (&[("origin", "null")], json_body, "Origin 'null'"),
+        (&[("sec-fetch-site", "cross-site")], json_body, "Sec-Fetch-Site is 'cross-site'"),
+        (&[("sec-fetch-site", "same-site")], json_body, "Sec-Fetch-Site is 'same-site'"),
+        // An old browser that sends neither header still cannot send JSON or a custom header.
+        (&[], form, "content type 'application/x-www-form-urlencoded'"),
+        (&[], Some(("text/plain", "{}")), "content type 'text/plain'"),
+        (&[("x-requested-with", "x")], Some(("multipart/form-data; boundary=b", "--b--")), "content type"),
+        (&[], None, "X-Requested-With"),
+    ];
+    for (headers, body, why) in cross_site {
+        let (s, b, _) = raw_call(&gw, M::POST, pause, Some(&cookie), None, headers, body).await;
+        assert_eq!((s, b["error"]["code"].as_str()), (403, Some("forbidden")), "{headers:?} {body:?}: {b}");
+        assert!(b["error"]["message"].as_str().unwrap().contains(why), "{why}: {b}");
+        assert!(!paused().await, "a refused request must not pause the queue ({headers:?})");
+    }
+    // Sign-out is a write too; the session survives the attempt. Reads are not affected.
+    let evil = [("origin", "https://evil.example"), ("sec-fetch-site", "cross-site")];
+    let (s, _, _) = raw_call(&gw, M::POST, "/api/auth/sign-out", Some(&cookie), None, &evil, None).await;
+    assert_eq!(s, 403);
+    let (s, b, _) = raw_call(&gw, M::GET, "/api/admin/queues", Some(&cookie), None, &evil, None).await;
+    assert_eq!(s, 200, "{b}");
+    // Signing in from another site is refused as well (no session is made for the page).
+    let (s, _, set_cookie) =
+        raw_call(&gw, M::POST, "/api/auth/sign-in", None, None, &evil, Some(("application/json", credentials))).await;
+    assert_eq!((s, set_cookie), (403, None));
+
+    // The gateway's own origin with JSON, or the custom header without a body: allowed.
+    let own = [("origin", own_origin.as_str()), ("sec-fetch-site", "same-origin")];
+    let (s, b, _) = raw_call(&gw, M::POST, pause, Some(&cookie), None, &own, json_body).await;
+    assert_eq!((s, &b["paused"]), (200, &json!(true)), "{b}");
+    assert!(paused().await);
+    let resume = "/api/admin/queues/diag/resume";
+    let (s, b, _) = raw_call(&gw, M::POST, resume, Some(&cookie), None, &[("x-requested-with", "fetch")], None).await;
+    assert_eq!((s, &b["paused"]), (200, &json!(false)), "{b}");
+
+    // A bearer token is never sent by a browser on its own: its calls are not checked.
+    let (s, b, _) = raw_call(&gw, M::POST, pause, None, Some(&token), &evil, form).await;
+    assert_eq!((s, &b["paused"]), (200, &json!(true)), "{b}");
+    assert!(paused().await);
+
+    // The session still works, and signs out from its own origin.
+    let (s, _, _) = raw_call(&gw, M::POST, "/api/auth/sign-out", Some(&cookie), None, &own, json_body).await;
+    assert_eq!(s, 204);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Scheduled jobs.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
