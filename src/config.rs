@@ -142,6 +142,12 @@ pub struct GatewayArgs {
     /// Enrollment redemptions allowed per client address and minute [default: 30].
     #[arg(long, env = "TESSERA_ENROLLMENT_RATE_PER_MINUTE", global = true)]
     pub enrollment_rate_per_minute: Option<u32>,
+
+    /// Address ranges webhook deliveries may reach although they are loopback, private,
+    /// link-local or otherwise not public, comma separated (e.g. `127.0.0.1/32,10.0.0.0/8`);
+    /// never the gateway's own listener [default: none].
+    #[arg(long, env = "TESSERA_WEBHOOK_ALLOWED_CIDRS", global = true, value_delimiter = ',')]
+    pub webhook_allowed_cidrs: Option<Vec<String>>,
 }
 
 /// The subset of settings the TOML file may hold. Unknown keys are an error, so a typo is caught.
@@ -169,6 +175,7 @@ struct FileConfig {
     header_read_timeout_secs: Option<u64>,
     max_connections: Option<usize>,
     enrollment_rate_per_minute: Option<u32>,
+    webhook_allowed_cidrs: Option<Vec<String>>,
 }
 
 /// A configuration error that names the setting at fault.
@@ -255,6 +262,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub connections: ConnectionSettings,
     pub federation: FederationSettings,
+    /// Ranges webhook targets may use although they are not public (see [`crate::outbox::targets`]).
+    pub webhook_allowed_cidrs: Vec<crate::outbox::targets::Cidr>,
 }
 
 /// Timeouts and limits of client connections (README, "Security").
@@ -438,6 +447,10 @@ impl GatewayArgs {
         if oids.grant == oids.subject {
             return Err(bad("TESSERA_FEDERATION_SUBJECT_OID", "must differ from the grant OID"));
         }
+        let webhook_allowed_cidrs = crate::outbox::targets::parse_cidrs(
+            &self.webhook_allowed_cidrs.clone().or(file.webhook_allowed_cidrs).unwrap_or_default(),
+        )
+        .map_err(|m| bad("TESSERA_WEBHOOK_ALLOWED_CIDRS", m))?;
 
         Ok(Config {
             data_dir,
@@ -458,6 +471,7 @@ impl GatewayArgs {
                 renew_grace: Duration::from_secs(renew_grace),
                 rate_per_minute,
             },
+            webhook_allowed_cidrs,
         })
     }
 }
@@ -492,6 +506,7 @@ mod tests {
         assert_eq!(c.listen.to_string(), "127.0.0.1:8443");
         assert!(c.data_dir.ends_with(".tessera"));
         assert_eq!(c.public_url, "https://127.0.0.1:8443");
+        assert!(c.webhook_allowed_cidrs.is_empty(), "no webhook target range is opened by default");
     }
 
     #[test]
@@ -513,6 +528,10 @@ mod tests {
         assert_eq!(e.key, "VALKEY_URL");
         let e = GatewayArgs { database_url: Some("mysql://h/d".into()), ..args() }.resolve().unwrap_err();
         assert_eq!(e.key, "DATABASE_URL");
+        let e =
+            GatewayArgs { webhook_allowed_cidrs: Some(vec!["127.0.0.1/33".into()]), ..args() }.resolve().unwrap_err();
+        assert_eq!(e.key, "TESSERA_WEBHOOK_ALLOWED_CIDRS");
+        assert!(e.to_string().contains("127.0.0.1/33"), "{e}");
     }
 
     #[test]

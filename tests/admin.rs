@@ -31,7 +31,13 @@ async fn call(
     match auth {
         Auth::None => {}
         Auth::Token(t) => req = req.bearer_auth(t),
-        Auth::Cookie(c) => req = req.header("cookie", format!("tessera_session={c}")),
+        Auth::Cookie(c) => {
+            req = req.header("cookie", format!("tessera_session={c}"));
+            // As a same-origin page does: cookie writes without a JSON body carry this header.
+            if body.is_none() {
+                req = req.header("x-requested-with", "tessera-test");
+            }
+        }
     }
     if let Some(b) = body {
         req = req.json(&b);

@@ -174,6 +174,8 @@ async fn rate_limits_and_the_sign_in_throttle_are_shared_across_replicas() {
     let (replicas, token, subject, peer) = replicas_with_peer(vec![
         ("TESSERA_FEDERATION_RATE_PER_MINUTE".into(), "30".into()),
         ("TESSERA_SIGNIN_MAX_FAILURES".into(), "3".into()),
+        // The webhook below points at loopback, which only an allowed range may reach.
+        ("TESSERA_WEBHOOK_ALLOWED_CIDRS".into(), "127.0.0.1/32".into()),
     ])
     .await;
     let gws = &replicas.gateways;
@@ -531,8 +533,13 @@ async fn migrate_tier_copies_a_seeded_local_gateway_idempotently_into_an_externa
     let dir = source_dir.path().display().to_string();
     let (code, out, err) = run_cli(&["demo", "seed", "--tasks", "300"], &[("TESSERA_DATA_DIR", dir.as_str())]);
     assert_eq!(code, 0, "{out}{err}");
-    let source =
-        Gateway::start(GatewayOptions { data_dir: Some(source_dir.path().to_path_buf()), ..Default::default() }).await;
+    // The webhook below points at loopback, which only an allowed range may reach.
+    let source = Gateway::start(GatewayOptions {
+        data_dir: Some(source_dir.path().to_path_buf()),
+        env: vec![("TESSERA_WEBHOOK_ALLOWED_CIDRS".into(), "127.0.0.1/32".into())],
+        ..Default::default()
+    })
+    .await;
     let socket = tessera::services::postgres::running_socket_dir(source_dir.path()).expect("embedded Postgres runs");
     let pool = sqlx::PgPool::connect_with(
         sqlx::postgres::PgConnectOptions::new()

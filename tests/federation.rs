@@ -1479,7 +1479,11 @@ async fn a_failed_audit_batch_is_retried_row_by_row_and_the_loss_names_its_cause
 
 #[tokio::test(flavor = "multi_thread")]
 async fn only_the_current_certificate_may_renew() {
-    let pair = Pair::new(vec![("TESSERA_FEDERATION_RENEW_GRACE_SECS".into(), "30".into())]).await;
+    let pair = Pair::new(vec![
+        ("TESSERA_FEDERATION_RENEW_GRACE_SECS".into(), "30".into()),
+        ("TESSERA_WEBHOOK_ALLOWED_CIDRS".into(), "192.0.2.0/24".into()),
+    ])
+    .await;
     // A receiver subscribed to the event (never reached; the delivery row is what counts).
     let hook = json!({"url": "http://192.0.2.1:9/hook", "secret": "s".repeat(32), "events": ["peer.superseded_certificate_used"]});
     let (status, body) = pair.admin_post("/api/admin/webhooks", hook).await;

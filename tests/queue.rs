@@ -19,6 +19,7 @@ use tessera::queue::settings::{Backoff, QueueSettings};
 use tessera::queue::{HandlerRegistry, JobError, NewJob, QueueRuntime, enqueue, enqueue_many};
 
 const SECRET: &str = "whsec-test-0123456789abcdef";
+const ALLOWED_CIDRS: &str = "TESSERA_WEBHOOK_ALLOWED_CIDRS";
 
 // ---------------------------------------------------------------------------------------------
 // A webhook receiver that checks every signature itself (HMAC-SHA256 over "t.body").
@@ -36,6 +37,8 @@ struct Receiver {
     state: Arc<Mutex<Received>>,
     /// The status code to answer with (200 by default).
     answer: Arc<AtomicU16>,
+    /// TCP connections accepted, whatever they carried.
+    connections: Arc<AtomicU32>,
 }
 
 fn expected_signature(secret: &[u8], t: &str, body: &[u8]) -> String {
@@ -82,8 +85,21 @@ impl Receiver {
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
+        let connections = Arc::new(AtomicU32::new(0));
+        let counter = connections.clone();
+        let listener = axum::serve::ListenerExt::tap_io(listener, move |_| {
+            counter.fetch_add(1, Ordering::SeqCst);
+        });
         tokio::spawn(async move { axum::serve(listener, app).await });
-        Self { url: format!("http://127.0.0.1:{port}/hook"), state, answer }
+        Self { url: format!("http://127.0.0.1:{port}/hook"), state, answer, connections }
+    }
+
+    fn port(&self) -> u16 {
+        self.url.trim_start_matches("http://127.0.0.1:").split('/').next().unwrap().parse().unwrap()
+    }
+
+    fn connections(&self) -> u32 {
+        self.connections.load(Ordering::SeqCst)
     }
 
     fn keys(&self) -> HashSet<String> {
@@ -176,6 +192,8 @@ fn fast_env() -> Vec<(String, String)> {
         ("TESSERA_OUTBOX_BACKOFF_BASE_MS", "50"),
         ("TESSERA_OUTBOX_BACKOFF_CAP_MS", "500"),
         ("TESSERA_OUTBOX_TIMEOUT_MS", "2000"),
+        // The test receivers listen on loopback, which webhook targets reach only when allowed.
+        (ALLOWED_CIDRS, "127.0.0.1/32"),
     ]
     .iter()
     .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
@@ -830,6 +848,265 @@ async fn queue_and_webhook_admin_api_denies_outsiders_and_rejects_bad_input() {
     let (s, _) =
         admin(&gw, M::DELETE, &format!("/api/admin/webhooks/{}", hook["id"].as_str().unwrap()), Some(&token), None)
             .await;
+    assert_eq!(s, 204);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Webhook targets (SSRF): where deliveries may go.
+
+/// The fast settings without the loopback opt-in: the gateway as an operator gets it by default.
+fn strict_env() -> Vec<(String, String)> {
+    let mut env = fast_env();
+    env.retain(|(k, _)| k != ALLOWED_CIDRS);
+    env
+}
+
+async fn register_status(gw: &Gateway, token: &str, url: &str) -> (u16, Value) {
+    let body = json!({"url": url, "secret": SECRET, "events": ["*"]});
+    admin(gw, reqwest::Method::POST, "/api/admin/webhooks", Some(token), Some(body)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_targets_on_internal_addresses_are_refused_by_default() {
+    let db = TestDb::new().await;
+    let receiver = Receiver::start().await;
+    let gw =
+        Gateway::start(GatewayOptions { database_url: Some(db.url.clone()), env: strict_env(), ..Default::default() })
+            .await;
+    let (_, token) = seed_admin(&db.pool, "ops@example.test").await;
+    let refused = [
+        ("http://169.254.169.254/latest/meta-data/iam/".to_string(), "cloud metadata"),
+        ("http://[fd00:ec2::254]/latest/".to_string(), "cloud metadata"),
+        (receiver.url.clone(), "loopback"),
+        ("http://0x7f000001/".to_string(), "loopback"),
+        ("http://2130706433/".to_string(), "loopback"),
+        ("http://0177.0.0.1/".to_string(), "loopback"),
+        ("http://[::ffff:127.0.0.1]/".to_string(), "loopback"),
+        ("http://[::1]/".to_string(), "loopback"),
+        // Loopback, and the gateway's own listener as well: either may be named first.
+        (format!("http://localhost:{}/api/admin/queues/diag/pause", gw.port), "localhost resolves to"),
+        (format!("https://127.0.0.1:{}/api/admin/tokens", gw.port), "own listener"),
+        ("http://0.0.0.0/".to_string(), "unspecified"),
+        ("http://[::]/".to_string(), "unspecified"),
+        ("http://169.254.10.1/".to_string(), "link-local"),
+        ("http://[fe80::1]/".to_string(), "link-local"),
+        ("http://10.0.0.8/".to_string(), "private"),
+        ("http://192.168.1.1/".to_string(), "private"),
+        ("http://224.0.0.1/".to_string(), "multicast"),
+        ("http://255.255.255.255/".to_string(), "broadcast"),
+    ];
+    for (url, why) in &refused {
+        let (s, b) = register_status(&gw, &token, url).await;
+        assert_eq!((s, b["error"]["code"].as_str()), (400, Some("invalid_request")), "{url}: {b}");
+        assert_eq!(b["error"]["details"]["field"], "url", "{url}: {b}");
+        let message = b["error"]["message"].as_str().unwrap();
+        assert!(message.contains(why), "{url}: {message}");
+        // The message says how to allow a range on purpose, except for the gateway itself.
+        assert!(message.contains(ALLOWED_CIDRS) || message.contains("own listener"), "{url}: {message}");
+    }
+    let stored: i64 =
+        sqlx::query_scalar("select count(*) from outbox.webhook_endpoints").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(stored, 0, "no refused target is stored");
+    assert_eq!(receiver.connections(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allowed_range_opens_loopback_receivers_but_never_the_gateway_itself() {
+    // fast_env() allows 127.0.0.1/32.
+    let (db, receiver, gw, _, token) = webhook_setup().await;
+    register_webhook(&gw, &token, &receiver.url, json!(["grant.created"])).await;
+    tessera::outbox::emit_event(&db.pool, "grant.created", &json!({"n": 1})).await.unwrap();
+    wait_for("the delivery to the allowed loopback receiver", Duration::from_secs(5), || async {
+        receiver.deliveries().len() == 1
+    })
+    .await;
+
+    for (url, why) in [
+        (format!("http://127.0.0.1:{}/api/admin/queues/diag/pause", gw.port), "own listener"),
+        (format!("http://[::ffff:127.0.0.1]:{}/api/admin/tokens", gw.port), "own listener"),
+        (format!("http://[::1]:{}/hook", receiver.port()), "loopback"),
+        ("http://169.254.169.254/".to_string(), "cloud metadata"),
+    ] {
+        let (s, b) = register_status(&gw, &token, &url).await;
+        assert_eq!((s, b["error"]["details"]["field"].as_str()), (400, Some("url")), "{url}: {b}");
+        assert!(b["error"]["message"].as_str().unwrap().contains(why), "{url}: {b}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_refused_at_delivery_time_is_never_contacted_and_retried_like_an_unreachable_one() {
+    let db = TestDb::new().await;
+    let receiver = Receiver::start().await;
+    let gateway = |allowed: Option<&str>| {
+        let mut env = strict_env();
+        env.push(("TESSERA_SEALING_KEY".into(), "cd".repeat(32)));
+        env.push(("TESSERA_OUTBOX_MAX_ATTEMPTS".into(), "1000".into()));
+        if let Some(a) = allowed {
+            env.push((ALLOWED_CIDRS.into(), a.into()));
+        }
+        Gateway::start(GatewayOptions { database_url: Some(db.url.clone()), env, ..Default::default() })
+    };
+    // Registered while loopback was allowed, by address and by name...
+    let mut gw = gateway(Some("127.0.0.1/32,::1/128")).await;
+    let (_, token) = seed_admin(&db.pool, "ops@example.test").await;
+    register_webhook(&gw, &token, &receiver.url, json!(["rate_limit.exceeded"])).await;
+    register_webhook(
+        &gw,
+        &token,
+        &format!("http://localhost:{}/hook", receiver.port()),
+        json!(["rate_limit.exceeded"]),
+    )
+    .await;
+    gw.terminate();
+
+    // ...then delivered by a gateway that no longer allows it: every attempt stops before connecting.
+    let mut gw = gateway(None).await;
+    tessera::outbox::emit_event(&db.pool, "rate_limit.exceeded", &json!({"n": 1})).await.unwrap();
+    let retried = || async {
+        count(
+            &db.pool,
+            "select count(*) from outbox.deliveries where status = 'pending' and attempts >= 3 and last_error like $1",
+            "target refused: %loopback address%",
+        )
+        .await
+            == 2
+    };
+    wait_for("both deliveries refused and retried", Duration::from_secs(10), retried).await;
+    assert_eq!(receiver.connections(), 0, "a refused target is never connected to");
+    let log = gw.log();
+    assert!(log.contains("webhook delivery not sent") && log.contains("127.0.0.1 is a loopback address"), "{log}");
+    assert!(log.contains("localhost resolves to"), "{log}");
+    gw.terminate();
+
+    // The same rows are delivered once the range is allowed again: the refusal was the only obstacle.
+    let _gw = gateway(Some("127.0.0.1/32,::1/128")).await;
+    wait_for("both deliveries after allowing loopback", Duration::from_secs(10), || async {
+        receiver.deliveries().len() == 2
+    })
+    .await;
+    assert_eq!(receiver.bad_signatures(), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cookie sessions refuse cross-site writes (CSRF).
+
+const PASSWORD: &str = "correct horse battery";
+
+/// A raw request body: (content type, bytes).
+type RawBody = Option<(&'static str, &'static str)>;
+
+/// A call with the session cookie or a token, extra headers and an optional raw body; returns
+/// status, body and the `Set-Cookie` header.
+async fn raw_call(
+    gw: &Gateway,
+    method: reqwest::Method,
+    path: &str,
+    cookie: Option<&str>,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: RawBody,
+) -> (u16, Value, Option<String>) {
+    let mut req = gw.client.request(method, gw.url(path));
+    if let Some(c) = cookie {
+        req = req.header("cookie", format!("tessera_session={c}"));
+    }
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    if let Some((content_type, bytes)) = body {
+        req = req.header("content-type", content_type).body(bytes);
+    }
+    let r = req.send().await.expect("request");
+    let status = r.status().as_u16();
+    let set_cookie = r.headers().get("set-cookie").map(|v| v.to_str().unwrap().to_string());
+    let text = r.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)), set_cookie)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookie_sessions_refuse_cross_site_writes_and_tokens_are_unaffected() {
+    let db = TestDb::new().await;
+    let gw =
+        Gateway::start(GatewayOptions { database_url: Some(db.url.clone()), env: fast_env(), ..Default::default() })
+            .await;
+    let setup = json!({"email": "ada@example.test", "name": "Ada", "password": PASSWORD});
+    let (s, b) = admin(&gw, reqwest::Method::POST, "/api/bootstrap/setup", None, Some(setup)).await;
+    assert_eq!(s, 201, "{b}");
+    let token = b["token"]["plaintext"].as_str().unwrap().to_string();
+    let credentials = r#"{"email": "ada@example.test", "password": "correct horse battery"}"#;
+    let (s, b, set_cookie) = raw_call(
+        &gw,
+        reqwest::Method::POST,
+        "/api/auth/sign-in",
+        None,
+        None,
+        &[],
+        Some(("application/json", credentials)),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let cookie = set_cookie.unwrap().split(';').next().unwrap().strip_prefix("tessera_session=").unwrap().to_string();
+    let paused = || async {
+        sqlx::query_scalar::<_, bool>("select coalesce((select paused from queue.queues where name = 'diag'), false)")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+    };
+    let own_origin = format!("https://localhost:{}", gw.port);
+    let pause = "/api/admin/queues/diag/pause";
+    let form: RawBody = Some(("application/x-www-form-urlencoded", "paused=1"));
+    let json_body: RawBody = Some(("application/json", "{}"));
+    use reqwest::Method as M;
+
+    // What a page on another site can make the admin's browser send: refused, nothing changes.
+    type Headers<'a> = &'a [(&'a str, &'a str)];
+    let cross_site: Vec<(Headers, RawBody, &str)> = vec![
+        (&[("origin", "https://evil.example")], form, "Origin 'https://evil.example'"),
+        (&[("origin", "null")], json_body, "Origin 'null'"),
+        (&[("sec-fetch-site", "cross-site")], json_body, "Sec-Fetch-Site is 'cross-site'"),
+        (&[("sec-fetch-site", "same-site")], json_body, "Sec-Fetch-Site is 'same-site'"),
+        // An old browser that sends neither header still cannot send JSON or a custom header.
+        (&[], form, "content type 'application/x-www-form-urlencoded'"),
+        (&[], Some(("text/plain", "{}")), "content type 'text/plain'"),
+        (&[("x-requested-with", "x")], Some(("multipart/form-data; boundary=b", "--b--")), "content type"),
+        (&[], None, "X-Requested-With"),
+    ];
+    for (headers, body, why) in cross_site {
+        let (s, b, _) = raw_call(&gw, M::POST, pause, Some(&cookie), None, headers, body).await;
+        assert_eq!((s, b["error"]["code"].as_str()), (403, Some("forbidden")), "{headers:?} {body:?}: {b}");
+        assert!(b["error"]["message"].as_str().unwrap().contains(why), "{why}: {b}");
+        assert!(!paused().await, "a refused request must not pause the queue ({headers:?})");
+    }
+    // Sign-out is a write too; the session survives the attempt. Reads are not affected.
+    let evil = [("origin", "https://evil.example"), ("sec-fetch-site", "cross-site")];
+    let (s, _, _) = raw_call(&gw, M::POST, "/api/auth/sign-out", Some(&cookie), None, &evil, None).await;
+    assert_eq!(s, 403);
+    let (s, b, _) = raw_call(&gw, M::GET, "/api/admin/queues", Some(&cookie), None, &evil, None).await;
+    assert_eq!(s, 200, "{b}");
+    // Signing in from another site is refused as well (no session is made for the page).
+    let (s, _, set_cookie) =
+        raw_call(&gw, M::POST, "/api/auth/sign-in", None, None, &evil, Some(("application/json", credentials))).await;
+    assert_eq!((s, set_cookie), (403, None));
+
+    // The gateway's own origin with JSON, or the custom header without a body: allowed.
+    let own = [("origin", own_origin.as_str()), ("sec-fetch-site", "same-origin")];
+    let (s, b, _) = raw_call(&gw, M::POST, pause, Some(&cookie), None, &own, json_body).await;
+    assert_eq!((s, &b["paused"]), (200, &json!(true)), "{b}");
+    assert!(paused().await);
+    let resume = "/api/admin/queues/diag/resume";
+    let (s, b, _) = raw_call(&gw, M::POST, resume, Some(&cookie), None, &[("x-requested-with", "fetch")], None).await;
+    assert_eq!((s, &b["paused"]), (200, &json!(false)), "{b}");
+
+    // A bearer token is never sent by a browser on its own: its calls are not checked.
+    let (s, b, _) = raw_call(&gw, M::POST, pause, None, Some(&token), &evil, form).await;
+    assert_eq!((s, &b["paused"]), (200, &json!(true)), "{b}");
+    assert!(paused().await);
+
+    // The session still works, and signs out from its own origin.
+    let (s, _, _) = raw_call(&gw, M::POST, "/api/auth/sign-out", Some(&cookie), None, &own, json_body).await;
     assert_eq!(s, 204);
 }
 

@@ -3,6 +3,8 @@
 //! Accepts `Authorization: Bearer tsr_...` (an admin token) or the `tessera_session` cookie.
 //! Missing, unknown, expired or revoked credentials, or a disabled user → 401 `unauthorized`.
 //! A valid credential of a user whose role is not `admin` → 403 "User is not an admin".
+//! A write authenticated by the cookie must also show that it comes from this gateway's own
+//! origin ([`super::cross_site`]), or it is refused with 403 before the session is looked up.
 //!
 //! `last_used_at` of a token is written at most about once a minute: the guard only issues the
 //! update when the value it just read is older than that, so a busy script does not turn every
@@ -65,6 +67,13 @@ impl FromRequestParts<AppState> for Caller {
             return authenticate_token(state, &Secret::from_plaintext(token)).await;
         }
         if let Some(session) = cookie(parts, SESSION_COOKIE) {
+            // The browser sends the cookie by itself, also on requests another site starts.
+            super::cross_site::refuse_cross_site_write(
+                &parts.method,
+                &parts.headers,
+                &parts.uri,
+                &state.config.public_url,
+            )?;
             return authenticate_session(state, &Secret::from_plaintext(session)).await;
         }
         Err(ApiError::unauthorized("Authentication required: send an admin token or a session cookie"))

@@ -2,10 +2,12 @@
 //! sessions, admin tokens and the local data API.
 //!
 //! Reading order: [`credentials`] (secret formats) → [`guard`] (who is calling) →
-//! [`passwords`] → [`bootstrap`] → [`sessions`] → [`tokens`] → [`data`].
+//! [`cross_site`] (what a cookie may authorize) → [`passwords`] → [`bootstrap`] → [`sessions`] →
+//! [`tokens`] → [`data`].
 
 pub mod bootstrap;
 pub mod credentials;
+pub mod cross_site;
 pub mod data;
 pub mod guard;
 pub mod passwords;
@@ -47,7 +49,10 @@ impl Modify for SecuritySchemes {
             "session",
             SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
                 guard::SESSION_COOKIE,
-                "The session cookie set by POST /api/auth/sign-in",
+                "The session cookie set by POST /api/auth/sign-in. A request it authenticates that changes \
+                 state (any method but GET, HEAD, OPTIONS) is refused (403) when `Sec-Fetch-Site` or `Origin` \
+                 shows another site, and must send `Content-Type: application/json`, or no body and \
+                 `X-Requested-With`.",
             ))),
         );
     }

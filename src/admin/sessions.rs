@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use axum::Extension;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -187,14 +187,18 @@ struct SignInRow {
         (status = 200, description = "Signed in; `Set-Cookie: tessera_session=...`", body = SignInResponse),
         (status = 400, description = "Malformed body", body = ErrorEnvelope),
         (status = 401, description = "Wrong email or password, or the user is disabled", body = ErrorEnvelope),
+        (status = 403, description = "Sent from another site (`Sec-Fetch-Site` or `Origin`)", body = ErrorEnvelope),
         (status = 429, description = "Too many failed sign-ins; see `Retry-After`", body = ErrorEnvelope),
     ))]
 pub async fn sign_in(
     State(state): State<AppState>,
     conn: Option<Extension<ConnectionInfo>>,
     headers: HeaderMap,
+    uri: Uri,
     Json(body): Json<SignInRequest>,
 ) -> Result<Response, ApiError> {
+    // A page on another site must not sign the browser in to an account of its choosing.
+    super::cross_site::refuse_foreign_origin(&headers, &uri, &state.config.public_url)?;
     let throttle = SignInThrottle::current();
     let ip = client_ip(conn.as_ref().map(|e| &e.0));
     let email = body.email.trim().to_lowercase();
@@ -253,6 +257,7 @@ pub async fn sign_in(
         (status = 204, description = "Signed out; the cookie is cleared"),
         (status = 400, description = "Called with a token: revoke tokens with DELETE /api/admin/tokens/{id}", body = ErrorEnvelope),
         (status = 401, description = "No valid session", body = ErrorEnvelope),
+        (status = 403, description = "Sent from another site, or without JSON or `X-Requested-With`", body = ErrorEnvelope),
     ),
     security(("session" = [])))]
 pub async fn sign_out(caller: Caller, State(state): State<AppState>) -> Result<Response, ApiError> {
@@ -314,6 +319,7 @@ pub async fn list(caller: Caller, State(state): State<AppState>) -> Result<Json<
     responses(
         (status = 204, description = "Revoked"),
         (status = 401, description = "No valid credential", body = ErrorEnvelope),
+        (status = 403, description = "Cookie session: sent from another site, or without `X-Requested-With`", body = ErrorEnvelope),
         (status = 404, description = "No active session of yours with this id", body = ErrorEnvelope),
     ),
     security(("bearer" = []), ("session" = [])))]

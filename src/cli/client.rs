@@ -201,7 +201,12 @@ impl GatewayClient {
         match auth {
             Auth::None => {}
             Auth::Token(t) => req = req.bearer_auth(t.expose()),
-            Auth::Session(s) => req = req.header(reqwest::header::COOKIE, format!("{SESSION_COOKIE}={}", s.expose())),
+            Auth::Session(s) => {
+                // Cookie-authenticated writes need JSON or this header (see `admin::cross_site`).
+                req = req
+                    .header(reqwest::header::COOKIE, format!("{SESSION_COOKIE}={}", s.expose()))
+                    .header(crate::admin::cross_site::CSRF_HEADER, "tessera-cli");
+            }
         }
         if let Some(b) = body {
             req = req.json(b);

@@ -24,8 +24,12 @@
 //!   again, which the idempotency key already covers, and it saves an fsync per delivery.
 //! - **Crash recovery**: `inflight` rows carry a lease owned by `<node id>/outbox`; a restarted
 //!   gateway takes back its own at once and anyone takes back an expired lease.
+//! - **Targets**: every delivery resolves and checks its URL's host first and connects only to
+//!   the addresses it checked ([`targets`]); a refused target fails like an unreachable receiver
+//!   (retried, then dead) and is logged with the cause, without any connection being opened.
 
 pub mod routes;
+pub mod targets;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -41,6 +45,7 @@ use uuid::Uuid;
 
 use crate::queue::settings::QueueSettings;
 use crate::sealing::SealingKey;
+use targets::{PinnedClients, WebhookTargets};
 
 /// Channel the insert trigger notifies.
 pub const NOTIFY_CHANNEL: &str = "tessera_outbox";
@@ -170,7 +175,9 @@ struct Drainer {
     sealing: SealingKey,
     owner: String,
     settings: QueueSettings,
-    http: reqwest::Client,
+    targets: WebhookTargets,
+    /// Clients pinned to the addresses checked for each host.
+    http: PinnedClients,
     wake: Arc<Notify>,
 }
 
@@ -178,12 +185,13 @@ impl OutboxRuntime {
     /// Takes back this node's in-flight deliveries, then starts the drainer and its listener.
     ///
     /// # Errors
-    /// Database errors during reconciliation; an HTTP client that cannot be built.
+    /// Database errors during reconciliation.
     pub async fn start(
         pool: &PgPool,
         sealing: SealingKey,
         node_id: &str,
         settings: &QueueSettings,
+        targets: WebhookTargets,
     ) -> anyhow::Result<Self> {
         let opts = (*pool.connect_options()).clone().options([("synchronous_commit", "off")]);
         let fast = crate::store::pool_options(2).connect_lazy_with(opts);
@@ -200,15 +208,11 @@ impl OutboxRuntime {
         if back > 0 {
             tracing::info!(deliveries = back, "returned deliveries left in flight by this node's previous run");
         }
-        let http = reqwest::Client::builder()
-            .tls_backend_rustls()
-            .timeout(settings.outbox_timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("tessera-webhooks/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let http = PinnedClients::new(settings.outbox_timeout);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let wake = Arc::new(Notify::new());
-        let drainer = Drainer { pool: fast, sealing, owner, settings: settings.clone(), http, wake: wake.clone() };
+        let drainer =
+            Drainer { pool: fast, sealing, owner, settings: settings.clone(), targets, http, wake: wake.clone() };
         Ok(Self {
             shutdown,
             drainer: tokio::spawn(drainer.run(shutdown_rx.clone())),
@@ -355,11 +359,28 @@ impl Drainer {
             Ok(s) => s,
             Err(e) => return Verdict::Permanent(format!("cannot open the endpoint secret: {e}")),
         };
+        let Ok(url) = reqwest::Url::parse(&head.url) else {
+            return Verdict::Permanent("the stored URL does not parse".into());
+        };
+        // Resolve once and check every address; the client below can reach only those. The lookup
+        // and the request are each bounded by the timeout, so both together stay within the lease.
+        let addrs = match self.targets.resolve(&url, self.settings.outbox_timeout).await {
+            Ok(addrs) => addrs,
+            Err(e) => {
+                tracing::warn!(delivery_id = %head.id, endpoint_id = %head.endpoint_id, cause = %e,
+                    "webhook delivery not sent: its target was refused or did not resolve");
+                let what = if e.is_refusal() { "target refused" } else { "request failed" };
+                return Verdict::Transient(format!("{what}: {e}"));
+            }
+        };
+        let client = match self.http.for_target(&url, &addrs) {
+            Ok(c) => c,
+            Err(e) => return Verdict::Transient(format!("cannot build the HTTP client: {}", e.without_url())),
+        };
         let body = webhooks::delivery_body(head.event_id, &head.event, head.created_at, &head.payload);
         let t = Utc::now().timestamp();
-        let request = self
-            .http
-            .post(&head.url)
+        let request = client
+            .post(url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(webhooks::SIGNATURE_HEADER, webhooks::signature_header(&secret, t, &body))
             .header("Idempotency-Key", head.event_id.to_string())

@@ -33,6 +33,9 @@ pub struct DeadFilter {
 }
 
 /// Register a webhook endpoint: URL, secret (HMAC key, never shown again) and event filter.
+///
+/// The URL's host must resolve to public addresses only, unless `TESSERA_WEBHOOK_ALLOWED_CIDRS`
+/// allows its range (400 naming `url` otherwise); each delivery checks again before connecting.
 #[utoipa::path(post, path = "/api/admin/webhooks", tag = "webhooks", request_body = CreateWebhook,
     responses(
         (status = 201, body = WebhookEndpoint), (status = 400, body = ErrorEnvelope),
@@ -44,7 +47,8 @@ pub async fn create_webhook(
     State(state): State<AppState>,
     Json(body): Json<CreateWebhook>,
 ) -> Result<(StatusCode, Json<WebhookEndpoint>), ApiError> {
-    let endpoint = webhooks::create(&state.pool, &state.sealing, &body).await?;
+    let targets = super::targets::WebhookTargets::from_config(&state.config);
+    let endpoint = webhooks::create(&state.pool, &state.sealing, &targets, &body).await?;
     tracing::info!(endpoint_id = %endpoint.id, url = %endpoint.url, user_id = %admin.user_id, "webhook endpoint registered");
     Ok((StatusCode::CREATED, Json(endpoint)))
 }

@@ -8,9 +8,10 @@
 //!
 //! The endpoint secret is stored sealed (AES-256-GCM with the gateway's sealing key, bound to the
 //! endpoint id), so a raw read of the database never shows it; it is returned by no API.
-//! `http://` URLs are accepted on purpose: operators often run receivers on an internal network
-//! or on the same host, and the signature authenticates the body either way; use `https://` for
-//! anything that crosses an untrusted network.
+//! `http://` URLs are accepted on purpose: the signature authenticates the body either way; use
+//! `https://` for anything that crosses an untrusted network. Where a URL may point is a separate
+//! question ([`super::targets`]): receivers on the same host or an internal network need their
+//! range in `TESSERA_WEBHOOK_ALLOWED_CIDRS`.
 
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, KeyInit, Mac};
@@ -19,6 +20,7 @@ use sha2::Sha256;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::targets::WebhookTargets;
 use crate::http::error::ApiError;
 use crate::sealing::SealingKey;
 
@@ -115,7 +117,9 @@ pub fn verify_signature(
 #[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateWebhook {
-    /// `https://...` (or `http://` for internal receivers).
+    /// `https://...` or `http://...`. Hosts that resolve to loopback, private, link-local, cloud
+    /// metadata or other non-public addresses are refused unless the gateway's
+    /// `TESSERA_WEBHOOK_ALLOWED_CIDRS` allows them; the gateway itself is always refused.
     pub url: String,
     /// 16 to 512 characters; used as the HMAC key. Never shown again.
     pub secret: String,
@@ -146,13 +150,17 @@ pub struct WebhookEndpoint {
     pub dead: i64,
 }
 
+/// How long registration waits for the URL's host to resolve.
+const REGISTRATION_LOOKUP: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Validates and stores an endpoint with its sealed secret.
 ///
 /// # Errors
-/// 400 naming the bad field; database errors.
+/// 400 naming the bad field (including a target that [`WebhookTargets`] refuses); database errors.
 pub async fn create(
     db: impl sqlx::PgExecutor<'_>,
     sealing: &SealingKey,
+    targets: &WebhookTargets,
     body: &CreateWebhook,
 ) -> Result<WebhookEndpoint, ApiError> {
     let url = body.url.trim();
@@ -182,6 +190,10 @@ pub async fn create(
                 format!("unknown event '{e}'; known: {} or *", EVENTS.join(", ")),
             ));
         }
+    }
+    // Last, since it may wait on DNS. Every delivery checks again (the answer may change).
+    if let Err(e) = targets.resolve(&parsed, REGISTRATION_LOOKUP).await {
+        return Err(ApiError::invalid_field("url", format!("url refused: {e}")));
     }
     let mut events = body.events.clone();
     events.sort();

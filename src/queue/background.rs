@@ -60,7 +60,8 @@ impl BackgroundWork {
         diag::register(&mut registry, pool.clone());
         schedule::register(&mut registry, pool.clone(), state.sealing.clone(), state.config.federation.cert_ttl);
         let queues = QueueRuntime::start(pool, &node_id, &[schedule::QUEUE, diag::QUEUE], registry, &settings).await?;
-        let outbox = OutboxRuntime::start(pool, state.sealing.clone(), &node_id, &settings).await?;
+        let targets = crate::outbox::targets::WebhookTargets::from_config(&state.config);
+        let outbox = OutboxRuntime::start(pool, state.sealing.clone(), &node_id, &settings, targets).await?;
         let (stop_scheduler, stop_rx) = watch::channel(false);
         let scheduler = tokio::spawn(schedule::run_scheduler(pool.clone(), settings.schedule_tick, stop_rx));
         tracing::info!(node_id = %node_id, "queue workers and outbox drainer started");
