@@ -457,6 +457,107 @@ async fn twenty_wrong_passwords_get_429_until_the_window_passes() {
     assert!(cookie.is_some());
 }
 
+/// The shared test cluster's server log (appended to by every test of the run).
+fn postgres_log() -> Vec<u8> {
+    let path = common::cluster_dir().join("postgres.log");
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[tokio::test]
+async fn a_nul_character_is_refused_by_name_before_the_database() {
+    let db = TestDb::new().await;
+    let gw = gateway_with(&db, vec![("TESSERA_SIGNIN_MAX_FAILURES".into(), "3".into())]).await;
+    let pg_log_from = postgres_log().len();
+    let t = setup(&gw, "ada@example.org").await;
+    let a = Auth::Token(&t);
+    let nul = |s: StatusCode, b: &Value, field: &str| {
+        assert_field(s, b, StatusCode::BAD_REQUEST, field);
+        assert_eq!(b["error"]["code"], "invalid_request", "{b}");
+        assert!(b["error"]["message"].as_str().unwrap().contains(field), "{b}");
+    };
+
+    // Sign-in, unauthenticated: refused before the throttle, so twice the budget of them costs
+    // nothing, and the message never echoes the password.
+    for _ in 0..3 {
+        let (s, _, _, b) = sign_in(&gw, "ada@example.org\u{0}", PASSWORD).await;
+        nul(s, &b, "email");
+        let (s, _, _, b) = sign_in(&gw, "ada@example.org", "correct horse\u{0}battery").await;
+        nul(s, &b, "password");
+        assert!(!b.to_string().contains("horse"), "{b}");
+    }
+    let statuses: Vec<u16> = {
+        let mut v = Vec::new();
+        for _ in 0..4 {
+            v.push(sign_in(&gw, "ada@example.org", "not it").await.0.as_u16());
+        }
+        v
+    };
+    assert_eq!(statuses, [401, 401, 401, 429], "the whole budget was left for real attempts");
+
+    // Every kind of JSON body, at any depth, keys too.
+    let user = uuid::Uuid::now_v7();
+    let (s, b) =
+        post(&gw, "/api/admin/users", a, json!({"email": "x@example.org", "name": "a\u{0}b", "role": "member"})).await;
+    nul(s, &b, "name");
+    let (s, b) = post(&gw, "/api/admin/tasks", a, json!({"title": "\u{0}", "projectId": user})).await;
+    nul(s, &b, "title");
+    let (s, b) =
+        post(&gw, "/api/admin/tasks", a, json!({"title": "t", "description": "d\u{0}", "projectId": user})).await;
+    nul(s, &b, "description");
+    let (s, b) = post(
+        &gw,
+        "/api/admin/preferences",
+        a,
+        json!({"userId": user, "key": "k", "value": {"notes": ["fine", "bad\u{0}"]}}),
+    )
+    .await;
+    nul(s, &b, "value.notes[1]");
+    let (s, b) =
+        post(&gw, "/api/admin/preferences", a, json!({"userId": user, "key": "k", "value": {"a\u{0}": 1}})).await;
+    nul(s, &b, "value[\"a\\u0000\"]");
+    let (s, b) = post(&gw, "/api/admin/preferences", a, json!({"userId": user, "key": "k\u{0}", "value": 1})).await;
+    nul(s, &b, "key");
+
+    // Path and query parameters (`%00`).
+    let (s, b) =
+        post(&gw, "/api/federation/enrollment/tsr_enroll%00x", Auth::None, json!({"csrPem": "not a csr"})).await;
+    nul(s, &b, "token");
+    let (s, b) = get(&gw, "/api/admin/queues/q%00", a).await;
+    nul(s, &b, "name");
+    let (s, b) = get(&gw, "/api/admin/grants?status=active%00", a).await;
+    nul(s, &b, "status");
+    let (s, b) = get(&gw, "/api/admin/users?limit=5&cursor=%00", a).await;
+    nul(s, &b, "cursor");
+
+    // Without a NUL the same requests get past the check (and to their own answers).
+    let (s, b) = get(&gw, "/api/admin/grants?status=active", a).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) =
+        post(&gw, "/api/admin/users", a, json!({"email": "x@example.org", "name": "a\\u0000b", "role": "member"}))
+            .await;
+    assert_eq!((s, b["name"].as_str()), (StatusCode::CREATED, Some("a\\u0000b")), "{b}");
+
+    // Nothing reached Postgres: no 500 logged by the gateway, no encoding error in Postgres.
+    let log = gw.log();
+    assert!(!log.contains("ERROR") && !log.contains("request failed"), "{log}");
+    let pg = String::from_utf8_lossy(&postgres_log()[pg_log_from..]).into_owned();
+    for needle in ["invalid byte sequence for encoding \"UTF8\": 0x00", "unsupported Unicode escape sequence"] {
+        assert!(!pg.contains(needle), "Postgres saw a NUL: {needle}");
+    }
+
+    // The import file follows the same rule, by line and field.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("nul.jsonl");
+    let line = json!({"kind": "team", "name": "Ops\u{0}"}).to_string();
+    std::fs::write(&file, format!("{}\n{line}\n", json!({"kind": "team", "name": "Fine"}))).unwrap();
+    let env = [("DATABASE_URL", db.url.as_str()), ("TESSERA_CONFIG_DIR", dir.path().to_str().unwrap())];
+    let (code, _, err) = run_cli(&["import", file.to_str().unwrap()], &env);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("line 2") && err.contains("name must not contain the NUL"), "{err}");
+    let teams: i64 = sqlx::query_scalar("select count(*) from teams").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(teams, 0);
+}
+
 // ------------------------------------------------------------------ local data API
 
 #[tokio::test]
