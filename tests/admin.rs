@@ -558,6 +558,59 @@ async fn a_nul_character_is_refused_by_name_before_the_database() {
     assert_eq!(teams, 0);
 }
 
+#[tokio::test]
+async fn over_long_free_text_is_refused_by_name_before_the_database() {
+    let db = TestDb::new().await;
+    let gw = gateway_with(&db, vec![("TESSERA_SIGNIN_MAX_FAILURES".into(), "2".into())]).await;
+    let t = setup(&gw, "ada@example.org").await;
+    let a = Auth::Token(&t);
+
+    // Longer than any account can have: 400, and not counted by the throttle.
+    for _ in 0..3 {
+        let (s, _, _, b) = sign_in(&gw, &format!("{}@example.org", "a".repeat(250)), PASSWORD).await;
+        assert_field(s, &b, StatusCode::BAD_REQUEST, "email");
+        let (s, _, _, b) = sign_in(&gw, "ada@example.org", &"p".repeat(1025)).await;
+        assert_field(s, &b, StatusCode::BAD_REQUEST, "password");
+    }
+    assert_eq!(sign_in(&gw, "ada@example.org", "not it").await.0, StatusCode::UNAUTHORIZED);
+
+    let (s, b) =
+        post(&gw, "/api/admin/users", a, json!({"email": "m@example.org", "name": "M", "role": "member"})).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let member = b["id"].as_str().unwrap().to_string();
+    let (s, b) = post(&gw, "/api/admin/teams", a, json!({"name": "Ops"})).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let (s, b) = post(&gw, "/api/admin/projects", a, json!({"name": "P", "teamId": b["id"]})).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let project = b["id"].clone();
+    let long = "d".repeat(100_001);
+    let (s, b) =
+        post(&gw, "/api/admin/tasks", a, json!({"title": "t", "description": long, "projectId": project})).await;
+    assert_field(s, &b, StatusCode::BAD_REQUEST, "description");
+    let (s, b) = post(
+        &gw,
+        "/api/admin/tasks",
+        a,
+        json!({"title": "t", "description": "d".repeat(100_000), "projectId": project}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "the limit itself is allowed: {}", b["error"]);
+
+    let url = format!("https://peer.example/{}", "x".repeat(2000));
+    let (s, b) = post(&gw, "/api/admin/peers", a, json!({"name": "p1", "endpointUrl": url})).await;
+    assert_field(s, &b, StatusCode::BAD_REQUEST, "endpointUrl");
+    let (s, b) = post(&gw, "/api/admin/peers", a, json!({"name": "p1"})).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let grant = json!({"peerId": b["id"], "subjectUserId": member, "scope": {"resources": ["tasks"]}});
+    let (s, b) = post(&gw, "/api/admin/grants", a, grant).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let revoke = format!("/api/admin/grants/{}/revoke", b["id"].as_str().unwrap());
+    let (s, b) = post(&gw, &revoke, a, json!({"reason": "r".repeat(1001)})).await;
+    assert_field(s, &b, StatusCode::BAD_REQUEST, "reason");
+    let (s, b) = post(&gw, &revoke, a, json!({"reason": "done"})).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+}
+
 // ------------------------------------------------------------------ local data API
 
 #[tokio::test]

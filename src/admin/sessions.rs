@@ -25,6 +25,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::credentials::{SESSION_PREFIX, Secret};
+use super::data::records::MAX_EMAIL_CHARS;
 use super::guard::{Caller, Credential, SESSION_COOKIE};
 use crate::app::AppState;
 use crate::http::error::{ApiError, ErrorEnvelope};
@@ -197,6 +198,15 @@ pub async fn sign_in(
 ) -> Result<Response, ApiError> {
     let throttle = SignInThrottle::current();
     let ip = client_ip(conn.as_ref().map(|e| &e.0));
+    // Longer than any stored value (both are checked on create): refused before the throttle,
+    // the database or a hash, and so before they can cost anyone budget.
+    if body.email.trim().chars().count() > MAX_EMAIL_CHARS {
+        return Err(ApiError::invalid_field("email", format!("email must have at most {MAX_EMAIL_CHARS} characters")));
+    }
+    if body.password.expose().len() > super::passwords::MAX_LEN {
+        let max = super::passwords::MAX_LEN;
+        return Err(ApiError::invalid_field("password", format!("password must have at most {max} bytes")));
+    }
     let email = body.email.trim().to_lowercase();
     let account_key = format!("signin:{email}:{ip}");
     let address_key = format!("signin-addr:{ip}");
