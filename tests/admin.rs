@@ -457,6 +457,104 @@ async fn twenty_wrong_passwords_get_429_until_the_window_passes() {
     assert!(cookie.is_some());
 }
 
+/// The attack that was reported: 30 wrong guesses in parallel against a budget of 10 (the
+/// default), and the right password 50 ms later, while the guesses are still being verified.
+/// At most 10 attempts may reach the password hash between them; the rest get 429 without one.
+/// Then a successful sign-in hands back only its own slot: it neither costs the owner budget
+/// nor clears the failures already counted.
+async fn the_sign_in_budget_holds_against_parallel_guesses(gw: &Gateway) {
+    let token = setup(gw, "ada@example.org").await;
+    let mut guesses = Vec::new();
+    for i in 0..30 {
+        let (client, url) = (gw.client.clone(), gw.url("/api/auth/sign-in"));
+        guesses.push(tokio::spawn(async move {
+            let body = json!({"email": "ada@example.org", "password": format!("guess number {i}")});
+            let r = client.post(url).json(&body).send().await.unwrap();
+            let retry_after = r.headers().get("retry-after").map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
+            (r.status(), retry_after, r.json::<Value>().await.unwrap())
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (right_status, _, _, right_body) = sign_in(gw, "ada@example.org", PASSWORD).await;
+    let (mut wrong, mut limited) = (0, 0);
+    for g in guesses {
+        match g.await.unwrap() {
+            (StatusCode::UNAUTHORIZED, _, _) => wrong += 1,
+            (StatusCode::TOO_MANY_REQUESTS, retry_after, body) => {
+                limited += 1;
+                assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+                assert!(retry_after.is_some_and(|s| (1..=900).contains(&s)), "Retry-After {retry_after:?}");
+            }
+            other => panic!("unexpected answer to a wrong guess: {other:?}"),
+        }
+    }
+    let right_verified = match right_status {
+        StatusCode::OK => true,
+        StatusCode::TOO_MANY_REQUESTS => false,
+        other => panic!("right password: {other} {right_body}"),
+    };
+    // The budget is 10 attempts, the right one included if it got a slot; all of it is usable.
+    assert_eq!(wrong + usize::from(right_verified), 10, "{wrong} wrong guesses verified");
+    assert_eq!(wrong + limited, 30);
+    // Each verification logs one line; a 429 logs none at info level. This is the proof that
+    // the 429s were decided before the hash, not after it.
+    let log = gw.log();
+    let verified = log.matches("sign-in failed").count() + log.matches("signed in").count();
+    assert_eq!(verified, 10, "passwords verified:\n{log}");
+
+    // Budget spent: the right password waits for the window too.
+    let (s, cookie, _, body) = sign_in(gw, "ada@example.org", PASSWORD).await;
+    assert_error(s, &body, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    assert!(cookie.is_none());
+
+    // Refunds, on another account (its own budget of 10 at this address): 9 failures, a success,
+    // then the 10th failure still fits (the success cost nothing) and the 11th does not (the
+    // success cleared nothing).
+    let (s, b) = post(
+        gw,
+        "/api/admin/users",
+        Auth::Token(&token),
+        json!({"email": "bob@example.org", "name": "Bob", "role": "member", "password": PASSWORD}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let mut statuses = Vec::new();
+    for _ in 0..9 {
+        statuses.push(sign_in(gw, "bob@example.org", "not it").await.0.as_u16());
+    }
+    statuses.push(sign_in(gw, "bob@example.org", PASSWORD).await.0.as_u16());
+    for _ in 0..2 {
+        statuses.push(sign_in(gw, "bob@example.org", "not it").await.0.as_u16());
+    }
+    statuses.push(sign_in(gw, "bob@example.org", PASSWORD).await.0.as_u16());
+    let want: Vec<u16> = [[401; 9].as_slice(), &[200, 401, 429, 429]].concat();
+    assert_eq!(statuses, want);
+}
+
+/// The rate limiter the gateway says it uses (its start-up log line).
+fn limiter_backend(gw: &Gateway) -> &'static str {
+    let log = gw.log();
+    let line = log.lines().find(|l| l.contains("rate limiter")).unwrap_or_else(|| panic!("no limiter line:\n{log}"));
+    ["memory", "valkey"].into_iter().find(|b| line.contains(&format!("\"{b}\""))).unwrap_or("unknown")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn parallel_guesses_get_at_most_the_budget_in_process() {
+    let db = TestDb::new().await;
+    let gw = gateway(&db).await;
+    assert_eq!(limiter_backend(&gw), "memory");
+    the_sign_in_budget_holds_against_parallel_guesses(&gw).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn parallel_guesses_get_at_most_the_budget_in_valkey() {
+    let db = TestDb::new().await;
+    let (valkey, _dir) = common::replicas::start_valkey(None).await;
+    let gw = gateway_with(&db, vec![("VALKEY_URL".into(), valkey.url())]).await;
+    assert_eq!(limiter_backend(&gw), "valkey");
+    the_sign_in_budget_holds_against_parallel_guesses(&gw).await;
+}
+
 /// The shared test cluster's server log (appended to by every test of the run).
 fn postgres_log() -> Vec<u8> {
     let path = common::cluster_dir().join("postgres.log");
