@@ -463,6 +463,258 @@ async fn twenty_wrong_passwords_get_429_until_the_window_passes() {
     assert!(cookie.is_some());
 }
 
+/// The attack that was reported: 30 wrong guesses in parallel against a budget of 10 (the
+/// default), and the right password 50 ms later, while the guesses are still being verified.
+/// At most 10 attempts may reach the password hash between them; the rest get 429 without one.
+/// Then a successful sign-in hands back only its own slot: it neither costs the owner budget
+/// nor clears the failures already counted.
+async fn the_sign_in_budget_holds_against_parallel_guesses(gw: &Gateway) {
+    let token = setup(gw, "ada@example.org").await;
+    let mut guesses = Vec::new();
+    for i in 0..30 {
+        let (client, url) = (gw.client.clone(), gw.url("/api/auth/sign-in"));
+        guesses.push(tokio::spawn(async move {
+            let body = json!({"email": "ada@example.org", "password": format!("guess number {i}")});
+            let r = client.post(url).json(&body).send().await.unwrap();
+            let retry_after = r.headers().get("retry-after").map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
+            (r.status(), retry_after, r.json::<Value>().await.unwrap())
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (right_status, _, _, right_body) = sign_in(gw, "ada@example.org", PASSWORD).await;
+    let (mut wrong, mut limited) = (0, 0);
+    for g in guesses {
+        match g.await.unwrap() {
+            (StatusCode::UNAUTHORIZED, _, _) => wrong += 1,
+            (StatusCode::TOO_MANY_REQUESTS, retry_after, body) => {
+                limited += 1;
+                assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+                assert!(retry_after.is_some_and(|s| (1..=900).contains(&s)), "Retry-After {retry_after:?}");
+            }
+            other => panic!("unexpected answer to a wrong guess: {other:?}"),
+        }
+    }
+    let right_verified = match right_status {
+        StatusCode::OK => true,
+        StatusCode::TOO_MANY_REQUESTS => false,
+        other => panic!("right password: {other} {right_body}"),
+    };
+    // The budget is 10 attempts, the right one included if it got a slot; all of it is usable.
+    assert_eq!(wrong + usize::from(right_verified), 10, "{wrong} wrong guesses verified");
+    assert_eq!(wrong + limited, 30);
+    // Each verification logs one line; a 429 logs none at info level. This is the proof that
+    // the 429s were decided before the hash, not after it.
+    let log = gw.log();
+    let verified = log.matches("sign-in failed").count() + log.matches("signed in").count();
+    assert_eq!(verified, 10, "passwords verified:\n{log}");
+
+    // Budget spent: the right password waits for the window too.
+    let (s, cookie, _, body) = sign_in(gw, "ada@example.org", PASSWORD).await;
+    assert_error(s, &body, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    assert!(cookie.is_none());
+
+    // Refunds, on another account (its own budget of 10 at this address): 9 failures, a success,
+    // then the 10th failure still fits (the success cost nothing) and the 11th does not (the
+    // success cleared nothing).
+    let (s, b) = post(
+        gw,
+        "/api/admin/users",
+        Auth::Token(&token),
+        json!({"email": "bob@example.org", "name": "Bob", "role": "member", "password": PASSWORD}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let mut statuses = Vec::new();
+    for _ in 0..9 {
+        statuses.push(sign_in(gw, "bob@example.org", "not it").await.0.as_u16());
+    }
+    statuses.push(sign_in(gw, "bob@example.org", PASSWORD).await.0.as_u16());
+    for _ in 0..2 {
+        statuses.push(sign_in(gw, "bob@example.org", "not it").await.0.as_u16());
+    }
+    statuses.push(sign_in(gw, "bob@example.org", PASSWORD).await.0.as_u16());
+    let want: Vec<u16> = [[401; 9].as_slice(), &[200, 401, 429, 429]].concat();
+    assert_eq!(statuses, want);
+}
+
+/// The rate limiter the gateway says it uses (its start-up log line).
+fn limiter_backend(gw: &Gateway) -> &'static str {
+    let log = gw.log();
+    let line = log.lines().find(|l| l.contains("rate limiter")).unwrap_or_else(|| panic!("no limiter line:\n{log}"));
+    ["memory", "valkey"].into_iter().find(|b| line.contains(&format!("\"{b}\""))).unwrap_or("unknown")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn parallel_guesses_get_at_most_the_budget_in_process() {
+    let db = TestDb::new().await;
+    let gw = gateway(&db).await;
+    assert_eq!(limiter_backend(&gw), "memory");
+    the_sign_in_budget_holds_against_parallel_guesses(&gw).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn parallel_guesses_get_at_most_the_budget_in_valkey() {
+    let db = TestDb::new().await;
+    let (valkey, _dir) = common::replicas::start_valkey(None).await;
+    let gw = gateway_with(&db, vec![("VALKEY_URL".into(), valkey.url())]).await;
+    assert_eq!(limiter_backend(&gw), "valkey");
+    the_sign_in_budget_holds_against_parallel_guesses(&gw).await;
+}
+
+/// The shared test cluster's server log (appended to by every test of the run).
+fn postgres_log() -> Vec<u8> {
+    let path = common::cluster_dir().join("postgres.log");
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[tokio::test]
+async fn a_nul_character_is_refused_by_name_before_the_database() {
+    let db = TestDb::new().await;
+    let gw = gateway_with(&db, vec![("TESSERA_SIGNIN_MAX_FAILURES".into(), "3".into())]).await;
+    let pg_log_from = postgres_log().len();
+    let t = setup(&gw, "ada@example.org").await;
+    let a = Auth::Token(&t);
+    let nul = |s: StatusCode, b: &Value, field: &str| {
+        assert_field(s, b, StatusCode::BAD_REQUEST, field);
+        assert_eq!(b["error"]["code"], "invalid_request", "{b}");
+        assert!(b["error"]["message"].as_str().unwrap().contains(field), "{b}");
+    };
+
+    // Sign-in, unauthenticated: refused before the throttle, so twice the budget of them costs
+    // nothing, and the message never echoes the password.
+    for _ in 0..3 {
+        let (s, _, _, b) = sign_in(&gw, "ada@example.org\u{0}", PASSWORD).await;
+        nul(s, &b, "email");
+        let (s, _, _, b) = sign_in(&gw, "ada@example.org", "correct horse\u{0}battery").await;
+        nul(s, &b, "password");
+        assert!(!b.to_string().contains("horse"), "{b}");
+    }
+    let statuses: Vec<u16> = {
+        let mut v = Vec::new();
+        for _ in 0..4 {
+            v.push(sign_in(&gw, "ada@example.org", "not it").await.0.as_u16());
+        }
+        v
+    };
+    assert_eq!(statuses, [401, 401, 401, 429], "the whole budget was left for real attempts");
+
+    // Every kind of JSON body, at any depth, keys too.
+    let user = uuid::Uuid::now_v7();
+    let (s, b) =
+        post(&gw, "/api/admin/users", a, json!({"email": "x@example.org", "name": "a\u{0}b", "role": "member"})).await;
+    nul(s, &b, "name");
+    let (s, b) = post(&gw, "/api/admin/tasks", a, json!({"title": "\u{0}", "projectId": user})).await;
+    nul(s, &b, "title");
+    let (s, b) =
+        post(&gw, "/api/admin/tasks", a, json!({"title": "t", "description": "d\u{0}", "projectId": user})).await;
+    nul(s, &b, "description");
+    let (s, b) = post(
+        &gw,
+        "/api/admin/preferences",
+        a,
+        json!({"userId": user, "key": "k", "value": {"notes": ["fine", "bad\u{0}"]}}),
+    )
+    .await;
+    nul(s, &b, "value.notes[1]");
+    let (s, b) =
+        post(&gw, "/api/admin/preferences", a, json!({"userId": user, "key": "k", "value": {"a\u{0}": 1}})).await;
+    nul(s, &b, "value[\"a\\u0000\"]");
+    let (s, b) = post(&gw, "/api/admin/preferences", a, json!({"userId": user, "key": "k\u{0}", "value": 1})).await;
+    nul(s, &b, "key");
+
+    // Path and query parameters (`%00`).
+    let (s, b) =
+        post(&gw, "/api/federation/enrollment/tsr_enroll%00x", Auth::None, json!({"csrPem": "not a csr"})).await;
+    nul(s, &b, "token");
+    let (s, b) = get(&gw, "/api/admin/queues/q%00", a).await;
+    nul(s, &b, "name");
+    let (s, b) = get(&gw, "/api/admin/grants?status=active%00", a).await;
+    nul(s, &b, "status");
+    let (s, b) = get(&gw, "/api/admin/users?limit=5&cursor=%00", a).await;
+    nul(s, &b, "cursor");
+
+    // Without a NUL the same requests get past the check (and to their own answers).
+    let (s, b) = get(&gw, "/api/admin/grants?status=active", a).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) =
+        post(&gw, "/api/admin/users", a, json!({"email": "x@example.org", "name": "a\\u0000b", "role": "member"}))
+            .await;
+    assert_eq!((s, b["name"].as_str()), (StatusCode::CREATED, Some("a\\u0000b")), "{b}");
+
+    // Nothing reached Postgres: no 500 logged by the gateway, no encoding error in Postgres.
+    let log = gw.log();
+    assert!(!log.contains("ERROR") && !log.contains("request failed"), "{log}");
+    let pg = String::from_utf8_lossy(&postgres_log()[pg_log_from..]).into_owned();
+    for needle in ["invalid byte sequence for encoding \"UTF8\": 0x00", "unsupported Unicode escape sequence"] {
+        assert!(!pg.contains(needle), "Postgres saw a NUL: {needle}");
+    }
+
+    // The import file follows the same rule, by line and field.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("nul.jsonl");
+    let line = json!({"kind": "team", "name": "Ops\u{0}"}).to_string();
+    std::fs::write(&file, format!("{}\n{line}\n", json!({"kind": "team", "name": "Fine"}))).unwrap();
+    let env = [("DATABASE_URL", db.url.as_str()), ("TESSERA_CONFIG_DIR", dir.path().to_str().unwrap())];
+    let (code, _, err) = run_cli(&["import", file.to_str().unwrap()], &env);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("line 2") && err.contains("name must not contain the NUL"), "{err}");
+    let teams: i64 = sqlx::query_scalar("select count(*) from teams").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(teams, 0);
+}
+
+#[tokio::test]
+async fn over_long_free_text_is_refused_by_name_before_the_database() {
+    let db = TestDb::new().await;
+    let gw = gateway_with(&db, vec![("TESSERA_SIGNIN_MAX_FAILURES".into(), "2".into())]).await;
+    let t = setup(&gw, "ada@example.org").await;
+    let a = Auth::Token(&t);
+
+    // Longer than any account can have: 400, and not counted by the throttle.
+    for _ in 0..3 {
+        let (s, _, _, b) = sign_in(&gw, &format!("{}@example.org", "a".repeat(250)), PASSWORD).await;
+        assert_field(s, &b, StatusCode::BAD_REQUEST, "email");
+        let (s, _, _, b) = sign_in(&gw, "ada@example.org", &"p".repeat(1025)).await;
+        assert_field(s, &b, StatusCode::BAD_REQUEST, "password");
+    }
+    assert_eq!(sign_in(&gw, "ada@example.org", "not it").await.0, StatusCode::UNAUTHORIZED);
+
+    let (s, b) =
+        post(&gw, "/api/admin/users", a, json!({"email": "m@example.org", "name": "M", "role": "member"})).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let member = b["id"].as_str().unwrap().to_string();
+    let (s, b) = post(&gw, "/api/admin/teams", a, json!({"name": "Ops"})).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let (s, b) = post(&gw, "/api/admin/projects", a, json!({"name": "P", "teamId": b["id"]})).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let project = b["id"].clone();
+    let long = "d".repeat(100_001);
+    let (s, b) =
+        post(&gw, "/api/admin/tasks", a, json!({"title": "t", "description": long, "projectId": project})).await;
+    assert_field(s, &b, StatusCode::BAD_REQUEST, "description");
+    let (s, b) = post(
+        &gw,
+        "/api/admin/tasks",
+        a,
+        json!({"title": "t", "description": "d".repeat(100_000), "projectId": project}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "the limit itself is allowed: {}", b["error"]);
+
+    let url = format!("https://peer.example/{}", "x".repeat(2000));
+    let (s, b) = post(&gw, "/api/admin/peers", a, json!({"name": "p1", "endpointUrl": url})).await;
+    assert_field(s, &b, StatusCode::BAD_REQUEST, "endpointUrl");
+    let (s, b) = post(&gw, "/api/admin/peers", a, json!({"name": "p1"})).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let grant = json!({"peerId": b["id"], "subjectUserId": member, "scope": {"resources": ["tasks"]}});
+    let (s, b) = post(&gw, "/api/admin/grants", a, grant).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let revoke = format!("/api/admin/grants/{}/revoke", b["id"].as_str().unwrap());
+    let (s, b) = post(&gw, &revoke, a, json!({"reason": "r".repeat(1001)})).await;
+    assert_field(s, &b, StatusCode::BAD_REQUEST, "reason");
+    let (s, b) = post(&gw, &revoke, a, json!({"reason": "done"})).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+}
+
 // ------------------------------------------------------------------ local data API
 
 #[tokio::test]

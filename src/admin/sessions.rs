@@ -6,8 +6,18 @@
 //! the client address alone with a larger budget (`signin-addr:<addr>`, spraying many accounts).
 //! Keying the account by address as well means an attacker elsewhere cannot lock the real owner
 //! out. While a key is over budget even the right password gets 429, or throttling would only
-//! slow down the guessing. Only failures count, so the owner is never throttled by their own
-//! successful sign-ins.
+//! slow down the guessing.
+//!
+//! Every attempt is counted *before* its password is verified (a reservation: one atomic hit that
+//! decides), so guesses sent in parallel cannot all pass a check before the first failure is
+//! recorded: of N concurrent guesses against a budget of B, at most B are verified and the rest
+//! get 429 without a hash being computed. Only failures should use up the budget, so a
+//! successful sign-in hands back the reservation it made itself: one slot, in the window that
+//! counted it, never below zero. It does not clear the key: the failures already counted stay,
+//! and since a refund needs the right password and returns only what that same attempt took,
+//! it can never give an attacker more guesses than the budget. A body that is refused before the
+//! throttle (malformed JSON, a NUL character, an email or password longer than any stored one)
+//! cannot match an account, costs no hash and is not counted.
 
 use std::net::IpAddr;
 use std::sync::OnceLock;
@@ -25,6 +35,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::credentials::{SESSION_PREFIX, Secret};
+use super::data::records::MAX_EMAIL_CHARS;
 use super::guard::{Caller, Credential, SESSION_COOKIE};
 use crate::app::AppState;
 use crate::http::error::{ApiError, ErrorEnvelope};
@@ -185,7 +196,7 @@ struct SignInRow {
     request_body = SignInRequest,
     responses(
         (status = 200, description = "Signed in; `Set-Cookie: tessera_session=...`", body = SignInResponse),
-        (status = 400, description = "Malformed body", body = ErrorEnvelope),
+        (status = 400, description = "Malformed body, a NUL character, or an email or password longer than any account has (`details.field`); not counted by the throttle", body = ErrorEnvelope),
         (status = 401, description = "Wrong email or password, or the user is disabled", body = ErrorEnvelope),
         (status = 403, description = "Sent from another site (`Sec-Fetch-Site` or `Origin`)", body = ErrorEnvelope),
         (status = 429, description = "Too many failed sign-ins; see `Retry-After`", body = ErrorEnvelope),
@@ -201,13 +212,32 @@ pub async fn sign_in(
     super::cross_site::refuse_foreign_origin(&headers, &uri, &state.config.public_url)?;
     let throttle = SignInThrottle::current();
     let ip = client_ip(conn.as_ref().map(|e| &e.0));
+    // Longer than any stored value (both are checked on create): refused before the throttle,
+    // the database or a hash, and so before they can cost anyone budget.
+    if body.email.trim().chars().count() > MAX_EMAIL_CHARS {
+        return Err(ApiError::invalid_field("email", format!("email must have at most {MAX_EMAIL_CHARS} characters")));
+    }
+    if body.password.expose().len() > super::passwords::MAX_LEN {
+        let max = super::passwords::MAX_LEN;
+        return Err(ApiError::invalid_field("password", format!("password must have at most {max} bytes")));
+    }
     let email = body.email.trim().to_lowercase();
     let account_key = format!("signin:{email}:{ip}");
     let address_key = format!("signin-addr:{ip}");
     let address_limit = throttle.max_failures.saturating_mul(ADDRESS_FACTOR);
     let limiter = &state.limiter;
-    limited(limiter.check(&account_key, throttle.max_failures, throttle.window).await?)?;
-    limited(limiter.check(&address_key, address_limit, throttle.window).await?)?;
+    let account = limiter.reserve(&account_key, throttle.max_failures, throttle.window).await?;
+    if let Err(e) = limited(account.decision) {
+        tracing::debug!(client = %ip, "sign-in refused: account budget spent");
+        return Err(e);
+    }
+    let address = limiter.reserve(&address_key, address_limit, throttle.window).await?;
+    if let Err(e) = limited(address.decision) {
+        tracing::debug!(client = %ip, "sign-in refused: address budget spent");
+        // Nothing was verified, so the account's slot goes back; the address stays over budget.
+        limiter.refund(account).await;
+        return Err(e);
+    }
 
     let row: Option<SignInRow> =
         sqlx::query_as("select id, email, name, role, password_hash, disabled_at from users where lower(email) = $1")
@@ -219,14 +249,13 @@ pub async fn sign_in(
     let row = match row {
         Some(r) if password_ok && r.disabled_at.is_none() => r,
         _ => {
-            let a = limiter.hit(&account_key, throttle.max_failures, throttle.window).await?;
-            let b = limiter.hit(&address_key, address_limit, throttle.window).await?;
+            // The reservations stay counted: this was a failure.
             tracing::info!(client = %ip, "sign-in failed");
-            limited(a)?;
-            limited(b)?;
             return Err(ApiError::unauthorized("Invalid email or password"));
         }
     };
+    limiter.refund(account).await;
+    limiter.refund(address).await;
 
     let secret = Secret::generate(SESSION_PREFIX);
     let user_agent =

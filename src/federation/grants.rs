@@ -81,6 +81,16 @@ pub struct GrantFilter {
     pub status: Option<String>,
 }
 
+/// Longest revoke reason kept (characters): it is free text from an admin, stored as `text`.
+const MAX_REASON: usize = 1000;
+
+fn check_reason(reason: &str) -> Result<(), ApiError> {
+    if reason.chars().count() > MAX_REASON {
+        return Err(ApiError::invalid_field("reason", format!("reason must have at most {MAX_REASON} characters")));
+    }
+    Ok(())
+}
+
 fn check_rate(rate: Option<i32>) -> Result<(), ApiError> {
     match rate {
         Some(r) if !(1..=1_000_000).contains(&r) => {
@@ -260,6 +270,9 @@ pub async fn update_grant(
     Path(id): Path<Uuid>,
     Json(body): Json<UpdateGrant>,
 ) -> Result<Json<Grant>, ApiError> {
+    if let Some(reason) = &body.reason {
+        check_reason(reason)?;
+    }
     let mut tx = state.pool.begin().await?;
     let grant = lock(&mut tx, id).await?;
     let mut grant = match body.status.as_deref() {
@@ -317,6 +330,7 @@ pub async fn revoke_grant(
     if body.reason.trim().is_empty() {
         return Err(ApiError::invalid_field("reason", "reason must not be empty"));
     }
+    check_reason(body.reason.trim())?;
     let mut tx = state.pool.begin().await?;
     let grant = revoke(&mut tx, id, body.reason.trim()).await?;
     tx.commit().await?;

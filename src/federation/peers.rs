@@ -114,9 +114,12 @@ pub async fn create_peer(
 ) -> Result<(StatusCode, Json<Peer>), ApiError> {
     validate_name(&body.name)?;
     if let Some(url) = &body.endpoint_url
-        && !url.starts_with("https://")
+        && (!url.starts_with("https://") || url.len() > 2000)
     {
-        return Err(ApiError::invalid_field("endpointUrl", "endpointUrl must start with https://"));
+        return Err(ApiError::invalid_field(
+            "endpointUrl",
+            "endpointUrl must start with https:// and have at most 2000 characters",
+        ));
     }
     let peer = insert(&state.pool, &body.name, body.endpoint_url.as_deref()).await?;
     Ok((StatusCode::CREATED, Json(peer)))

@@ -3,14 +3,23 @@
 //! axum's own `Json`, `Path` and `Query` reject with plain-text bodies. These wrappers delegate to
 //! them and turn the rejection into a `400 invalid_request` (or 413/415 with the same envelope), so
 //! a malformed body never gets a response shape clients do not expect.
+//!
+//! They also refuse the NUL character (U+0000) in every string they hand on: a JSON string or
+//! key, a path parameter, a query parameter name or value. Postgres cannot store NUL in `text` or
+//! `jsonb`, so such a value would otherwise reach the database and come back as a 500 (and an
+//! `ERROR` in its log). Checking here, once, covers every handler; the few that read a raw body
+//! call [`reject_nul_in_json`] themselves. The 400 names the field by its JSON path (`name`,
+//! `items[2].title`) in `details.field`, like [`ApiError::invalid_field`] elsewhere.
 
-use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::StatusCode;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, JsonRejection, MissingJsonContentType, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, RawPathParams, Request};
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use super::error::{ApiError, ErrorCode};
 
@@ -26,11 +35,29 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
+        // axum's `Json` in three steps, so that the NUL check sees the bytes before serde does:
+        // the same content-type rule, the same body limit, the same deserialiser.
+        if !json_content_type(req.headers()) {
+            return Err(json_rejection(&JsonRejection::MissingJsonContentType(MissingJsonContentType::default())));
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| bytes_rejection(&e))?;
+        reject_nul_in_json(&bytes)?;
+        match axum::Json::<T>::from_bytes(&bytes) {
             Ok(axum::Json(v)) => Ok(Self(v)),
             Err(rejection) => Err(json_rejection(&rejection)),
         }
     }
+}
+
+/// `application/json` or any `application/*+json`, exactly as axum's `Json` decides.
+fn json_content_type(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<mime::Mime>().ok())
+        .is_some_and(|m| {
+            m.type_() == "application" && (m.subtype() == "json" || m.suffix().is_some_and(|s| s == "json"))
+        })
 }
 
 impl<T: Serialize> IntoResponse for Json<T> {
@@ -86,6 +113,13 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        // The raw (percent-decoded) parameters first: a `%00` is refused by name whatever type
+        // the handler asks for.
+        if let Ok(raw) = RawPathParams::from_request_parts(parts, state).await
+            && let Some((name, _)) = raw.iter().find(|(_, value)| value.contains('\0'))
+        {
+            return Err(nul_error(name));
+        }
         match axum::extract::Path::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Path(v)) => Ok(Self(v)),
             Err(PathRejection::FailedToDeserializePathParams(e)) => {
@@ -108,6 +142,7 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        reject_nul_in_query(&parts.uri)?;
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(v)) => Ok(Self(v)),
             Err(QueryRejection::FailedToDeserializeQueryString(e)) => {
@@ -115,5 +150,164 @@ where
             }
             Err(_) => Err(ApiError::invalid_request("Invalid query string")),
         }
+    }
+}
+
+/// A query string may carry NUL only as `%00` (a URI cannot hold the raw byte), so only a query
+/// with that sequence is decoded pair by pair to name the parameter.
+fn reject_nul_in_query(uri: &axum::http::Uri) -> Result<(), ApiError> {
+    if !uri.query().is_some_and(|q| q.contains("%00")) {
+        return Ok(());
+    }
+    let Ok(axum::extract::Query(pairs)) = axum::extract::Query::<Vec<(String, String)>>::try_from_uri(uri) else {
+        return Ok(()); // not a query string at all: the typed parse reports it
+    };
+    match pairs.iter().find(|(name, value)| name.contains('\0') || value.contains('\0')) {
+        Some((name, _)) if name.contains('\0') => Err(nul_error(&quoted(name))),
+        Some((name, _)) => Err(nul_error(name)),
+        None => Ok(()),
+    }
+}
+
+/// Refuses a JSON document with U+0000 in any string or object key, naming where it is.
+///
+/// # Errors
+/// 400 `invalid_request` with the JSON path in `details.field` (none when the whole document is
+/// the string). A malformed document passes: the typed parse that follows reports it.
+pub fn reject_nul_in_json(raw: &[u8]) -> Result<(), ApiError> {
+    match nul_in_json(raw) {
+        None => Ok(()),
+        Some(path) if path.is_empty() => {
+            Err(ApiError::invalid_request("The request body must not contain the NUL character (U+0000)"))
+        }
+        Some(path) => Err(nul_error(&path)),
+    }
+}
+
+/// The JSON path (`name`, `items[2].title`, `value["a b"]`) of the first string or key of `raw`
+/// that holds U+0000; `Some("")` when the document is itself such a string.
+///
+/// Inside JSON a NUL can only be written as the escape `\u0000` (a raw control byte is a syntax
+/// error), so the documents without that sequence, nearly all of them, skip the second parse.
+pub fn nul_in_json(raw: &[u8]) -> Option<String> {
+    if !raw.windows(6).any(|w| w == br"\u0000") {
+        return None;
+    }
+    // The sequence may be an escaped backslash followed by `u0000`: only the parse can tell.
+    let value: Value = serde_json::from_slice(raw).ok()?;
+    let mut path = String::new();
+    find_nul(&value, &mut path).then_some(path)
+}
+
+/// Depth-first; `path` holds the path of `value` and, on `true`, of the NUL found under it.
+/// (serde_json refuses documents nested deeper than 128, which bounds the recursion.)
+fn find_nul(value: &Value, path: &mut String) -> bool {
+    let len = path.len();
+    match value {
+        Value::String(s) => return s.contains('\0'),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                path.push_str(&format!("[{i}]"));
+                if find_nul(item, path) {
+                    return true;
+                }
+                path.truncate(len);
+            }
+        }
+        Value::Object(map) => {
+            for (key, item) in map {
+                push_key(path, key);
+                if key.contains('\0') || find_nul(item, path) {
+                    return true;
+                }
+                path.truncate(len);
+            }
+        }
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    }
+    false
+}
+
+/// `.key` for a plain key (no dot at the start of the path), `["..."]` for any other, so that a
+/// key holding `.`, `[`, spaces or NUL still names one field unambiguously.
+fn push_key(path: &mut String, key: &str) {
+    let plain = !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if !plain {
+        path.push_str(&quoted(key));
+        return;
+    }
+    if !path.is_empty() {
+        path.push('.');
+    }
+    path.push_str(key);
+}
+
+/// `["..."]` with JSON escapes, so a NUL in a key shows as `\u0000` rather than raw.
+fn quoted(key: &str) -> String {
+    format!("[{}]", serde_json::to_string(key).unwrap_or_default())
+}
+
+fn nul_error(field: &str) -> ApiError {
+    ApiError::invalid_field(field, format!("{field} must not contain the NUL character (U+0000)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nul(json: &str) -> Option<String> {
+        nul_in_json(json.as_bytes())
+    }
+
+    #[test]
+    fn the_path_names_the_field_holding_the_nul() {
+        assert_eq!(nul(r#"{"name": "a\u0000b"}"#).as_deref(), Some("name"));
+        assert_eq!(nul(r#"{"items": [{"title": "x"}, {}, {"title": "\u0000"}]}"#).as_deref(), Some("items[2].title"));
+        assert_eq!(nul(r#"{"value": {"deep": [1, [null, "\u0000"]]}}"#).as_deref(), Some("value.deep[1][1]"));
+        assert_eq!(nul(r#"[0, {"a": "\u0000"}]"#).as_deref(), Some("[1].a"));
+        assert_eq!(nul(r#""\u0000""#).as_deref(), Some(""));
+    }
+
+    #[test]
+    fn keys_are_checked_and_quoted_when_not_plain() {
+        assert_eq!(nul(r#"{"value": {"k\u0000": 1}}"#).as_deref(), Some(r#"value["k\u0000"]"#));
+        assert_eq!(nul(r#"{"a.b": {"c d": "\u0000"}}"#).as_deref(), Some(r#"["a.b"]["c d"]"#));
+        assert_eq!(nul(r#"{"": "\u0000"}"#).as_deref(), Some(r#"[""]"#));
+    }
+
+    #[test]
+    fn documents_without_a_nul_pass() {
+        for ok in [
+            r#"{"name": "plain"}"#,
+            // An escaped backslash followed by the letters u0000 is six characters, not a NUL.
+            r#"{"name": "\\u0000"}"#,
+            r#"{"name": "\u0010 \u1000 u0000"}"#,
+            // Malformed: left to the typed parse, which says why.
+            r#"{"name": "\u0000""#,
+            "",
+        ] {
+            assert_eq!(nul(ok), None, "{ok}");
+        }
+        assert_eq!(nul(r#"{"a": "\\\u0000"}"#).as_deref(), Some("a"), "backslash, then a real NUL");
+    }
+
+    #[test]
+    fn the_error_names_the_field_in_the_envelope() {
+        let e = reject_nul_in_json(br#"{"items": [{"title": "\u0000"}]}"#).unwrap_err();
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        assert!(e.message().contains("items[0].title"), "{}", e.message());
+        let e = reject_nul_in_json(br#""\u0000""#).unwrap_err();
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn query_parameters_are_named_by_their_name() {
+        let uri = |q: &str| format!("/x?{q}").parse::<axum::http::Uri>().unwrap();
+        assert!(reject_nul_in_query(&uri("status=active&limit=5")).is_ok());
+        assert!(reject_nul_in_query(&uri("status=%2500")).is_ok(), "an encoded percent sign, then 00");
+        let e = reject_nul_in_query(&uri("limit=5&status=a%00b")).unwrap_err();
+        assert!(e.message().starts_with("status "), "{}", e.message());
+        let e = reject_nul_in_query(&uri("st%00=1")).unwrap_err();
+        assert!(e.message().starts_with(r#"["st\u0000"] "#), "{}", e.message());
     }
 }

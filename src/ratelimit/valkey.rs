@@ -6,12 +6,15 @@
 //! starts it and later hits cannot stretch it; and if a client dies between `INCR` and
 //! `PEXPIRE`, the next hit's `PEXPIRE NX` repairs the key. `PTTL` gives `Retry-After`.
 //!
+//! A refund is one Lua script (`DECR` only while the key exists and is above zero), so it cannot
+//! race a hit into a negative count or recreate an expired key without a TTL.
+//!
 //! Any error (Valkey down, reconnecting, timed out) is returned as a [`RateLimitError`]; callers
 //! fail closed and never serve without limits.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use fred::prelude::{ClientLike, KeysInterface, Value};
+use fred::prelude::{ClientLike, KeysInterface, LuaInterface, Value};
 use fred::types::ExpireOptions;
 
 use super::{Decision, RateLimitError};
@@ -19,6 +22,11 @@ use crate::services::valkey::Valkey;
 
 /// Every key this limiter writes starts with this prefix.
 const PREFIX: &str = "tessera:rl:";
+
+/// Takes back one hit: never below zero, never on a key that has expired (its window is over).
+const REFUND: &str = "local n = tonumber(redis.call('GET', KEYS[1]) or '0')
+if n > 0 then return redis.call('DECR', KEYS[1]) end
+return n";
 
 #[derive(Debug, Clone)]
 pub struct ValkeyLimiter {
@@ -50,6 +58,20 @@ impl ValkeyLimiter {
     /// # Errors
     /// Valkey is unavailable.
     pub async fn hit(&self, key: &str, limit: u32, window: Duration) -> Result<Decision, RateLimitError> {
+        Ok(self.hit_window(key, limit, window).await?.0)
+    }
+
+    /// [`Self::hit`], and when its window ends (from `PTTL`, so an estimate within a round trip).
+    ///
+    /// # Errors
+    /// Valkey is unavailable.
+    pub async fn hit_window(
+        &self,
+        key: &str,
+        limit: u32,
+        window: Duration,
+    ) -> Result<(Decision, Instant), RateLimitError> {
+        let sent = Instant::now();
         self.valkey.ensure_connected().map_err(|e| RateLimitError(e.to_string()))?;
         let key = format!("{PREFIX}{key}");
         let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX).max(1);
@@ -59,7 +81,21 @@ impl ValkeyLimiter {
             pipeline.pexpire(&key, window_ms, Some(ExpireOptions::NX)).await.map_err(|e| self.unavailable(e))?;
         let _: Value = pipeline.pttl(&key).await.map_err(|e| self.unavailable(e))?;
         let (count, _set, pttl): (i64, i64, i64) = pipeline.all().await.map_err(|e| self.unavailable(e))?;
-        Ok(decide(count, u64::from(limit), pttl, window, true))
+        // Measured from before the round trip, so the estimate errs early, never late.
+        let ends = sent + u64::try_from(pttl).map(Duration::from_millis).unwrap_or(window).min(window);
+        Ok((decide(count, u64::from(limit), pttl, window, true), ends))
+    }
+
+    /// Takes back one hit on `key` (see [`REFUND`]). The caller makes sure the window that
+    /// counted the hit is still the current one.
+    ///
+    /// # Errors
+    /// Valkey is unavailable.
+    pub async fn refund(&self, key: &str) -> Result<(), RateLimitError> {
+        self.valkey.ensure_connected().map_err(|e| RateLimitError(e.to_string()))?;
+        let key = format!("{PREFIX}{key}");
+        let _: i64 = self.valkey.client().eval(REFUND, key, ()).await.map_err(|e| self.unavailable(e))?;
+        Ok(())
     }
 
     /// Whether the client is connected right now (no round trip).
@@ -122,6 +158,24 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(a.check("other", 6, w).await.unwrap().is_allowed());
+
+        // A refund hands back one hit and never more: not below zero, not on a missing key.
+        let (d, ends) = a.hit_window("r", 2, w).await.unwrap();
+        assert!(d.is_allowed() && ends > std::time::Instant::now() + Duration::from_secs(25));
+        assert!(a.hit("r", 2, w).await.unwrap().is_allowed());
+        assert!(!b.check("r", 2, w).await.unwrap().is_allowed());
+        b.refund("r").await.unwrap();
+        assert!(a.check("r", 2, w).await.unwrap().is_allowed(), "one slot back, seen by the other replica");
+        for _ in 0..3 {
+            a.refund("r").await.unwrap();
+        }
+        assert_eq!(a.check("r", 2, w).await.unwrap(), Decision::Allowed { remaining: 2 });
+        a.refund("never-hit").await.unwrap();
+        assert_eq!(a.check("never-hit", 2, w).await.unwrap(), Decision::Allowed { remaining: 2 });
+        let ttl: i64 = a.valkey.client().pttl(format!("{PREFIX}r")).await.unwrap();
+        assert!(ttl > 25_000, "a refund keeps the window's expiry ({ttl} ms)");
+        let missing: i64 = a.valkey.client().pttl(format!("{PREFIX}never-hit")).await.unwrap();
+        assert_eq!(missing, -2, "a refund never creates a key");
 
         server.kill();
         let started = std::time::Instant::now();

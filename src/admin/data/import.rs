@@ -79,6 +79,12 @@ pub async fn import(pool: &PgPool, input: impl BufRead) -> Result<BTreeMap<&'sta
         if line.trim().is_empty() {
             continue;
         }
+        // The same rule as the HTTP API: Postgres cannot store NUL, so refuse it here, by name.
+        if let Some(path) = crate::http::extract::nul_in_json(line.as_bytes()) {
+            let field = if path.is_empty() { "the record".to_string() } else { path };
+            let message = format!("{field} must not contain the NUL character (U+0000)");
+            return Err(ImportError::Line { line: line_no, message });
+        }
         let record: ImportRecord = serde_json::from_str(&line)
             .map_err(|e| ImportError::Line { line: line_no, message: format!("not a valid record: {e}") })?;
         let kind = record.kind();

@@ -33,12 +33,15 @@ fn optional_text(field: &str, value: Option<&str>, max: usize) -> Result<Option<
     value.map(|v| text(field, v, max)).transpose()
 }
 
+/// Longest email address stored (characters, after trimming).
+pub const MAX_EMAIL_CHARS: usize = 254;
+
 /// A trimmed, plausible email address (one `@`, no spaces).
 ///
 /// # Errors
 /// 400 naming `email`.
 pub fn email(value: &str) -> Result<String, ApiError> {
-    let v = text("email", value, 254)?;
+    let v = text("email", value, MAX_EMAIL_CHARS)?;
     let plausible =
         v.split('@').count() == 2 && !v.starts_with('@') && !v.ends_with('@') && !v.chars().any(char::is_whitespace);
     if plausible { Ok(v) } else { Err(ApiError::invalid_field("email", "email is not a valid address")) }
@@ -338,6 +341,9 @@ pub const LIST_TASKS: &str =
 pub async fn create_task(conn: &mut PgConnection, new: NewTask) -> Result<Task, ApiError> {
     let title = text("title", &new.title, 500)?;
     let description = new.description.filter(|d| !d.trim().is_empty());
+    if description.as_ref().is_some_and(|d| d.chars().count() > 100_000) {
+        return Err(ApiError::invalid_field("description", "description must have at most 100000 characters"));
+    }
     let status = optional_text("status", new.status.as_deref(), 64)?.unwrap_or_else(|| "todo".into());
     let priority = optional_text("priority", new.priority.as_deref(), 64)?.unwrap_or_else(|| "medium".into());
     // Visibility is decided by project_id alone (DESIGN §4), so a mission's task takes its project.

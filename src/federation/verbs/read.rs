@@ -446,11 +446,13 @@ async fn list_attempt(
     Ok(rows.map(|rows| (filter, rows)))
 }
 
-/// An empty body means "first page, default limit"; anything else must be the JSON object.
+/// An empty body means "first page, default limit"; anything else must be the JSON object, with
+/// no NUL in its strings (the same rule as the `Json` extractor, which this handler bypasses).
 fn parse_list_body(raw: &[u8]) -> Result<ListRequest, ApiError> {
     if raw.iter().all(u8::is_ascii_whitespace) {
         return Ok(ListRequest::default());
     }
+    crate::http::extract::reject_nul_in_json(raw)?;
     serde_json::from_slice(raw).map_err(|e| ApiError::invalid_request(format!("Invalid request body: {e}")))
 }
 
@@ -611,4 +613,19 @@ pub async fn get(
     };
     audit_verb(&state, &ctx, "get", Some(&resource), o);
     item.map(|item| Json(GetResponse { item })).ok_or_else(|| ApiError::not_found("Not found"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_list_body_refuses_a_nul_like_every_json_body() {
+        let e = parse_list_body(br#"{"cursor": "abc\u0000"}"#).unwrap_err();
+        assert_eq!(e.status(), axum::http::StatusCode::BAD_REQUEST);
+        assert!(e.message().starts_with("cursor "), "{}", e.message());
+        assert!(parse_list_body(br#"{"limit": "5", "extra": {"x": "\u0000"}}"#).is_err(), "ignored fields too");
+        assert!(parse_list_body(b" ").is_ok());
+        assert!(parse_list_body(br#"{"limit": 5, "cursor": "\\u0000"}"#).is_ok());
+    }
 }
