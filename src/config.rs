@@ -391,8 +391,9 @@ impl GatewayArgs {
         let sealing_key = self.sealing_key.clone().map(crate::sealing::SealingKeyHex::new);
 
         let cert_ttl = self.federation_cert_ttl_secs.or(file.federation_cert_ttl_secs).unwrap_or(3600);
-        if !(60..=30 * 86_400).contains(&cert_ttl) {
-            return Err(bad("TESSERA_FEDERATION_CERT_TTL_SECS", "must be between 60 and 2592000 seconds"));
+        // Down to 10 s, so expiry and rejoin can be exercised in minutes-long drills and tests.
+        if !(10..=30 * 86_400).contains(&cert_ttl) {
+            return Err(bad("TESSERA_FEDERATION_CERT_TTL_SECS", "must be between 10 and 2592000 seconds"));
         }
         let renew_grace = self.federation_renew_grace_secs.or(file.federation_renew_grace_secs).unwrap_or(60);
         if renew_grace > 3600 {

@@ -1783,3 +1783,171 @@ async fn enrollment_redemptions_are_limited_per_address_and_unknown_tokens_count
     let metrics = pair.b.client.get(pair.b.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.lines().any(|l| l == "tessera_enrollment_unknown_tokens_total 3"), "{metrics}");
 }
+
+// --- Day-2: certificates per grant, renewal budget, re-enrollment -----------------------------
+
+/// A second grant for gateway-a itself, enrolled by redeeming a CSR at B: (grant, identity PEM).
+async fn another_grant_for_a(pair: &Pair) -> (Uuid, String) {
+    let grant = pair.grant(json!({"resources": ["tasks"]})).await;
+    let (token, _) = pair.enrollment_url(grant).await;
+    let key = p256();
+    let (status, issued) = redeem(&pair.b, &token, &csr(&key, rcgen::CertificateParams::default())).await;
+    assert_eq!(status, 200, "{issued}");
+    (grant, format!("{}{}", key.serialize_pem(), issued["certPem"].as_str().unwrap()))
+}
+
+async fn renew_with_client(pair: &Pair, client: &reqwest::Client) -> (u16, String) {
+    let key = p256();
+    let r = client
+        .post(pair.b.url("/api/federation/v1/renew"))
+        .json(&json!({"csrPem": csr(&key, rcgen::CertificateParams::default())}))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let body: Value = r.json().await.unwrap_or(Value::Null);
+    let identity = body["certPem"].as_str().map(|c| format!("{}{c}", key.serialize_pem())).unwrap_or_default();
+    (status, identity)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn several_grants_of_one_peer_each_keep_their_own_certificate() {
+    let pair = Pair::new(vec![("TESSERA_FEDERATION_RENEW_GRACE_SECS".into(), "30".into())]).await;
+    let grant_1 = pair.enroll().await;
+    let c1 = pair.mtls_client(&pair.a_identity().await.0);
+    let (grant_2, identity_2) = another_grant_for_a(&pair).await;
+    let c2 = pair.mtls_client(identity_2.as_bytes());
+    let caps = |c: &reqwest::Client| {
+        let req = c.get(pair.b.url("/api/federation/v1/capabilities"));
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    // Enrolling the second grant leaves the first grant's certificate alone.
+    assert_eq!((caps(&c1).await, caps(&c2).await, caps(&c1).await), (200, 200, 200));
+
+    // Each renews on its own; the superseded one reads during its grace, the other is untouched.
+    let (status, renewed_1) = renew_with_client(&pair, &c1).await;
+    assert_eq!(status, 200);
+    let c1b = pair.mtls_client(renewed_1.as_bytes());
+    assert_eq!((caps(&c1b).await, caps(&c2).await, caps(&c1).await), (200, 200, 200));
+    let (status, renewed_2) = renew_with_client(&pair, &c2).await;
+    assert_eq!(status, 200);
+    let c2b = pair.mtls_client(renewed_2.as_bytes());
+    assert_eq!((caps(&c2b).await, caps(&c1b).await, caps(&c2).await), (200, 200, 200));
+    // A grant's certificate is no key to another grant's renewal.
+    assert_eq!(renew_with_client(&pair, &c1).await.0, 403, "grant 1's superseded serial cannot renew");
+    assert_eq!(caps(&c2b).await, 200);
+
+    let serials: Vec<(Uuid, Option<String>)> =
+        sqlx::query_as("select id, current_serial from federation_grants where peer_id = $1 order by created_at")
+            .bind(pair.peer_id)
+            .fetch_all(&pair.b_db.pool)
+            .await
+            .unwrap();
+    assert_eq!(serials.len(), 2);
+    assert_eq!(serials[0], (grant_1, Some(leaf_identity(&renewed_1).serial)));
+    assert_eq!(serials[1], (grant_2, Some(leaf_identity(&renewed_2).serial)));
+
+    // Revoking one grant leaves the other working.
+    let (status, _) =
+        pair.admin_post(&format!("/api/admin/grants/{grant_1}/revoke"), json!({"reason": "one of two"})).await;
+    assert_eq!(status, 200);
+    assert_eq!((caps(&c1b).await, caps(&c2b).await), (403, 200));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn renewal_has_its_own_budget_and_never_competes_with_data_verbs() {
+    let pair = Pair::new(vec![]).await;
+    let grant = pair.enroll().await;
+    set_grant_rate(&pair.b_db.pool, grant, 1).await;
+    let client = pair.mtls_client(&pair.a_identity().await.0);
+    let list = || client.post(pair.b.url("/api/federation/v1/list/tasks")).json(&json!({})).send();
+    assert_eq!(list().await.unwrap().status(), 200);
+    assert_eq!(list().await.unwrap().status(), 429, "the data budget is spent");
+    let (status, renewed) = renew_with_client(&pair, &client).await;
+    assert_eq!(status, 200, "renewal is not counted against the data budget");
+    // Nor can renewals be looped: they have a small budget of their own.
+    let mut current = pair.mtls_client(renewed.as_bytes());
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        let (status, identity) = renew_with_client(&pair, &current).await;
+        statuses.push(status);
+        if status == 200 {
+            current = pair.mtls_client(identity.as_bytes());
+        }
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 5, "{statuses:?}");
+    assert!(statuses.ends_with(&[429, 429, 429]), "{statuses:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_reader_rejoins_on_the_same_grant_with_reenroll_and_peer_add() {
+    let pair = Pair::new(vec![
+        ("TESSERA_FEDERATION_CERT_TTL_SECS".into(), "10".into()),
+        ("TESSERA_WEBHOOK_ALLOWED_CIDRS".into(), "192.0.2.0/24".into()),
+    ])
+    .await;
+    let hook = json!({"url": "http://192.0.2.1:9/hook", "secret": "s".repeat(32), "events": ["peer.reenrolled"]});
+    assert_eq!(pair.admin_post("/api/admin/webhooks", hook).await.0, 201);
+    let grant = pair.enroll().await;
+    let a_caps = || run_cli(&["federation", "capabilities", "--peer", "gateway-b", "--json"], &pair.a_env());
+    assert_eq!(a_caps().0, 0);
+    let b_env = [
+        ("DATABASE_URL", pair.b_db.url.as_str()),
+        ("TESSERA_DATA_DIR", pair.b.data_dir.to_str().unwrap()),
+        ("TESSERA_PUBLIC_URL", pair.b.base.as_str()),
+    ];
+
+    // Re-enrollment while the old certificate is still valid: the old serial stops at once.
+    let old = pair.mtls_client(&pair.a_identity().await.0);
+    let (code, out, err) = run_cli(&["grant", "reenroll", &grant.to_string()], &b_env);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = pair.peer_add(out.trim());
+    assert_eq!(code, 0, "{out}{err}");
+    let added: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(added["remoteGrantId"], grant.to_string(), "the same grant");
+    assert!(added["replaced"]["serial"].is_string(), "says what it replaces: {added}");
+    let r = old.get(pair.b.url("/api/federation/v1/capabilities")).send().await.unwrap();
+    assert_eq!(r.status(), 403, "the replaced serial is refused at once, no grace");
+    assert_eq!(a_caps().0, 0, "the new certificate works");
+
+    // Away past expiry: nothing works until the data holder mints a re-enrollment token.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let (code, out, err) = a_caps();
+    assert_ne!(code, 0, "an expired certificate is refused: {out}{err}");
+    let (code, _, err) = run_cli(&["grant", "token", &grant.to_string()], &b_env);
+    assert_eq!(code, 3);
+    assert!(err.contains("reenroll"), "the refusal names the way back: {err}");
+    let (status, token) =
+        pair.admin_post(&format!("/api/admin/grants/{grant}/reenroll"), json!({"ttlSeconds": 300})).await;
+    assert_eq!(status, 201, "{token}");
+    let (code, out, err) =
+        run_cli(&["peer", "add", token["enrollmentUrl"].as_str().unwrap(), "--name", "gateway-b"], &pair.a_env());
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("re-enrolled") && out.contains("expired"), "{out}");
+    assert_eq!(a_caps().0, 0, "back on the same grant");
+    // A re-enrollment token is single-use.
+    let (code, _, err) =
+        run_cli(&["peer", "add", token["enrollmentUrl"].as_str().unwrap(), "--name", "gateway-b"], &pair.a_env());
+    assert_ne!(code, 0, "{err}");
+
+    let audit: Vec<String> = sqlx::query_scalar(
+        "select outcome from federation_audit_log where grant_id = $1 and outcome in ('enrolled', 'reenrolled') order by id",
+    )
+    .bind(grant)
+    .fetch_all(&pair.b_db.pool)
+    .await
+    .unwrap();
+    assert_eq!(audit, ["enrolled", "reenrolled", "reenrolled"]);
+    let events: i64 = sqlx::query_scalar(
+        "select count(*) from outbox.deliveries where event = 'peer.reenrolled' and payload->>'grantId' = $1::text",
+    )
+    .bind(grant.to_string())
+    .fetch_one(&pair.b_db.pool)
+    .await
+    .unwrap();
+    assert_eq!(events, 2, "each re-enrollment is announced");
+    // Pending grants still take ordinary tokens only; active ones re-enrollment tokens only.
+    let pending = pair.grant(json!({"resources": ["tasks"]})).await;
+    let (status, body) = pair.admin_post(&format!("/api/admin/grants/{pending}/reenroll"), json!({})).await;
+    assert_eq!(status, 409, "{body}");
+}

@@ -103,6 +103,17 @@ pub enum GrantCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Mint a single-use re-enrollment token (and URL) for an active grant: the reader runs
+    /// `tessera peer add <url>` and gets a new certificate on the same grant (for example after
+    /// its certificate expired); the old certificate stops working at once.
+    Reenroll {
+        id: Uuid,
+        /// Token lifetime in seconds (at most 900).
+        #[arg(long)]
+        ttl: Option<i64>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn print<T: serde::Serialize>(json: bool, value: &T, text: impl FnOnce(&T) -> String) -> anyhow::Result<()> {
@@ -183,11 +194,22 @@ async fn peer_inner(config: &Config, pool: &sqlx::PgPool, cmd: PeerCommand) -> a
             let sealing = SealingKey::load(config.sealing_key.as_ref(), &config.data_dir)?;
             let opts = client::AddPeer { url: &url, name: name.as_deref(), oids: &config.federation.oids };
             let enrolled = client::add_peer(pool, &sealing, &opts).await?;
-            print(json, &enrolled, |e| {
-                format!(
+            print(json, &enrolled, |e| match &e.replaced {
+                None => format!(
                     "enrolled with {} as peer '{}' (grant {}, certificate valid until {})",
                     e.endpoint_url, e.name, e.remote_grant_id, e.cert_not_after
-                )
+                ),
+                Some(old) => format!(
+                    "re-enrolled with {} as peer '{}' on the same grant {}: replaces certificate {} ({} {}); \
+                     the new one is valid until {}",
+                    e.endpoint_url,
+                    e.name,
+                    e.remote_grant_id,
+                    old.serial,
+                    if old.not_after <= chrono::Utc::now() { "expired" } else { "valid until" },
+                    old.not_after,
+                    e.cert_not_after
+                ),
             })?;
         }
     }
@@ -262,6 +284,14 @@ async fn grant_inner(config: &Config, pool: &sqlx::PgPool, cmd: GrantCommand) ->
             let sealing = SealingKey::load(config.sealing_key.as_ref(), &config.data_dir)?;
             let ca = crate::federation::ca::GatewayCa::load_or_create(pool, &sealing).await?;
             match enrollment::mint(pool, &config.public_url, &ca, id, ttl).await {
+                Ok(t) => print(json, &t, |t| t.enrollment_url.clone())?,
+                Err(e) => return rejected(e),
+            }
+        }
+        GrantCommand::Reenroll { id, ttl, json } => {
+            let sealing = SealingKey::load(config.sealing_key.as_ref(), &config.data_dir)?;
+            let ca = crate::federation::ca::GatewayCa::load_or_create(pool, &sealing).await?;
+            match enrollment::mint_reenrollment(pool, &config.public_url, &ca, id, ttl).await {
                 Ok(t) => print(json, &t, |t| t.enrollment_url.clone())?,
                 Err(e) => return rejected(e),
             }

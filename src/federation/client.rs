@@ -101,6 +101,17 @@ pub struct EnrolledPeer {
     pub remote_grant_id: Uuid,
     pub subject_user_id: Uuid,
     pub cert_not_after: DateTime<Utc>,
+    /// Set when this was a re-enrollment on a grant we already held: the certificate replaced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replaced: Option<ReplacedCertificate>,
+}
+
+/// The certificate a re-enrollment replaced.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplacedCertificate {
+    pub serial: String,
+    pub not_after: DateTime<Utc>,
 }
 
 /// Fetches the peer's CA and checks it against the pin. Nothing else is sent before this passes.
@@ -173,33 +184,72 @@ pub async fn add_peer(pool: &PgPool, sealing: &SealingKey, opts: &AddPeer<'_>) -
         .context("the certificate the peer issued does not carry the grant and subject extensions")?;
     check_public_key(leaf.as_ref(), &key)?;
 
-    let name = opts.name.unwrap_or(&url.host).to_string();
     let fingerprint = pem_fingerprint(&ca_pem)?;
     let sealed_key = sealing.seal(CLIENT_KEY_CONTEXT, key.serialize_pem().as_bytes());
-    let id: Uuid = sqlx::query_scalar(
-        "insert into federation_peers
-            (id, name, state, endpoint_url, remote_grant_id, pinned_ca_pem, ca_fingerprint, client_cert_pem,
-             sealed_client_key, client_cert_not_after)
-         values ($1, $2, 'active', $3, $4, $5, $6, $7, $8, $9)
-         on conflict (lower(name)) do update set
-            state = 'active', endpoint_url = excluded.endpoint_url, remote_grant_id = excluded.remote_grant_id,
-            pinned_ca_pem = excluded.pinned_ca_pem, ca_fingerprint = excluded.ca_fingerprint,
-            client_cert_pem = excluded.client_cert_pem, sealed_client_key = excluded.sealed_client_key,
-            client_cert_not_after = excluded.client_cert_not_after, updated_at = now()
-         returning id",
+    // The same gateway (its CA, whatever address it was reached at) and grant as a peer we
+    // already hold: a re-enrollment. That row keeps its name and gets the new certificate; what
+    // it replaces is reported.
+    let known: Option<(Uuid, String, Option<String>)> = sqlx::query_as(
+        "select id, name, client_cert_pem from federation_peers where ca_fingerprint = $1 and remote_grant_id = $2",
     )
-    .bind(Uuid::now_v7())
-    .bind(&name)
-    .bind(&url.origin)
-    .bind(identity.grant_id)
-    .bind(&ca_pem)
     .bind(&fingerprint)
-    .bind(&issued.cert_pem)
-    .bind(&sealed_key)
-    .bind(identity.not_after)
-    .fetch_one(pool)
-    .await
-    .context("could not store the peer")?;
+    .bind(identity.grant_id)
+    .fetch_optional(pool)
+    .await?;
+    let replaced = known.as_ref().and_then(|(_, _, pem)| pem.as_deref()).and_then(|pem| {
+        let der = CertificateDer::from_pem_slice(pem.as_bytes()).ok()?;
+        let old = parse_identity(der.as_ref(), opts.oids).ok()?;
+        Some(ReplacedCertificate { serial: old.serial, not_after: old.not_after })
+    });
+    let (id, name) = match known {
+        Some((id, name, _)) => {
+            sqlx::query(
+                "update federation_peers set
+                    state = 'active', pinned_ca_pem = $2, ca_fingerprint = $3, client_cert_pem = $4,
+                    sealed_client_key = $5, client_cert_not_after = $6, endpoint_url = $7, updated_at = now()
+                 where id = $1",
+            )
+            .bind(id)
+            .bind(&ca_pem)
+            .bind(&fingerprint)
+            .bind(&issued.cert_pem)
+            .bind(&sealed_key)
+            .bind(identity.not_after)
+            .bind(&url.origin)
+            .execute(pool)
+            .await
+            .context("could not store the peer")?;
+            (id, name)
+        }
+        None => {
+            let name = opts.name.unwrap_or(&url.host).to_string();
+            let id: Uuid = sqlx::query_scalar(
+                "insert into federation_peers
+                    (id, name, state, endpoint_url, remote_grant_id, pinned_ca_pem, ca_fingerprint, client_cert_pem,
+                     sealed_client_key, client_cert_not_after)
+                 values ($1, $2, 'active', $3, $4, $5, $6, $7, $8, $9)
+                 on conflict (lower(name)) do update set
+                    state = 'active', endpoint_url = excluded.endpoint_url, remote_grant_id = excluded.remote_grant_id,
+                    pinned_ca_pem = excluded.pinned_ca_pem, ca_fingerprint = excluded.ca_fingerprint,
+                    client_cert_pem = excluded.client_cert_pem, sealed_client_key = excluded.sealed_client_key,
+                    client_cert_not_after = excluded.client_cert_not_after, updated_at = now()
+                 returning id",
+            )
+            .bind(Uuid::now_v7())
+            .bind(&name)
+            .bind(&url.origin)
+            .bind(identity.grant_id)
+            .bind(&ca_pem)
+            .bind(&fingerprint)
+            .bind(&issued.cert_pem)
+            .bind(&sealed_key)
+            .bind(identity.not_after)
+            .fetch_one(pool)
+            .await
+            .context("could not store the peer")?;
+            (id, name)
+        }
+    };
     Ok(EnrolledPeer {
         id,
         name,
@@ -208,6 +258,7 @@ pub async fn add_peer(pool: &PgPool, sealing: &SealingKey, opts: &AddPeer<'_>) -
         remote_grant_id: identity.grant_id,
         subject_user_id: identity.subject_user_id,
         cert_not_after: identity.not_after,
+        replaced,
     })
 }
 

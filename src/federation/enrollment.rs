@@ -77,6 +77,41 @@ pub async fn mint(
     grant_id: Uuid,
     ttl_seconds: Option<i64>,
 ) -> Result<EnrollmentToken, ApiError> {
+    mint_for(pool, public_url, ca, grant_id, ttl_seconds, TokenKind::Enroll).await
+}
+
+/// Mints a re-enrollment token for an active grant: redeeming it issues a new certificate on the
+/// same grant and supersedes the old one at once (the way back after a reader's certificate
+/// expired while it was away). Single-use and short-lived like any enrollment token.
+///
+/// # Errors
+/// 400 for a bad TTL, 404 for an unknown grant, 409 unless the grant is active.
+pub async fn mint_reenrollment(
+    pool: &sqlx::PgPool,
+    public_url: &str,
+    ca: &super::ca::GatewayCa,
+    grant_id: Uuid,
+    ttl_seconds: Option<i64>,
+) -> Result<EnrollmentToken, ApiError> {
+    mint_for(pool, public_url, ca, grant_id, ttl_seconds, TokenKind::Reenroll).await
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TokenKind {
+    /// Activates a pending grant.
+    Enroll,
+    /// Replaces the certificate of an active grant.
+    Reenroll,
+}
+
+async fn mint_for(
+    pool: &sqlx::PgPool,
+    public_url: &str,
+    ca: &super::ca::GatewayCa,
+    grant_id: Uuid,
+    ttl_seconds: Option<i64>,
+    kind: TokenKind,
+) -> Result<EnrollmentToken, ApiError> {
     let ttl = ttl_seconds.unwrap_or(MAX_TOKEN_TTL_SECS);
     if !(1..=MAX_TOKEN_TTL_SECS).contains(&ttl) {
         return Err(ApiError::invalid_field(
@@ -87,27 +122,68 @@ pub async fn mint(
     let grant = super::grants::find(pool, grant_id)
         .await?
         .ok_or_else(|| ApiError::not_found("No such grant").with_details(serde_json::json!({"field": "grantId"})))?;
-    if grant.status != "pending" {
-        return Err(ApiError::conflict(format!(
-            "grant is {}; enrollment tokens are only issued for pending grants",
-            grant.status
-        )));
+    match (kind, grant.status.as_str()) {
+        (TokenKind::Enroll, "pending") | (TokenKind::Reenroll, "active") => {}
+        (TokenKind::Enroll, "active") => {
+            return Err(ApiError::conflict(
+                "grant is active; to replace its certificate (for example after it expired) mint a re-enrollment \
+                 token: `tessera grant reenroll <grant>` or POST /api/admin/grants/{id}/reenroll",
+            ));
+        }
+        (TokenKind::Enroll, status) => {
+            return Err(ApiError::conflict(format!(
+                "grant is {status}; enrollment tokens are only issued for pending grants"
+            )));
+        }
+        (TokenKind::Reenroll, status) => {
+            return Err(ApiError::conflict(format!(
+                "grant is {status}; re-enrollment tokens are only issued for active grants"
+            )));
+        }
     }
     let token = new_token();
     let expires_at = Utc::now() + Duration::seconds(ttl);
     sqlx::query(
-        "insert into federation_enrollment_tokens (id, token_hash, grant_id, peer_id, expires_at) values ($1, $2, $3, $4, $5)",
+        "insert into federation_enrollment_tokens (id, token_hash, grant_id, peer_id, expires_at, reenroll)
+         values ($1, $2, $3, $4, $5, $6)",
     )
     .bind(Uuid::now_v7())
     .bind(token.hash())
     .bind(grant.id)
     .bind(grant.peer_id)
     .bind(expires_at)
+    .bind(kind == TokenKind::Reenroll)
     .execute(pool)
     .await?;
     let enrollment_url =
         format!("{}/api/federation/enrollment/{}#sha256={}", public_url, token.expose(), ca.fingerprint_sha256());
     Ok(EnrollmentToken { token: token.expose().to_string(), expires_at, enrollment_url })
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateReenrollmentToken {
+    /// 1..=900 seconds; default 900.
+    pub ttl_seconds: Option<i64>,
+}
+
+/// Mint a single-use re-enrollment token for an active grant: the reader redeems it with
+/// `tessera peer add <url>` and gets a new certificate on the same grant; the old one is
+/// superseded at once.
+#[utoipa::path(post, path = "/api/admin/grants/{id}/reenroll", tag = "admin", params(("id" = Uuid, Path)),
+    request_body(content = CreateReenrollmentToken, description = "`{}` for the default lifetime"),
+    responses(
+        (status = 201, body = EnrollmentToken), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope),
+    ))]
+pub async fn create_reenrollment_token(
+    _admin: AdminUser,
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+    Json(body): Json<CreateReenrollmentToken>,
+) -> Result<(StatusCode, Json<EnrollmentToken>), ApiError> {
+    let ttl = body.ttl_seconds;
+    Ok((StatusCode::CREATED, Json(mint_reenrollment(&state.pool, &state.config.public_url, &state.ca, id, ttl).await?)))
 }
 
 /// Mint a single-use enrollment token for a pending grant.
@@ -157,15 +233,15 @@ pub async fn redeem(
     let mut tx = state.pool.begin().await?;
     // The claim comes first: concurrent redeemers serialise on this row and all but one see
     // `used_at` set.
-    let claimed: Option<(Uuid, Uuid, Uuid)> = sqlx::query_as(
+    let claimed: Option<(Uuid, Uuid, Uuid, bool)> = sqlx::query_as(
         "update federation_enrollment_tokens set used_at = now()
          where token_hash = $1 and used_at is null and expires_at > now()
-         returning id, grant_id, peer_id",
+         returning id, grant_id, peer_id, reenroll",
     )
     .bind(&hash)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some((_, grant_id, peer_id)) = claimed else {
+    let Some((_, grant_id, peer_id, reenroll)) = claimed else {
         let known: Option<(Uuid, Uuid)> =
             sqlx::query_as("select grant_id, peer_id from federation_enrollment_tokens where token_hash = $1")
                 .bind(&hash)
@@ -185,8 +261,9 @@ pub async fn redeem(
         });
     };
 
-    let row: Option<(String, Option<Uuid>, String)> = sqlx::query_as(
-        "select g.status, g.subject_user_id, p.name
+    let row: Option<(String, Option<Uuid>, String, Option<String>)> = sqlx::query_as(
+        "select case when g.status = 'active' and g.expires_at <= now() then 'expired' else g.status end,
+                g.subject_user_id, p.name, g.current_serial
          from federation_grants g join federation_peers p on p.id = g.peer_id
          where g.id = $1 and p.id = $2 for update of g, p",
     )
@@ -194,55 +271,87 @@ pub async fn redeem(
     .bind(peer_id)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some((status, subject, peer_name)) = row else {
+    let Some((status, subject, peer_name, superseded)) = row else {
         drop(tx);
         enrollment_failed(&state, "grant_missing", Some((grant_id, peer_id))).await;
         return Err(ApiError::gone("The grant for this token no longer exists"));
     };
+    let wanted = if reenroll { "active" } else { "pending" };
     let subject = match (status.as_str(), subject) {
-        ("pending", Some(subject)) => subject,
+        (s, Some(subject)) if s == wanted => subject,
         _ => {
             // Nothing is issued; the token stays unused (the transaction rolls back) but can
-            // never succeed while the grant is not pending.
+            // never succeed while the grant is not in the state the token was minted for.
             drop(tx);
-            enrollment_failed(&state, "grant_not_pending", Some((grant_id, peer_id))).await;
-            return Err(ApiError::gone("The grant for this token is no longer pending"));
+            enrollment_failed(&state, &format!("grant_not_{wanted}"), Some((grant_id, peer_id))).await;
+            return Err(ApiError::gone(format!("The grant for this token is no longer {wanted}")));
         }
     };
 
     let holder = Holder { peer_id, grant_id, subject_user_id: subject, peer_name: &peer_name };
-    let cert = issue_recorded(&mut tx, &state, &public_key, &holder, "enroll", "enrolled").await?;
-    sqlx::query("update federation_grants set status = 'active', activated_at = now() where id = $1")
-        .bind(grant_id)
-        .execute(&mut *tx)
-        .await?;
+    let (verb, outcome) = if reenroll { ("reenroll", "reenrolled") } else { ("enroll", "enrolled") };
+    let cert = issue_recorded(&mut tx, &state, &public_key, &holder, verb, outcome).await?;
+    // The new certificate is the grant's only valid one: a re-enrollment supersedes the old
+    // serial at once, with no grace (its holder was away, or lost the key).
     sqlx::query(
-        "update federation_peers set state = 'active', current_serial = $2, cert_not_after = $3,
-                previous_serial = null, previous_serial_grace_until = null, updated_at = now()
+        "update federation_grants set status = 'active', activated_at = coalesce(activated_at, now()),
+                current_serial = $2, cert_not_after = $3, previous_serial = null, previous_serial_grace_until = null
+         where id = $1",
+    )
+    .bind(grant_id)
+    .bind(&cert.serial)
+    .bind(cert.not_after)
+    .execute(&mut *tx)
+    .await?;
+    record_latest_certificate(&mut tx, peer_id, &cert).await?;
+    if reenroll {
+        crate::outbox::emit_event(
+            &mut *tx,
+            "peer.reenrolled",
+            &serde_json::json!({
+                "peerId": peer_id, "peerName": peer_name, "grantId": grant_id,
+                "certSerial": cert.serial, "certNotAfter": cert.not_after, "supersededSerial": superseded,
+            }),
+        )
+        .await?;
+    } else {
+        crate::outbox::emit_event(
+            &mut *tx,
+            "grant.activated",
+            &serde_json::json!({"grantId": grant_id, "peerId": peer_id}),
+        )
+        .await?;
+        crate::outbox::emit_event(
+            &mut *tx,
+            "peer.enrolled",
+            &serde_json::json!({
+                "peerId": peer_id, "peerName": peer_name, "grantId": grant_id,
+                "certSerial": cert.serial, "certNotAfter": cert.not_after,
+            }),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(Json(chain(&state, cert)))
+}
+
+/// The peer row remembers the certificate issued to it last (display only: the guard checks
+/// each grant's own serial).
+async fn record_latest_certificate(
+    conn: &mut PgConnection,
+    peer_id: Uuid,
+    cert: &ClientCertificate,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "update federation_peers set state = 'active', current_serial = $2, cert_not_after = $3, updated_at = now()
          where id = $1",
     )
     .bind(peer_id)
     .bind(&cert.serial)
     .bind(cert.not_after)
-    .execute(&mut *tx)
+    .execute(conn)
     .await?;
-    crate::outbox::emit_event(
-        &mut *tx,
-        "grant.activated",
-        &serde_json::json!({"grantId": grant_id, "peerId": peer_id}),
-    )
-    .await?;
-    crate::outbox::emit_event(
-        &mut *tx,
-        "peer.enrolled",
-        &serde_json::json!({
-            "peerId": peer_id, "peerName": peer_name, "grantId": grant_id,
-            "certSerial": cert.serial, "certNotAfter": cert.not_after,
-        }),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(Json(chain(&state, cert)))
+    Ok(())
 }
 
 /// Records `enrollment.failed`. A failed redemption has no transaction of its own to join (it
@@ -340,11 +449,14 @@ pub async fn renew(
 ) -> Result<IssuedCertificate, ApiError> {
     let public_key = verified_public_key(csr_pem).map_err(|e| ApiError::invalid_field("csrPem", e.to_string()))?;
     let mut tx = state.pool.begin().await?;
-    let (peer_name, current_serial): (String, Option<String>) =
-        sqlx::query_as("select name, current_serial from federation_peers where id = $1 for update")
-            .bind(ctx.peer_id)
-            .fetch_one(&mut *tx)
-            .await?;
+    let (peer_name, current_serial): (String, Option<String>) = sqlx::query_as(
+        "select p.name, g.current_serial
+           from federation_grants g join federation_peers p on p.id = g.peer_id
+          where g.id = $1 for update of g",
+    )
+    .bind(ctx.grant_id)
+    .fetch_one(&mut *tx)
+    .await?;
     if current_serial.as_deref() != Some(ctx.serial.as_str()) {
         // The guard let a superseded serial through because it is inside its renewal grace,
         // which is for reads in flight, not for renewing: a renewal from it would hand whoever
@@ -363,17 +475,18 @@ pub async fn renew(
     let cert = issue_recorded(&mut tx, state, &public_key, &holder, "renew", "renewed").await?;
     let grace = Duration::from_std(state.config.federation.renew_grace).unwrap_or_else(|_| Duration::seconds(60));
     sqlx::query(
-        "update federation_peers
+        "update federation_grants
             set previous_serial = current_serial, previous_serial_grace_until = now() + $3,
-                current_serial = $2, cert_not_after = $4, updated_at = now()
+                current_serial = $2, cert_not_after = $4, renewed_at = now()
           where id = $1",
     )
-    .bind(ctx.peer_id)
+    .bind(ctx.grant_id)
     .bind(&cert.serial)
     .bind(grace)
     .bind(cert.not_after)
     .execute(&mut *tx)
     .await?;
+    record_latest_certificate(&mut tx, ctx.peer_id, &cert).await?;
     tx.commit().await?;
     Ok(chain(state, cert))
 }

@@ -5,8 +5,9 @@
 //! ([`crate::tls::ConnectionInfo::peer_identity`]). Per request, the guard:
 //! 1. requires that identity: no certificate, or missing / duplicated / malformed OIDs → 401;
 //! 2. loads grant and peer in one query and requires grant `active` and unexpired, peer
-//!    `active`, certificate serial = the peer's current serial (or the previous one inside its
-//!    grace period), and certificate subject = the grant's subject. The database values are the
+//!    `active`, certificate serial = the grant's current serial (or the previous one inside its
+//!    grace period; each grant has its own certificate), and certificate subject = the grant's
+//!    subject. The database values are the
 //!    ones used, so a revocation bites on the very next request on every replica.
 //!
 //! 3. counts the request against the grant's rate limit (DESIGN §5): the grant's own
@@ -86,6 +87,11 @@ pub const UNCONFIRMED_METRIC: &str = "tessera_federation_guard_unconfirmed_total
 /// Length of the rate-limit window.
 const RATE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// Renewals allowed per grant and window. Renewal has a budget of its own, so data verbs can
+/// never use up the one request that keeps the certificate alive, and a certificate holder
+/// cannot mint certificates in a loop either.
+pub const RENEW_PER_MINUTE: u32 = 6;
+
 /// Remembered guard decisions, per grant: the last grant/peer row that allowed a request and
 /// the context built from it, scope already parsed (see the module docs). Only ever used as a
 /// proposal that the list statement confirms.
@@ -144,7 +150,7 @@ impl Confirmation {
     pub const CTE: &'static str = "grant_check as (
         select g.status = 'active' and (g.expires_at is null or g.expires_at > now())
            and p.state = 'active' and g.subject_user_id = $8
-           and (p.current_serial = $9 or (p.previous_serial = $9 and p.previous_serial_grace_until > now()))
+           and (g.current_serial = $9 or (g.previous_serial = $9 and g.previous_serial_grace_until > now()))
            and g.scope = $10 and g.rate_per_minute is not distinct from $11
            and coalesce(u.disabled_at is null, false) = $12
            and array(select m.team_id from team_members m where m.user_id = g.subject_user_id order by m.team_id) = $13
@@ -201,7 +207,9 @@ async fn guard(state: AppState, mut req: Request, next: Next, may_remember: bool
         Err(response) => return *response,
     };
     let path = req.uri().path().to_string();
-    let key = format!("fed:grant:{}", identity.grant_id);
+    let renewal = super::request_audit::verb_of(&path) == "renew";
+    let key =
+        if renewal { format!("fed:renew:{}", identity.grant_id) } else { format!("fed:grant:{}", identity.grant_id) };
 
     // The remembered decision, if there is one and its budget allows the request. A request the
     // limiter refuses (or cannot count) on the remembered limit is answered only after a read of
@@ -225,7 +233,7 @@ async fn guard(state: AppState, mut req: Request, next: Next, may_remember: bool
                 Ok(decided) => decided,
                 Err(response) => return *response,
             };
-            let limit = rate_limit(&state, &row);
+            let limit = if renewal { RENEW_PER_MINUTE } else { rate_limit(&state, &row) };
             match state.limiter.hit(&key, limit, RATE_WINDOW).await {
                 Ok(Decision::Allowed { .. }) => {}
                 Ok(Decision::Denied { retry_after }) => {
@@ -366,7 +374,7 @@ async fn authorise_row(
     metrics::counter!(DECISIONS_METRIC, "source" => "database").increment(1);
     let row: Result<Option<GrantPeerRow>, sqlx::Error> = sqlx::query_as(
         "select g.status, g.expires_at, g.subject_user_id, g.scope, g.scope_version, g.peer_id,
-                p.state as peer_state, p.current_serial, p.previous_serial, p.previous_serial_grace_until,
+                p.state as peer_state, g.current_serial, g.previous_serial, g.previous_serial_grace_until,
                 coalesce(u.disabled_at is null, false) as subject_active,
                 array(select m.team_id from team_members m where m.user_id = g.subject_user_id order by m.team_id) as subject_teams,
                 g.rate_per_minute

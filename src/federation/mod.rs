@@ -66,6 +66,7 @@ pub fn router(state: Option<AppState>) -> OpenApiRouter<AppState> {
         .routes(routes!(grants::create_grant, grants::list_grants))
         .routes(routes!(grants::show_grant, grants::update_grant))
         .routes(routes!(grants::revoke_grant))
+        .routes(routes!(enrollment::create_reenrollment_token))
         .routes(routes!(query::query))
         .merge(verbs)
 }
