@@ -4,6 +4,7 @@
 //! printing data (`openapi`, `doctor --json`) keep stdout clean.
 
 mod admin;
+mod audit;
 mod bench_handshake;
 mod bench_list;
 mod bench_queue;
@@ -71,6 +72,8 @@ pub enum Command {
     Login(admin::LoginArgs),
     /// Admin tokens: list, create, revoke, rotate, recover (exit 0 ok, 1 unreachable, 2 auth, 3 rejected).
     Token(admin::TokenArgs),
+    /// The federation audit log over the admin API: list, tail [--follow], export (jsonl or csv).
+    Audit(audit::AuditArgs),
     /// Bulk-load data API records from a JSON Lines file, all or nothing.
     Import(admin::ImportArgs),
     /// The job queue: list, stats, pause, resume, jobs tail, drain, retry (on the database).
@@ -171,6 +174,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Admin(c) => Ok(admin::bootstrap(c, &config).await),
         Command::Login(a) => Ok(admin::login(a, &config).await),
         Command::Token(a) => Ok(admin::token(a, &config).await),
+        Command::Audit(a) => Ok(audit::run(a, &config).await),
         Command::Import(a) => Ok(admin::import(a, &config).await),
         Command::Bench(BenchCommand::List(args)) => bench_list::run(&config, &args).await.map(|()| ExitCode::SUCCESS),
         Command::Bench(BenchCommand::Handshake(args)) => {

@@ -2,6 +2,7 @@
 //! mTLS guard, and the peer-facing verbs.
 
 pub mod audit;
+pub mod audit_routes;
 pub mod ca;
 pub mod ca_routes;
 pub mod client;
@@ -67,6 +68,7 @@ pub fn router(state: Option<AppState>) -> OpenApiRouter<AppState> {
         .routes(routes!(grants::show_grant, grants::update_grant))
         .routes(routes!(grants::revoke_grant))
         .routes(routes!(enrollment::create_reenrollment_token))
+        .routes(routes!(audit_routes::list_audit))
         .routes(routes!(query::query))
         .merge(verbs)
 }

@@ -146,7 +146,20 @@ where
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(v)) => Ok(Self(v)),
             Err(QueryRejection::FailedToDeserializeQueryString(e)) => {
-                Err(ApiError::invalid_request(format!("Invalid query string: {}", e.body_text())))
+                let text = e.body_text();
+                let error = ApiError::invalid_request(format!("Invalid query string: {text}"));
+                // serde names the parameter first (`grantId: UUID parsing failed ...`).
+                let field = text
+                    .strip_prefix("Failed to deserialize query string: ")
+                    .and_then(|rest| rest.split_once(": "))
+                    .map(|(field, _)| field)
+                    .filter(|f| {
+                        !f.is_empty() && f.len() <= 64 && f.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    });
+                Err(match field {
+                    Some(field) => error.with_details(serde_json::json!({ "field": field })),
+                    None => error,
+                })
             }
             Err(_) => Err(ApiError::invalid_request("Invalid query string")),
         }
