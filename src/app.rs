@@ -127,6 +127,11 @@ async fn run(
 ) -> anyhow::Result<()> {
     crate::admin::sessions::SignInThrottle::init_from_env()?;
     crate::store::migrate(pool).await?;
+    // Today's audit partition (and the week ahead) before the first request; the periodic job
+    // keeps it so. A failure is not fatal: rows go to the default partition meanwhile.
+    if let Err(e) = crate::federation::audit::maintain(pool, config.audit_retention_days).await {
+        tracing::warn!(error = %e, "could not prepare the audit log partitions");
+    }
     let sealing = SealingKey::load(config.sealing_key.as_ref(), &config.data_dir)?;
     let ca = GatewayCa::load_or_create(pool, &sealing).await?;
     write_ca_file(config, &ca)?;

@@ -143,6 +143,10 @@ pub struct GatewayArgs {
     #[arg(long, env = "TESSERA_ENROLLMENT_RATE_PER_MINUTE", global = true)]
     pub enrollment_rate_per_minute: Option<u32>,
 
+    /// Days of federation audit rows kept; older days are dropped whole [default: 90].
+    #[arg(long, env = "TESSERA_AUDIT_RETENTION_DAYS", global = true)]
+    pub audit_retention_days: Option<u32>,
+
     /// Address ranges webhook deliveries may reach although they are loopback, private,
     /// link-local or otherwise not public, comma separated (e.g. `127.0.0.1/32,10.0.0.0/8`);
     /// never the gateway's own listener [default: none].
@@ -175,6 +179,7 @@ struct FileConfig {
     header_read_timeout_secs: Option<u64>,
     max_connections: Option<usize>,
     enrollment_rate_per_minute: Option<u32>,
+    audit_retention_days: Option<u32>,
     webhook_allowed_cidrs: Option<Vec<String>>,
 }
 
@@ -262,6 +267,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub connections: ConnectionSettings,
     pub federation: FederationSettings,
+    /// Days of federation audit rows kept (whole days are dropped).
+    pub audit_retention_days: u32,
     /// Ranges webhook targets may use although they are not public (see [`crate::outbox::targets`]).
     pub webhook_allowed_cidrs: Vec<crate::outbox::targets::Cidr>,
 }
@@ -445,6 +452,10 @@ impl GatewayArgs {
                 Some(_) => return Err(bad("TESSERA_ENROLLMENT_RATE_PER_MINUTE", "must be between 1 and 100000")),
             },
         };
+        let audit_retention_days = self.audit_retention_days.or(file.audit_retention_days).unwrap_or(90);
+        if !(1..=3650).contains(&audit_retention_days) {
+            return Err(bad("TESSERA_AUDIT_RETENTION_DAYS", "must be between 1 and 3650 days"));
+        }
         if oids.grant == oids.subject {
             return Err(bad("TESSERA_FEDERATION_SUBJECT_OID", "must differ from the grant OID"));
         }
@@ -466,6 +477,7 @@ impl GatewayArgs {
             public_url,
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
             connections,
+            audit_retention_days,
             federation: FederationSettings {
                 oids,
                 cert_ttl: Duration::from_secs(cert_ttl),

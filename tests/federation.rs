@@ -2037,3 +2037,63 @@ async fn the_audit_log_reads_newest_first_filtered_and_paged_over_the_api_and_th
     let (code, _, err) = run_cli(&["audit", "list"], &[env[0], env[1], ("TESSERA_TOKEN", "tsr_wrong")]);
     assert_eq!(code, 2, "a bad credential is an authentication failure: {err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_audit_log_moves_into_day_partitions_keeping_every_row_and_retention_drops_old_days() {
+    // A database migrated up to just before the partitioning, with rows in the old table.
+    let db = common::TestDb::empty().await;
+    let before = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap().to_str().unwrap() < "20261201091000" {
+            std::fs::copy(&path, before.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    sqlx::migrate::Migrator::new(before.path()).await.unwrap().run(&db.pool).await.unwrap();
+    sqlx::query(
+        "insert into federation_audit_log (at, verb, outcome, reason)
+         select now() - make_interval(days => d), 'list', 'allowed', 'day ' || d from generate_series(0, 119) d,
+                generate_series(1, 5)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let ids_before: Vec<i64> =
+        sqlx::query_scalar("select id from federation_audit_log order by id").fetch_all(&db.pool).await.unwrap();
+    assert_eq!(ids_before.len(), 600);
+
+    tessera::store::migrate(&db.pool).await.unwrap();
+    let ids_after: Vec<i64> =
+        sqlx::query_scalar("select id from federation_audit_log order by id").fetch_all(&db.pool).await.unwrap();
+    assert_eq!(ids_after, ids_before, "every row kept, with its id");
+
+    // Retention: 90 days kept (today is day 0), older days gone, the rest in day partitions.
+    let (created, dropped) = tessera::federation::audit::maintain(&db.pool, 90).await.unwrap();
+    assert_eq!(dropped, 0, "nothing was partitioned yet");
+    assert_eq!(created, 91 + 7, "days 0..=90 plus the week ahead (today included once)");
+    let kept: i64 = sqlx::query_scalar("select count(*) from federation_audit_log").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(kept, 91 * 5);
+    let in_default: i64 =
+        sqlx::query_scalar("select count(*) from federation_audit_log_default").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(in_default, 0, "every row moved into its day");
+    // A shorter retention drops whole partitions.
+    let (created, dropped) = tessera::federation::audit::maintain(&db.pool, 30).await.unwrap();
+    assert_eq!((created, dropped), (0, 60));
+    let kept: i64 = sqlx::query_scalar("select count(*) from federation_audit_log").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(kept, 31 * 5);
+
+    // The batch writer does not notice: new rows get new ids in today's partition.
+    let (sink, writer) = tessera::federation::audit::AuditSink::start(db.pool.clone());
+    sink.submit(&tessera::federation::audit::AuditEntry { verb: "list", outcome: "allowed", ..Default::default() });
+    drop(sink);
+    writer.await.unwrap();
+    let newest: i64 = sqlx::query_scalar("select max(id) from federation_audit_log").fetch_one(&db.pool).await.unwrap();
+    assert!(newest > *ids_before.last().unwrap());
+    let today = format!("federation_audit_log_{}", chrono::Utc::now().format("%Y%m%d"));
+    let in_today: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("select count(*) from {today} where id = $1")))
+        .bind(newest)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(in_today, 1);
+}

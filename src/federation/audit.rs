@@ -85,6 +85,33 @@ pub async fn record(db: impl PgExecutor<'_>, e: &AuditEntry<'_>) -> Result<(), s
     Ok(())
 }
 
+/// Days of partitions created ahead of today by [`maintain`].
+pub const PARTITIONS_AHEAD_DAYS: i32 = 7;
+
+/// Retention of the audit log (see the partitioning migration): creates the day partitions
+/// for today and the week ahead (and for any day whose rows landed in the default partition),
+/// and drops whole days older than `retention_days`. Dropping a partition is a catalogue change,
+/// not a delete, so it takes milliseconds whatever the rows; a lock it cannot get within a
+/// second is given up and tried on the next run rather than queueing writers behind it.
+///
+/// # Errors
+/// Database errors (a lock timeout included).
+pub async fn maintain(pool: &PgPool, retention_days: u32) -> Result<(i32, i32), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("set local lock_timeout = '1s'").execute(&mut *tx).await?;
+    let (created, dropped): (i32, i32) =
+        sqlx::query_as("select created, dropped from federation_audit_maintain($1, $2)")
+            .bind(i32::try_from(retention_days).unwrap_or(i32::MAX))
+            .bind(PARTITIONS_AHEAD_DAYS)
+            .fetch_one(&mut *tx)
+            .await?;
+    tx.commit().await?;
+    if created > 0 || dropped > 0 {
+        tracing::info!(created, dropped, retention_days, "audit log partitions maintained");
+    }
+    Ok((created, dropped))
+}
+
 /// An owned audit row waiting in the buffer.
 #[derive(Debug, Clone)]
 struct Pending {

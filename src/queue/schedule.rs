@@ -22,10 +22,15 @@ pub const QUEUE: &str = "maintenance";
 pub const RENEW_CERTS: &str = "federation.renew_certs";
 /// Deletes expired enrollment tokens and sessions, and finished jobs and deliveries past retention.
 pub const CLEANUP: &str = "maintenance.cleanup";
+/// Creates the audit log's day partitions ahead and drops the days past retention.
+pub const AUDIT_RETENTION: &str = "federation.audit_retention";
 
 /// The periodic jobs and their periods.
-pub const PERIODIC: &[(&str, Duration)] =
-    &[(RENEW_CERTS, Duration::from_secs(30)), (CLEANUP, Duration::from_secs(300))];
+pub const PERIODIC: &[(&str, Duration)] = &[
+    (RENEW_CERTS, Duration::from_secs(30)),
+    (CLEANUP, Duration::from_secs(300)),
+    (AUDIT_RETENTION, Duration::from_secs(3600)),
+];
 
 /// How long finished jobs and delivered webhooks are kept for inspection.
 pub const RETENTION_DAYS: i32 = 7;
@@ -59,7 +64,13 @@ pub async fn run_scheduler(pool: PgPool, tick: Duration, mut shutdown: watch::Re
 }
 
 /// Registers the handlers of the periodic jobs.
-pub fn register(registry: &mut HandlerRegistry, pool: PgPool, sealing: SealingKey, cert_ttl: Duration) {
+pub fn register(
+    registry: &mut HandlerRegistry,
+    pool: PgPool,
+    sealing: SealingKey,
+    cert_ttl: Duration,
+    audit_retention_days: u32,
+) {
     {
         let pool = pool.clone();
         registry.register(RENEW_CERTS, move |_job| {
@@ -68,6 +79,18 @@ pub fn register(registry: &mut HandlerRegistry, pool: PgPool, sealing: SealingKe
                 // Failures per peer are logged there; the next slot tries again.
                 crate::federation::client::renew_due(&pool, &sealing, cert_ttl).await;
                 Ok(())
+            }
+        });
+    }
+    {
+        let pool = pool.clone();
+        registry.register(AUDIT_RETENTION, move |_job| {
+            let pool = pool.clone();
+            async move {
+                crate::federation::audit::maintain(&pool, audit_retention_days)
+                    .await
+                    .map(|_| ())
+                    .map_err(JobError::retryable)
             }
         });
     }

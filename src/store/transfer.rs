@@ -76,7 +76,8 @@ struct TableInfo {
     identity: Vec<String>,
 }
 
-/// Ordinary tables of [`SCHEMAS`] (without [`SKIPPED`]), parents before children. Tables of
+/// Ordinary and partitioned tables of [`SCHEMAS`] (without [`SKIPPED`]), parents before
+/// children; partitions are copied through their partitioned table, never on their own. Tables of
 /// `public` are named bare (`tasks`), the others qualified (`outbox.deliveries`).
 ///
 /// # Errors
@@ -86,6 +87,7 @@ pub async fn tables_in_fk_order(pool: &PgPool) -> anyhow::Result<Vec<String>> {
         "select case when n.nspname = 'public' then c.relname::text else n.nspname || '.' || c.relname end
          from pg_class c join pg_namespace n on n.oid = c.relnamespace
          where n.nspname = any($1) and c.relkind in ('r', 'p') and not (n.nspname || '.' || c.relname = any($2))
+           and not c.relispartition
          order by n.nspname <> 'public', n.nspname, c.relname",
     )
     .bind(&SCHEMAS[..])

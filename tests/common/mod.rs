@@ -64,6 +64,20 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// A fresh database with no schema at all, for migration tests.
+    pub async fn empty() -> Self {
+        let pg = cluster().await;
+        let name = format!("e_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = PgConnection::connect_with(&pg.connect_options("postgres")).await.expect("connect");
+        let sql = format!("create database \"{name}\"");
+        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await.expect("create empty database");
+        admin.close().await.ok();
+        let pool = PgPool::connect_with(pg.connect_options(&name)).await.expect("connect empty database");
+        Self { url: pg.url(&name), name, pool }
+    }
+}
+
 /// Creates (once per migration set, across processes) a migrated template database.
 async fn ensure_template(pg: &EmbeddedPostgres) -> String {
     static TEMPLATE: OnceCell<String> = OnceCell::const_new();
