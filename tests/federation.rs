@@ -2097,3 +2097,45 @@ async fn the_audit_log_moves_into_day_partitions_keeping_every_row_and_retention
         .unwrap();
     assert_eq!(in_today, 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bench_audit_drops_old_days_under_write_load_and_refuses_real_audit_rows() {
+    let db = common::TestDb::new().await;
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let env = [("DATABASE_URL", db.url.as_str()), ("TESSERA_DATA_DIR", dir.path().to_str().unwrap())];
+    let args = ["bench", "audit", "--rows", "20000", "--days", "100", "--seconds", "1", "--writers", "1"];
+    let (code, out, err) = run_cli_blocking(&args, &env).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let dropped = out.lines().find(|l| l.contains("retention dropped")).unwrap_or_else(|| panic!("{out}"));
+    assert!(dropped.contains(" 10 day partitions"), "days 91 to 100 are past a 90-day retention: {out}");
+    let before: i64 = out
+        .lines()
+        .find(|l| l.contains("rows before retention"))
+        .unwrap()
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let after: i64 = out
+        .lines()
+        .find(|l| l.contains("rows after retention"))
+        .unwrap()
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(after < before + 1_000_000 && before >= 20_000, "{out}");
+    let oldest: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("select min(at) from federation_audit_log").fetch_one(&db.pool).await.unwrap();
+    assert!(oldest > chrono::Utc::now() - chrono::Duration::days(91), "nothing older than retention is left");
+
+    sqlx::query("insert into federation_audit_log (verb, outcome) values ('list', 'allowed')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let (code, _, err) = run_cli_blocking(&args, &env).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("data dir of its own"), "{err}");
+}

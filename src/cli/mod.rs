@@ -5,6 +5,7 @@
 
 mod admin;
 mod audit;
+mod bench_audit;
 mod bench_handshake;
 mod bench_list;
 mod bench_queue;
@@ -102,6 +103,8 @@ pub enum BenchCommand {
     Queue(bench_queue::QueueBench),
     /// TLS handshakes per second: full and resumed, with and without a client certificate.
     Handshake(bench_handshake::HandshakeBench),
+    /// Audit log retention under write load (seeds 10M rows over 120 days on first run).
+    Audit(bench_audit::AuditBench),
 }
 
 #[derive(Debug, Subcommand)]
@@ -177,6 +180,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Audit(a) => Ok(audit::run(a, &config).await),
         Command::Import(a) => Ok(admin::import(a, &config).await),
         Command::Bench(BenchCommand::List(args)) => bench_list::run(&config, &args).await.map(|()| ExitCode::SUCCESS),
+        Command::Bench(BenchCommand::Audit(args)) => bench_audit::run(&config, &args).await.map(|()| ExitCode::SUCCESS),
         Command::Bench(BenchCommand::Handshake(args)) => {
             bench_handshake::run(&config, &args).await.map(|()| ExitCode::SUCCESS)
         }
