@@ -176,6 +176,12 @@ async fn run(
         let _ = stop_rx.changed().await;
         background.stop().await;
     });
+    let sampler = tokio::spawn(crate::http::metrics::sample(
+        state.pool.clone(),
+        state.peer_reads.clone(),
+        Duration::from_secs(5),
+        stopping.subscribe(),
+    ));
     let signal = async move {
         shutdown_signal().await;
         let _ = stopping.send(true);
@@ -188,6 +194,7 @@ async fn run(
     crate::tls::serve(listener, tls, app, config.federation.oids.clone(), limits, signal, Duration::from_secs(10))
         .await;
     let _ = background.await;
+    let _ = sampler.await;
     // Dropping the last sink lets the audit writer flush what is buffered and stop.
     let peer_reads = state.peer_reads.clone();
     drop(state);

@@ -2139,3 +2139,61 @@ async fn bench_audit_drops_old_days_under_write_load_and_refuses_real_audit_rows
     assert_ne!(code, 0);
     assert!(err.contains("data dir of its own"), "{err}");
 }
+
+/// A webhook receiver on loopback that answers 200 to everything.
+async fn ok_receiver() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://127.0.0.1:{}/hook", listener.local_addr().unwrap().port());
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let _ = tcp.read(&mut buf).await;
+                let _ = tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_metric_the_dashboard_uses_is_exported_by_a_running_gateway() {
+    let pair = Pair::new(vec![("TESSERA_WEBHOOK_ALLOWED_CIDRS".into(), "127.0.0.1/32".into())]).await;
+    let hook = json!({"url": ok_receiver().await, "secret": "s".repeat(32), "events": ["*"]});
+    assert_eq!(pair.admin_post("/api/admin/webhooks", hook).await.0, 201);
+    pair.enroll().await;
+    let a = pair.mtls_client(&pair.a_identity().await.0);
+    assert_eq!(
+        a.post(pair.b.url("/api/federation/v1/list/tasks")).json(&json!({})).send().await.unwrap().status(),
+        200
+    );
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", pair.b.port)).await.unwrap();
+        tcp.write_all(b"not tls\r\n\r\n").await.unwrap();
+    }
+    let job = tessera::queue::NewJob::new("diag", "diag.probe", json!({"for": "metrics"}));
+    tessera::queue::enqueue_many(&pair.b_db.pool, &[job]).await.unwrap();
+
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/ops/grafana/tessera.json")).unwrap(),
+    )
+    .unwrap();
+    let wanted = tessera::http::metrics::referenced_metrics(&dashboard);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut missing: Vec<String>;
+    loop {
+        let text = pair.b.client.get(pair.b.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        missing = wanted
+            .iter()
+            .filter(|name| !text.lines().any(|l| !l.starts_with('#') && l.starts_with(name.as_str())))
+            .cloned()
+            .collect();
+        if missing.is_empty() || std::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(missing.is_empty(), "referenced by the dashboard but not exported: {missing:?}");
+}

@@ -201,9 +201,19 @@ impl AuditSink {
     /// Queues a row without waiting. A full buffer drops the row and counts it.
     pub fn submit(&self, e: &AuditEntry<'_>) {
         let _ = REQUEST_AUDITED.try_with(|audited| audited.set(true));
-        if self.tx.try_send(Pending::from_entry(e)).is_err() {
+        let row = Pending::from_entry(e);
+        metrics::counter!(
+            crate::http::metrics::FEDERATION_REQUESTS,
+            "verb" => row.verb.clone(),
+            "outcome" => row.outcome.clone(),
+            "deny_code" => row.deny_code.clone().unwrap_or_default()
+        )
+        .increment(1);
+        if self.tx.try_send(row).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!(crate::http::metrics::AUDIT_ROWS_LOST, "cause" => "buffer_full").increment(1);
         }
+        metrics::gauge!(crate::http::metrics::AUDIT_QUEUE_DEPTH).set((BUFFER - self.tx.capacity()) as f64);
     }
 }
 
@@ -238,7 +248,12 @@ async fn writer(pool: PgPool, mut rx: mpsc::Receiver<Pending>, dropped: Arc<Atom
             batch.push(Pending::gap(n, &cause));
         }
         if !batch.is_empty() {
+            let started = std::time::Instant::now();
             unwritten = write(&pool, &batch).await;
+            metrics::histogram!(crate::http::metrics::AUDIT_BATCH_SECONDS).record(started.elapsed().as_secs_f64());
+            if let Some((n, _)) = &unwritten {
+                metrics::counter!(crate::http::metrics::AUDIT_ROWS_LOST, "cause" => "write_failed").increment(*n);
+            }
             batch.clear();
         }
         // Record a loss at once; only if even that fails (no database) does it wait for the

@@ -19,17 +19,125 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// Histogram: request latency by route template and status class.
+pub const REQUEST_SECONDS: &str = "tessera_http_request_duration_seconds";
+/// Counter: federation requests by verb, outcome and deny code (one per audit row).
+pub const FEDERATION_REQUESTS: &str = "tessera_federation_requests_total";
+/// Gauge: audit rows waiting in the writer's buffer.
+pub const AUDIT_QUEUE_DEPTH: &str = "tessera_audit_queue_depth";
+/// Histogram: time to write one audit batch.
+pub const AUDIT_BATCH_SECONDS: &str = "tessera_audit_batch_duration_seconds";
+/// Counter: audit rows lost, by cause (`buffer_full`, `write_failed`); each loss is also a gap row.
+pub const AUDIT_ROWS_LOST: &str = "tessera_audit_rows_lost_total";
+/// Counter: job outcomes (`done`, `retry`, `failed`, `dead`).
+pub const JOB_OUTCOMES: &str = "tessera_queue_job_outcomes_total";
+/// Gauge: pending jobs per queue.
+pub const QUEUE_DEPTH: &str = "tessera_queue_depth";
+/// Gauge: age in seconds of the oldest pending job per queue (0 when none).
+pub const QUEUE_OLDEST_SECONDS: &str = "tessera_queue_oldest_pending_seconds";
+/// Gauges: outbox deliveries pending (or in flight) and dead, per endpoint.
+pub const OUTBOX_PENDING: &str = "tessera_outbox_pending";
+pub const OUTBOX_DEAD: &str = "tessera_outbox_dead";
+/// Histogram: webhook delivery attempts by outcome.
+pub const DELIVERY_SECONDS: &str = "tessera_outbox_delivery_duration_seconds";
+/// Gauge: database pool connections by pool (`main`, `peer_reads`) and state (`in_use`, `idle`).
+pub const POOL_CONNECTIONS: &str = "tessera_db_pool_connections";
+
+/// Every metric name this process exports (the README table and the dashboard test use it).
+pub const EXPORTED: &[&str] = &[
+    "tessera_http_requests_total",
+    REQUEST_SECONDS,
+    FEDERATION_REQUESTS,
+    crate::federation::guard::DECISIONS_METRIC,
+    crate::federation::guard::UNCONFIRMED_METRIC,
+    AUDIT_QUEUE_DEPTH,
+    AUDIT_BATCH_SECONDS,
+    AUDIT_ROWS_LOST,
+    JOB_OUTCOMES,
+    QUEUE_DEPTH,
+    QUEUE_OLDEST_SECONDS,
+    OUTBOX_PENDING,
+    OUTBOX_DEAD,
+    DELIVERY_SECONDS,
+    POOL_CONNECTIONS,
+    crate::tls::HANDSHAKE_FAILURES_METRIC,
+    crate::tls::ACCEPT_ERRORS_METRIC,
+    crate::tls::OPEN_CONNECTIONS_METRIC,
+    crate::federation::enrollment::UNKNOWN_TOKENS_METRIC,
+    crate::services::valkey::FAILURES_METRIC,
+    "tessera_valkey_up",
+];
+
+/// Samples the gauges that live in the database (queue, outbox) and the pools, every `every`,
+/// until `stop` changes. Errors are logged once per sample and the gauges keep their values.
+pub async fn sample(
+    pool: sqlx::PgPool,
+    peer_reads: sqlx::PgPool,
+    every: std::time::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        if let Err(e) = sample_once(&pool, &peer_reads).await {
+            tracing::debug!(error = %e, "sampling metrics failed");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+async fn sample_once(pool: &sqlx::PgPool, peer_reads: &sqlx::PgPool) -> Result<(), sqlx::Error> {
+    for (name, p) in [("main", pool), ("peer_reads", peer_reads)] {
+        let (size, idle) = (f64::from(p.size()), p.num_idle() as f64);
+        metrics::gauge!(POOL_CONNECTIONS, "pool" => name, "state" => "in_use").set(size - idle);
+        metrics::gauge!(POOL_CONNECTIONS, "pool" => name, "state" => "idle").set(idle);
+    }
+    let queues: Vec<(String, i64, f64)> = sqlx::query_as(
+        "select queue, count(*) filter (where status = 'pending'),
+                coalesce(extract(epoch from now() - min(run_at) filter (where status = 'pending' and run_at <= now())), 0)::float8
+           from queue.jobs group by queue",
+    )
+    .fetch_all(pool)
+    .await?;
+    for (queue, depth, oldest) in queues {
+        metrics::gauge!(QUEUE_DEPTH, "queue" => queue.clone()).set(depth as f64);
+        metrics::gauge!(QUEUE_OLDEST_SECONDS, "queue" => queue).set(oldest);
+    }
+    let outbox: Vec<(uuid::Uuid, i64, i64)> = sqlx::query_as(
+        "select e.id, count(d.id) filter (where d.status in ('pending', 'inflight')),
+                count(d.id) filter (where d.status = 'dead')
+           from outbox.webhook_endpoints e left join outbox.deliveries d on d.endpoint_id = e.id
+          group by e.id",
+    )
+    .fetch_all(pool)
+    .await?;
+    for (endpoint, pending, dead) in outbox {
+        metrics::gauge!(OUTBOX_PENDING, "endpoint" => endpoint.to_string()).set(pending as f64);
+        metrics::gauge!(OUTBOX_DEAD, "endpoint" => endpoint.to_string()).set(dead as f64);
+    }
+    Ok(())
+}
+
 /// Installs the global recorder once and returns its handle. When another recorder was
 /// installed first (a test harness, an embedding program), `/metrics` renders an empty registry
 /// instead of failing.
 pub fn install() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
-        let recorder = PrometheusBuilder::new().build_recorder();
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+            .map_or_else(|_| PrometheusBuilder::new(), |b| b)
+            .build_recorder();
         let handle = recorder.handle();
         if metrics::set_global_recorder(recorder).is_err() {
             tracing::warn!("a metrics recorder was already installed; /metrics will stay empty");
         }
         metrics::describe_counter!(crate::services::valkey::FAILURES_METRIC, "Failed Valkey operations");
+        // Losses are rare: export the series at zero from the start, so a dashboard or an alert
+        // sees 0, not "no data".
+        for cause in ["buffer_full", "write_failed"] {
+            metrics::counter!(AUDIT_ROWS_LOST, "cause" => cause).increment(0);
+        }
         metrics::describe_counter!("tessera_http_requests_total", "HTTP requests by method and status class");
         metrics::describe_gauge!("tessera_valkey_up", "1 while Valkey answered the last readiness check");
         metrics::describe_counter!(
@@ -65,6 +173,12 @@ pub async fn count_requests(req: Request, next: Next) -> Response {
         Method::OPTIONS => "OPTIONS",
         _ => "other",
     };
+    // The route template, never the path itself: bounded cardinality.
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
+    let started = std::time::Instant::now();
     let response = next.run(req).await;
     let class = match response.status().as_u16() {
         100..=199 => "1xx",
@@ -74,5 +188,53 @@ pub async fn count_requests(req: Request, next: Next) -> Response {
         _ => "5xx",
     };
     metrics::counter!("tessera_http_requests_total", "method" => method, "status" => class).increment(1);
+    metrics::histogram!(REQUEST_SECONDS, "route" => route, "status" => class).record(started.elapsed().as_secs_f64());
     response
+}
+
+/// The metric names a dashboard expression references (`tessera_...`, without the histogram
+/// suffixes `_bucket`, `_sum` and `_count`).
+pub fn referenced_metrics(dashboard: &serde_json::Value) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut stack = vec![dashboard];
+    while let Some(v) = stack.pop() {
+        match v {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::String(expr)) = map.get("expr") {
+                    for (i, _) in expr.match_indices("tessera_") {
+                        let name: String = expr[i..]
+                            .chars()
+                            .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                            .collect();
+                        let base = ["_bucket", "_sum", "_count"]
+                            .iter()
+                            .find_map(|suffix| name.strip_suffix(suffix))
+                            .unwrap_or(&name)
+                            .to_string();
+                        names.insert(base);
+                    }
+                }
+                stack.extend(map.values());
+            }
+            serde_json::Value::Array(items) => stack.extend(items),
+            _ => {}
+        }
+    }
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_dashboard_uses_only_exported_metrics() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/ops/grafana/tessera.json")).unwrap();
+        let names = super::referenced_metrics(&serde_json::from_str(&text).unwrap());
+        assert!(names.len() >= 10, "{names:?}");
+        for name in &names {
+            assert!(
+                super::EXPORTED.contains(&name.as_str()),
+                "the dashboard uses {name}, which tessera does not export"
+            );
+        }
+    }
 }

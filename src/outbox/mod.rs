@@ -355,6 +355,19 @@ impl Drainer {
     }
 
     async fn deliver(&self, head: &Head) -> Verdict {
+        let started = std::time::Instant::now();
+        let verdict = self.deliver_once(head).await;
+        let outcome = match verdict {
+            Verdict::Delivered => "delivered",
+            Verdict::Transient(_) => "transient",
+            Verdict::Permanent(_) => "permanent",
+        };
+        metrics::histogram!(crate::http::metrics::DELIVERY_SECONDS, "outcome" => outcome)
+            .record(started.elapsed().as_secs_f64());
+        verdict
+    }
+
+    async fn deliver_once(&self, head: &Head) -> Verdict {
         let secret = match self.sealing.open(&webhooks::secret_context(head.endpoint_id), &head.secret_sealed) {
             Ok(s) => s,
             Err(e) => return Verdict::Permanent(format!("cannot open the endpoint secret: {e}")),

@@ -344,6 +344,13 @@ async fn write_outcomes(pool: &PgPool, owner: &str, backoff: &Backoff, batch: &[
     let (mut f_ids, mut f_attempts, mut f_status, mut f_delay, mut f_err) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for o in batch {
+        let outcome = match &o.result {
+            Ok(()) => "done",
+            Err(JobError::Fatal(_)) => "failed",
+            Err(JobError::Retryable(_)) if o.attempt >= o.max_attempts => "dead",
+            Err(JobError::Retryable(_)) => "retry",
+        };
+        metrics::counter!(crate::http::metrics::JOB_OUTCOMES, "outcome" => outcome).increment(1);
         match &o.result {
             Ok(()) => {
                 done.push(o.id.as_str());
