@@ -2197,3 +2197,114 @@ async fn every_metric_the_dashboard_uses_is_exported_by_a_running_gateway() {
     }
     assert!(missing.is_empty(), "referenced by the dashboard but not exported: {missing:?}");
 }
+
+/// Ids of every row `list` returns for `resource`, or the status when it refuses.
+async fn list_everything(pair: &Pair, client: &reqwest::Client, resource: &str) -> Result<usize, u16> {
+    let (status, page) = pair.list(client, resource, json!({})).await;
+    if status != 200 {
+        return Err(status);
+    }
+    let _ = page;
+    Ok(pair.list_all(client, resource, 3).await.len())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scope_explain_agrees_with_what_list_returns_for_every_resource() {
+    let pair = Pair::new(vec![]).await;
+    let w = world(&pair).await;
+    for i in 0..3 {
+        sqlx::query("insert into insights (id, user_id, content) values ($1, $2, 'i')")
+            .bind(Uuid::now_v7())
+            .bind(pair.subject)
+            .execute(&pair.b_db.pool)
+            .await
+            .unwrap();
+        sqlx::query("insert into preferences (id, user_id, key, value) values ($1, $2, $3, '1')")
+            .bind(Uuid::now_v7())
+            .bind(pair.subject)
+            .bind(format!("k{i}"))
+            .execute(&pair.b_db.pool)
+            .await
+            .unwrap();
+    }
+    let scope = json!({
+        "resources": ["tasks", "notes", "credentials"],
+        "excluded_resources": ["memory"],
+        "filters": {"tasks": {"include_teams": [w.t1], "include_personal": true}},
+        "max_rows_per_query": 40
+    });
+    // Before saving: the same answer for the scope alone.
+    let (status, draft) = pair
+        .admin_post(
+            "/api/admin/grants/explain",
+            json!({"peerId": pair.peer_id, "subjectUserId": pair.subject, "scope": scope}),
+        )
+        .await;
+    assert_eq!(status, 200, "{draft}");
+    let (grant, client) = pair.enroll_with(scope).await;
+    let (status, saved) = pair.admin_post(&format!("/api/admin/grants/{grant}/explain"), json!({})).await;
+    assert_eq!(status, 200, "{saved}");
+    assert_eq!(draft["resources"], saved["resources"], "the draft and the saved grant explain alike");
+
+    for r in saved["resources"].as_array().unwrap() {
+        let resource = r["resource"].as_str().unwrap();
+        let listed = list_everything(&pair, &client, resource).await;
+        if r["allowed"] == true {
+            assert_eq!(listed, Ok(usize::try_from(r["visibleRows"].as_i64().unwrap()).unwrap()), "{resource}: {r}");
+        } else {
+            assert!(listed.is_err(), "{resource} is refused by list too: {r}");
+            let code: String = sqlx::query_scalar(
+                "select deny_code from federation_audit_log where grant_id = $1 and resource = $2 and outcome = 'denied'
+                 order by id desc limit 1",
+            )
+            .bind(grant)
+            .bind(resource)
+            .fetch_optional(&pair.b_db.pool)
+            .await
+            .unwrap()
+            .unwrap_or_default();
+            let code = if code.is_empty() {
+                // Written off the request path; give the batch writer a moment.
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                sqlx::query_scalar(
+                    "select deny_code from federation_audit_log where grant_id = $1 and resource = $2 and outcome = 'denied'
+                     order by id desc limit 1",
+                )
+                .bind(grant)
+                .bind(resource)
+                .fetch_one(&pair.b_db.pool)
+                .await
+                .unwrap()
+            } else {
+                code
+            };
+            assert_eq!(r["denyCode"], code, "{resource}: explain names the deny code list records");
+        }
+    }
+    let tasks = &saved["resources"][0];
+    assert_eq!(tasks["visibleRows"], w.personal_tasks.len() + w.t1_tasks.len(), "team t2 is filtered out");
+    assert_eq!(tasks["teamIds"], json!([w.t1]));
+    assert_eq!(saved["resources"][2]["denyCode"], "resource_excluded");
+    assert_eq!(saved["resources"][3]["denyCode"], "native_rbac_denied", "credentials are never federated");
+    assert_eq!(saved["resources"][4]["denyCode"], "resource_not_granted");
+    // Memory on a grant that includes it: the subject's insights and preferences.
+    let (memory_grant, memory_client) = pair.enroll_with(json!({"resources": ["memory"]})).await;
+    let (_, memory) = pair.admin_post(&format!("/api/admin/grants/{memory_grant}/explain"), json!({})).await;
+    assert_eq!(memory["resources"][2]["visibleRows"], 6, "{memory}");
+    assert_eq!(list_everything(&pair, &memory_client, "memory").await, Ok(6));
+
+    // Revoked: every resource refused at the guard, and the CLI says so.
+    let (status, _) = pair.admin_post(&format!("/api/admin/grants/{grant}/revoke"), json!({"reason": "explain"})).await;
+    assert_eq!(status, 200);
+    let b_env = [("DATABASE_URL", pair.b_db.url.as_str()), ("TESSERA_DATA_DIR", pair.b.data_dir.to_str().unwrap())];
+    let (code, out, err) = run_cli(&["grant", "explain", &grant.to_string()], &b_env);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("the grant itself is refused") && out.contains("refused at guard"), "{out}");
+    let (status, body) = pair
+        .admin_post(
+            "/api/admin/grants/explain",
+            json!({"peerId": Uuid::now_v7(), "subjectUserId": pair.subject, "scope": {"resources": ["tasks"]}}),
+        )
+        .await;
+    assert_eq!((status, body["error"]["details"]["field"].clone()), (404, json!("peerId")));
+}

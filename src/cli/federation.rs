@@ -103,6 +103,13 @@ pub enum GrantCommand {
         #[arg(long)]
         json: bool,
     },
+    /// What a grant exposes now, per resource: allowed or the stage that refuses, teams,
+    /// personal, row cap and how many rows the peer would see (never the rows).
+    Explain {
+        id: Uuid,
+        #[arg(long)]
+        json: bool,
+    },
     /// Mint a single-use re-enrollment token (and URL) for an active grant: the reader runs
     /// `tessera peer add <url>` and gets a new certificate on the same grant (for example after
     /// its certificate expired); the old certificate stops working at once.
@@ -288,6 +295,36 @@ async fn grant_inner(config: &Config, pool: &sqlx::PgPool, cmd: GrantCommand) ->
                 Err(e) => return rejected(e),
             }
         }
+        GrantCommand::Explain { id, json } => match crate::federation::explain::explain_saved(pool, id).await {
+            Ok(e) => print(json, &e, |e| {
+                let mut lines = Vec::new();
+                if let Some(d) = &e.grant_denial {
+                    lines.push(format!("the grant itself is refused: {d}"));
+                }
+                for r in &e.resources {
+                    lines.push(if r.allowed {
+                        format!(
+                            "{:<12} allowed: {} rows visible now, personal {}, {} teams, at most {} per page",
+                            r.resource,
+                            r.visible_rows,
+                            if r.include_personal { "on" } else { "off" },
+                            r.team_ids.len(),
+                            r.row_cap
+                        )
+                    } else {
+                        format!(
+                            "{:<12} refused at {} ({}): {}",
+                            r.resource,
+                            r.stage.as_deref().unwrap_or("-"),
+                            r.deny_code.as_deref().unwrap_or("-"),
+                            r.reason.as_deref().unwrap_or("")
+                        )
+                    });
+                }
+                lines.join("\n")
+            })?,
+            Err(e) => return rejected(e),
+        },
         GrantCommand::Reenroll { id, ttl, json } => {
             let sealing = SealingKey::load(config.sealing_key.as_ref(), &config.data_dir)?;
             let ca = crate::federation::ca::GatewayCa::load_or_create(pool, &sealing).await?;

@@ -9,6 +9,7 @@ pub mod client;
 pub mod csr;
 pub mod cursor;
 pub mod enrollment;
+pub mod explain;
 pub mod grants;
 pub mod guard;
 pub mod identity;
@@ -69,6 +70,8 @@ pub fn router(state: Option<AppState>) -> OpenApiRouter<AppState> {
         .routes(routes!(grants::revoke_grant))
         .routes(routes!(enrollment::create_reenrollment_token))
         .routes(routes!(audit_routes::list_audit))
+        .routes(routes!(explain::explain_grant))
+        .routes(routes!(explain::explain_scope))
         .routes(routes!(query::query))
         .merge(verbs)
 }

@@ -164,6 +164,31 @@ where
     sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(f.subject_user_id).bind(f.include_personal).bind(f.team_ids.clone())
 }
 
+/// How many rows `f` lets the subject see right now, by the same visibility rules as the pages
+/// (scope explain reports it; it never returns the rows).
+///
+/// # Errors
+/// Database errors.
+pub async fn visible_count(pool: &sqlx::PgPool, f: &QueryFilter) -> Result<i64, sqlx::Error> {
+    let sql = match f.resource.as_str() {
+        "tasks" => format!("select count(*) from tasks t where t.project_id in ({VISIBLE_PROJECTS})"),
+        "notes" => format!(
+            "select count(*) from mission_tasks mt
+              where mt.user_id = $1 and mt.notes <> ''
+                and exists (select 1 from missions m where m.id = mt.mission_id and m.project_id in ({VISIBLE_PROJECTS}))"
+        ),
+        // Memory is personal only: the subject's insights and preferences, when personal is on.
+        // `$3` (teams) is bound for every resource by `scoped`; Postgres needs each bound
+        // parameter used, hence the `0 *` term.
+        _ => "select case when $2 then (select count(*) from insights where user_id = $1)
+                                     + (select count(*) from preferences where user_id = $1)
+                          else 0 end + 0 * cardinality($3::uuid[])"
+            .to_string(),
+    };
+    let count: (i64,) = scoped(sql, f).fetch_one(pool).await?;
+    Ok(count.0)
+}
+
 /// A page statement's optional confirmation of the guard's remembered decision: the `with`
 /// clause to put in front, and the condition that keeps rows only when the grant checks out.
 fn confirming(confirm: Option<&Confirmation>) -> (String, &'static str) {

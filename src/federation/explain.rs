@@ -1,0 +1,210 @@
+//! Scope explain: what a grant exposes before a peer uses it.
+//!
+//! `POST /api/admin/grants/{id}/explain` (a saved grant) and `POST /api/admin/grants/explain`
+//! (`{peerId, subjectUserId, scope}`, not saved) answer, per resource: allowed, or the stage and
+//! deny code that would refuse it (the guard's and the scope evaluation's own, so explain and
+//! `list` cannot disagree), the effective team ids, personal on/off, the row cap, and how many
+//! rows the peer would see now. Never the rows themselves. `tessera grant explain` prints it.
+
+use axum::extract::State;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::scope::{GrantScope, KNOWN_RESOURCES, evaluate};
+use crate::admin::guard::AdminUser;
+use crate::app::AppState;
+use crate::http::error::{ApiError, ErrorEnvelope};
+use crate::http::extract::{Json, Path};
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExplainScope {
+    pub peer_id: Uuid,
+    pub subject_user_id: Uuid,
+    /// A scope as a grant would hold it (DESIGN §4).
+    #[schema(value_type = Object)]
+    pub scope: serde_json::Value,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Explanation {
+    /// Set when the grant itself would be refused before any resource (stage `guard`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grant_denial: Option<String>,
+    pub resources: Vec<ResourceExplanation>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceExplanation {
+    pub resource: String,
+    pub allowed: bool,
+    /// The stage that refuses (`guard`, `resource_allowlist`, `resource_exclusion`, `native_rbac`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+    /// The deny code the audit log would record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deny_code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The subject's current teams that the grant lets through.
+    pub team_ids: Vec<Uuid>,
+    pub include_personal: bool,
+    pub row_cap: u32,
+    /// Rows the peer would see now (0 when refused).
+    pub visible_rows: i64,
+}
+
+/// What explain needs to know besides the scope.
+struct Subject {
+    /// `None` when the subject is missing or disabled.
+    teams: Option<Vec<Uuid>>,
+}
+
+async fn subject(pool: &sqlx::PgPool, user: Uuid) -> Result<Subject, ApiError> {
+    let active: Option<bool> = sqlx::query_scalar("select disabled_at is null from users where id = $1")
+        .bind(user)
+        .fetch_optional(pool)
+        .await?;
+    let teams = if active == Some(true) {
+        Some(
+            sqlx::query_scalar("select team_id from team_members where user_id = $1 order by team_id")
+                .bind(user)
+                .fetch_all(pool)
+                .await?,
+        )
+    } else {
+        None
+    };
+    Ok(Subject { teams })
+}
+
+/// Explains `scope` for `subject_user_id`, with `grant_denial` (from the grant and peer state)
+/// refusing every resource at stage `guard`.
+///
+/// # Errors
+/// Database errors.
+async fn explain(
+    pool: &sqlx::PgPool,
+    scope: &GrantScope,
+    subject_user_id: Uuid,
+    grant_denial: Option<String>,
+) -> Result<Explanation, ApiError> {
+    let subject = subject(pool, subject_user_id).await?;
+    let mut resources = Vec::new();
+    for resource in KNOWN_RESOURCES {
+        let mut item = ResourceExplanation {
+            resource: resource.to_string(),
+            allowed: false,
+            stage: None,
+            deny_code: None,
+            reason: None,
+            team_ids: Vec::new(),
+            include_personal: false,
+            row_cap: scope.max_rows(),
+            visible_rows: 0,
+        };
+        if let Some(reason) = &grant_denial {
+            item.stage = Some("guard".into());
+            item.deny_code = Some("guard".into());
+            item.reason = Some(reason.clone());
+        } else {
+            match evaluate(scope, subject_user_id, subject.teams.as_deref(), resource, None) {
+                Ok(filter) => {
+                    item.allowed = true;
+                    item.visible_rows = super::verbs::read::visible_count(pool, &filter).await?;
+                    item.team_ids = filter.team_ids;
+                    item.include_personal = filter.include_personal;
+                    item.row_cap = filter.limit;
+                }
+                Err(d) => {
+                    item.stage = Some(d.code.stage().into());
+                    item.deny_code = Some(d.code.as_str().into());
+                    item.reason = Some(d.reason);
+                }
+            }
+        }
+        resources.push(item);
+    }
+    Ok(Explanation { grant_denial, resources })
+}
+
+/// Explain what a saved grant exposes now, per resource (never the rows).
+#[utoipa::path(post, path = "/api/admin/grants/{id}/explain", tag = "admin", params(("id" = Uuid, Path)),
+    responses(
+        (status = 200, body = Explanation), (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope),
+    ))]
+pub async fn explain_grant(
+    _admin: AdminUser,
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Explanation>, ApiError> {
+    Ok(Json(explain_saved(&state.pool, id).await?))
+}
+
+/// Explains a saved grant (the admin route and `tessera grant explain`).
+///
+/// # Errors
+/// 404 for an unknown grant; database errors.
+pub async fn explain_saved(pool: &sqlx::PgPool, id: Uuid) -> Result<Explanation, ApiError> {
+    /// Grant status, expiry, subject, scope, and the peer's state.
+    type GrantRow = (String, Option<DateTime<Utc>>, Option<Uuid>, serde_json::Value, String);
+    let row: Option<GrantRow> = sqlx::query_as(
+        "select g.status, g.expires_at, g.subject_user_id, g.scope, p.state
+           from federation_grants g join federation_peers p on p.id = g.peer_id where g.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    let (status, expires_at, subject, scope, peer_state) = row.ok_or_else(|| ApiError::not_found("No such grant"))?;
+    let scope: GrantScope = serde_json::from_value(scope)
+        .map_err(|e| ApiError::internal(anyhow::anyhow!("stored grant scope does not parse: {e}")))?;
+    // The guard's own order of checks (see `guard::denial`).
+    let grant_denial = if status != "active" {
+        Some(format!("grant is not active ({status})"))
+    } else if expires_at.is_some_and(|e| e <= Utc::now()) {
+        Some("grant has expired".to_string())
+    } else if peer_state != "active" {
+        Some(format!("peer is not active ({peer_state})"))
+    } else {
+        None
+    };
+    match subject {
+        Some(subject) => explain(pool, &scope, subject, grant_denial).await,
+        None => explain(pool, &scope, Uuid::nil(), Some("the subject user was deleted".into())).await,
+    }
+}
+
+/// Explain what a scope would expose for a peer and subject, before saving it as a grant.
+#[utoipa::path(post, path = "/api/admin/grants/explain", tag = "admin", request_body = ExplainScope,
+    responses(
+        (status = 200, body = Explanation), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope),
+    ))]
+pub async fn explain_scope(
+    _admin: AdminUser,
+    State(state): State<AppState>,
+    Json(body): Json<ExplainScope>,
+) -> Result<Json<Explanation>, ApiError> {
+    let scope = GrantScope::parse(&body.scope).map_err(|e| ApiError::invalid_field("scope", e.to_string()))?;
+    let peer_state: Option<String> = sqlx::query_scalar("select state from federation_peers where id = $1")
+        .bind(body.peer_id)
+        .fetch_optional(&state.pool)
+        .await?;
+    let peer_state = peer_state
+        .ok_or_else(|| ApiError::not_found("No such peer").with_details(serde_json::json!({"field": "peerId"})))?;
+    let known: bool = sqlx::query_scalar("select exists (select 1 from users where id = $1)")
+        .bind(body.subject_user_id)
+        .fetch_one(&state.pool)
+        .await?;
+    if !known {
+        return Err(ApiError::not_found("No such user").with_details(serde_json::json!({"field": "subjectUserId"})));
+    }
+    // A new grant starts pending and becomes active at enrollment; only the peer can refuse now.
+    let grant_denial = matches!(peer_state.as_str(), "suspended" | "revoked").then(|| format!("peer is {peer_state}"));
+    Ok(Json(explain(&state.pool, &scope, body.subject_user_id, grant_denial).await?))
+}
