@@ -1267,15 +1267,39 @@ async fn an_expired_client_certificate_fails_the_handshake() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn gateway_a_renews_certificates_that_are_due() {
+    use tessera::federation::client::renew_due;
     let pair = Pair::new(vec![]).await;
     pair.enroll().await;
     let (_, before) = pair.a_identity().await;
     let sealing = tessera::sealing::SealingKey::load(None, pair.a_dir.path()).unwrap();
-    // Not due: an hour-long certificate with most of its life left.
-    tessera::federation::client::renew_due(&pair.a_db.pool, &sealing, Duration::from_secs(3600)).await;
+    let pool = &pair.a_db.pool;
+    let schedule = || async {
+        sqlx::query_as::<_, (Option<chrono::DateTime<chrono::Utc>>, chrono::DateTime<chrono::Utc>)>(
+            "select renew_at, client_cert_received_at from federation_peers where name = 'gateway-b'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap()
+    };
+    // Not due: a fresh hour-long certificate. The pass only schedules it, two thirds into its
+    // own life (counted from when A stored it), within the jitter of a thirtieth of it.
+    let pass = renew_due(pool, &sealing, Duration::ZERO).await;
+    assert_eq!((pass.renewed, pass.failed), (0, 0));
     assert_eq!(pair.a_identity().await.1, before, "not renewed before two thirds of its lifetime");
-    // Due: measured against a 10-day lifetime, less than a third is left.
-    tessera::federation::client::renew_due(&pair.a_db.pool, &sealing, Duration::from_secs(10 * 86_400)).await;
+    let (renew_at, received) = schedule().await;
+    let lifetime = leaf_identity(&before).not_after - received;
+    let expected = received + lifetime * 2 / 3;
+    let renew_at = renew_at.expect("scheduled");
+    assert!((renew_at - expected).num_seconds().abs() <= lifetime.num_seconds() / 30 + 1, "{renew_at} vs {expected}");
+    // Due in two seconds: a pass covering the next five waits for that moment, then renews.
+    sqlx::query("update federation_peers set renew_at = now() + interval '2 seconds' where name = 'gateway-b'")
+        .execute(pool)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let pass = renew_due(pool, &sealing, Duration::from_secs(5)).await;
+    assert_eq!((pass.renewed, pass.failed), (1, 0));
+    assert!(started.elapsed() >= Duration::from_millis(1500), "waited for the renewal moment");
     let (identity, after) = pair.a_identity().await;
     assert_ne!(after, before, "renewed");
     let new_serial = leaf_identity(&after).serial;
@@ -1287,6 +1311,11 @@ async fn gateway_a_renews_certificates_that_are_due() {
     assert_eq!(current, new_serial, "B made the new serial current");
     let r = pair.mtls_client(&identity).get(pair.b.url("/api/federation/v1/capabilities")).send().await.unwrap();
     assert_eq!(r.status(), 200, "the stored (re-sealed) key and new certificate work");
+    // The new certificate has its own schedule: nothing is due again right away.
+    let (renew_at, received) = schedule().await;
+    assert!(renew_at.unwrap() > received + chrono::Duration::minutes(30), "{renew_at:?}");
+    let pass = renew_due(pool, &sealing, Duration::ZERO).await;
+    assert_eq!((pass.renewed, pass.failed), (0, 0));
 }
 
 /// Runs the CLI off the async runtime (the bench takes a few seconds).

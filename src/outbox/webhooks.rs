@@ -37,6 +37,8 @@ pub const EVENTS: &[&str] = &[
     "token.revoked",
     "rate_limit.exceeded",
     "peer.superseded_certificate_used",
+    "peer.certificate_expiring",
+    "peer.renewal_failed",
 ];
 
 /// The sealing context of an endpoint's secret: a sealed secret cannot be moved to another row.
