@@ -223,6 +223,12 @@ async fn doctor_reports_json_and_exit_codes() {
         .unwrap();
     let (code, stdout, _) = run_cli(&["doctor", "--json"], &env);
     assert_eq!(code, 0, "{stdout}");
+    // A CA within 30 days of expiry is a warning too.
+    sqlx::query("update gateway_ca set not_after = now() + interval '10 days'").execute(&db.pool).await.unwrap();
+    let (code, stdout, _) = run_cli(&["doctor", "--json"], &env);
+    assert_eq!(code, 2, "{stdout}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("valid JSON");
+    assert!(report["warnings"][0].as_str().unwrap().starts_with("ca: expires"), "{report}");
 
     // Unreachable database: red, exit 1, and the password never printed.
     let port = common::free_port();
