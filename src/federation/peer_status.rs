@@ -14,7 +14,9 @@
 //!   streak; a failure sets `last_error` (the error's code and message, never a secret) and, for
 //!   a 401/403 (the peer's guard refusing our certificate or grant), starts the streak
 //!   `refusing_since` if none is running. Successes are written at most once a second per peer
-//!   and process, so a busy reader does not write a row per call.
+//!   and process, so a busy reader does not write a row per call. A scope denial is a 403 too,
+//!   and the peer client keeps only the status, so asking for a resource the grant does not
+//!   cover also starts a streak (the next successful call ends it).
 //! - **Status** ([`ReaderStatus`]) is derived when read, so an expired certificate shows
 //!   `expired` even if nothing ran since it expired.
 
