@@ -1194,6 +1194,19 @@ async fn gateway_a_reads_from_b_with_tagged_rows_merges_and_fails_fast_when_b_is
     assert!(r["errors"][0]["message"].as_str().unwrap().contains("circuit open"), "{r}");
     assert!(started.elapsed() < Duration::from_millis(500), "fails fast");
     let _ = grant;
+
+    // A knows where it stands: the last call failed on the network (not a refusal), and the
+    // metrics count each outcome, the fast failures apart.
+    let peers: Value =
+        a.client.get(a.url("/api/admin/peers")).bearer_auth(&a_token).send().await.unwrap().json().await.unwrap();
+    let b = peers.as_array().unwrap().iter().find(|p| p["name"] == "gateway-b").unwrap();
+    assert_eq!(b["reader"]["status"], "failing", "{b}");
+    assert!(b["reader"]["lastError"].as_str().unwrap().starts_with("network ("), "{b}");
+    assert!(b["reader"]["refusingSince"].is_null() && b["reader"]["lastSuccessAt"].is_string(), "{b}");
+    let text = metrics_text(&a).await;
+    let calls = |outcome| series(&text, "tessera_peer_calls_total", &[("peer", "gateway-b"), ("outcome", outcome)]);
+    assert_eq!(calls("network"), Some(f64::from(tessera::federation::peer_client::FAILURES_TO_OPEN)), "{text}");
+    assert_eq!(calls("circuit_open"), Some(1.0), "{text}");
 }
 
 /// Sends one HTTP/1.1 request over a fresh TLS connection made with `config` and returns the
