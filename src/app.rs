@@ -145,6 +145,7 @@ async fn run(
             (issued.chain, issued.key)
         }
     };
+    record_expiry_gauges(&ca, &chain);
     let tls = crate::tls::server_config(&ca, chain, key)?;
 
     let limiter = match &valkey {
@@ -202,6 +203,16 @@ async fn run(
     peer_reads.close().await;
     tracing::info!("shutting down");
     Ok(())
+}
+
+/// Sets the CA and server-certificate expiry gauges (the CA's is refreshed on scrape too).
+fn record_expiry_gauges(ca: &GatewayCa, chain: &[rustls_pki_types::CertificateDer<'_>]) {
+    use crate::federation::peer_status::{CA_EXPIRY_METRIC, SERVER_CERT_EXPIRY_METRIC};
+    metrics::gauge!(CA_EXPIRY_METRIC).set(ca.not_after().timestamp() as f64);
+    let leaf = chain.first().and_then(|der| x509_parser::parse_x509_certificate(der.as_ref()).ok());
+    if let Some((_, cert)) = leaf {
+        metrics::gauge!(SERVER_CERT_EXPIRY_METRIC).set(cert.validity().not_after.timestamp() as f64);
+    }
 }
 
 /// Mirrors the CA certificate into the data dir so local CLI commands can trust the gateway.

@@ -1194,6 +1194,19 @@ async fn gateway_a_reads_from_b_with_tagged_rows_merges_and_fails_fast_when_b_is
     assert!(r["errors"][0]["message"].as_str().unwrap().contains("circuit open"), "{r}");
     assert!(started.elapsed() < Duration::from_millis(500), "fails fast");
     let _ = grant;
+
+    // A knows where it stands: the last call failed on the network (not a refusal), and the
+    // metrics count each outcome, the fast failures apart.
+    let peers: Value =
+        a.client.get(a.url("/api/admin/peers")).bearer_auth(&a_token).send().await.unwrap().json().await.unwrap();
+    let b = peers.as_array().unwrap().iter().find(|p| p["name"] == "gateway-b").unwrap();
+    assert_eq!(b["reader"]["status"], "failing", "{b}");
+    assert!(b["reader"]["lastError"].as_str().unwrap().starts_with("network ("), "{b}");
+    assert!(b["reader"]["refusingSince"].is_null() && b["reader"]["lastSuccessAt"].is_string(), "{b}");
+    let text = metrics_text(&a).await;
+    let calls = |outcome| series(&text, "tessera_peer_calls_total", &[("peer", "gateway-b"), ("outcome", outcome)]);
+    assert_eq!(calls("network"), Some(f64::from(tessera::federation::peer_client::FAILURES_TO_OPEN)), "{text}");
+    assert_eq!(calls("circuit_open"), Some(1.0), "{text}");
 }
 
 /// Sends one HTTP/1.1 request over a fresh TLS connection made with `config` and returns the
@@ -1267,15 +1280,39 @@ async fn an_expired_client_certificate_fails_the_handshake() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn gateway_a_renews_certificates_that_are_due() {
+    use tessera::federation::client::renew_due;
     let pair = Pair::new(vec![]).await;
     pair.enroll().await;
     let (_, before) = pair.a_identity().await;
     let sealing = tessera::sealing::SealingKey::load(None, pair.a_dir.path()).unwrap();
-    // Not due: an hour-long certificate with most of its life left.
-    tessera::federation::client::renew_due(&pair.a_db.pool, &sealing, Duration::from_secs(3600)).await;
+    let pool = &pair.a_db.pool;
+    let schedule = || async {
+        sqlx::query_as::<_, (Option<chrono::DateTime<chrono::Utc>>, chrono::DateTime<chrono::Utc>)>(
+            "select renew_at, client_cert_received_at from federation_peers where name = 'gateway-b'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap()
+    };
+    // Not due: a fresh hour-long certificate. The pass only schedules it, two thirds into its
+    // own life (counted from when A stored it), within the jitter of a thirtieth of it.
+    let pass = renew_due(pool, &sealing, Duration::ZERO).await;
+    assert_eq!((pass.renewed, pass.failed), (0, 0));
     assert_eq!(pair.a_identity().await.1, before, "not renewed before two thirds of its lifetime");
-    // Due: measured against a 10-day lifetime, less than a third is left.
-    tessera::federation::client::renew_due(&pair.a_db.pool, &sealing, Duration::from_secs(10 * 86_400)).await;
+    let (renew_at, received) = schedule().await;
+    let lifetime = leaf_identity(&before).not_after - received;
+    let expected = received + lifetime * 2 / 3;
+    let renew_at = renew_at.expect("scheduled");
+    assert!((renew_at - expected).num_seconds().abs() <= lifetime.num_seconds() / 30 + 1, "{renew_at} vs {expected}");
+    // Due in two seconds: a pass covering the next five waits for that moment, then renews.
+    sqlx::query("update federation_peers set renew_at = now() + interval '2 seconds' where name = 'gateway-b'")
+        .execute(pool)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let pass = renew_due(pool, &sealing, Duration::from_secs(5)).await;
+    assert_eq!((pass.renewed, pass.failed), (1, 0));
+    assert!(started.elapsed() >= Duration::from_millis(1500), "waited for the renewal moment");
     let (identity, after) = pair.a_identity().await;
     assert_ne!(after, before, "renewed");
     let new_serial = leaf_identity(&after).serial;
@@ -1287,6 +1324,11 @@ async fn gateway_a_renews_certificates_that_are_due() {
     assert_eq!(current, new_serial, "B made the new serial current");
     let r = pair.mtls_client(&identity).get(pair.b.url("/api/federation/v1/capabilities")).send().await.unwrap();
     assert_eq!(r.status(), 200, "the stored (re-sealed) key and new certificate work");
+    // The new certificate has its own schedule: nothing is due again right away.
+    let (renew_at, received) = schedule().await;
+    assert!(renew_at.unwrap() > received + chrono::Duration::minutes(30), "{renew_at:?}");
+    let pass = renew_due(pool, &sealing, Duration::ZERO).await;
+    assert_eq!((pass.renewed, pass.failed), (0, 0));
 }
 
 /// Runs the CLI off the async runtime (the bench takes a few seconds).
@@ -2307,4 +2349,296 @@ async fn scope_explain_agrees_with_what_list_returns_for_every_resource() {
         )
         .await;
     assert_eq!((status, body["error"]["details"]["field"].clone()), (404, json!("peerId")));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The reader's side (gateway A): renewal that follows the certificate, status, metrics, events.
+
+/// Gateway A on the pair's database and data dir, with `env`, and an admin token for it.
+async fn start_a(pair: &Pair, env: &[(&str, &str)]) -> (Gateway, String) {
+    let a = Gateway::start(GatewayOptions {
+        database_url: Some(pair.a_db.url.clone()),
+        data_dir: Some(pair.a_dir.path().to_path_buf()),
+        env: env.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect(),
+        ..Default::default()
+    })
+    .await;
+    let email = format!("admin-{}@a.test", Uuid::new_v4().simple());
+    let (_, token) = seed_admin(&pair.a_db.pool, &email).await;
+    (a, token)
+}
+
+/// The value of the series `name` whose labels include every one of `labels`, from `text`.
+fn series(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (head, value) = l.rsplit_once(' ')?;
+        let (metric, rest) = head.split_once('{').unwrap_or((head, ""));
+        (metric == name && labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
+            .then(|| value.parse().ok())
+            .flatten()
+    })
+}
+
+async fn metrics_text(gw: &Gateway) -> String {
+    gw.client.get(gw.url("/metrics")).send().await.unwrap().text().await.unwrap()
+}
+
+/// `tessera peer show gateway-b --json` on A.
+fn a_peer_show(pair: &Pair) -> Value {
+    let (code, out, err) = run_cli(&["peer", "show", "gateway-b", "--json"], &pair.a_env());
+    assert_eq!(code, 0, "{out}{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+/// Polls `sql` (a count on A's database) until it reaches `want` or `within` passes.
+async fn wait_count(pool: &sqlx::PgPool, sql: &'static str, want: i64, within: Duration) -> i64 {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let n: i64 = sqlx::query_scalar(sql).fetch_one(pool).await.unwrap();
+        if n >= want || std::time::Instant::now() > deadline {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn renewal_follows_the_certificate_lifetime_not_the_local_setting() {
+    // B issues 60 s certificates; A's own setting says an hour. Counted from A's setting (as it
+    // used to be), the certificate would be due at once; counted from its own life, at ~40 s.
+    let pair = Pair::new(vec![("TESSERA_FEDERATION_CERT_TTL_SECS".into(), "60".into())]).await;
+    pair.enroll().await;
+    let (_, first) = pair.a_identity().await;
+    let first_not_after = leaf_identity(&first).not_after;
+    let (a, _) = start_a(&pair, &[("TESSERA_FEDERATION_CERT_TTL_SECS", "3600")]).await;
+    let received: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("select client_cert_received_at from federation_peers where name = 'gateway-b'")
+            .fetch_one(&pair.a_db.pool)
+            .await
+            .unwrap();
+    let renewed = wait_count(
+        &pair.a_db.pool,
+        "select count(*) from federation_peers where name = 'gateway-b' and last_renewed_at is not null",
+        1,
+        Duration::from_secs(70),
+    )
+    .await;
+    assert_eq!(renewed, 1, "renewed before expiry:\n{}", a.log());
+    let (renewed_at, failures): (chrono::DateTime<chrono::Utc>, i32) =
+        sqlx::query_as("select last_renewed_at, renewal_failures from federation_peers where name = 'gateway-b'")
+            .fetch_one(&pair.a_db.pool)
+            .await
+            .unwrap();
+    let lifetime = (first_not_after - received).num_milliseconds() as f64 / 1000.0;
+    let at = (renewed_at - received).num_milliseconds() as f64 / 1000.0;
+    // Two thirds of 60 s is 40 s; the jitter is a thirtieth (2 s); slots and polling add ~2 s.
+    assert!((57.0..=61.0).contains(&lifetime), "{lifetime}");
+    assert!(
+        (lifetime * 2.0 / 3.0 - 3.0..=lifetime * 2.0 / 3.0 + 5.0).contains(&at),
+        "renewed after {at} s of {lifetime} s"
+    );
+    assert_eq!(failures, 0);
+
+    // The reader's view names the new certificate and the renewal.
+    let (_, second) = pair.a_identity().await;
+    let new = leaf_identity(&second);
+    let shown = a_peer_show(&pair);
+    let reader = &shown["reader"];
+    assert_eq!(reader["certSerial"], new.serial.as_str(), "{shown}");
+    assert_eq!(
+        reader["certNotAfter"].as_str().unwrap().parse::<chrono::DateTime<chrono::Utc>>().unwrap(),
+        new.not_after
+    );
+    assert_eq!(reader["status"], "ok");
+    assert!(reader["lastRenewedAt"].is_string() && reader["lastSuccessAt"].is_string(), "{shown}");
+    assert!(reader["renewAt"].as_str().unwrap().parse::<chrono::DateTime<chrono::Utc>>().unwrap() > renewed_at);
+    assert_eq!(reader["renewalFailures"], 0);
+    assert!(reader["refusingSince"].is_null() && reader["lastError"].is_null(), "{shown}");
+
+    // Metrics: the renewal by outcome, and the expiry of every certificate as a timestamp.
+    let text = metrics_text(&a).await;
+    let ok = series(&text, "tessera_peer_renewals_total", &[("peer", "gateway-b"), ("outcome", "ok")]);
+    assert_eq!(ok, Some(1.0), "{text}");
+    let expiry = series(&text, "tessera_peer_client_certificate_expiry_timestamp_seconds", &[("peer", "gateway-b")]);
+    assert_eq!(expiry, Some(new.not_after.timestamp() as f64), "{text}");
+    let now = chrono::Utc::now().timestamp() as f64;
+    let ca = series(&text, "tessera_ca_certificate_expiry_timestamp_seconds", &[]).expect("CA expiry gauge");
+    let server = series(&text, "tessera_server_certificate_expiry_timestamp_seconds", &[]).expect("server gauge");
+    assert!(ca > now + 86_400.0 * 300.0 && server > now, "{text}");
+}
+
+/// A client certificate for `grant` signed by B's CA, valid from `not_before` to `not_after`
+/// seconds from now, without touching B's records: (key PEM, cert PEM).
+fn cert_from_b(pair: &Pair, grant: Uuid, not_before: i64, not_after: i64) -> (String, String) {
+    let ca = pair.b_ca();
+    let key = p256();
+    let mut params = rcgen::CertificateParams::default();
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    params.not_before = time::OffsetDateTime::now_utc() + time::Duration::seconds(not_before);
+    params.not_after = time::OffsetDateTime::now_utc() + time::Duration::seconds(not_after);
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(Uuid::new_v4().as_bytes()));
+    for (arc, value) in [(1u64, grant), (2, pair.subject)] {
+        let mut content = vec![0x0c, 36];
+        content.extend_from_slice(value.to_string().as_bytes());
+        params
+            .custom_extensions
+            .push(rcgen::CustomExtension::from_oid_content(&[1, 3, 6, 1, 4, 1, 99999, arc], content));
+    }
+    (key.serialize_pem(), params.signed_by(&key, ca.issuer()).unwrap().pem())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_reader_sees_refusals_failed_renewals_and_expiry_with_their_cause() {
+    let pair = Pair::new(vec![]).await;
+    let grant = pair.enroll().await;
+    let (mut a, a_token) = start_a(&pair, &[("TESSERA_WEBHOOK_ALLOWED_CIDRS", "192.0.2.0/24")]).await;
+    let a_admin = |method: reqwest::Method, path: &str, body: Option<Value>| {
+        let mut req = a.client.request(method, a.url(path)).bearer_auth(&a_token);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    // A receiver on A for both events (never reached; the delivery rows are what counts).
+    let hook = json!({"url": "http://192.0.2.1:9/x", "secret": "s".repeat(32),
+        "events": ["peer.certificate_expiring", "peer.renewal_failed"]});
+    let (status, body) = a_admin(reqwest::Method::POST, "/api/admin/webhooks", Some(hook)).await;
+    assert_eq!(status, 201, "{body}");
+    let query = json!({"resource": "tasks", "source": "peer:gateway-b", "limit": 10});
+
+    // A successful call: status ok, last success recorded, our serial shown.
+    let (status, r) = a_admin(reqwest::Method::POST, "/api/admin/federation/query", Some(query.clone())).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["errors"], json!([]), "{r}");
+    let (status, peers) = a_admin(reqwest::Method::GET, "/api/admin/peers", None).await;
+    assert_eq!(status, 200);
+    let b = peers.as_array().unwrap().iter().find(|p| p["name"] == "gateway-b").unwrap().clone();
+    let b_id = b["id"].as_str().unwrap().to_string();
+    assert_eq!(b["state"], "active");
+    assert_eq!(b["reader"]["status"], "ok", "{b}");
+    assert!(b["reader"]["lastSuccessAt"].is_string(), "{b}");
+    assert_eq!(b["reader"]["certSerial"], leaf_identity(&pair.a_identity().await.1).serial.as_str());
+
+    // B revokes the grant: the next calls are refused, and A says so, with the cause and since when.
+    let (status, _) = pair.admin_post(&format!("/api/admin/grants/{grant}/revoke"), json!({"reason": "test"})).await;
+    assert_eq!(status, 200);
+    let (_, r) = a_admin(reqwest::Method::POST, "/api/admin/federation/query", Some(query.clone())).await;
+    assert_eq!(r["errors"][0]["code"], "http_403", "{r}");
+    let (status, shown) = a_admin(reqwest::Method::GET, &format!("/api/admin/peers/{b_id}"), None).await;
+    assert_eq!(status, 200);
+    let reader = &shown["reader"];
+    assert_eq!(reader["status"], "refusing", "{shown}");
+    assert!(reader["lastError"].as_str().unwrap().contains("http_403"), "{shown}");
+    let since = reader["refusingSince"].as_str().expect("refusing since").to_string();
+    let _ = a_admin(reqwest::Method::POST, "/api/admin/federation/query", Some(query.clone())).await;
+    let (_, shown) = a_admin(reqwest::Method::GET, &format!("/api/admin/peers/{b_id}"), None).await;
+    assert_eq!(shown["reader"]["refusingSince"], since.as_str(), "the streak keeps its first refusal");
+    let text = metrics_text(&a).await;
+    let calls = |outcome| series(&text, "tessera_peer_calls_total", &[("peer", "gateway-b"), ("outcome", outcome)]);
+    assert_eq!((calls("ok"), calls("refused")), (Some(1.0), Some(2.0)), "{text}");
+
+    // Renewal is refused too: recorded with its cause, retried with backoff, announced.
+    sqlx::query("update federation_peers set renew_at = now() where name = 'gateway-b'")
+        .execute(&pair.a_db.pool)
+        .await
+        .unwrap();
+    let failed = wait_count(
+        &pair.a_db.pool,
+        "select count(*) from outbox.deliveries where event = 'peer.renewal_failed'",
+        1,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(failed >= 1, "a failed renewal is announced:\n{}", a.log());
+    let text = metrics_text(&a).await;
+    let refused = series(&text, "tessera_peer_renewals_total", &[("peer", "gateway-b"), ("outcome", "refused")]);
+    assert!(refused.is_some_and(|n| n >= 1.0), "renewals are counted by outcome: {text}");
+    // From here on the test drives renewal passes itself.
+    a.terminate();
+    let (failures, retry, error_at, cause): (
+        i32,
+        chrono::DateTime<chrono::Utc>,
+        chrono::DateTime<chrono::Utc>,
+        String,
+    ) = sqlx::query_as(
+        "select renewal_failures, renew_at, last_error_at, last_error from federation_peers where name = 'gateway-b'",
+    )
+    .fetch_one(&pair.a_db.pool)
+    .await
+    .unwrap();
+    assert!(failures >= 1);
+    assert!(cause.contains("refused the renewal (403"), "{cause}");
+    let backoff = (retry - error_at).num_milliseconds();
+    let ceiling = 5_000 * (1 << (failures - 1));
+    assert!(
+        backoff >= ceiling * 4 / 5 - 100 && backoff <= ceiling + 100,
+        "retry after {backoff} ms, {failures} failures"
+    );
+    let payload: Value = sqlx::query_scalar(
+        "select payload from outbox.deliveries where event = 'peer.renewal_failed' order by seq limit 1",
+    )
+    .fetch_one(&pair.a_db.pool)
+    .await
+    .unwrap();
+    assert_eq!((payload["peer"].as_str(), payload["consecutiveFailures"].as_i64()), (Some("gateway-b"), Some(1)));
+    assert_eq!(payload["refused"], true, "{payload}");
+
+    // A certificate in the last sixth of its life (63 s long, 8 s left): announced once, and the
+    // doctor warns (exit 2), naming the peer.
+    let (key, cert) = cert_from_b(&pair, grant, -55, 8);
+    let sealing = tessera::sealing::SealingKey::load(None, pair.a_dir.path()).unwrap();
+    sqlx::query(
+        "update federation_peers
+            set client_cert_pem = $1, sealed_client_key = $2, client_cert_not_after = $3,
+                client_cert_received_at = now() - interval '55 seconds'
+          where name = 'gateway-b'",
+    )
+    .bind(&cert)
+    .bind(sealing.seal(tessera::federation::client::CLIENT_KEY_CONTEXT, key.as_bytes()))
+    .bind(leaf_identity(&cert).not_after)
+    .execute(&pair.a_db.pool)
+    .await
+    .unwrap();
+    let (code, out, err) = run_cli(&["doctor", "--json"], &pair.a_env());
+    assert_eq!(code, 2, "{out}{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["status"], "yellow");
+    let warnings = report["warnings"].as_array().unwrap();
+    assert!(
+        warnings.iter().any(|w| w.as_str().unwrap().contains("gateway-b: client certificate in the last sixth")),
+        "{report}"
+    );
+    let pass = tessera::federation::client::renew_due(&pair.a_db.pool, &sealing, Duration::ZERO).await;
+    assert_eq!((pass.expiring, pass.failed), (1, 1), "announced, and renewal tried (and refused) at once");
+    let pass = tessera::federation::client::renew_due(&pair.a_db.pool, &sealing, Duration::ZERO).await;
+    assert_eq!(pass.expiring, 0, "once per certificate");
+    let expiring: Vec<Value> =
+        sqlx::query_scalar("select payload from outbox.deliveries where event = 'peer.certificate_expiring'")
+            .fetch_all(&pair.a_db.pool)
+            .await
+            .unwrap();
+    assert_eq!(expiring.len(), 1);
+    assert_eq!(expiring[0]["serial"], leaf_identity(&cert).serial.as_str());
+
+    // Expired: never plain `active`, in JSON or text; the cause stays; the doctor still warns.
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let shown = a_peer_show(&pair);
+    assert_eq!(shown["reader"]["status"], "expired", "{shown}");
+    assert!(shown["reader"]["lastError"].as_str().unwrap().contains("403"), "{shown}");
+    let (code, out, _) = run_cli(&["peer", "list"], &pair.a_env());
+    assert_eq!(code, 0);
+    let line = out.lines().find(|l| l.contains("gateway-b")).unwrap();
+    assert!(line.contains(" expired ") && !line.contains(" active "), "{line}");
+    let (code, out, _) = run_cli(&["peer", "show", "gateway-b"], &pair.a_env());
+    assert_eq!(code, 0);
+    assert!(out.contains("status:           expired") && out.contains("re-enroll"), "{out}");
+    let (code, out, _) = run_cli(&["doctor"], &pair.a_env());
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("gateway-b: client certificate expired"), "{out}");
+    // An expired certificate is not renewed (the peer's handshake would refuse it).
+    let pass = tessera::federation::client::renew_due(&pair.a_db.pool, &sealing, Duration::ZERO).await;
+    assert_eq!((pass.renewed, pass.failed), (0, 0));
 }

@@ -165,6 +165,70 @@ async fn doctor_reports_json_and_exit_codes() {
         assert!(names.contains(&expected), "missing check {expected} in {names:?}");
     }
     assert_eq!(report["status"], "green");
+    assert_eq!(report["warnings"], serde_json::json!([]));
+    let peers = report["checks"].as_array().unwrap().iter().find(|c| c["name"] == "peers").expect("peers check");
+    assert_eq!(peers["status"], "green", "{peers}");
+
+    // A peer we call whose client certificate is in the last sixth of its life (55 minutes
+    // long, 5 left): a warning, exit 2, naming the peer; the same with a healthy certificate
+    // whose renewal failed three times in a row.
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::minutes(50);
+    params.not_after = now + time::Duration::minutes(5);
+    let cert = params.self_signed(&key).unwrap().pem();
+    sqlx::query(
+        "insert into federation_peers (id, name, state, endpoint_url, client_cert_pem, client_cert_not_after,
+                                       client_cert_received_at)
+         values ($1, 'acme', 'active', 'https://acme.test', $2, now() + interval '5 minutes', now() - interval '50 minutes')",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .bind(&cert)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let env = [("DATABASE_URL", db.url.as_str()), ("TESSERA_DATA_DIR", dd.as_str())];
+    let (code, stdout, stderr) = run_cli(&["doctor", "--json"], &env);
+    assert_eq!(code, 2, "{stdout}{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("valid JSON");
+    assert_eq!(report["status"], "yellow");
+    let warnings = report["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 1, "{report}");
+    assert!(warnings[0].as_str().unwrap().starts_with("peers: acme: client certificate in the last sixth"), "{report}");
+    let (code, stdout, _) = run_cli(&["doctor"], &env);
+    assert_eq!(code, 2);
+    assert!(stdout.contains("[warn] peers") && stdout.contains("1 warning(s): exit 2"), "{stdout}");
+    let mut params = rcgen::CertificateParams::default();
+    params.not_before = now - time::Duration::minutes(1);
+    params.not_after = now + time::Duration::hours(1);
+    let healthy = params.self_signed(&key).unwrap().pem();
+    sqlx::query(
+        "update federation_peers set client_cert_pem = $1, client_cert_not_after = now() + interval '1 hour',
+                renewal_failures = 3, last_error = 'peer ''acme'' refused the renewal (403 Forbidden)',
+                last_error_at = now()
+          where name = 'acme'",
+    )
+    .bind(&healthy)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let (code, stdout, _) = run_cli(&["doctor", "--json"], &env);
+    assert_eq!(code, 2, "{stdout}");
+    assert!(stdout.contains("acme: renewal failed 3 times in a row (last error: peer 'acme' refused"), "{stdout}");
+    // Renewed: green again.
+    sqlx::query("update federation_peers set renewal_failures = 0, last_success_at = now() where name = 'acme'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let (code, stdout, _) = run_cli(&["doctor", "--json"], &env);
+    assert_eq!(code, 0, "{stdout}");
+    // A CA within 30 days of expiry is a warning too.
+    sqlx::query("update gateway_ca set not_after = now() + interval '10 days'").execute(&db.pool).await.unwrap();
+    let (code, stdout, _) = run_cli(&["doctor", "--json"], &env);
+    assert_eq!(code, 2, "{stdout}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("valid JSON");
+    assert!(report["warnings"][0].as_str().unwrap().starts_with("ca: expires"), "{report}");
 
     // Unreachable database: red, exit 1, and the password never printed.
     let port = common::free_port();

@@ -1,4 +1,7 @@
-//! `tessera doctor`: one entry per check, green / yellow / red, exit 1 on any red.
+//! `tessera doctor`: one entry per check, green / yellow / red. Exit 0 when all are green, 2
+//! when the worst is yellow (a warning: act soon, for example a peer client certificate in the
+//! last sixth of its life, renewals failing three times in a row, or the CA within 30 days of
+//! expiry), 1 on any red (something does not work now).
 //!
 //! The doctor never starts services itself: in tier `local` it talks to the embedded cluster
 //! only if a gateway (or a previous run) left it running, and reports red otherwise, because a
@@ -33,6 +36,17 @@ pub struct Report {
     pub tier: &'static str,
     pub status: Health,
     pub checks: Vec<Check>,
+    /// Every yellow check as `name: detail`, so a script need not filter the checks.
+    pub warnings: Vec<String>,
+}
+
+/// The exit code of a report: 0 green, 2 yellow (warnings), 1 red.
+pub fn exit_code(status: Health) -> ExitCode {
+    match status {
+        Health::Green => ExitCode::SUCCESS,
+        Health::Yellow => ExitCode::from(2),
+        Health::Red => ExitCode::FAILURE,
+    }
 }
 
 fn check(name: &'static str, status: Health, detail: impl Into<String>) -> Check {
@@ -57,8 +71,11 @@ pub async fn run(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
             };
             println!("[{mark}] {:<12} {}", c.name, c.detail);
         }
+        if !report.warnings.is_empty() {
+            println!("{} warning(s): exit 2", report.warnings.len());
+        }
     }
-    Ok(if report.status == Health::Red { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(exit_code(report.status))
 }
 
 /// Collects the checks without printing them.
@@ -123,6 +140,7 @@ pub async fn diagnose(config: &Config) -> Report {
                 _ => check("migrations", Health::Yellow, "pending (tessera migrate, or start the gateway)"),
             });
             checks.push(ca_check(pool).await);
+            checks.push(peers_check(pool).await);
             pool.close().await;
         }
         None => {
@@ -134,7 +152,9 @@ pub async fn diagnose(config: &Config) -> Report {
     checks.push(valkey_check(config).await);
 
     let status = checks.iter().map(|c| c.status).max().unwrap_or(Health::Green);
-    Report { tier: config.tier.as_str(), status, checks }
+    let warnings =
+        checks.iter().filter(|c| c.status == Health::Yellow).map(|c| format!("{}: {}", c.name, c.detail)).collect();
+    Report { tier: config.tier.as_str(), status, checks, warnings }
 }
 
 /// Valkey in every tier: not used in `local`, optional in `standalone`, required in `federated`.
@@ -194,5 +214,37 @@ async fn ca_check(pool: &sqlx::PgPool) -> Check {
         }
         Ok(None) => check("ca", Health::Yellow, "not created yet (created on first start)"),
         Err(_) => check("ca", Health::Yellow, "not created yet (migrations pending)"),
+    }
+}
+
+/// The client certificates of the peers we call: yellow when one is in the last sixth of its
+/// life, expired, refused, or failing to renew three times in a row (each named with its cause).
+/// A failing peer is a warning, not red: this gateway itself works, and the fix is with the
+/// peer relationship.
+async fn peers_check(pool: &sqlx::PgPool) -> Check {
+    let peers = match crate::federation::peers::list(pool).await {
+        Ok(p) => p,
+        Err(_) => return check("peers", Health::Yellow, "unknown (migrations pending)"),
+    };
+    let now = chrono::Utc::now();
+    let called: Vec<_> = peers.iter().filter_map(|p| p.reader.as_ref().map(|r| (p, r))).collect();
+    if called.is_empty() {
+        return check("peers", Health::Green, "no peers called from this gateway");
+    }
+    let problems: Vec<String> = called
+        .iter()
+        .filter(|(p, r)| matches!(p.state.as_str(), "active" | "degraded") && r.status.needs_attention())
+        .filter_map(|(p, r)| r.problem(now).map(|problem| format!("{}: {problem}", p.name)))
+        .collect();
+    if problems.is_empty() {
+        let next = called.iter().filter_map(|(_, r)| r.cert_not_after).min();
+        let detail = format!(
+            "{} peer(s) called, client certificates renewing on schedule{}",
+            called.len(),
+            next.map(|t| format!(" (earliest expiry {})", t.to_rfc3339())).unwrap_or_default()
+        );
+        check("peers", Health::Green, detail)
+    } else {
+        check("peers", Health::Yellow, problems.join("; "))
     }
 }

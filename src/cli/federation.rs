@@ -28,12 +28,13 @@ pub enum PeerCommand {
         #[arg(long)]
         json: bool,
     },
-    /// List peers with state, CA fingerprint and certificate expiry.
+    /// List peers with state, CA fingerprint and certificate expiry; for peers we call, where we
+    /// stand (ok, expiring, expired, refusing...), our certificate serial, renewals and last calls.
     List {
         #[arg(long)]
         json: bool,
     },
-    /// Show one peer (by name or id).
+    /// Show one peer (by name or id), with our certificate, renewals, last success and last error.
     Show {
         peer: String,
         #[arg(long)]
@@ -145,17 +146,88 @@ async fn resolve_peer(pool: &sqlx::PgPool, peer: &str) -> anyhow::Result<Option<
     })
 }
 
+/// One line per peer. For a peer we call, the state column shows where we stand now
+/// (`expired`, `refusing`...) rather than the stored `active`, and the certificate, renewal and
+/// call columns follow.
 fn peer_line(p: &peers::Peer) -> String {
-    let expiry = p.cert_not_after.or(p.client_cert_not_after).map_or_else(|| "-".to_string(), |t| t.to_rfc3339());
-    format!(
-        "{}  {:<20} {:<9} ca={} cert_expires={} endpoint={}",
+    let time = |t: Option<chrono::DateTime<chrono::Utc>>| t.map_or_else(|| "-".to_string(), |t| t.to_rfc3339());
+    let status = match &p.reader {
+        Some(r)
+            if matches!(p.state.as_str(), "active" | "degraded")
+                && r.status != crate::federation::peer_status::ReaderStatus::Ok =>
+        {
+            r.status.as_str()
+        }
+        _ => p.state.as_str(),
+    };
+    let mut line = format!(
+        "{}  {:<20} {:<15} ca={} cert_expires={} endpoint={}",
         p.id,
         p.name,
-        p.state,
+        status,
         p.ca_fingerprint.as_deref().map_or("-", |f| &f[..16.min(f.len())]),
-        expiry,
+        time(p.cert_not_after.or(p.client_cert_not_after)),
         p.endpoint_url.as_deref().unwrap_or("-")
-    )
+    );
+    if let Some(r) = &p.reader {
+        line.push_str(&format!(
+            " serial={} renewed={} renew_at={} last_success={}",
+            r.cert_serial.as_deref().unwrap_or("-"),
+            time(r.last_renewed_at),
+            time(r.renew_at),
+            time(r.last_success_at),
+        ));
+        if r.renewal_failures > 0 {
+            line.push_str(&format!(" renewal_failures={}", r.renewal_failures));
+        }
+        if let Some(since) = r.refusing_since {
+            line.push_str(&format!(" refusing_since={}", since.to_rfc3339()));
+        }
+        if let Some(e) = &r.last_error {
+            line.push_str(&format!(" last_error_at={} last_error={e:?}", time(r.last_error_at)));
+        }
+    }
+    line
+}
+
+/// `peer show`: one field a line.
+fn peer_detail(p: &peers::Peer) -> String {
+    let time = |t: Option<chrono::DateTime<chrono::Utc>>| t.map_or_else(|| "-".to_string(), |t| t.to_rfc3339());
+    let mut lines = vec![
+        format!("id:               {}", p.id),
+        format!("name:             {}", p.name),
+        format!("state:            {}", p.state),
+    ];
+    if p.current_serial.is_some() || p.cert_not_after.is_some() {
+        lines.push(format!("their serial:     {}", p.current_serial.as_deref().unwrap_or("-")));
+        lines.push(format!("their cert until: {}", time(p.cert_not_after)));
+    }
+    if let Some(endpoint) = &p.endpoint_url {
+        lines.push(format!("endpoint:         {endpoint}"));
+    }
+    if let Some(f) = &p.ca_fingerprint {
+        lines.push(format!("ca sha256:        {f}"));
+    }
+    if let Some(r) = &p.reader {
+        let now = chrono::Utc::now();
+        lines.push(format!("status:           {}", r.status.as_str()));
+        if let Some(problem) = r.problem(now) {
+            lines.push(format!("problem:          {problem}"));
+        }
+        lines.push(format!("cert serial:      {}", r.cert_serial.as_deref().unwrap_or("-")));
+        lines.push(format!("cert valid:       {} .. {}", time(r.cert_not_before), time(r.cert_not_after)));
+        lines.push(format!("next renewal:     {}", time(r.renew_at)));
+        lines.push(format!("last renewal:     {}", time(r.last_renewed_at)));
+        lines.push(format!("renewal failures: {}", r.renewal_failures));
+        lines.push(format!("last success:     {}", time(r.last_success_at)));
+        lines.push(format!("refusing since:   {}", time(r.refusing_since)));
+        lines.push(format!(
+            "last error:       {}{}",
+            r.last_error.as_deref().unwrap_or("-"),
+            r.last_error_at.map(|t| format!(" (at {})", t.to_rfc3339())).unwrap_or_default()
+        ));
+    }
+    lines.join("\n")
 }
 
 fn grant_line(g: &grants::Grant) -> String {
@@ -193,7 +265,7 @@ async fn peer_inner(config: &Config, pool: &sqlx::PgPool, cmd: PeerCommand) -> a
             print(json, &all, |all| all.iter().map(peer_line).collect::<Vec<_>>().join("\n"))?;
         }
         PeerCommand::Show { peer, json } => match resolve_peer(pool, &peer).await? {
-            Some(p) => print(json, &p, peer_line)?,
+            Some(p) => print(json, &p, peer_detail)?,
             None => return rejected(ApiError::not_found(format!("no peer '{peer}'"))),
         },
         PeerCommand::Add { enrollment_url, name, json } => {

@@ -350,78 +350,320 @@ fn peer_client(
     Ok(client)
 }
 
+/// Why a renewal failed, as the peer's status records it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{cause}")]
+pub struct RenewalFailure {
+    /// The peer answered 401/403: its guard refused our certificate or grant.
+    pub refused: bool,
+    /// A short cause for `last_error` (no secrets: URLs are stripped).
+    pub cause: String,
+}
+
+impl RenewalFailure {
+    fn other(cause: impl std::fmt::Display) -> Self {
+        Self { refused: false, cause: super::peer_status::short_cause(&cause.to_string()) }
+    }
+}
+
 /// Renews our client certificate with `peer` over the existing mTLS channel and stores the new
-/// certificate and sealed key.
+/// certificate and sealed key, with the next renewal scheduled at two thirds of the new
+/// certificate's own lifetime.
 ///
 /// # Errors
 /// The peer refuses or is unreachable; database errors.
-pub async fn renew_with(pool: &PgPool, sealing: &SealingKey, peer: &OutboundPeer) -> anyhow::Result<DateTime<Utc>> {
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-    let csr_pem = CertificateParams::default().serialize_request(&key)?.pem()?;
+pub async fn renew_with(
+    pool: &PgPool,
+    sealing: &SealingKey,
+    peer: &OutboundPeer,
+) -> Result<DateTime<Utc>, RenewalFailure> {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(RenewalFailure::other)?;
+    let csr_pem = CertificateParams::default()
+        .serialize_request(&key)
+        .and_then(|csr| csr.pem())
+        .map_err(RenewalFailure::other)?;
     let response = peer
         .client
         .post(format!("{}/api/federation/v1/renew", peer.endpoint_url))
         .json(&serde_json::json!({ "csrPem": csr_pem }))
         .send()
         .await
-        .with_context(|| format!("could not reach peer '{}'", peer.name))?;
+        .map_err(|e| {
+            RenewalFailure::other(format!(
+                "could not reach peer '{}': {:#}",
+                peer.name,
+                anyhow::Error::from(e.without_url())
+            ))
+        })?;
     let status = response.status();
     if !status.is_success() {
-        bail!("peer '{}' refused the renewal ({status})", peer.name);
+        let body = response.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+            .unwrap_or_else(|| body.chars().take(200).collect());
+        let refused = matches!(status.as_u16(), 401 | 403);
+        let cause = format!("peer '{}' refused the renewal ({status}): {message}", peer.name);
+        return Err(RenewalFailure { refused, cause: super::peer_status::short_cause(&cause) });
     }
-    let issued: IssuedCertificate = response.json().await?;
-    let leaf = CertificateDer::from_pem_slice(issued.cert_pem.as_bytes())?;
-    check_public_key(leaf.as_ref(), &key)?;
-    let (_, cert) =
-        <x509_parser::prelude::X509Certificate as x509_parser::prelude::FromDer<_>>::from_der(leaf.as_ref())
-            .map_err(|_| anyhow::anyhow!("invalid certificate"))?;
-    let not_after = DateTime::<Utc>::from_timestamp(cert.validity().not_after.timestamp(), 0).unwrap_or_default();
+    let issued: IssuedCertificate = response.json().await.map_err(|e| {
+        RenewalFailure::other(format!("peer '{}' sent an invalid renewal response: {}", peer.name, e.without_url()))
+    })?;
+    let leaf = CertificateDer::from_pem_slice(issued.cert_pem.as_bytes())
+        .map_err(|_| RenewalFailure::other(format!("peer '{}' returned no certificate", peer.name)))?;
+    check_public_key(leaf.as_ref(), &key).map_err(|e| RenewalFailure::other(format!("{e:#}")))?;
+    let facts =
+        super::peer_status::cert_facts(&issued.cert_pem).map_err(|e| RenewalFailure::other(format!("{e:#}")))?;
+    let received_at = Utc::now();
+    let renew_at = super::peer_status::CertLife::new(&facts, Some(received_at)).renew_point_jittered();
+    // A renewal is also a successful call: it ends a refusal streak and a failure streak.
     sqlx::query(
-        "update federation_peers set client_cert_pem = $2, sealed_client_key = $3, client_cert_not_after = $4, updated_at = now()
-         where id = $1",
+        "update federation_peers
+            set client_cert_pem = $2, sealed_client_key = $3, client_cert_not_after = $4,
+                client_cert_received_at = $5, renew_at = $6, renewal_failures = 0, renewal_lease_until = null,
+                last_renewed_at = $5, last_success_at = $5, refusing_since = null, updated_at = now()
+          where id = $1",
     )
     .bind(peer.id)
     .bind(&issued.cert_pem)
     .bind(sealing.seal(CLIENT_KEY_CONTEXT, key.serialize_pem().as_bytes()))
-    .bind(not_after)
+    .bind(facts.not_after)
+    .bind(received_at)
+    .bind(renew_at)
     .execute(pool)
-    .await?;
-    Ok(not_after)
+    .await
+    .map_err(|e| RenewalFailure::other(format!("could not store the renewed certificate: {e}")))?;
+    Ok(facts.not_after)
 }
 
-/// Renews every outbound certificate past about two thirds of its lifetime (with jitter so
-/// replicas and peers do not all renew in the same second). Runs on a timer in `serve`.
-pub async fn renew_due(pool: &PgPool, sealing: &SealingKey, lifetime: Duration) {
-    let names: Vec<String> = match sqlx::query_scalar(
-        "select name from federation_peers
-         where client_cert_pem is not null and state = 'active'
-           and client_cert_not_after - $1 * (1.0 / 3.0) < now()",
-    )
-    .bind(chrono::Duration::from_std(lifetime).unwrap_or_else(|_| chrono::Duration::hours(1)))
-    .fetch_all(pool)
-    .await
-    {
-        Ok(n) => n,
-        Err(e) => {
-            tracing::warn!(error = %e, "could not list certificates due for renewal");
-            return;
-        }
-    };
-    for name in names {
-        let jitter = {
-            use rand::RngExt;
-            rand::rng().random_range(0..=lifetime.as_millis().min(60_000) as u64 / 20)
+/// What one pass of [`renew_due`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RenewalPass {
+    pub renewed: u32,
+    pub failed: u32,
+    /// `peer.certificate_expiring` events emitted.
+    pub expiring: u32,
+}
+
+/// At most this many renewals per pass, whatever happens (a guard against a busy loop).
+const MAX_RENEWALS_PER_PASS: u32 = 1000;
+/// How long one renewal may hold a peer before another job may try it.
+const RENEWAL_LEASE_SECS: f64 = 120.0;
+
+/// One pass of the renewal job: schedules certificates stored since the last pass, announces
+/// those entering the last sixth of their life, and renews every certificate whose renewal (or
+/// retry) falls due within `within` from now, waiting for each one's moment. The periodic job
+/// passes its own period, so consecutive passes cover time without gaps and a 90 s certificate
+/// renews at about 60 s, however coarse the job's slots are.
+///
+/// Failures are recorded per peer (status, metrics, outbox) and never abort the pass.
+pub async fn renew_due(pool: &PgPool, sealing: &SealingKey, within: Duration) -> RenewalPass {
+    let mut pass = RenewalPass::default();
+    if let Err(e) = schedule_new_certificates(pool).await {
+        tracing::warn!(error = %e, "could not schedule the renewal of new client certificates");
+    }
+    match announce_expiring(pool).await {
+        Ok(n) => pass.expiring = n,
+        Err(e) => tracing::warn!(error = %e, "could not check client certificates for expiry"),
+    }
+    let deadline = tokio::time::Instant::now() + within;
+    for _ in 0..MAX_RENEWALS_PER_PASS {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let next: Result<Option<(Uuid, DateTime<Utc>)>, _> = sqlx::query_as(
+            "select id, renew_at from federation_peers
+              where state in ('active', 'degraded') and client_cert_pem is not null
+                and client_cert_not_after > now() and renew_at <= now() + $1
+                and (renewal_lease_until is null or renewal_lease_until < now())
+              order by renew_at limit 1",
+        )
+        // Postgres intervals hold microseconds; a nanosecond part fails to encode.
+        .bind(chrono::Duration::microseconds(i64::try_from(left.as_micros()).unwrap_or(i64::MAX)))
+        .fetch_optional(pool)
+        .await;
+        let (id, due) = match next {
+            Ok(Some(next)) => next,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list certificates due for renewal");
+                break;
+            }
         };
-        tokio::time::sleep(Duration::from_millis(jitter)).await;
-        match outbound_peer(pool, sealing, &name).await {
-            Ok(Some(peer)) => match renew_with(pool, sealing, &peer).await {
-                Ok(not_after) => tracing::info!(peer = %name, %not_after, "renewed client certificate"),
-                Err(e) => tracing::warn!(peer = %name, error = format!("{e:#}"), "certificate renewal failed"),
-            },
+        if let Ok(wait) = (due - Utc::now()).to_std() {
+            tokio::time::sleep(wait).await;
+        }
+        match renew_claimed(pool, sealing, id).await {
+            Ok(Some(true)) => pass.renewed += 1,
+            Ok(Some(false)) => pass.failed += 1,
             Ok(None) => {}
-            Err(e) => tracing::warn!(peer = %name, error = format!("{e:#}"), "cannot load peer for renewal"),
+            Err(e) => {
+                tracing::warn!(peer_id = %id, error = %e, "could not record a renewal");
+                break;
+            }
         }
     }
+    pass
+}
+
+/// Claims one due peer and renews it: `Some(true)` renewed, `Some(false)` failed (recorded),
+/// `None` when another job holds it or it is no longer due.
+async fn renew_claimed(pool: &PgPool, sealing: &SealingKey, id: Uuid) -> Result<Option<bool>, sqlx::Error> {
+    let claimed: Option<(String, i32, DateTime<Utc>)> = sqlx::query_as(
+        "update federation_peers set renewal_lease_until = now() + make_interval(secs => $2)
+          where id = $1 and renew_at <= now() and client_cert_not_after > now()
+            and (renewal_lease_until is null or renewal_lease_until < now())
+          returning name, renewal_failures, client_cert_not_after",
+    )
+    .bind(id)
+    .bind(RENEWAL_LEASE_SECS)
+    .fetch_optional(pool)
+    .await?;
+    let Some((name, failures, not_after)) = claimed else { return Ok(None) };
+    let label = super::peer_status::peer_label(&name);
+    let result = match outbound_peer(pool, sealing, &name).await {
+        Ok(Some(peer)) => renew_with(pool, sealing, &peer).await,
+        Ok(None) => return Ok(None),
+        Err(e) => Err(RenewalFailure::other(format!("cannot load our credentials: {e:#}"))),
+    };
+    match result {
+        Ok(new_not_after) => {
+            tracing::info!(peer = %name, not_after = %new_not_after, "renewed client certificate");
+            metrics::counter!(super::peer_status::RENEWALS_METRIC, "peer" => label.clone(), "outcome" => "ok")
+                .increment(1);
+            metrics::gauge!(super::peer_status::PEER_CERT_EXPIRY_METRIC, "peer" => label)
+                .set(new_not_after.timestamp() as f64);
+            Ok(Some(true))
+        }
+        Err(failure) => {
+            let outcome = if failure.refused { "refused" } else { "failed" };
+            metrics::counter!(super::peer_status::RENEWALS_METRIC, "peer" => label, "outcome" => outcome).increment(1);
+            record_renewal_failure(pool, id, &name, failures + 1, not_after, &failure).await?;
+            Ok(Some(false))
+        }
+    }
+}
+
+/// Records a failed renewal and schedules its retry, and emits `peer.renewal_failed` in the same
+/// transaction: one event per failed attempt, each with its place in the streak
+/// (`consecutiveFailures`); the backoff bounds them to about a dozen an hour.
+async fn record_renewal_failure(
+    pool: &PgPool,
+    id: Uuid,
+    name: &str,
+    failures: i32,
+    not_after: DateTime<Utc>,
+    failure: &RenewalFailure,
+) -> Result<(), sqlx::Error> {
+    let retry = super::peer_status::retry_at(failures, Utc::now(), not_after);
+    tracing::warn!(peer = %name, failures, retry_at = %retry, cause = %failure.cause, "certificate renewal failed");
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "update federation_peers
+            set renewal_failures = $2, renew_at = $3, renewal_lease_until = null,
+                last_error = $4, last_error_at = now(),
+                refusing_since = case when $5 then coalesce(refusing_since, now()) else refusing_since end
+          where id = $1",
+    )
+    .bind(id)
+    .bind(failures)
+    .bind(retry)
+    .bind(&failure.cause)
+    .bind(failure.refused)
+    .execute(&mut *tx)
+    .await?;
+    let payload = serde_json::json!({
+        "peerId": id,
+        "peer": name,
+        "consecutiveFailures": failures,
+        "refused": failure.refused,
+        "cause": failure.cause,
+        "nextAttemptAt": retry,
+        "certNotAfter": not_after,
+    });
+    crate::outbox::emit_event(&mut *tx, RENEWAL_FAILED_EVENT, &payload).await?;
+    tx.commit().await
+}
+
+/// Outbox event: a renewal attempt failed.
+pub const RENEWAL_FAILED_EVENT: &str = "peer.renewal_failed";
+/// Outbox event: a client certificate entered the last sixth of its life without being renewed.
+pub const CERTIFICATE_EXPIRING_EVENT: &str = "peer.certificate_expiring";
+
+/// Gives every client certificate stored since the last pass (by `peer add`, or any path that
+/// left the schedule empty) its renewal moment.
+async fn schedule_new_certificates(pool: &PgPool) -> Result<(), sqlx::Error> {
+    let rows: Vec<(Uuid, String, Option<DateTime<Utc>>)> = sqlx::query_as(
+        "select id, client_cert_pem, client_cert_received_at from federation_peers
+          where client_cert_pem is not null and renew_at is null",
+    )
+    .fetch_all(pool)
+    .await?;
+    for (id, pem, received_at) in rows {
+        let facts = match super::peer_status::cert_facts(&pem) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(peer_id = %id, error = format!("{e:#}"), "stored client certificate is unreadable");
+                continue;
+            }
+        };
+        let renew_at = super::peer_status::CertLife::new(&facts, received_at).renew_point_jittered();
+        // Only if the certificate is still the one read: a concurrent renewal wins.
+        sqlx::query(
+            "update federation_peers set renew_at = $2 where id = $1 and client_cert_pem = $3 and renew_at is null",
+        )
+        .bind(id)
+        .bind(renew_at)
+        .bind(&pem)
+        .execute(pool)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Emits `peer.certificate_expiring` once per certificate that entered the last sixth of its
+/// life, in the transaction that marks it announced. Returns how many it announced.
+async fn announce_expiring(pool: &PgPool) -> Result<u32, sqlx::Error> {
+    type Row = (Uuid, String, String, Option<DateTime<Utc>>, i32, Option<String>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "select id, name, client_cert_pem, client_cert_received_at, renewal_failures, last_error
+           from federation_peers
+          where client_cert_pem is not null and expiring_notified_at is null and state in ('active', 'degraded')",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut announced = 0;
+    let now = Utc::now();
+    for (id, name, pem, received_at, failures, last_error) in rows {
+        let Ok(facts) = super::peer_status::cert_facts(&pem) else { continue };
+        if now < super::peer_status::CertLife::new(&facts, received_at).expiring_from() {
+            continue;
+        }
+        let mut tx = pool.begin().await?;
+        let marked = sqlx::query(
+            "update federation_peers set expiring_notified_at = now()
+              where id = $1 and client_cert_pem = $2 and expiring_notified_at is null",
+        )
+        .bind(id)
+        .bind(&pem)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if marked == 1 {
+            let payload = serde_json::json!({
+                "peerId": id,
+                "peer": name,
+                "serial": facts.serial,
+                "notAfter": facts.not_after,
+                "secondsLeft": (facts.not_after - now).num_seconds().max(0),
+                "renewalFailures": failures,
+                "lastError": last_error,
+            });
+            crate::outbox::emit_event(&mut *tx, CERTIFICATE_EXPIRING_EVENT, &payload).await?;
+            tracing::warn!(peer = %name, serial = %facts.serial, not_after = %facts.not_after, "client certificate in the last sixth of its life");
+            announced += 1;
+        }
+        tx.commit().await?;
+    }
+    Ok(announced)
 }
 
 #[cfg(test)]

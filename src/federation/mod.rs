@@ -14,6 +14,7 @@ pub mod grants;
 pub mod guard;
 pub mod identity;
 pub mod peer_client;
+pub mod peer_status;
 pub mod peers;
 pub mod query;
 pub mod request_audit;

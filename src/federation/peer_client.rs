@@ -67,6 +67,8 @@ struct Circuit {
 #[derive(Debug, Clone, Default)]
 pub struct Breakers {
     inner: Arc<Mutex<HashMap<String, Circuit>>>,
+    /// When each peer's last success was written to its row (see [`super::peer_status`]).
+    successes: super::peer_status::SuccessMemo,
 }
 
 impl Breakers {
@@ -140,7 +142,8 @@ impl PeerCaller {
         }
     }
 
-    /// Sends one request to a peer's verb and returns the JSON body.
+    /// Sends one request to a peer's verb and returns the JSON body. Every outcome is counted
+    /// and recorded in the peer's row (last success, last error, refusal streak).
     async fn call(
         &self,
         name: &str,
@@ -148,9 +151,29 @@ impl PeerCaller {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<serde_json::Value, PeerError> {
-        self.breakers.check(name)?;
+        use super::peer_status::{CallOutcome, record_call};
+        if let Err(e) = self.breakers.check(name) {
+            record_call(&self.pool, &self.breakers.successes, name, CallOutcome::CircuitOpen, None).await;
+            return Err(e);
+        }
         let result = self.call_once(name, method, path, body).await;
         self.breakers.record(name, result.as_ref().map(|_| ()));
+        let outcome = match &result {
+            Ok(_) => Some(CallOutcome::Ok),
+            // A name we do not know is not a peer: no row to record in, and no label to mint.
+            Err(PeerError::NotFound(_)) => None,
+            Err(PeerError::Inactive(_)) => Some(CallOutcome::Inactive),
+            Err(PeerError::Misconfigured(..)) => Some(CallOutcome::Misconfigured),
+            Err(PeerError::Network(..)) => Some(CallOutcome::Network),
+            Err(PeerError::Http(_, 401 | 403, _)) => Some(CallOutcome::Refused),
+            Err(PeerError::Http(_, 429, _)) => Some(CallOutcome::RateLimited),
+            Err(PeerError::Http(..)) => Some(CallOutcome::HttpError),
+            Err(PeerError::InvalidResponse(..)) => Some(CallOutcome::InvalidResponse),
+        };
+        if let Some(outcome) = outcome {
+            let cause = result.as_ref().err().map(|e| format!("{} ({e})", e.code()));
+            record_call(&self.pool, &self.breakers.successes, name, outcome, cause.as_deref()).await;
+        }
         result
     }
 

@@ -8,14 +8,26 @@
 //! `tessera_federation_guard_decisions_total{source}` and
 //! `tessera_federation_guard_unconfirmed_total` show how often the list verb's remembered guard
 //! decision was used and how often its page statement sent it back (see `federation::guard`).
+//!
+//! Certificates and peers (see `federation::peer_status`): the gauges
+//! `tessera_ca_certificate_expiry_timestamp_seconds`,
+//! `tessera_server_certificate_expiry_timestamp_seconds` and
+//! `tessera_peer_client_certificate_expiry_timestamp_seconds{peer}` (notAfter, unix seconds; the
+//! CA and peer gauges are read from the database at most every few seconds when scraped, so
+//! every replica reports renewals done by another), and the counters
+//! `tessera_peer_calls_total{peer, outcome}` and `tessera_peer_renewals_total{peer, outcome}`.
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::app::AppState;
+use crate::federation::peer_status;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -148,15 +160,43 @@ pub fn install() -> &'static PrometheusHandle {
             crate::federation::guard::UNCONFIRMED_METRIC,
             "Remembered guard decisions the page statement did not confirm"
         );
+        metrics::describe_gauge!(peer_status::CA_EXPIRY_METRIC, "notAfter of the federation CA (unix seconds)");
+        metrics::describe_gauge!(
+            peer_status::SERVER_CERT_EXPIRY_METRIC,
+            "notAfter of the TLS server certificate (unix seconds)"
+        );
+        metrics::describe_gauge!(
+            peer_status::PEER_CERT_EXPIRY_METRIC,
+            "notAfter of our client certificate for each peer we call (unix seconds)"
+        );
+        metrics::describe_counter!(peer_status::CALLS_METRIC, "Calls to peers by peer and outcome");
+        metrics::describe_counter!(peer_status::RENEWALS_METRIC, "Client-certificate renewals by peer and outcome");
         handle
     })
 }
 
+/// Scrapes read certificate expiries from the database at most this often (the endpoint is
+/// public, so a scrape storm must not become a query storm).
+const EXPIRY_REFRESH: Duration = Duration::from_secs(5);
+
 /// Prometheus text exposition of this process's metrics.
 #[utoipa::path(get, path = "/metrics", tag = "health",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
-pub async fn metrics() -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], install().render()).into_response()
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    static REFRESHED: Mutex<Option<Instant>> = Mutex::new(None);
+    let due = {
+        let mut last = REFRESHED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let due = last.is_none_or(|t| t.elapsed() >= EXPIRY_REFRESH);
+        if due {
+            *last = Some(Instant::now());
+        }
+        due
+    };
+    let handle = install();
+    if due && let Err(e) = peer_status::refresh_expiry_gauges(&state.pool).await {
+        tracing::warn!(error = %e, "could not read certificate expiries for /metrics");
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response()
 }
 
 /// Counts every response by method and status class. Methods outside the standard set count as

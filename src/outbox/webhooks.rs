@@ -38,6 +38,8 @@ pub const EVENTS: &[&str] = &[
     "rate_limit.exceeded",
     "peer.superseded_certificate_used",
     "peer.reenrolled",
+    "peer.certificate_expiring",
+    "peer.renewal_failed",
 ];
 
 /// The sealing context of an endpoint's secret: a sealed secret cannot be moved to another row.

@@ -5,6 +5,12 @@
 //! derived from that key, so however many replicas tick, each slot becomes exactly one job, and
 //! the queue (leases, retries, stall recovery) does the rest. Each job is due at a random moment
 //! within the first tenth of its slot, so a fleet does not renew in lock-step.
+//!
+//! A slot job only says "look now"; timing finer than a slot is the job's own business. The
+//! renewal job renews every certificate due within its period and waits for each one's moment
+//! (see [`crate::federation::client::renew_due`]), so a 90 s certificate renews at about 60 s
+//! rather than at the next slot boundary. Its period is short (10 s) so that a pass never sleeps
+//! long: a job waiting at shutdown holds the shutdown grace.
 
 use std::time::Duration;
 
@@ -18,7 +24,7 @@ use crate::sealing::SealingKey;
 
 /// The queue periodic jobs run on.
 pub const QUEUE: &str = "maintenance";
-/// Renews client certificates of peers this gateway calls once past two thirds of their life.
+/// Renews client certificates of peers this gateway calls at two thirds of their own life.
 pub const RENEW_CERTS: &str = "federation.renew_certs";
 /// Deletes expired enrollment tokens and sessions, and finished jobs and deliveries past retention.
 pub const CLEANUP: &str = "maintenance.cleanup";
@@ -26,11 +32,11 @@ pub const CLEANUP: &str = "maintenance.cleanup";
 pub const AUDIT_RETENTION: &str = "federation.audit_retention";
 
 /// The periodic jobs and their periods.
-pub const PERIODIC: &[(&str, Duration)] = &[
-    (RENEW_CERTS, Duration::from_secs(30)),
-    (CLEANUP, Duration::from_secs(300)),
-    (AUDIT_RETENTION, Duration::from_secs(3600)),
-];
+pub const PERIODIC: &[(&str, Duration)] =
+    &[(RENEW_CERTS, RENEW_PERIOD), (CLEANUP, Duration::from_secs(300)), (AUDIT_RETENTION, Duration::from_secs(3600))];
+
+/// Period of the renewal job; each pass renews what falls due within it.
+pub const RENEW_PERIOD: Duration = Duration::from_secs(10);
 
 /// How long finished jobs and delivered webhooks are kept for inspection.
 pub const RETENTION_DAYS: i32 = 7;
@@ -48,8 +54,11 @@ pub fn slot_job(kind: &str, period: Duration, now: DateTime<Utc>) -> NewJob {
         .max_attempts(3)
 }
 
-/// Enqueues the current slot of every periodic job on every tick until shutdown.
+/// Enqueues the current slot of every periodic job on every tick until shutdown. The tick is
+/// never longer than the shortest period, or whole slots would be skipped.
 pub async fn run_scheduler(pool: PgPool, tick: Duration, mut shutdown: watch::Receiver<bool>) {
+    let shortest = PERIODIC.iter().map(|(_, period)| *period).min().unwrap_or(tick);
+    let tick = tick.min(shortest);
     loop {
         for (kind, period) in PERIODIC {
             if let Err(e) = enqueue(&pool, &slot_job(kind, *period, Utc::now())).await {
@@ -64,20 +73,15 @@ pub async fn run_scheduler(pool: PgPool, tick: Duration, mut shutdown: watch::Re
 }
 
 /// Registers the handlers of the periodic jobs.
-pub fn register(
-    registry: &mut HandlerRegistry,
-    pool: PgPool,
-    sealing: SealingKey,
-    cert_ttl: Duration,
-    audit_retention_days: u32,
-) {
+pub fn register(registry: &mut HandlerRegistry, pool: PgPool, sealing: SealingKey, audit_retention_days: u32) {
     {
         let pool = pool.clone();
         registry.register(RENEW_CERTS, move |_job| {
             let (pool, sealing) = (pool.clone(), sealing.clone());
             async move {
-                // Failures per peer are logged there; the next slot tries again.
-                crate::federation::client::renew_due(&pool, &sealing, cert_ttl).await;
+                // Failures are recorded per peer (status, retry with backoff, outbox event), not
+                // by failing the job: a retry of the job would not be a retry of one peer.
+                crate::federation::client::renew_due(&pool, &sealing, RENEW_PERIOD).await;
                 Ok(())
             }
         });

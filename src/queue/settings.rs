@@ -14,7 +14,7 @@
 //! | `TESSERA_OUTBOX_BACKOFF_CAP_MS` | 3600000 | longest webhook retry delay |
 //! | `TESSERA_OUTBOX_MAX_ATTEMPTS` | 12 | webhook attempts before `dead` |
 //! | `TESSERA_OUTBOX_TIMEOUT_MS` | 10000 | one webhook request |
-//! | `TESSERA_SCHEDULE_TICK_MS` | 15000 | how often the scheduler enqueues due periodic jobs |
+//! | `TESSERA_SCHEDULE_TICK_MS` | 15000 | how often the scheduler enqueues due periodic jobs (at most the shortest period, 10 s) |
 
 use std::time::Duration;
 
