@@ -859,18 +859,18 @@ async fn list_confirms_the_remembered_grant_in_its_own_statement() {
         ),
         (
             "certificate superseded, grace over",
-            "update federation_peers set previous_serial = current_serial, current_serial = 'ab',
-                    previous_serial_grace_until = now() - interval '1 second' where id = $1",
-            "update federation_peers set current_serial = previous_serial, previous_serial = null,
-                    previous_serial_grace_until = null where id = $1",
+            "update federation_grants set previous_serial = current_serial, current_serial = 'ab',
+                    previous_serial_grace_until = now() - interval '1 second' where peer_id = $1",
+            "update federation_grants set current_serial = previous_serial, previous_serial = null,
+                    previous_serial_grace_until = null where peer_id = $1",
             403,
         ),
         (
             "certificate superseded, within grace",
-            "update federation_peers set previous_serial = current_serial, current_serial = 'ab',
-                    previous_serial_grace_until = now() + interval '1 hour' where id = $1",
-            "update federation_peers set current_serial = previous_serial, previous_serial = null,
-                    previous_serial_grace_until = null where id = $1",
+            "update federation_grants set previous_serial = current_serial, current_serial = 'ab',
+                    previous_serial_grace_until = now() + interval '1 hour' where peer_id = $1",
+            "update federation_grants set current_serial = previous_serial, previous_serial = null,
+                    previous_serial_grace_until = null where peer_id = $1",
             200,
         ),
     ];
@@ -1608,8 +1608,8 @@ async fn short_lived_identity(pair: &Pair, grant: Uuid, secs: i64) -> (String, S
             .push(rcgen::CustomExtension::from_oid_content(&[1, 3, 6, 1, 4, 1, 99999, arc], content));
     }
     let cert = params.signed_by(&key, ca.issuer()).unwrap();
-    sqlx::query("update federation_peers set current_serial = $2 where id = $1")
-        .bind(pair.peer_id)
+    sqlx::query("update federation_grants set current_serial = $2 where id = $1")
+        .bind(grant)
         .bind(leaf_identity(&cert.pem()).serial)
         .execute(&pair.b_db.pool)
         .await

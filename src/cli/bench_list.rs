@@ -589,13 +589,15 @@ async fn enroll(
         .execute(pool)
         .await?;
     sqlx::query(
-        "insert into federation_grants (id, peer_id, subject_user_id, scope, status, activated_at)
-         values ($1, $2, $3, $4, 'active', now())",
+        "insert into federation_grants (id, peer_id, subject_user_id, scope, status, activated_at, current_serial, cert_not_after)
+         values ($1, $2, $3, $4, 'active', now(), $5, $6)",
     )
     .bind(grant_id)
     .bind(peer_id)
     .bind(subject)
     .bind(serde_json::json!({"resources": ["tasks"], "max_rows_per_query": 1000}))
+    .bind(&cert.serial)
+    .bind(cert.not_after)
     .execute(pool)
     .await?;
     let mut identity = key.serialize_pem().into_bytes();
