@@ -14,6 +14,7 @@ pub mod grants;
 pub mod guard;
 pub mod identity;
 pub mod peer_client;
+pub mod peer_health;
 pub mod peer_status;
 pub mod peers;
 pub mod query;
@@ -73,6 +74,7 @@ pub fn router(state: Option<AppState>) -> OpenApiRouter<AppState> {
         .routes(routes!(audit_routes::list_audit))
         .routes(routes!(explain::explain_grant))
         .routes(routes!(explain::explain_scope))
+        .routes(routes!(peer_health::peer_health))
         .routes(routes!(query::query))
         .merge(verbs)
 }

@@ -67,11 +67,57 @@ struct Circuit {
 #[derive(Debug, Clone, Default)]
 pub struct Breakers {
     inner: Arc<Mutex<HashMap<String, Circuit>>>,
+    /// Recent call latencies per peer, for its health (p50/p99 over the last hour).
+    latencies: Arc<Mutex<HashMap<String, std::collections::VecDeque<(Instant, f64)>>>>,
     /// When each peer's last success was written to its row (see [`super::peer_status`]).
     successes: super::peer_status::SuccessMemo,
 }
 
+/// Latency samples kept per peer (the oldest go first; the window is an hour).
+const LATENCY_SAMPLES: usize = 10_000;
+const LATENCY_WINDOW: std::time::Duration = std::time::Duration::from_secs(3600);
+
 impl Breakers {
+    /// `closed`, `open` or `half_open` (the next call probes), as this process sees the peer.
+    pub fn state(&self, peer: &str) -> &'static str {
+        let map = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match map.get(&peer.to_lowercase()).and_then(|c| c.open_until) {
+            Some(until) if Instant::now() < until => "open",
+            Some(_) => "half_open",
+            None => "closed",
+        }
+    }
+
+    fn record_latency(&self, peer: &str, ms: f64) {
+        let mut map = self.latencies.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let samples = map.entry(peer.to_lowercase()).or_default();
+        if samples.len() >= LATENCY_SAMPLES {
+            samples.pop_front();
+        }
+        samples.push_back((Instant::now(), ms));
+    }
+
+    /// Calls in the last hour and their latency p50 and p99, in milliseconds.
+    pub fn latency(&self, peer: &str) -> (usize, Option<f64>, Option<f64>) {
+        let map = self.latencies.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut recent: Vec<f64> = map
+            .get(&peer.to_lowercase())
+            .map(|s| s.iter().filter(|(at, _)| at.elapsed() < LATENCY_WINDOW).map(|(_, ms)| *ms).collect())
+            .unwrap_or_default();
+        recent.sort_by(f64::total_cmp);
+        let pick = |q: f64| {
+            #[expect(
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss,
+                clippy::cast_precision_loss,
+                reason = "an index into a short vector"
+            )]
+            let i = ((recent.len() as f64 - 1.0) * q).round() as usize;
+            recent.get(i).copied()
+        };
+        (recent.len(), pick(0.5), pick(0.99))
+    }
+
     fn check(&self, peer: &str) -> Result<(), PeerError> {
         let mut map = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let circuit = map.entry(peer.to_lowercase()).or_default();
@@ -156,8 +202,10 @@ impl PeerCaller {
             record_call(&self.pool, &self.breakers.successes, name, CallOutcome::CircuitOpen, None).await;
             return Err(e);
         }
+        let started = Instant::now();
         let result = self.call_once(name, method, path, body).await;
         self.breakers.record(name, result.as_ref().map(|_| ()));
+        self.breakers.record_latency(name, started.elapsed().as_secs_f64() * 1000.0);
         let outcome = match &result {
             Ok(_) => Some(CallOutcome::Ok),
             // A name we do not know is not a peer: no row to record in, and no label to mint.

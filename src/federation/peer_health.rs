@@ -1,0 +1,143 @@
+//! Peer health, both ways: `GET /api/admin/peers/{id}/health` and `tessera peer health <name>`.
+//!
+//! - **Inbound** (this gateway holds the data, the peer calls us): the last request, requests
+//!   and denials by deny code over the last hour and rate-limit hits, all from the audit log,
+//!   and each grant's certificate (serial, expiry, last renewal).
+//! - **Outbound** (we call the peer): the reader status of [`super::peer_status`] (certificate,
+//!   renewals, last success, last error and its cause, refusals), plus what only the serving
+//!   process knows: its circuit breaker and the latency p50/p99 of its calls in the last hour.
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::admin::guard::AdminUser;
+use crate::app::AppState;
+use crate::http::error::{ApiError, ErrorEnvelope};
+use crate::http::extract::{Json, Path};
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerHealth {
+    pub peer_id: Uuid,
+    pub name: String,
+    pub inbound: InboundHealth,
+    /// Absent for a peer we do not call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outbound: Option<OutboundHealth>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InboundHealth {
+    pub last_request_at: Option<DateTime<Utc>>,
+    pub requests_last_hour: i64,
+    pub denied_last_hour: i64,
+    /// Denials of the last hour by deny code.
+    pub denials_by_code: BTreeMap<String, i64>,
+    pub rate_limited_last_hour: i64,
+    pub certificates: Vec<GrantCertificate>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct GrantCertificate {
+    pub grant_id: Uuid,
+    pub status: String,
+    pub serial: Option<String>,
+    pub not_after: Option<DateTime<Utc>>,
+    pub renewed_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboundHealth {
+    /// `closed`, `open` or `half_open`, in the process that answered.
+    pub circuit: String,
+    pub calls_last_hour: usize,
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
+    /// Certificate, renewals, last success and last error with its cause, refusals.
+    #[schema(value_type = Object)]
+    pub reader: serde_json::Value,
+}
+
+/// The inbound half, from the audit log and the grants.
+///
+/// # Errors
+/// Database errors.
+pub async fn inbound(pool: &sqlx::PgPool, peer_id: Uuid) -> Result<InboundHealth, sqlx::Error> {
+    let (requests, denied, rate_limited): (i64, i64, i64) = sqlx::query_as(
+        "select count(*), count(*) filter (where outcome = 'denied'), count(*) filter (where deny_code = 'rate_limited')
+           from federation_audit_log
+          where peer_id = $1 and at > now() - interval '1 hour'
+            and verb in ('list', 'get', 'search', 'capabilities', 'renew', 'unknown')",
+    )
+    .bind(peer_id)
+    .fetch_one(pool)
+    .await?;
+    let last_request_at: Option<DateTime<Utc>> = sqlx::query_scalar(
+        "select at from federation_audit_log
+          where peer_id = $1 and verb in ('list', 'get', 'search', 'capabilities', 'renew', 'unknown')
+          order by at desc limit 1",
+    )
+    .bind(peer_id)
+    .fetch_optional(pool)
+    .await?;
+    let denials: Vec<(String, i64)> = sqlx::query_as(
+        "select coalesce(deny_code, 'unknown'), count(*) from federation_audit_log
+          where peer_id = $1 and at > now() - interval '1 hour' and outcome = 'denied'
+          group by 1 order by 1",
+    )
+    .bind(peer_id)
+    .fetch_all(pool)
+    .await?;
+    let certificates: Vec<GrantCertificate> = sqlx::query_as(
+        "select id as grant_id, status, current_serial as serial, cert_not_after as not_after, renewed_at
+           from federation_grants where peer_id = $1 order by created_at, id",
+    )
+    .bind(peer_id)
+    .fetch_all(pool)
+    .await?;
+    Ok(InboundHealth {
+        last_request_at,
+        requests_last_hour: requests,
+        denied_last_hour: denied,
+        denials_by_code: denials.into_iter().collect(),
+        rate_limited_last_hour: rate_limited,
+        certificates,
+    })
+}
+
+/// A peer's health, both ways.
+#[utoipa::path(get, path = "/api/admin/peers/{id}/health", tag = "admin", params(("id" = Uuid, Path)),
+    responses(
+        (status = 200, body = PeerHealth), (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope),
+    ))]
+pub async fn peer_health(
+    _admin: AdminUser,
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+) -> Result<Json<PeerHealth>, ApiError> {
+    let peer = super::peers::find(&state.pool, id).await?.ok_or_else(|| ApiError::not_found("No such peer"))?;
+    let inbound = inbound(&state.pool, id).await?;
+    let outbound = match &peer.reader {
+        Some(reader) => {
+            let (calls, p50, p99) = state.breakers.latency(&peer.name);
+            Some(OutboundHealth {
+                circuit: state.breakers.state(&peer.name).to_string(),
+                calls_last_hour: calls,
+                latency_p50_ms: p50,
+                latency_p99_ms: p99,
+                reader: serde_json::to_value(reader).map_err(anyhow::Error::from)?,
+            })
+        }
+        None => None,
+    };
+    Ok(Json(PeerHealth { peer_id: id, name: peer.name, inbound, outbound }))
+}
