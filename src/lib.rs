@@ -9,6 +9,7 @@ pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod connect_failure;
 pub mod federation;
 pub mod http;
 pub mod outbox;

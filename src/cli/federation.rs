@@ -7,10 +7,10 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::Subcommand;
 use uuid::Uuid;
 
+use super::exit::{Exit, UsageError};
 use crate::config::Config;
 use crate::federation::{client, enrollment, grants, peers};
 use crate::http::error::ApiError;
@@ -117,7 +117,7 @@ fn print<T: serde::Serialize>(json: bool, value: &T, text: impl FnOnce(&T) -> St
 /// Maps a rejection to exit code 3 with its message; other errors propagate (exit 1).
 fn rejected(e: ApiError) -> anyhow::Result<ExitCode> {
     eprintln!("rejected ({}): {}", e.status().as_u16(), e.message());
-    Ok(ExitCode::from(3))
+    Ok(Exit::Refused.into())
 }
 
 async fn resolve_peer(pool: &sqlx::PgPool, peer: &str) -> anyhow::Result<Option<peers::Peer>> {
@@ -220,9 +220,10 @@ async fn grant_inner(config: &Config, pool: &sqlx::PgPool, cmd: GrantCommand) ->
             let Some(subject_user_id) = user_id else {
                 return rejected(ApiError::not_found(format!("no user '{user}'")));
             };
-            let text = std::fs::read_to_string(&scope).with_context(|| format!("cannot read {}", scope.display()))?;
-            let scope: serde_json::Value =
-                serde_json::from_str(&text).with_context(|| format!("{} is not JSON", scope.display()))?;
+            let text = std::fs::read_to_string(&scope)
+                .map_err(|e| UsageError(format!("--scope: cannot read {}: {e}", scope.display())))?;
+            let scope: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| UsageError(format!("--scope: {} is not JSON: {e}", scope.display())))?;
             let body = grants::CreateGrant { peer_id: peer.id, subject_user_id, scope, expires_at, rate_per_minute };
             let mut tx = pool.begin().await?;
             match grants::create(&mut tx, &body).await {
@@ -317,10 +318,18 @@ pub enum FederationCommand {
     },
 }
 
-/// Exit 1 when the peer cannot be reached (like an unreachable gateway), 3 when it refused.
+/// Exit 1 when the peer cannot be reached (like an unreachable gateway), 2 when trust failed
+/// either way (its certificate, or ours refused), 3 when it refused the request.
 fn peer_failed(e: &crate::federation::peer_client::PeerError) -> ExitCode {
+    use crate::federation::peer_client::PeerError;
     eprintln!("{} ({})", e, e.code());
-    if e.code() == "network" { ExitCode::FAILURE } else { ExitCode::from(3) }
+    match e {
+        PeerError::Network(..) => Exit::Unreachable,
+        PeerError::Untrusted(..) | PeerError::CertificateRefused(..) => Exit::Trust,
+        PeerError::Http(_, 401 | 403, _) => Exit::Trust,
+        _ => Exit::Refused,
+    }
+    .into()
 }
 
 fn item_line(v: &serde_json::Value) -> String {

@@ -1,7 +1,9 @@
 //! The `tessera` command line (clap). `main.rs` only calls [`main`].
 //!
-//! Exit codes: 0 ok; 1 failure (for `doctor`: a red check). Logs go to stderr so that commands
-//! printing data (`openapi`, `doctor --json`) keep stdout clean.
+//! Exit codes follow one table, [`exit`]: 0 ok, 1 unreachable, 2 authentication or trust, 3 refused
+//! by the server, 64 usage (for `doctor`: 1 a red check). Logs go to stderr so that commands
+//! printing data (`openapi`, `doctor --json`) keep stdout clean; commands other than `serve` log
+//! only warnings and errors unless `-v` is given (`TESSERA_LOG` overrides both).
 
 mod admin;
 mod bench_handshake;
@@ -9,6 +11,7 @@ mod bench_list;
 mod bench_queue;
 mod client;
 mod doctor;
+pub mod exit;
 mod federation;
 mod queue;
 mod storage;
@@ -16,6 +19,7 @@ mod storage;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use exit::Exit;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{Config, GatewayArgs, LogFormat};
@@ -27,6 +31,11 @@ use crate::services::Database;
 pub struct Cli {
     #[command(flatten)]
     pub gateway: GatewayArgs,
+
+    /// Log informational messages too (commands other than `serve` log only warnings and errors);
+    /// TESSERA_LOG overrides.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
 
     #[command(subcommand)]
     pub command: Command,
@@ -110,7 +119,18 @@ pub enum DbCommand {
 /// Parses the command line and runs the command.
 pub fn main() -> ExitCode {
     crate::tls::install_crypto_provider();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap exits 2 on a usage error, which our table reserves for authentication.
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => Exit::Ok,
+                _ => Exit::Usage,
+            }
+            .into();
+        }
+    };
     if let Command::Openapi = cli.command {
         print!("{}", crate::http::openapi_document_json());
         return ExitCode::SUCCESS;
@@ -119,10 +139,14 @@ pub fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
-            return ExitCode::FAILURE;
+            return Exit::Usage.into();
         }
     };
-    init_tracing(config.log_format);
+    let default_level = match (&cli.command, cli.verbose) {
+        (Command::Serve, _) | (_, true) => "info,sqlx=warn",
+        _ => "warn",
+    };
+    init_tracing(config.log_format, default_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -134,7 +158,7 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            Exit::for_error(&e).into()
         }
     }
 }
@@ -189,8 +213,8 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("TESSERA_LOG").unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+fn init_tracing(format: LogFormat, default_level: &str) {
+    let filter = EnvFilter::try_from_env("TESSERA_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
     // Colours only on a terminal, and never with NO_COLOR set: a log file or a pipe gets
     // plain text that grep and log shippers read as written.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
