@@ -93,7 +93,9 @@ pub struct GatewayArgs {
     #[arg(long, env = "TESSERA_TLS_KEY", global = true)]
     pub tls_key: Option<PathBuf>,
 
-    /// Public base URL peers use to reach this gateway [default: https://<listen>].
+    /// Public base URL peers use to reach this gateway, printed in enrollment URLs [default:
+    /// https://<host>:<port the gateway bound>, host = the listen IP, or the first TLS SAN when the
+    /// listen IP is 0.0.0.0 or ::].
     #[arg(long, env = "TESSERA_PUBLIC_URL", global = true)]
     pub public_url: Option<String>,
 
@@ -258,7 +260,11 @@ pub struct Config {
     pub sealing_key: Option<crate::sealing::SealingKeyHex>,
     pub tls_sans: Vec<String>,
     pub tls_cert: Option<(PathBuf, PathBuf)>,
+    /// The gateway's public base URL: TESSERA_PUBLIC_URL, else derived from the listen address
+    /// ([`default_public_url`]); `serve` derives it again from the address it really bound.
     pub public_url: String,
+    /// Whether TESSERA_PUBLIC_URL was set (else `public_url` is derived).
+    pub public_url_configured: bool,
     pub log_format: LogFormat,
     pub connections: ConnectionSettings,
     pub federation: FederationSettings,
@@ -378,14 +384,14 @@ impl GatewayArgs {
             return Err(bad("TESSERA_TLS_SANS", "needs at least one name"));
         }
 
-        let public_url = match self.public_url.clone().or(file.public_url) {
-            Some(url) if url.starts_with("https://") => url.trim_end_matches('/').to_string(),
-            Some(url) => return Err(bad("TESSERA_PUBLIC_URL", format!("'{url}' must start with https://"))),
-            None => {
-                let host = if listen.ip().is_unspecified() { "localhost".to_string() } else { listen.ip().to_string() };
-                let host = if host.contains(':') { format!("[{host}]") } else { host };
-                format!("https://{host}:{}", listen.port())
+        let configured_url = self.public_url.clone().or(file.public_url).filter(|u| !u.trim().is_empty());
+        let public_url_configured = configured_url.is_some();
+        let public_url = match configured_url {
+            Some(url) if url.starts_with("https://") && url::Url::parse(&url).is_ok() => {
+                url.trim_end_matches('/').to_string()
             }
+            Some(url) => return Err(bad("TESSERA_PUBLIC_URL", format!("'{url}' must be an https:// URL"))),
+            None => default_public_url(listen, &tls_sans),
         };
 
         let sealing_key = self.sealing_key.clone().map(crate::sealing::SealingKeyHex::new);
@@ -463,6 +469,7 @@ impl GatewayArgs {
             tls_sans,
             tls_cert,
             public_url,
+            public_url_configured,
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
             connections,
             federation: FederationSettings {
@@ -474,6 +481,20 @@ impl GatewayArgs {
             webhook_allowed_cidrs,
         })
     }
+}
+
+/// The public URL when TESSERA_PUBLIC_URL is not set: `https://<host>:<port>` with the listen IP as
+/// host, or, for a wildcard listen address (`0.0.0.0`, `::`), the first TLS SAN (default
+/// `localhost`): a name the server certificate carries, so a peer's TLS check passes. The port is
+/// the one bound (`serve` passes the real address, so `:0` gives the port the kernel chose).
+pub fn default_public_url(listen: SocketAddr, tls_sans: &[String]) -> String {
+    let host = if listen.ip().is_unspecified() {
+        tls_sans.first().cloned().unwrap_or_else(|| "localhost".to_string())
+    } else {
+        listen.ip().to_string()
+    };
+    let host = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host };
+    format!("https://{host}:{}", listen.port())
 }
 
 impl Config {
@@ -507,6 +528,20 @@ mod tests {
         assert!(c.data_dir.ends_with(".tessera"));
         assert_eq!(c.public_url, "https://127.0.0.1:8443");
         assert!(c.webhook_allowed_cidrs.is_empty(), "no webhook target range is opened by default");
+    }
+
+    #[test]
+    fn the_default_public_url_names_a_host_the_certificate_carries() {
+        let sans = vec!["gw.example".to_string(), "localhost".to_string()];
+        assert_eq!(default_public_url("0.0.0.0:9443".parse().unwrap(), &sans), "https://gw.example:9443");
+        assert_eq!(default_public_url("[::]:9443".parse().unwrap(), &[]), "https://localhost:9443");
+        assert_eq!(default_public_url("10.1.2.3:1".parse().unwrap(), &sans), "https://10.1.2.3:1");
+        assert_eq!(default_public_url("[::1]:8443".parse().unwrap(), &sans), "https://[::1]:8443");
+        let c = GatewayArgs { public_url: Some("https://b.example:443/".into()), ..args() }.resolve().unwrap();
+        assert!(c.public_url_configured);
+        assert_eq!(c.public_url, "https://b.example:443");
+        let e = GatewayArgs { public_url: Some("http://b.example".into()), ..args() }.resolve().unwrap_err();
+        assert_eq!(e.key, "TESSERA_PUBLIC_URL");
     }
 
     #[test]

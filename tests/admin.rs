@@ -454,7 +454,7 @@ async fn twenty_wrong_passwords_get_429_until_the_window_passes() {
             ("TESSERA_SIGNIN_WINDOW_SECS", "soon"),
         ],
     );
-    assert_eq!(code, 1, "{err}");
+    assert_eq!(code, 64, "{err}");
     assert!(err.contains("TESSERA_SIGNIN_WINDOW_SECS"), "{err}");
 
     tokio::time::sleep(Duration::from_secs(window) + Duration::from_millis(300)).await;

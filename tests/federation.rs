@@ -1780,3 +1780,52 @@ async fn enrollment_redemptions_are_limited_per_address_and_unknown_tokens_count
     let metrics = pair.b.client.get(pair.b.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.lines().any(|l| l == "tessera_enrollment_unknown_tokens_total 3"), "{metrics}");
 }
+
+/// `grant token` runs on the database beside the gateway, not in its environment: it prints the
+/// URL the running gateway recorded at start (the port it really bound), whatever this shell's
+/// TESSERA_LISTEN says, and the admin API returns the same URL. TESSERA_PUBLIC_URL wins over the
+/// derived one. With no gateway ever started on the database it falls back to its own
+/// configuration and says so.
+#[tokio::test]
+async fn grant_token_prints_the_url_the_running_gateway_serves() {
+    let pair = Pair::new(vec![]).await;
+    let grant = pair.grant(json!({"resources": ["tasks"]})).await;
+    let served = format!("https://127.0.0.1:{}/api/federation/enrollment/", pair.b.port);
+    let (_, api_url) = pair.enrollment_url(grant).await;
+    assert!(api_url.starts_with(&served), "{api_url}");
+    let b_dir = pair.b.data_dir.to_str().unwrap();
+    let grant_id = grant.to_string();
+    for listen in [None, Some("127.0.0.1:1"), Some("0.0.0.0:9443")] {
+        let mut env = vec![("DATABASE_URL", pair.b_db.url.as_str()), ("TESSERA_DATA_DIR", b_dir)];
+        env.extend(listen.map(|l| ("TESSERA_LISTEN", l)));
+        let (code, out, err) = run_cli(&["grant", "token", &grant_id, "--json"], &env);
+        assert_eq!(code, 0, "{err}");
+        let minted: Value = serde_json::from_str(&out).unwrap();
+        let url = minted["enrollmentUrl"].as_str().unwrap();
+        assert!(url.starts_with(&served), "listen {listen:?}: {url}");
+        assert!(err.trim().is_empty(), "no warning when a gateway recorded its URL: {err}");
+    }
+
+    // A configured public URL is the one advertised, by the API and by the CLI.
+    let c_db = TestDb::new().await;
+    let c = Gateway::start(GatewayOptions {
+        database_url: Some(c_db.url.clone()),
+        env: vec![("TESSERA_PUBLIC_URL".into(), "https://gw.example:7443/".into())],
+        ..Default::default()
+    })
+    .await;
+    let recorded: String =
+        sqlx::query_scalar("select url from gateway_public_url").fetch_one(&c_db.pool).await.unwrap();
+    assert_eq!(recorded, "https://gw.example:7443");
+    drop(c);
+
+    // No gateway has ever started on this database: the shell's own setting, with a warning.
+    let fresh = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) = run_cli(
+        &["grant", "token", &Uuid::now_v7().to_string()],
+        &[("DATABASE_URL", fresh.url.as_str()), ("TESSERA_DATA_DIR", dir.path().to_str().unwrap())],
+    );
+    assert_eq!(code, 3, "an unknown grant is refused: {err}");
+    assert!(err.contains("no gateway has recorded its public URL"), "{err}");
+}

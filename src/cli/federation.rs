@@ -262,7 +262,19 @@ async fn grant_inner(config: &Config, pool: &sqlx::PgPool, cmd: GrantCommand) ->
         GrantCommand::Token { id, ttl, json } => {
             let sealing = SealingKey::load(config.sealing_key.as_ref(), &config.data_dir)?;
             let ca = crate::federation::ca::GatewayCa::load_or_create(pool, &sealing).await?;
-            match enrollment::mint(pool, &config.public_url, &ca, id, ttl).await {
+            // The URL the running gateway serves, not one guessed from this shell's TESSERA_LISTEN.
+            let public_url = match crate::store::advertised_url::current(pool).await? {
+                Some(url) => url,
+                None => {
+                    tracing::warn!(
+                        url = %config.public_url,
+                        "no gateway has recorded its public URL on this database yet (start `tessera serve`); \
+                         using this shell's configuration"
+                    );
+                    config.public_url.clone()
+                }
+            };
+            match enrollment::mint(pool, &public_url, &ca, id, ttl).await {
                 Ok(t) => print(json, &t, |t| t.enrollment_url.clone())?,
                 Err(e) => return rejected(e),
             }
