@@ -48,6 +48,7 @@ pub enum LogFormat {
 /// Every field is optional here so that the TOML file can fill what the command line and the
 /// environment leave out; [`GatewayArgs::resolve`] turns them into a validated [`Config`].
 #[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Gateway options (every command)")]
 pub struct GatewayArgs {
     /// Optional TOML file with the same settings (keys as in the flags, with underscores).
     #[arg(long = "config", env = "TESSERA_CONFIG", global = true)]
@@ -81,18 +82,6 @@ pub struct GatewayArgs {
     #[arg(long, env = "TESSERA_SEALING_KEY", global = true, hide_env_values = true)]
     pub sealing_key: Option<String>,
 
-    /// Extra subject alternative names for the server certificate, comma separated [default: localhost,127.0.0.1].
-    #[arg(long, env = "TESSERA_TLS_SANS", global = true, value_delimiter = ',')]
-    pub tls_sans: Option<Vec<String>>,
-
-    /// PEM certificate chain to serve instead of one signed by the gateway CA (needs --tls-key).
-    #[arg(long, env = "TESSERA_TLS_CERT", global = true)]
-    pub tls_cert: Option<PathBuf>,
-
-    /// PEM private key for --tls-cert.
-    #[arg(long, env = "TESSERA_TLS_KEY", global = true)]
-    pub tls_key: Option<PathBuf>,
-
     /// Public base URL peers use to reach this gateway, printed in enrollment URLs [default:
     /// https://<host>:<port the gateway bound>, host = the listen IP, or the first TLS SAN when the
     /// listen IP is 0.0.0.0 or ::].
@@ -103,53 +92,89 @@ pub struct GatewayArgs {
     #[arg(long, env = "TESSERA_LOG_FORMAT", global = true, value_enum)]
     pub log_format: Option<LogFormat>,
 
+    /// The server's own settings: flags of `tessera serve`; for other commands read from the
+    /// environment and the TOML file only (see [`ServerArgs::from_env`]).
+    #[arg(skip)]
+    pub server: ServerArgs,
+}
+
+/// Settings only the server uses (TLS, federation trust, connection limits, webhooks). They are
+/// flags of `tessera serve` alone, so that `tessera <command> --help` shows that command's own
+/// options; every one still has its environment variable and TOML key, which other commands read
+/// (`peer add` needs the federation OIDs, for instance).
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServerArgs {
+    /// Extra subject alternative names for the server certificate, comma separated [default: localhost,127.0.0.1].
+    #[arg(long, env = "TESSERA_TLS_SANS", value_delimiter = ',')]
+    pub tls_sans: Option<Vec<String>>,
+
+    /// PEM certificate chain to serve instead of one signed by the gateway CA (needs --tls-key).
+    #[arg(long, env = "TESSERA_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "TESSERA_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
     /// Lifetime of client certificates issued to peers, in seconds [default: 3600].
-    #[arg(long, env = "TESSERA_FEDERATION_CERT_TTL_SECS", global = true)]
+    #[arg(long, env = "TESSERA_FEDERATION_CERT_TTL_SECS")]
     pub federation_cert_ttl_secs: Option<u64>,
 
     /// How long a peer's previous certificate stays valid after it renews, in seconds [default: 60].
-    #[arg(long, env = "TESSERA_FEDERATION_RENEW_GRACE_SECS", global = true)]
+    #[arg(long, env = "TESSERA_FEDERATION_RENEW_GRACE_SECS")]
     pub federation_renew_grace_secs: Option<u64>,
 
     /// OID of the client-certificate extension carrying the grant id [default: 1.3.6.1.4.1.99999.1].
-    #[arg(long, env = "TESSERA_FEDERATION_GRANT_OID", global = true)]
+    #[arg(long, env = "TESSERA_FEDERATION_GRANT_OID")]
     pub federation_grant_oid: Option<String>,
 
     /// OID of the client-certificate extension carrying the subject user id [default: 1.3.6.1.4.1.99999.2].
-    #[arg(long, env = "TESSERA_FEDERATION_SUBJECT_OID", global = true)]
+    #[arg(long, env = "TESSERA_FEDERATION_SUBJECT_OID")]
     pub federation_subject_oid: Option<String>,
 
     /// Federation requests allowed per grant and minute, shared by all replicas; a grant's own
     /// `ratePerMinute` overrides it [default: 600].
-    #[arg(long, env = "TESSERA_FEDERATION_RATE_PER_MINUTE", global = true)]
+    #[arg(long, env = "TESSERA_FEDERATION_RATE_PER_MINUTE")]
     pub federation_rate_per_minute: Option<u32>,
 
     /// Seconds a client has to finish the TLS handshake [default: 10].
-    #[arg(long, env = "TESSERA_HANDSHAKE_TIMEOUT_SECS", global = true)]
+    #[arg(long, env = "TESSERA_HANDSHAKE_TIMEOUT_SECS")]
     pub handshake_timeout_secs: Option<u64>,
 
     /// Seconds a connection may stay open with no request in flight [default: 60].
-    #[arg(long, env = "TESSERA_IDLE_TIMEOUT_SECS", global = true)]
+    #[arg(long, env = "TESSERA_IDLE_TIMEOUT_SECS")]
     pub idle_timeout_secs: Option<u64>,
 
     /// Seconds a client has to send a request's headers (HTTP/1.1) [default: 30].
-    #[arg(long, env = "TESSERA_HEADER_READ_TIMEOUT_SECS", global = true)]
+    #[arg(long, env = "TESSERA_HEADER_READ_TIMEOUT_SECS")]
     pub header_read_timeout_secs: Option<u64>,
 
     /// Most client connections open at once [default: the descriptor limit minus 128, kept for
     /// Postgres, Valkey and the queue].
-    #[arg(long, env = "TESSERA_MAX_CONNECTIONS", global = true)]
+    #[arg(long, env = "TESSERA_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
 
     /// Enrollment redemptions allowed per client address and minute [default: 30].
-    #[arg(long, env = "TESSERA_ENROLLMENT_RATE_PER_MINUTE", global = true)]
+    #[arg(long, env = "TESSERA_ENROLLMENT_RATE_PER_MINUTE")]
     pub enrollment_rate_per_minute: Option<u32>,
 
     /// Address ranges webhook deliveries may reach although they are loopback, private,
     /// link-local or otherwise not public, comma separated (e.g. `127.0.0.1/32,10.0.0.0/8`);
     /// never the gateway's own listener [default: none].
-    #[arg(long, env = "TESSERA_WEBHOOK_ALLOWED_CIDRS", global = true, value_delimiter = ',')]
+    #[arg(long, env = "TESSERA_WEBHOOK_ALLOWED_CIDRS", value_delimiter = ',')]
     pub webhook_allowed_cidrs: Option<Vec<String>>,
+}
+
+impl ServerArgs {
+    /// The server settings from the environment alone, for commands that do not take them as flags.
+    ///
+    /// # Errors
+    /// A variable that does not parse (its message names it).
+    pub fn from_env() -> Result<Self, clap::Error> {
+        use clap::FromArgMatches as _;
+        let matches = Self::augment_args(clap::Command::new("tessera")).try_get_matches_from(["tessera"])?;
+        Self::from_arg_matches(&matches)
+    }
 }
 
 /// The subset of settings the TOML file may hold. Unknown keys are an error, so a typo is caught.
@@ -368,17 +393,22 @@ impl GatewayArgs {
             _ => {}
         }
 
-        let tls_cert = match (self.tls_cert.clone().or(file.tls_cert), self.tls_key.clone().or(file.tls_key)) {
-            (Some(c), Some(k)) => Some((c, k)),
-            (None, None) => None,
-            (Some(_), None) => return Err(bad("TESSERA_TLS_KEY", "TESSERA_TLS_CERT is set but its key is not")),
-            (None, Some(_)) => {
-                return Err(bad("TESSERA_TLS_CERT", "TESSERA_TLS_KEY is set but its certificate is not"));
-            }
-        };
+        let tls_cert =
+            match (self.server.tls_cert.clone().or(file.tls_cert), self.server.tls_key.clone().or(file.tls_key)) {
+                (Some(c), Some(k)) => Some((c, k)),
+                (None, None) => None,
+                (Some(_), None) => return Err(bad("TESSERA_TLS_KEY", "TESSERA_TLS_CERT is set but its key is not")),
+                (None, Some(_)) => {
+                    return Err(bad("TESSERA_TLS_CERT", "TESSERA_TLS_KEY is set but its certificate is not"));
+                }
+            };
 
-        let mut tls_sans =
-            self.tls_sans.clone().or(file.tls_sans).unwrap_or_else(|| vec!["localhost".into(), "127.0.0.1".into()]);
+        let mut tls_sans = self
+            .server
+            .tls_sans
+            .clone()
+            .or(file.tls_sans)
+            .unwrap_or_else(|| vec!["localhost".into(), "127.0.0.1".into()]);
         tls_sans.retain(|s| !s.trim().is_empty());
         if tls_sans.is_empty() {
             return Err(bad("TESSERA_TLS_SANS", "needs at least one name"));
@@ -396,24 +426,24 @@ impl GatewayArgs {
 
         let sealing_key = self.sealing_key.clone().map(crate::sealing::SealingKeyHex::new);
 
-        let cert_ttl = self.federation_cert_ttl_secs.or(file.federation_cert_ttl_secs).unwrap_or(3600);
+        let cert_ttl = self.server.federation_cert_ttl_secs.or(file.federation_cert_ttl_secs).unwrap_or(3600);
         if !(60..=30 * 86_400).contains(&cert_ttl) {
             return Err(bad("TESSERA_FEDERATION_CERT_TTL_SECS", "must be between 60 and 2592000 seconds"));
         }
-        let renew_grace = self.federation_renew_grace_secs.or(file.federation_renew_grace_secs).unwrap_or(60);
+        let renew_grace = self.server.federation_renew_grace_secs.or(file.federation_renew_grace_secs).unwrap_or(60);
         if renew_grace > 3600 {
             return Err(bad("TESSERA_FEDERATION_RENEW_GRACE_SECS", "must be at most 3600 seconds"));
         }
         let mut oids = crate::federation::identity::FederationOids::default();
-        if let Some(oid) = self.federation_grant_oid.clone().or(file.federation_grant_oid) {
+        if let Some(oid) = self.server.federation_grant_oid.clone().or(file.federation_grant_oid) {
             oids.grant =
                 crate::federation::identity::parse_oid(&oid).map_err(|m| bad("TESSERA_FEDERATION_GRANT_OID", m))?;
         }
-        if let Some(oid) = self.federation_subject_oid.clone().or(file.federation_subject_oid) {
+        if let Some(oid) = self.server.federation_subject_oid.clone().or(file.federation_subject_oid) {
             oids.subject =
                 crate::federation::identity::parse_oid(&oid).map_err(|m| bad("TESSERA_FEDERATION_SUBJECT_OID", m))?;
         }
-        let rate_per_minute = self.federation_rate_per_minute.or(file.federation_rate_per_minute).unwrap_or(600);
+        let rate_per_minute = self.server.federation_rate_per_minute.or(file.federation_rate_per_minute).unwrap_or(600);
         if !(1..=1_000_000).contains(&rate_per_minute) {
             return Err(bad("TESSERA_FEDERATION_RATE_PER_MINUTE", "must be between 1 and 1000000"));
         }
@@ -423,28 +453,29 @@ impl GatewayArgs {
         };
         let connections = ConnectionSettings {
             handshake_timeout: secs(
-                self.handshake_timeout_secs.or(file.handshake_timeout_secs),
+                self.server.handshake_timeout_secs.or(file.handshake_timeout_secs),
                 10,
                 "TESSERA_HANDSHAKE_TIMEOUT_SECS",
                 300,
             )?,
             idle_timeout: secs(
-                self.idle_timeout_secs.or(file.idle_timeout_secs),
+                self.server.idle_timeout_secs.or(file.idle_timeout_secs),
                 60,
                 "TESSERA_IDLE_TIMEOUT_SECS",
                 3600,
             )?,
             header_read_timeout: secs(
-                self.header_read_timeout_secs.or(file.header_read_timeout_secs),
+                self.server.header_read_timeout_secs.or(file.header_read_timeout_secs),
                 30,
                 "TESSERA_HEADER_READ_TIMEOUT_SECS",
                 300,
             )?,
-            max_connections: match self.max_connections.or(file.max_connections) {
+            max_connections: match self.server.max_connections.or(file.max_connections) {
                 Some(0) => return Err(bad("TESSERA_MAX_CONNECTIONS", "must be at least 1")),
                 other => other,
             },
-            enrollment_rate_per_minute: match self.enrollment_rate_per_minute.or(file.enrollment_rate_per_minute) {
+            enrollment_rate_per_minute: match self.server.enrollment_rate_per_minute.or(file.enrollment_rate_per_minute)
+            {
                 None => 30,
                 Some(n) if (1..=100_000).contains(&n) => n,
                 Some(_) => return Err(bad("TESSERA_ENROLLMENT_RATE_PER_MINUTE", "must be between 1 and 100000")),
@@ -454,7 +485,7 @@ impl GatewayArgs {
             return Err(bad("TESSERA_FEDERATION_SUBJECT_OID", "must differ from the grant OID"));
         }
         let webhook_allowed_cidrs = crate::outbox::targets::parse_cidrs(
-            &self.webhook_allowed_cidrs.clone().or(file.webhook_allowed_cidrs).unwrap_or_default(),
+            &self.server.webhook_allowed_cidrs.clone().or(file.webhook_allowed_cidrs).unwrap_or_default(),
         )
         .map_err(|m| bad("TESSERA_WEBHOOK_ALLOWED_CIDRS", m))?;
 
@@ -563,8 +594,8 @@ mod tests {
         assert_eq!(e.key, "VALKEY_URL");
         let e = GatewayArgs { database_url: Some("mysql://h/d".into()), ..args() }.resolve().unwrap_err();
         assert_eq!(e.key, "DATABASE_URL");
-        let e =
-            GatewayArgs { webhook_allowed_cidrs: Some(vec!["127.0.0.1/33".into()]), ..args() }.resolve().unwrap_err();
+        let server = ServerArgs { webhook_allowed_cidrs: Some(vec!["127.0.0.1/33".into()]), ..Default::default() };
+        let e = GatewayArgs { server, ..args() }.resolve().unwrap_err();
         assert_eq!(e.key, "TESSERA_WEBHOOK_ALLOWED_CIDRS");
         assert!(e.to_string().contains("127.0.0.1/33"), "{e}");
     }

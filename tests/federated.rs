@@ -421,6 +421,7 @@ fn variables_read(gateway_only: bool) -> BTreeSet<String> {
     if gateway_only {
         use clap::Args;
         walk(&tessera::config::GatewayArgs::augment_args(clap::Command::new("serve")), &mut names);
+        walk(&tessera::config::ServerArgs::augment_args(clap::Command::new("serve")), &mut names);
     } else {
         walk(&tessera::cli::Cli::command(), &mut names);
     }

@@ -1806,6 +1806,18 @@ async fn grant_token_prints_the_url_the_running_gateway_serves() {
         assert!(err.trim().is_empty(), "no warning when a gateway recorded its URL: {err}");
     }
 
+    // grant list/show print the peer and subject names beside their ids, in text and JSON.
+    let env = [("DATABASE_URL", pair.b_db.url.as_str()), ("TESSERA_DATA_DIR", b_dir)];
+    let (code, out, err) = run_cli(&["grant", "list", "--json"], &env);
+    assert_eq!(code, 0, "{err}");
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed[0]["id"], grant_id.as_str());
+    assert_eq!(listed[0]["peerName"], "gateway-a");
+    assert_eq!(listed[0]["subjectEmail"], "subject@b.test");
+    let (code, out, _) = run_cli(&["grant", "show", &grant_id], &env);
+    assert_eq!(code, 0);
+    assert!(out.contains("peer=gateway-a") && out.contains("subject=subject@b.test"), "{out}");
+
     // A configured public URL is the one advertised, by the API and by the CLI.
     let c_db = TestDb::new().await;
     let c = Gateway::start(GatewayOptions {

@@ -31,6 +31,9 @@ pub enum AdminCommand {
         /// File holding the password (a trailing newline is ignored).
         #[arg(long)]
         password_file: Option<PathBuf>,
+        /// Print JSON (user id, email, token id and token) instead of the bare token.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -55,6 +58,7 @@ pub struct TokenArgs {
 pub enum TokenCommand {
     /// List your admin tokens (never their secrets).
     List {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -64,6 +68,7 @@ pub enum TokenCommand {
         label: String,
         #[arg(long)]
         expires_in_days: Option<u32>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -88,6 +93,9 @@ pub struct ImportArgs {
     /// A JSON Lines file, one `{"kind": "user" | "team" | "team_member" | "project" | "mission" |
     /// "task" | "mission_task" | "insight" | "preference", ...}` record a line.
     pub file: PathBuf,
+    /// Print the counts per kind as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 fn finish(result: Result<(), CliError>) -> ExitCode {
@@ -332,7 +340,7 @@ async fn recover(gw: &GatewayClient, email: Option<String>) -> Result<(), CliErr
 
 /// `tessera admin bootstrap`.
 pub async fn bootstrap(command: AdminCommand, config: &Config) -> ExitCode {
-    let AdminCommand::Bootstrap { email, name, password_file } = command;
+    let AdminCommand::Bootstrap { email, name, password_file, json } = command;
     finish(
         async {
             let password = match password_file {
@@ -370,7 +378,17 @@ pub async fn bootstrap(command: AdminCommand, config: &Config) -> ExitCode {
             state.token = Some(Secret::from_plaintext(created.token.plaintext.clone()));
             state.token_id = Some(created.token.id);
             let path = state.save()?;
-            println!("{}", created.token.plaintext);
+            if json {
+                let out = json!({
+                    "userId": created.user.id,
+                    "email": created.user.email,
+                    "tokenId": created.token.id,
+                    "token": created.token.plaintext,
+                });
+                println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+            } else {
+                println!("{}", created.token.plaintext);
+            }
             eprintln!(
                 "Created admin {} with token {} (printed above, shown once; also saved in {})",
                 created.user.email,
@@ -408,6 +426,9 @@ pub async fn import(args: ImportArgs, config: &Config) -> ExitCode {
             .await;
             db.close().await;
             let counts = result?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&counts).unwrap_or_default());
+            }
             let total: usize = counts.values().sum();
             let parts: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
             eprintln!("Imported {total} records: {}", parts.join(", "));

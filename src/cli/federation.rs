@@ -25,17 +25,20 @@ pub enum PeerCommand {
         /// Where the peer is reached, if this gateway also calls it.
         #[arg(long)]
         endpoint: Option<String>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// List peers with state, CA fingerprint and certificate expiry.
     List {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Show one peer (by name or id).
     Show {
         peer: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -46,6 +49,7 @@ pub enum PeerCommand {
         /// Local name for the peer [default: the URL's host].
         #[arg(long)]
         name: Option<String>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -70,6 +74,7 @@ pub enum GrantCommand {
         /// Federation requests per minute for this grant, overriding TESSERA_FEDERATION_RATE_PER_MINUTE.
         #[arg(long, value_parser = clap::value_parser!(i32).range(1..=1_000_000))]
         rate_per_minute: Option<i32>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -79,12 +84,14 @@ pub enum GrantCommand {
         peer: Option<String>,
         #[arg(long)]
         status: Option<String>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Show one grant.
     Show {
         id: Uuid,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -93,6 +100,9 @@ pub enum GrantCommand {
         id: Uuid,
         #[arg(long)]
         reason: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Mint a single-use enrollment token (and URL) for a pending grant.
     Token {
@@ -100,6 +110,7 @@ pub enum GrantCommand {
         /// Token lifetime in seconds (at most 900).
         #[arg(long)]
         ttl: Option<i64>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -140,11 +151,59 @@ fn peer_line(p: &peers::Peer) -> String {
     )
 }
 
-fn grant_line(g: &grants::Grant) -> String {
+/// A grant as the CLI shows it: the stored grant plus the names behind its ids, so an operator
+/// reads `peer=acme subject=ada@example.org` rather than two UUIDs.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GrantView {
+    #[serde(flatten)]
+    grant: grants::Grant,
+    peer_name: Option<String>,
+    subject_email: Option<String>,
+    subject_name: Option<String>,
+}
+
+/// Looks up the peer and subject names of `all` in two queries.
+async fn named(pool: &sqlx::PgPool, all: Vec<grants::Grant>) -> anyhow::Result<Vec<GrantView>> {
+    let peer_ids: Vec<Uuid> = all.iter().map(|g| g.peer_id).collect();
+    let user_ids: Vec<Uuid> = all.iter().filter_map(|g| g.subject_user_id).collect();
+    let peers: std::collections::HashMap<Uuid, String> =
+        sqlx::query_as("select id, name from federation_peers where id = any($1)")
+            .bind(&peer_ids)
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .collect();
+    let users: std::collections::HashMap<Uuid, (String, String)> =
+        sqlx::query_as::<_, (Uuid, String, String)>("select id, email, name from users where id = any($1)")
+            .bind(&user_ids)
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .map(|(id, email, name)| (id, (email, name)))
+            .collect();
+    Ok(all
+        .into_iter()
+        .map(|grant| {
+            let user = grant.subject_user_id.and_then(|u| users.get(&u));
+            GrantView {
+                peer_name: peers.get(&grant.peer_id).cloned(),
+                subject_email: user.map(|u| u.0.clone()),
+                subject_name: user.map(|u| u.1.clone()),
+                grant,
+            }
+        })
+        .collect())
+}
+
+fn grant_line(v: &GrantView) -> String {
+    let g = &v.grant;
     format!(
-        "{}  peer={} subject={} status={} scope={}",
+        "{}  peer={} ({}) subject={} ({}) status={} scope={}",
         g.id,
+        v.peer_name.as_deref().unwrap_or("-"),
         g.peer_id,
+        v.subject_email.as_deref().unwrap_or("-"),
         g.subject_user_id.map_or_else(|| "-".to_string(), |u| u.to_string()),
         g.status,
         g.scope
@@ -229,7 +288,8 @@ async fn grant_inner(config: &Config, pool: &sqlx::PgPool, cmd: GrantCommand) ->
             match grants::create(&mut tx, &body).await {
                 Ok(g) => {
                     tx.commit().await?;
-                    print(json, &g, grant_line)?;
+                    let view = named(pool, vec![g]).await?;
+                    print(json, &view[0], grant_line)?;
                 }
                 Err(e) => return rejected(e),
             }
@@ -242,19 +302,19 @@ async fn grant_inner(config: &Config, pool: &sqlx::PgPool, cmd: GrantCommand) ->
                 },
                 None => None,
             };
-            let all = grants::list(pool, &grants::GrantFilter { peer_id, status }).await?;
+            let all = named(pool, grants::list(pool, &grants::GrantFilter { peer_id, status }).await?).await?;
             print(json, &all, |all| all.iter().map(grant_line).collect::<Vec<_>>().join("\n"))?;
         }
         GrantCommand::Show { id, json } => match grants::find(pool, id).await? {
-            Some(g) => print(json, &g, grant_line)?,
+            Some(g) => print(json, &named(pool, vec![g]).await?[0], grant_line)?,
             None => return rejected(ApiError::not_found("no such grant")),
         },
-        GrantCommand::Revoke { id, reason } => {
+        GrantCommand::Revoke { id, reason, json } => {
             let mut tx = pool.begin().await?;
             match grants::revoke(&mut tx, id, &reason).await {
                 Ok(g) => {
                     tx.commit().await?;
-                    println!("{}", grant_line(&g));
+                    print(json, &named(pool, vec![g]).await?[0], grant_line)?;
                 }
                 Err(e) => return rejected(e),
             }
@@ -299,6 +359,7 @@ pub enum FederationCommand {
         /// Follow nextCursor to the last page.
         #[arg(long)]
         all_pages: bool,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -308,6 +369,7 @@ pub enum FederationCommand {
         peer: String,
         resource: String,
         id: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -315,6 +377,7 @@ pub enum FederationCommand {
     Capabilities {
         #[arg(long)]
         peer: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -325,6 +388,7 @@ pub enum FederationCommand {
         source: String,
         #[arg(long)]
         limit: Option<u32>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },

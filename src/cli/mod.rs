@@ -22,7 +22,7 @@ use clap::{Parser, Subcommand};
 use exit::Exit;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{Config, GatewayArgs, LogFormat};
+use crate::config::{Config, GatewayArgs, LogFormat, ServerArgs};
 use crate::services::Database;
 
 /// tessera: a federated HTTP gateway. Peers read a scoped slice of this gateway's data over mutual TLS.
@@ -34,7 +34,7 @@ pub struct Cli {
 
     /// Log informational messages too (commands other than `serve` log only warnings and errors);
     /// TESSERA_LOG overrides.
-    #[arg(short, long, global = true)]
+    #[arg(short, long, global = true, help_heading = "Gateway options (every command)")]
     pub verbose: bool,
 
     #[command(subcommand)]
@@ -44,7 +44,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway: start services, apply migrations, serve HTTPS until SIGINT/SIGTERM.
-    Serve,
+    Serve(ServerArgs),
     /// Apply pending database migrations and exit.
     Migrate,
     /// Check tier, services, pgvector, data dir and CA; exit 1 when any check is red.
@@ -135,18 +135,27 @@ pub fn main() -> ExitCode {
         print!("{}", crate::http::openapi_document_json());
         return ExitCode::SUCCESS;
     }
-    let config = match cli.gateway.resolve() {
+    // The server's settings are flags of `serve` only; other commands read them from the
+    // environment (and the TOML file), as the server would.
+    let mut gateway = cli.gateway;
+    gateway.server = match &cli.command {
+        Command::Serve(server) => server.clone(),
+        _ => match ServerArgs::from_env() {
+            Ok(server) => server,
+            Err(e) => {
+                eprintln!("error: invalid configuration: {}", env_error(&e));
+                return Exit::Usage.into();
+            }
+        },
+    };
+    let config = match gateway.resolve() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
             return Exit::Usage.into();
         }
     };
-    let default_level = match (&cli.command, cli.verbose) {
-        (Command::Serve, _) | (_, true) => "info,sqlx=warn",
-        _ => "warn",
-    };
-    init_tracing(config.log_format, default_level);
+    init_tracing(config.log_format, default_log_filter(&cli.command, cli.verbose));
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -165,7 +174,7 @@ pub fn main() -> ExitCode {
 
 async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Serve => crate::app::serve(config).await.map(|()| ExitCode::SUCCESS),
+        Command::Serve(_) => crate::app::serve(config).await.map(|()| ExitCode::SUCCESS),
         Command::Migrate => {
             let db = Database::open(&config, 2).await?;
             let result = crate::store::migrate(&db.pool).await;
@@ -213,6 +222,40 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// A clap error about a server setting read from the environment, told by its variable name
+/// (clap names the flag, which this command does not have).
+fn env_error(e: &clap::Error) -> String {
+    use clap::Args as _;
+    use clap::error::{ContextKind, ContextValue};
+    let flag = match e.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(s)) => s.split_whitespace().next().unwrap_or_default().to_string(),
+        _ => String::new(),
+    };
+    let value = match e.get(ContextKind::InvalidValue) {
+        Some(ContextValue::String(v)) => v.clone(),
+        _ => String::new(),
+    };
+    let command = ServerArgs::augment_args(clap::Command::new("tessera"));
+    let var = command
+        .get_arguments()
+        .find(|a| a.get_long().is_some_and(|l| flag == format!("--{l}")))
+        .and_then(|a| a.get_env())
+        .map(|v| v.to_string_lossy().into_owned());
+    match var {
+        Some(var) => format!("{var}: '{value}' is not a valid value"),
+        None => e.to_string().trim().to_string(),
+    }
+}
+
+/// The server logs what it does; other commands print their result and log only warnings and
+/// errors, unless `-v` asks for more. `TESSERA_LOG` overrides either.
+fn default_log_filter(command: &Command, verbose: bool) -> &'static str {
+    match (command, verbose) {
+        (Command::Serve(_), _) | (_, true) => "info,sqlx=warn",
+        _ => "warn",
+    }
+}
+
 fn init_tracing(format: LogFormat, default_level: &str) {
     let filter = EnvFilter::try_from_env("TESSERA_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
     // Colours only on a terminal, and never with NO_COLOR set: a log file or a pipe gets
@@ -232,5 +275,35 @@ mod tests {
     #[test]
     fn command_tree_is_consistent() {
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn commands_other_than_serve_log_warnings_unless_verbose() {
+        use clap::Parser as _;
+        let filter = |args: &[&str]| {
+            let cli = super::Cli::try_parse_from(args).unwrap();
+            super::default_log_filter(&cli.command, cli.verbose)
+        };
+        assert_eq!(filter(&["tessera", "grant", "list"]), "warn");
+        assert_eq!(filter(&["tessera", "-v", "grant", "list"]), "info,sqlx=warn");
+        assert_eq!(filter(&["tessera", "grant", "list", "--verbose"]), "info,sqlx=warn");
+        assert_eq!(filter(&["tessera", "serve"]), "info,sqlx=warn");
+    }
+
+    #[test]
+    fn server_options_belong_to_serve_only() {
+        use clap::Parser as _;
+        let serve = super::Cli::try_parse_from(["tessera", "serve", "--tls-sans", "gw.example"]).unwrap();
+        match serve.command {
+            super::Command::Serve(s) => assert_eq!(s.tls_sans, Some(vec!["gw.example".to_string()])),
+            other => panic!("{other:?}"),
+        }
+        let e = super::Cli::try_parse_from(["tessera", "grant", "list", "--tls-sans", "x"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::UnknownArgument);
+        let e = super::Cli::try_parse_from(["tessera", "--handshake-timeout-secs", "5", "queue", "list"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::UnknownArgument);
+        // The shared settings stay global: before or after the subcommand.
+        assert!(super::Cli::try_parse_from(["tessera", "queue", "list", "--data-dir", "/tmp/x"]).is_ok());
+        assert!(super::Cli::try_parse_from(["tessera", "--data-dir", "/tmp/x", "serve"]).is_ok());
     }
 }

@@ -22,12 +22,14 @@ use crate::services::Database;
 pub enum QueueCommand {
     /// Every queue with its state and job counts.
     List {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Job counts per status (one queue, or all), paused flag, concurrency, oldest pending job.
     Stats {
         name: Option<String>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -64,6 +66,7 @@ pub enum JobsCommand {
         /// Keep polling and print jobs as they change (Ctrl-C to stop).
         #[arg(long, short)]
         follow: bool,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
