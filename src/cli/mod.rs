@@ -166,7 +166,7 @@ pub fn main() -> ExitCode {
     match runtime.block_on(run(cli.command, config)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", describe(&e));
             Exit::for_error(&e).into()
         }
     }
@@ -220,6 +220,26 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The error's context chain, with a failed HTTPS call told by its cause (trust, refused,
+/// timeout, DNS...) instead of reqwest's "error sending request for url (...)".
+fn describe(e: &anyhow::Error) -> String {
+    let mut parts = Vec::new();
+    for cause in e.chain() {
+        if cause.downcast_ref::<reqwest::Error>().is_some() {
+            let failure = crate::connect_failure::ConnectFailure::classify(cause);
+            parts.push(failure.cause());
+            if matches!(failure, crate::connect_failure::ConnectFailure::UntrustedServer(_)) {
+                parts.push(
+                    "check --ca-file, or that the enrollment URL's #sha256 pin is the CA of that gateway".into(),
+                );
+            }
+            return parts.join(": ");
+        }
+        parts.push(cause.to_string());
+    }
+    format!("{e:#}")
 }
 
 /// A clap error about a server setting read from the environment, told by its variable name
