@@ -1263,6 +1263,28 @@ async fn an_expired_client_certificate_fails_the_handshake() {
     let identity = format!("{}{}", key.serialize_pem(), cert.pem());
     let r = pair.mtls_client(identity.as_bytes()).get(pair.b.url("/api/federation/v1/capabilities")).send().await;
     assert!(r.is_err(), "expired certificate must not complete the handshake: {r:?}");
+
+    // The caller learns why, from the TLS alert deep in the error chain, and what to do. The
+    // peer client speaks HTTP/1.1 (over HTTP/2 hyper drops the connection's error and reports
+    // only "channel closed").
+    let peer_like = reqwest::Client::builder()
+        .tls_backend_rustls()
+        .tls_certs_only([reqwest::Certificate::from_pem(&pair.b.ca_pem).unwrap()])
+        .identity(reqwest::Identity::from_pem(identity.as_bytes()).unwrap())
+        .http1_only()
+        .build()
+        .unwrap();
+    let err = peer_like.get(pair.b.url("/api/federation/v1/capabilities")).send().await.unwrap_err();
+    let failure = tessera::connect_failure::ConnectFailure::classify(&err);
+    assert!(
+        matches!(failure, tessera::connect_failure::ConnectFailure::CertificateRefused { expired: true, .. }),
+        "{failure:?} from {err:?}"
+    );
+    let peer_error = tessera::federation::peer_client::transport_error("gateway-b", &err);
+    assert_eq!(peer_error.code(), "certificate_refused");
+    let message = peer_error.to_string();
+    assert!(message.contains("expired") && message.contains("tessera grant reenroll"), "{message}");
+    assert!(!message.contains("error sending request"), "{message}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

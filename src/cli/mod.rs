@@ -231,9 +231,8 @@ fn describe(e: &anyhow::Error) -> String {
             let failure = crate::connect_failure::ConnectFailure::classify(cause);
             parts.push(failure.cause());
             if matches!(failure, crate::connect_failure::ConnectFailure::UntrustedServer(_)) {
-                parts.push(
-                    "check --ca-file, or that the enrollment URL's #sha256 pin is the CA of that gateway".into(),
-                );
+                parts
+                    .push("check --ca-file, or that the enrollment URL's #sha256 pin is the CA of that gateway".into());
             }
             return parts.join(": ");
         }
