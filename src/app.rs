@@ -44,7 +44,7 @@ pub struct AppState {
 /// # Errors
 /// Anything that prevents start-up; the message names the failing piece.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
-    crate::admin::sessions::SignInThrottle::init_from_env().map_err(|e| crate::cli::exit::UsageError(e.to_string()))?;
+    crate::admin::sessions::SignInThrottle::init_from_env().map_err(|e| crate::outcome::Usage(e.to_string()))?;
     // A configured key is checked before anything is created; a key file lives in the data dir.
     let sealing_error = |e: crate::sealing::SealingError| match (&e, config.sealing_key.is_some()) {
         (crate::sealing::SealingError::BadKey, true) => crate::config::ConfigError {

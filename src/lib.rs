@@ -13,6 +13,7 @@ pub mod connect_failure;
 pub mod federation;
 pub mod http;
 pub mod outbox;
+pub mod outcome;
 pub mod queue;
 pub mod ratelimit;
 pub mod rbac;

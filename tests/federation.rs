@@ -1376,7 +1376,7 @@ async fn bench_list_runs_every_phase_over_mtls_and_refuses_a_database_with_data(
     // the federation tables is touched.
     seed_admin(&db.pool, "admin@example.test").await;
     let (code, stdout, stderr) = run_cli_blocking(&args, &[("DATABASE_URL", &db.url), ("TESSERA_DATA_DIR", dd)]).await;
-    assert_ne!(code, 0, "{stdout}");
+    assert_eq!(code, 3, "{stdout}");
     assert!(stderr.contains("already holds data"), "{stderr}");
     let peers: i64 = sqlx::query_scalar("select count(*) from federation_peers").fetch_one(&db.pool).await.unwrap();
     assert_eq!(peers, 1);
@@ -1386,7 +1386,7 @@ async fn bench_list_runs_every_phase_over_mtls_and_refuses_a_database_with_data(
     seed_admin(&other.pool, "admin@example.test").await;
     let (code, stdout, stderr) =
         run_cli_blocking(&args, &[("DATABASE_URL", &other.url), ("TESSERA_DATA_DIR", dd)]).await;
-    assert_ne!(code, 0, "{stdout}");
+    assert_eq!(code, 3, "{stdout}");
     assert!(stderr.contains("already holds data"), "{stderr}");
     let tasks: i64 = sqlx::query_scalar("select count(*) from tasks").fetch_one(&other.pool).await.unwrap();
     assert_eq!(tasks, 0);

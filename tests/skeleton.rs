@@ -221,7 +221,7 @@ async fn demo_seed_loads_a_realistic_data_set_once() {
     assert_eq!(orphan_tasks, 0, "a mission task belongs to the mission's project");
 
     let (code, _, stderr) = run_cli(&["demo", "seed", "--tasks", "10"], &[("DATABASE_URL", &db.url)]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 3, "refused: {stderr}");
     assert!(stderr.contains("already holds the demo data set"), "{stderr}");
     let tasks: i64 = sqlx::query_scalar("select count(*) from tasks").fetch_one(&db.pool).await.unwrap();
     assert_eq!(tasks, 3000, "a refused second seed adds nothing");

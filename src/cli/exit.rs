@@ -42,6 +42,9 @@ impl Exit {
             {
                 return Exit::Usage;
             }
+            if cause.downcast_ref::<crate::outcome::Refused>().is_some() {
+                return Exit::Refused;
+            }
             if cause.downcast_ref::<reqwest::Error>().is_some() {
                 let failure = crate::connect_failure::ConnectFailure::classify(cause);
                 return if failure.is_trust() { Exit::Trust } else { Exit::Unreachable };
@@ -57,8 +60,5 @@ impl From<Exit> for ExitCode {
     }
 }
 
-/// Invalid input that is not clap's to catch (a file that does not parse, a value out of range):
-/// wrap it so that [`Exit::for_error`] answers 64.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
+/// Invalid input that is not clap's to catch: wrap it so that [`Exit::for_error`] answers 64.
+pub use crate::outcome::Usage as UsageError;
