@@ -78,7 +78,7 @@ pub enum Command {
     Admin(admin::AdminCommand),
     /// Sign in to a gateway and save the session for later commands.
     Login(admin::LoginArgs),
-    /// Admin tokens: list, create, revoke, rotate, recover (exit 0 ok, 1 unreachable, 2 auth, 3 rejected).
+    /// Admin tokens: list, create, revoke, rotate, recover.
     Token(admin::TokenArgs),
     /// Bulk-load data API records from a JSON Lines file, all or nothing.
     Import(admin::ImportArgs),
