@@ -35,9 +35,27 @@ pub struct AppState {
 
 /// Runs `tessera serve` until SIGINT/SIGTERM.
 ///
+/// Start-up order (README, "Start-up"): everything that can be checked without starting a
+/// service is checked first — the settings (already resolved by [`Config`]), the sign-in throttle
+/// variables, the sealing key, the data-dir lock and the listen socket — so that a bad setting or
+/// a taken port stops start-up with one line naming the setting, before Valkey, Postgres, the CA
+/// or any worker has started. Only then do the services start.
+///
 /// # Errors
 /// Anything that prevents start-up; the message names the failing piece.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
+    crate::admin::sessions::SignInThrottle::init_from_env().map_err(|e| crate::outcome::Usage(e.to_string()))?;
+    // A configured key is checked before anything is created; a key file lives in the data dir.
+    let sealing_error = |e: crate::sealing::SealingError| match (&e, config.sealing_key.is_some()) {
+        (crate::sealing::SealingError::BadKey, true) => crate::config::ConfigError {
+            key: "TESSERA_SEALING_KEY",
+            message: "must be 64 hex characters (32 bytes); generate one with `openssl rand -hex 32`".into(),
+        },
+        _ => crate::config::ConfigError { key: "TESSERA_DATA_DIR", message: e.to_string() },
+    };
+    if config.sealing_key.is_some() {
+        SealingKey::load(config.sealing_key.as_ref(), &config.data_dir).map_err(sealing_error)?;
+    }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("TESSERA_DATA_DIR: cannot create {}", config.data_dir.display()))?;
     // One gateway per data dir: the kernel releases this lock even after kill -9.
@@ -45,6 +63,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let gateway_lock = std::fs::File::create(&lock_path)?;
     if gateway_lock.try_lock().is_err() {
         anyhow::bail!("another tessera gateway is already running on data dir {}", config.data_dir.display());
+    }
+    let sealing = SealingKey::load(config.sealing_key.as_ref(), &config.data_dir).map_err(sealing_error)?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("TESSERA_LISTEN: cannot bind {}", config.listen))?;
+    let bound = listener.local_addr()?;
+    let mut config = config;
+    if !config.public_url_configured {
+        config.public_url = crate::config::default_public_url(bound, &config.tls_sans);
     }
 
     crate::http::metrics::install();
@@ -57,13 +84,20 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         // An orphan adopted after a crash is ours to stop now.
         pg.take_ownership();
     }
-    let result = run(&config, &db.pool, valkey.clone(), limits).await;
+    let result = run(&config, &db.pool, valkey.clone(), Started { listener, sealing, limits }).await;
     db.close().await;
     if let Some(v) = valkey {
         v.close().await;
     }
     drop(gateway_lock);
     result
+}
+
+/// What [`serve`] prepared before any service started.
+struct Started {
+    listener: tokio::net::TcpListener,
+    sealing: SealingKey,
+    limits: crate::tls::ConnectionLimits,
 }
 
 /// Connects to Valkey when the tier uses it (DESIGN §2): required in `federated`, optional in
@@ -123,16 +157,16 @@ async fn run(
     config: &Config,
     pool: &PgPool,
     valkey: Option<crate::services::valkey::Valkey>,
-    limits: crate::tls::ConnectionLimits,
+    started: Started,
 ) -> anyhow::Result<()> {
-    crate::admin::sessions::SignInThrottle::init_from_env()?;
+    let Started { listener, sealing, limits } = started;
     crate::store::migrate(pool).await?;
+    crate::store::advertised_url::record(pool, &config.public_url).await?;
     // Today's audit partition (and the week ahead) before the first request; the periodic job
     // keeps it so. A failure is not fatal: rows go to the default partition meanwhile.
     if let Err(e) = crate::federation::audit::maintain(pool, config.audit_retention_days).await {
         tracing::warn!(error = %e, "could not prepare the audit log partitions");
     }
-    let sealing = SealingKey::load(config.sealing_key.as_ref(), &config.data_dir)?;
     let ca = GatewayCa::load_or_create(pool, &sealing).await?;
     write_ca_file(config, &ca)?;
 
@@ -187,11 +221,8 @@ async fn run(
         shutdown_signal().await;
         let _ = stopping.send(true);
     };
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("TESSERA_LISTEN: cannot bind {}", config.listen))?;
     let local = listener.local_addr()?;
-    tracing::info!(listen = %local, tier = config.tier.as_str(), data_dir = %config.data_dir.display(), "tessera is serving");
+    tracing::info!(listen = %local, public_url = %config.public_url, tier = config.tier.as_str(), data_dir = %config.data_dir.display(), "tessera is serving");
     crate::tls::serve(listener, tls, app, config.federation.oids.clone(), limits, signal, Duration::from_secs(10))
         .await;
     let _ = background.await;

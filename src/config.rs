@@ -48,6 +48,7 @@ pub enum LogFormat {
 /// Every field is optional here so that the TOML file can fill what the command line and the
 /// environment leave out; [`GatewayArgs::resolve`] turns them into a validated [`Config`].
 #[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Gateway options (every command)")]
 pub struct GatewayArgs {
     /// Optional TOML file with the same settings (keys as in the flags, with underscores).
     #[arg(long = "config", env = "TESSERA_CONFIG", global = true)]
@@ -81,19 +82,9 @@ pub struct GatewayArgs {
     #[arg(long, env = "TESSERA_SEALING_KEY", global = true, hide_env_values = true)]
     pub sealing_key: Option<String>,
 
-    /// Extra subject alternative names for the server certificate, comma separated [default: localhost,127.0.0.1].
-    #[arg(long, env = "TESSERA_TLS_SANS", global = true, value_delimiter = ',')]
-    pub tls_sans: Option<Vec<String>>,
-
-    /// PEM certificate chain to serve instead of one signed by the gateway CA (needs --tls-key).
-    #[arg(long, env = "TESSERA_TLS_CERT", global = true)]
-    pub tls_cert: Option<PathBuf>,
-
-    /// PEM private key for --tls-cert.
-    #[arg(long, env = "TESSERA_TLS_KEY", global = true)]
-    pub tls_key: Option<PathBuf>,
-
-    /// Public base URL peers use to reach this gateway [default: https://<listen>].
+    /// Public base URL peers use to reach this gateway, printed in enrollment URLs [default:
+    /// https://<host>:<port the gateway bound>, host = the listen IP, or the first TLS SAN when the
+    /// listen IP is 0.0.0.0 or ::].
     #[arg(long, env = "TESSERA_PUBLIC_URL", global = true)]
     pub public_url: Option<String>,
 
@@ -101,46 +92,70 @@ pub struct GatewayArgs {
     #[arg(long, env = "TESSERA_LOG_FORMAT", global = true, value_enum)]
     pub log_format: Option<LogFormat>,
 
+    /// The server's own settings: flags of `tessera serve`; for other commands read from the
+    /// environment and the TOML file only (see [`ServerArgs::from_env`]).
+    #[arg(skip)]
+    pub server: ServerArgs,
+}
+
+/// Settings only the server uses (TLS, federation trust, connection limits, webhooks). They are
+/// flags of `tessera serve` alone, so that `tessera <command> --help` shows that command's own
+/// options; every one still has its environment variable and TOML key, which other commands read
+/// (`peer add` needs the federation OIDs, for instance).
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServerArgs {
+    /// Extra subject alternative names for the server certificate, comma separated [default: localhost,127.0.0.1].
+    #[arg(long, env = "TESSERA_TLS_SANS", value_delimiter = ',')]
+    pub tls_sans: Option<Vec<String>>,
+
+    /// PEM certificate chain to serve instead of one signed by the gateway CA (needs --tls-key).
+    #[arg(long, env = "TESSERA_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "TESSERA_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
     /// Lifetime of client certificates issued to peers, in seconds [default: 3600].
-    #[arg(long, env = "TESSERA_FEDERATION_CERT_TTL_SECS", global = true)]
+    #[arg(long, env = "TESSERA_FEDERATION_CERT_TTL_SECS")]
     pub federation_cert_ttl_secs: Option<u64>,
 
     /// How long a peer's previous certificate stays valid after it renews, in seconds [default: 60].
-    #[arg(long, env = "TESSERA_FEDERATION_RENEW_GRACE_SECS", global = true)]
+    #[arg(long, env = "TESSERA_FEDERATION_RENEW_GRACE_SECS")]
     pub federation_renew_grace_secs: Option<u64>,
 
     /// OID of the client-certificate extension carrying the grant id [default: 1.3.6.1.4.1.99999.1].
-    #[arg(long, env = "TESSERA_FEDERATION_GRANT_OID", global = true)]
+    #[arg(long, env = "TESSERA_FEDERATION_GRANT_OID")]
     pub federation_grant_oid: Option<String>,
 
     /// OID of the client-certificate extension carrying the subject user id [default: 1.3.6.1.4.1.99999.2].
-    #[arg(long, env = "TESSERA_FEDERATION_SUBJECT_OID", global = true)]
+    #[arg(long, env = "TESSERA_FEDERATION_SUBJECT_OID")]
     pub federation_subject_oid: Option<String>,
 
     /// Federation requests allowed per grant and minute, shared by all replicas; a grant's own
     /// `ratePerMinute` overrides it [default: 600].
-    #[arg(long, env = "TESSERA_FEDERATION_RATE_PER_MINUTE", global = true)]
+    #[arg(long, env = "TESSERA_FEDERATION_RATE_PER_MINUTE")]
     pub federation_rate_per_minute: Option<u32>,
 
     /// Seconds a client has to finish the TLS handshake [default: 10].
-    #[arg(long, env = "TESSERA_HANDSHAKE_TIMEOUT_SECS", global = true)]
+    #[arg(long, env = "TESSERA_HANDSHAKE_TIMEOUT_SECS")]
     pub handshake_timeout_secs: Option<u64>,
 
     /// Seconds a connection may stay open with no request in flight [default: 60].
-    #[arg(long, env = "TESSERA_IDLE_TIMEOUT_SECS", global = true)]
+    #[arg(long, env = "TESSERA_IDLE_TIMEOUT_SECS")]
     pub idle_timeout_secs: Option<u64>,
 
     /// Seconds a client has to send a request's headers (HTTP/1.1) [default: 30].
-    #[arg(long, env = "TESSERA_HEADER_READ_TIMEOUT_SECS", global = true)]
+    #[arg(long, env = "TESSERA_HEADER_READ_TIMEOUT_SECS")]
     pub header_read_timeout_secs: Option<u64>,
 
     /// Most client connections open at once [default: the descriptor limit minus 128, kept for
     /// Postgres, Valkey and the queue].
-    #[arg(long, env = "TESSERA_MAX_CONNECTIONS", global = true)]
+    #[arg(long, env = "TESSERA_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
 
     /// Enrollment redemptions allowed per client address and minute [default: 30].
-    #[arg(long, env = "TESSERA_ENROLLMENT_RATE_PER_MINUTE", global = true)]
+    #[arg(long, env = "TESSERA_ENROLLMENT_RATE_PER_MINUTE")]
     pub enrollment_rate_per_minute: Option<u32>,
 
     /// Days of federation audit rows kept; older days are dropped whole [default: 90].
@@ -150,8 +165,20 @@ pub struct GatewayArgs {
     /// Address ranges webhook deliveries may reach although they are loopback, private,
     /// link-local or otherwise not public, comma separated (e.g. `127.0.0.1/32,10.0.0.0/8`);
     /// never the gateway's own listener [default: none].
-    #[arg(long, env = "TESSERA_WEBHOOK_ALLOWED_CIDRS", global = true, value_delimiter = ',')]
+    #[arg(long, env = "TESSERA_WEBHOOK_ALLOWED_CIDRS", value_delimiter = ',')]
     pub webhook_allowed_cidrs: Option<Vec<String>>,
+}
+
+impl ServerArgs {
+    /// The server settings from the environment alone, for commands that do not take them as flags.
+    ///
+    /// # Errors
+    /// A variable that does not parse (its message names it).
+    pub fn from_env() -> Result<Self, clap::Error> {
+        use clap::FromArgMatches as _;
+        let matches = Self::augment_args(clap::Command::new("tessera")).try_get_matches_from(["tessera"])?;
+        Self::from_arg_matches(&matches)
+    }
 }
 
 /// The subset of settings the TOML file may hold. Unknown keys are an error, so a typo is caught.
@@ -263,7 +290,11 @@ pub struct Config {
     pub sealing_key: Option<crate::sealing::SealingKeyHex>,
     pub tls_sans: Vec<String>,
     pub tls_cert: Option<(PathBuf, PathBuf)>,
+    /// The gateway's public base URL: TESSERA_PUBLIC_URL, else derived from the listen address
+    /// ([`default_public_url`]); `serve` derives it again from the address it really bound.
     pub public_url: String,
+    /// Whether TESSERA_PUBLIC_URL was set (else `public_url` is derived).
+    pub public_url_configured: bool,
     pub log_format: LogFormat,
     pub connections: ConnectionSettings,
     pub federation: FederationSettings,
@@ -369,53 +400,58 @@ impl GatewayArgs {
             _ => {}
         }
 
-        let tls_cert = match (self.tls_cert.clone().or(file.tls_cert), self.tls_key.clone().or(file.tls_key)) {
-            (Some(c), Some(k)) => Some((c, k)),
-            (None, None) => None,
-            (Some(_), None) => return Err(bad("TESSERA_TLS_KEY", "TESSERA_TLS_CERT is set but its key is not")),
-            (None, Some(_)) => {
-                return Err(bad("TESSERA_TLS_CERT", "TESSERA_TLS_KEY is set but its certificate is not"));
-            }
-        };
+        let tls_cert =
+            match (self.server.tls_cert.clone().or(file.tls_cert), self.server.tls_key.clone().or(file.tls_key)) {
+                (Some(c), Some(k)) => Some((c, k)),
+                (None, None) => None,
+                (Some(_), None) => return Err(bad("TESSERA_TLS_KEY", "TESSERA_TLS_CERT is set but its key is not")),
+                (None, Some(_)) => {
+                    return Err(bad("TESSERA_TLS_CERT", "TESSERA_TLS_KEY is set but its certificate is not"));
+                }
+            };
 
-        let mut tls_sans =
-            self.tls_sans.clone().or(file.tls_sans).unwrap_or_else(|| vec!["localhost".into(), "127.0.0.1".into()]);
+        let mut tls_sans = self
+            .server
+            .tls_sans
+            .clone()
+            .or(file.tls_sans)
+            .unwrap_or_else(|| vec!["localhost".into(), "127.0.0.1".into()]);
         tls_sans.retain(|s| !s.trim().is_empty());
         if tls_sans.is_empty() {
             return Err(bad("TESSERA_TLS_SANS", "needs at least one name"));
         }
 
-        let public_url = match self.public_url.clone().or(file.public_url) {
-            Some(url) if url.starts_with("https://") => url.trim_end_matches('/').to_string(),
-            Some(url) => return Err(bad("TESSERA_PUBLIC_URL", format!("'{url}' must start with https://"))),
-            None => {
-                let host = if listen.ip().is_unspecified() { "localhost".to_string() } else { listen.ip().to_string() };
-                let host = if host.contains(':') { format!("[{host}]") } else { host };
-                format!("https://{host}:{}", listen.port())
+        let configured_url = self.public_url.clone().or(file.public_url).filter(|u| !u.trim().is_empty());
+        let public_url_configured = configured_url.is_some();
+        let public_url = match configured_url {
+            Some(url) if url.starts_with("https://") && url::Url::parse(&url).is_ok() => {
+                url.trim_end_matches('/').to_string()
             }
+            Some(url) => return Err(bad("TESSERA_PUBLIC_URL", format!("'{url}' must be an https:// URL"))),
+            None => default_public_url(listen, &tls_sans),
         };
 
         let sealing_key = self.sealing_key.clone().map(crate::sealing::SealingKeyHex::new);
 
-        let cert_ttl = self.federation_cert_ttl_secs.or(file.federation_cert_ttl_secs).unwrap_or(3600);
+        let cert_ttl = self.server.federation_cert_ttl_secs.or(file.federation_cert_ttl_secs).unwrap_or(3600);
         // Down to 10 s, so expiry and rejoin can be exercised in minutes-long drills and tests.
         if !(10..=30 * 86_400).contains(&cert_ttl) {
             return Err(bad("TESSERA_FEDERATION_CERT_TTL_SECS", "must be between 10 and 2592000 seconds"));
         }
-        let renew_grace = self.federation_renew_grace_secs.or(file.federation_renew_grace_secs).unwrap_or(60);
+        let renew_grace = self.server.federation_renew_grace_secs.or(file.federation_renew_grace_secs).unwrap_or(60);
         if renew_grace > 3600 {
             return Err(bad("TESSERA_FEDERATION_RENEW_GRACE_SECS", "must be at most 3600 seconds"));
         }
         let mut oids = crate::federation::identity::FederationOids::default();
-        if let Some(oid) = self.federation_grant_oid.clone().or(file.federation_grant_oid) {
+        if let Some(oid) = self.server.federation_grant_oid.clone().or(file.federation_grant_oid) {
             oids.grant =
                 crate::federation::identity::parse_oid(&oid).map_err(|m| bad("TESSERA_FEDERATION_GRANT_OID", m))?;
         }
-        if let Some(oid) = self.federation_subject_oid.clone().or(file.federation_subject_oid) {
+        if let Some(oid) = self.server.federation_subject_oid.clone().or(file.federation_subject_oid) {
             oids.subject =
                 crate::federation::identity::parse_oid(&oid).map_err(|m| bad("TESSERA_FEDERATION_SUBJECT_OID", m))?;
         }
-        let rate_per_minute = self.federation_rate_per_minute.or(file.federation_rate_per_minute).unwrap_or(600);
+        let rate_per_minute = self.server.federation_rate_per_minute.or(file.federation_rate_per_minute).unwrap_or(600);
         if !(1..=1_000_000).contains(&rate_per_minute) {
             return Err(bad("TESSERA_FEDERATION_RATE_PER_MINUTE", "must be between 1 and 1000000"));
         }
@@ -425,34 +461,35 @@ impl GatewayArgs {
         };
         let connections = ConnectionSettings {
             handshake_timeout: secs(
-                self.handshake_timeout_secs.or(file.handshake_timeout_secs),
+                self.server.handshake_timeout_secs.or(file.handshake_timeout_secs),
                 10,
                 "TESSERA_HANDSHAKE_TIMEOUT_SECS",
                 300,
             )?,
             idle_timeout: secs(
-                self.idle_timeout_secs.or(file.idle_timeout_secs),
+                self.server.idle_timeout_secs.or(file.idle_timeout_secs),
                 60,
                 "TESSERA_IDLE_TIMEOUT_SECS",
                 3600,
             )?,
             header_read_timeout: secs(
-                self.header_read_timeout_secs.or(file.header_read_timeout_secs),
+                self.server.header_read_timeout_secs.or(file.header_read_timeout_secs),
                 30,
                 "TESSERA_HEADER_READ_TIMEOUT_SECS",
                 300,
             )?,
-            max_connections: match self.max_connections.or(file.max_connections) {
+            max_connections: match self.server.max_connections.or(file.max_connections) {
                 Some(0) => return Err(bad("TESSERA_MAX_CONNECTIONS", "must be at least 1")),
                 other => other,
             },
-            enrollment_rate_per_minute: match self.enrollment_rate_per_minute.or(file.enrollment_rate_per_minute) {
+            enrollment_rate_per_minute: match self.server.enrollment_rate_per_minute.or(file.enrollment_rate_per_minute)
+            {
                 None => 30,
                 Some(n) if (1..=100_000).contains(&n) => n,
                 Some(_) => return Err(bad("TESSERA_ENROLLMENT_RATE_PER_MINUTE", "must be between 1 and 100000")),
             },
         };
-        let audit_retention_days = self.audit_retention_days.or(file.audit_retention_days).unwrap_or(90);
+        let audit_retention_days = self.server.audit_retention_days.or(file.audit_retention_days).unwrap_or(90);
         if !(1..=3650).contains(&audit_retention_days) {
             return Err(bad("TESSERA_AUDIT_RETENTION_DAYS", "must be between 1 and 3650 days"));
         }
@@ -460,7 +497,7 @@ impl GatewayArgs {
             return Err(bad("TESSERA_FEDERATION_SUBJECT_OID", "must differ from the grant OID"));
         }
         let webhook_allowed_cidrs = crate::outbox::targets::parse_cidrs(
-            &self.webhook_allowed_cidrs.clone().or(file.webhook_allowed_cidrs).unwrap_or_default(),
+            &self.server.webhook_allowed_cidrs.clone().or(file.webhook_allowed_cidrs).unwrap_or_default(),
         )
         .map_err(|m| bad("TESSERA_WEBHOOK_ALLOWED_CIDRS", m))?;
 
@@ -475,6 +512,7 @@ impl GatewayArgs {
             tls_sans,
             tls_cert,
             public_url,
+            public_url_configured,
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
             connections,
             audit_retention_days,
@@ -487,6 +525,20 @@ impl GatewayArgs {
             webhook_allowed_cidrs,
         })
     }
+}
+
+/// The public URL when TESSERA_PUBLIC_URL is not set: `https://<host>:<port>` with the listen IP as
+/// host, or, for a wildcard listen address (`0.0.0.0`, `::`), the first TLS SAN (default
+/// `localhost`): a name the server certificate carries, so a peer's TLS check passes. The port is
+/// the one bound (`serve` passes the real address, so `:0` gives the port the kernel chose).
+pub fn default_public_url(listen: SocketAddr, tls_sans: &[String]) -> String {
+    let host = if listen.ip().is_unspecified() {
+        tls_sans.first().cloned().unwrap_or_else(|| "localhost".to_string())
+    } else {
+        listen.ip().to_string()
+    };
+    let host = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host };
+    format!("https://{host}:{}", listen.port())
 }
 
 impl Config {
@@ -523,6 +575,20 @@ mod tests {
     }
 
     #[test]
+    fn the_default_public_url_names_a_host_the_certificate_carries() {
+        let sans = vec!["gw.example".to_string(), "localhost".to_string()];
+        assert_eq!(default_public_url("0.0.0.0:9443".parse().unwrap(), &sans), "https://gw.example:9443");
+        assert_eq!(default_public_url("[::]:9443".parse().unwrap(), &[]), "https://localhost:9443");
+        assert_eq!(default_public_url("10.1.2.3:1".parse().unwrap(), &sans), "https://10.1.2.3:1");
+        assert_eq!(default_public_url("[::1]:8443".parse().unwrap(), &sans), "https://[::1]:8443");
+        let c = GatewayArgs { public_url: Some("https://b.example:443/".into()), ..args() }.resolve().unwrap();
+        assert!(c.public_url_configured);
+        assert_eq!(c.public_url, "https://b.example:443");
+        let e = GatewayArgs { public_url: Some("http://b.example".into()), ..args() }.resolve().unwrap_err();
+        assert_eq!(e.key, "TESSERA_PUBLIC_URL");
+    }
+
+    #[test]
     fn database_url_implies_standalone() {
         let c = GatewayArgs { database_url: Some("postgres://u:p@h/db".into()), ..args() }.resolve().unwrap();
         assert_eq!(c.tier, Tier::Standalone);
@@ -541,8 +607,8 @@ mod tests {
         assert_eq!(e.key, "VALKEY_URL");
         let e = GatewayArgs { database_url: Some("mysql://h/d".into()), ..args() }.resolve().unwrap_err();
         assert_eq!(e.key, "DATABASE_URL");
-        let e =
-            GatewayArgs { webhook_allowed_cidrs: Some(vec!["127.0.0.1/33".into()]), ..args() }.resolve().unwrap_err();
+        let server = ServerArgs { webhook_allowed_cidrs: Some(vec!["127.0.0.1/33".into()]), ..Default::default() };
+        let e = GatewayArgs { server, ..args() }.resolve().unwrap_err();
         assert_eq!(e.key, "TESSERA_WEBHOOK_ALLOWED_CIDRS");
         assert!(e.to_string().contains("127.0.0.1/33"), "{e}");
     }

@@ -454,7 +454,7 @@ async fn twenty_wrong_passwords_get_429_until_the_window_passes() {
             ("TESSERA_SIGNIN_WINDOW_SECS", "soon"),
         ],
     );
-    assert_eq!(code, 1, "{err}");
+    assert_eq!(code, 64, "{err}");
     assert!(err.contains("TESSERA_SIGNIN_WINDOW_SECS"), "{err}");
 
     tokio::time::sleep(Duration::from_secs(window) + Duration::from_millis(300)).await;
@@ -656,7 +656,7 @@ async fn a_nul_character_is_refused_by_name_before_the_database() {
     std::fs::write(&file, format!("{}\n{line}\n", json!({"kind": "team", "name": "Fine"}))).unwrap();
     let env = [("DATABASE_URL", db.url.as_str()), ("TESSERA_CONFIG_DIR", dir.path().to_str().unwrap())];
     let (code, _, err) = run_cli(&["import", file.to_str().unwrap()], &env);
-    assert_eq!(code, 1, "{err}");
+    assert_eq!(code, 64, "{err}");
     assert!(err.contains("line 2") && err.contains("name must not contain the NUL"), "{err}");
     let teams: i64 = sqlx::query_scalar("select count(*) from teams").fetch_one(&db.pool).await.unwrap();
     assert_eq!(teams, 0);
@@ -1059,6 +1059,78 @@ async fn the_stranded_operator_recovers_a_token_with_email_and_password() {
     let (code, _, err) = cli.run(&["token", "recover", "--email", "ada@example.org"], &pw);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains(&format!("Could not reach gateway at {gateway_url}")), "{err}");
+    assert!(err.contains("connection refused") && err.contains("tessera serve"), "cause and fix: {err}");
+}
+
+/// Exit codes of the one table (README): a gateway whose certificate another CA signed is a trust
+/// failure (2) that names the CA file; a wrong host name too; a closed port is unreachable (1)
+/// with "connection refused"; a server rejection carries the envelope's code (3); a usage error
+/// is 64, never clap's 2.
+#[tokio::test]
+async fn cli_errors_name_the_cause_and_follow_the_exit_code_table() {
+    let db = TestDb::new().await;
+    // The server certificate names only localhost, so 127.0.0.1 is a name it does not carry.
+    let gw = gateway_with(&db, vec![("TESSERA_TLS_SANS".into(), "localhost".into())]).await;
+    let (_, token) = common::seed_admin(&db.pool, "ada@example.org").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let other_ca = params.self_signed(&rcgen::KeyPair::generate().unwrap()).unwrap();
+    let wrong_ca = dir.path().join("wrong-ca.pem");
+    std::fs::write(&wrong_ca, other_ca.pem()).unwrap();
+    let right_ca = gw.data_dir.join("ca.pem");
+    let cfg = dir.path().join("cfg");
+    let run = |gateway: &str, ca: &std::path::Path, args: &[&str]| {
+        run_cli(
+            args,
+            &[
+                ("TESSERA_GATEWAY", gateway),
+                ("TESSERA_CA_FILE", ca.to_str().unwrap()),
+                ("TESSERA_TOKEN", token.as_str()),
+                ("TESSERA_CONFIG_DIR", cfg.to_str().unwrap()),
+            ],
+        )
+    };
+
+    let (code, _, err) = run(&gw.base, &right_ca, &["token", "list", "--json"]);
+    assert_eq!(code, 0, "{err}");
+
+    let (code, _, err) = run(&gw.base, &wrong_ca, &["token", "list"]);
+    assert_eq!(code, 2, "a CA that did not sign the gateway's certificate is a trust failure: {err}");
+    assert!(err.contains("not signed by the CA we trust"), "{err}");
+    assert!(err.contains("--ca-file") && err.contains("wrong-ca.pem"), "names the setting to fix: {err}");
+    assert!(!err.contains("client error (Connect)"), "{err}");
+
+    // The right CA, but a name the certificate does not carry.
+    let by_other_name = format!("https://127.0.0.1:{}", gw.port);
+    let (code, _, err) = run(&by_other_name, &right_ca, &["token", "list"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("does not name this host") && err.contains("TESSERA_TLS_SANS"), "{err}");
+
+    let closed = format!("https://127.0.0.1:{}", common::free_port());
+    let (code, _, err) = run(&closed, &right_ca, &["token", "list"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("connection refused"), "{err}");
+
+    let (code, _, err) = run(&gw.base, &right_ca, &["token", "revoke", &uuid::Uuid::now_v7().to_string()]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("HTTP 404 not_found"), "the envelope's code and message: {err}");
+
+    // Usage errors: clap's own, a bad flag value, and bad configuration.
+    let (code, _, err) = run_cli(&["token", "--no-such-flag"], &[]);
+    assert_eq!(code, 64, "{err}");
+    let (code, _, err) = run_cli(&["grant", "show", "not-a-uuid"], &[]);
+    assert_eq!(code, 64, "{err}");
+    let (code, _, err) = run_cli(&["token", "list"], &[("TESSERA_GATEWAY", "not a url")]);
+    assert_eq!(code, 64, "{err}");
+    let (code, _, err) = run_cli(&["queue", "list"], &[("TESSERA_TIER", "cloud")]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("TESSERA_TIER"), "{err}");
+    // --help and --version are not errors.
+    let (code, out, _) = run_cli(&["grant", "--help"], &[]);
+    assert_eq!(code, 0);
+    assert!(out.contains("token"), "{out}");
+    assert_eq!(run_cli(&["--version"], &[]).0, 0);
 }
 
 #[tokio::test]
@@ -1072,9 +1144,10 @@ async fn login_rotate_create_and_revoke_over_the_cli() {
     let ca = gw.data_dir.join("ca.pem");
     cli.vars.push(("TESSERA_GATEWAY".into(), gw.base.clone()));
 
-    // Without the CA the gateway's certificate is not trusted: the CLI cannot reach it.
+    // Without the CA the gateway's certificate is not trusted: a trust failure (2), not "unreachable".
     let (code, _, err) = cli.run(&["login", "--email", "ada@example.org"], &[("TESSERA_PASSWORD", PASSWORD)]);
-    assert_eq!(code, 1, "{err}");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("Cannot trust the gateway") && err.contains("--ca-file"), "{err}");
     cli.vars.push(("TESSERA_CA_FILE".into(), ca.to_str().unwrap().to_string()));
 
     // login without a password and no TTY prints the next command.
@@ -1186,7 +1259,7 @@ async fn headless_bootstrap_and_import_work_on_the_database() {
     let file = config_dir.path().join("bad.jsonl");
     std::fs::write(&file, bad.join("\n")).unwrap();
     let (code, _, err) = run_cli(&["import", file.to_str().unwrap()], &base);
-    assert_eq!(code, 1, "{err}");
+    assert_eq!(code, 64, "an invalid line is a usage error: {err}");
     assert!(err.contains("line 10") && err.contains("projectId"), "{err}");
     let users: i64 = sqlx::query_scalar("select count(*) from users").fetch_one(&db.pool).await.unwrap();
     assert_eq!(users, 1, "nothing of a failed import is kept");

@@ -421,6 +421,7 @@ fn variables_read(gateway_only: bool) -> BTreeSet<String> {
     if gateway_only {
         use clap::Args;
         walk(&tessera::config::GatewayArgs::augment_args(clap::Command::new("serve")), &mut names);
+        walk(&tessera::config::ServerArgs::augment_args(clap::Command::new("serve")), &mut names);
     } else {
         walk(&tessera::cli::Cli::command(), &mut names);
     }
@@ -581,7 +582,7 @@ async fn migrate_tier_copies_a_seeded_local_gateway_idempotently_into_an_externa
         &["storage", "migrate-tier", "--to", "postgres://u@127.0.0.1:1/x"],
         &[("TESSERA_DATA_DIR", dir.as_str())],
     );
-    assert_ne!(code, 0);
+    assert_eq!(code, 3, "refused while a gateway runs: {err}");
     assert!(err.contains("stop it first"), "{err}");
     drop(source);
 
@@ -590,7 +591,7 @@ async fn migrate_tier_copies_a_seeded_local_gateway_idempotently_into_an_externa
     let bad = format!("postgres://tessera:pg-s3cret@127.0.0.1:{closed}/tessera");
     let (code, out, err) =
         run_cli(&["storage", "migrate-tier", "--to", bad.as_str()], &[("TESSERA_DATA_DIR", dir.as_str())]);
-    assert_ne!(code, 0);
+    assert_eq!(code, 1, "unreachable");
     assert!(err.contains(&format!("127.0.0.1:{closed}")) && !err.contains("pg-s3cret") && !out.contains("pg-s3cret"));
 
     // Into an empty external database.
@@ -627,7 +628,7 @@ async fn migrate_tier_copies_a_seeded_local_gateway_idempotently_into_an_externa
 
     // A non-empty target is refused without the flag; with it, a re-run changes nothing.
     let (code, _, err) = migrate(&[]);
-    assert_ne!(code, 0);
+    assert_eq!(code, 3, "{err}");
     assert!(err.contains("not empty") && err.contains("--allow-non-empty"), "{err}");
     let (code, out, err) = migrate(&["--allow-non-empty"]);
     assert_eq!(code, 0, "{out}{err}");

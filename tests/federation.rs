@@ -1276,6 +1276,28 @@ async fn an_expired_client_certificate_fails_the_handshake() {
     let identity = format!("{}{}", key.serialize_pem(), cert.pem());
     let r = pair.mtls_client(identity.as_bytes()).get(pair.b.url("/api/federation/v1/capabilities")).send().await;
     assert!(r.is_err(), "expired certificate must not complete the handshake: {r:?}");
+
+    // The caller learns why, from the TLS alert deep in the error chain, and what to do. The
+    // peer client speaks HTTP/1.1 (over HTTP/2 hyper drops the connection's error and reports
+    // only "channel closed").
+    let peer_like = reqwest::Client::builder()
+        .tls_backend_rustls()
+        .tls_certs_only([reqwest::Certificate::from_pem(&pair.b.ca_pem).unwrap()])
+        .identity(reqwest::Identity::from_pem(identity.as_bytes()).unwrap())
+        .http1_only()
+        .build()
+        .unwrap();
+    let err = peer_like.get(pair.b.url("/api/federation/v1/capabilities")).send().await.unwrap_err();
+    let failure = tessera::connect_failure::ConnectFailure::classify(&err);
+    assert!(
+        matches!(failure, tessera::connect_failure::ConnectFailure::CertificateRefused { expired: true, .. }),
+        "{failure:?} from {err:?}"
+    );
+    let peer_error = tessera::federation::peer_client::transport_error("gateway-b", &err);
+    assert_eq!(peer_error.code(), "certificate_refused");
+    let message = peer_error.to_string();
+    assert!(message.contains("expired") && message.contains("tessera grant reenroll"), "{message}");
+    assert!(!message.contains("error sending request"), "{message}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1396,7 +1418,7 @@ async fn bench_list_runs_every_phase_over_mtls_and_refuses_a_database_with_data(
     // the federation tables is touched.
     seed_admin(&db.pool, "admin@example.test").await;
     let (code, stdout, stderr) = run_cli_blocking(&args, &[("DATABASE_URL", &db.url), ("TESSERA_DATA_DIR", dd)]).await;
-    assert_ne!(code, 0, "{stdout}");
+    assert_eq!(code, 3, "{stdout}");
     assert!(stderr.contains("already holds data"), "{stderr}");
     let peers: i64 = sqlx::query_scalar("select count(*) from federation_peers").fetch_one(&db.pool).await.unwrap();
     assert_eq!(peers, 1);
@@ -1406,7 +1428,7 @@ async fn bench_list_runs_every_phase_over_mtls_and_refuses_a_database_with_data(
     seed_admin(&other.pool, "admin@example.test").await;
     let (code, stdout, stderr) =
         run_cli_blocking(&args, &[("DATABASE_URL", &other.url), ("TESSERA_DATA_DIR", dd)]).await;
-    assert_ne!(code, 0, "{stdout}");
+    assert_eq!(code, 3, "{stdout}");
     assert!(stderr.contains("already holds data"), "{stderr}");
     let tasks: i64 = sqlx::query_scalar("select count(*) from tasks").fetch_one(&other.pool).await.unwrap();
     assert_eq!(tasks, 0);
@@ -2641,4 +2663,65 @@ async fn the_reader_sees_refusals_failed_renewals_and_expiry_with_their_cause() 
     // An expired certificate is not renewed (the peer's handshake would refuse it).
     let pass = tessera::federation::client::renew_due(&pair.a_db.pool, &sealing, Duration::ZERO).await;
     assert_eq!((pass.renewed, pass.failed), (0, 0));
+}
+
+/// `grant token` runs on the database beside the gateway, not in its environment: it prints the
+/// URL the running gateway recorded at start (the port it really bound), whatever this shell's
+/// TESSERA_LISTEN says, and the admin API returns the same URL. TESSERA_PUBLIC_URL wins over the
+/// derived one. With no gateway ever started on the database it falls back to its own
+/// configuration and says so.
+#[tokio::test]
+async fn grant_token_prints_the_url_the_running_gateway_serves() {
+    let pair = Pair::new(vec![]).await;
+    let grant = pair.grant(json!({"resources": ["tasks"]})).await;
+    let served = format!("https://127.0.0.1:{}/api/federation/enrollment/", pair.b.port);
+    let (_, api_url) = pair.enrollment_url(grant).await;
+    assert!(api_url.starts_with(&served), "{api_url}");
+    let b_dir = pair.b.data_dir.to_str().unwrap();
+    let grant_id = grant.to_string();
+    for listen in [None, Some("127.0.0.1:1"), Some("0.0.0.0:9443")] {
+        let mut env = vec![("DATABASE_URL", pair.b_db.url.as_str()), ("TESSERA_DATA_DIR", b_dir)];
+        env.extend(listen.map(|l| ("TESSERA_LISTEN", l)));
+        let (code, out, err) = run_cli(&["grant", "token", &grant_id, "--json"], &env);
+        assert_eq!(code, 0, "{err}");
+        let minted: Value = serde_json::from_str(&out).unwrap();
+        let url = minted["enrollmentUrl"].as_str().unwrap();
+        assert!(url.starts_with(&served), "listen {listen:?}: {url}");
+        assert!(err.trim().is_empty(), "no warning when a gateway recorded its URL: {err}");
+    }
+
+    // grant list/show print the peer and subject names beside their ids, in text and JSON.
+    let env = [("DATABASE_URL", pair.b_db.url.as_str()), ("TESSERA_DATA_DIR", b_dir)];
+    let (code, out, err) = run_cli(&["grant", "list", "--json"], &env);
+    assert_eq!(code, 0, "{err}");
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed[0]["id"], grant_id.as_str());
+    assert_eq!(listed[0]["peerName"], "gateway-a");
+    assert_eq!(listed[0]["subjectEmail"], "subject@b.test");
+    let (code, out, _) = run_cli(&["grant", "show", &grant_id], &env);
+    assert_eq!(code, 0);
+    assert!(out.contains("peer=gateway-a") && out.contains("subject=subject@b.test"), "{out}");
+
+    // A configured public URL is the one advertised, by the API and by the CLI.
+    let c_db = TestDb::new().await;
+    let c = Gateway::start(GatewayOptions {
+        database_url: Some(c_db.url.clone()),
+        env: vec![("TESSERA_PUBLIC_URL".into(), "https://gw.example:7443/".into())],
+        ..Default::default()
+    })
+    .await;
+    let recorded: String =
+        sqlx::query_scalar("select url from gateway_public_url").fetch_one(&c_db.pool).await.unwrap();
+    assert_eq!(recorded, "https://gw.example:7443");
+    drop(c);
+
+    // No gateway has ever started on this database: the shell's own setting, with a warning.
+    let fresh = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) = run_cli(
+        &["grant", "token", &Uuid::now_v7().to_string()],
+        &[("DATABASE_URL", fresh.url.as_str()), ("TESSERA_DATA_DIR", dir.path().to_str().unwrap())],
+    );
+    assert_eq!(code, 3, "an unknown grant is refused: {err}");
+    assert!(err.contains("no gateway has recorded its public URL"), "{err}");
 }

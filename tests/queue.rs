@@ -516,7 +516,7 @@ async fn drain_needs_yes_and_cancels_only_that_queues_pending_jobs() {
         .unwrap();
 
     let (code, _, err) = run_cli(&["queue", "drain", "t-a"], &cli_env(&db));
-    assert_eq!(code, 1);
+    assert_eq!(code, 64, "a missing confirmation is a usage error");
     assert!(err.contains("tessera queue drain t-a --yes"), "{err}");
     assert_eq!(
         count(&db.pool, "select count(*) from queue.jobs where queue = $1 and status = 'pending'", "t-a").await,
@@ -540,7 +540,7 @@ async fn drain_needs_yes_and_cancels_only_that_queues_pending_jobs() {
         ]
     );
     let (code, _, _) = run_cli(&["queue", "drain", "Bad:Name", "--yes"], &cli_env(&db));
-    assert_eq!(code, 3);
+    assert_eq!(code, 64, "a malformed name is a usage error");
 
     // `jobs tail` shows the queue's jobs, newest last, filtered by status.
     let (code, out, err) = run_cli(&["queue", "jobs", "tail", "t-a", "--status", "cancelled", "--json"], &cli_env(&db));

@@ -285,7 +285,7 @@ async fn demo_seed_loads_a_realistic_data_set_once() {
     assert_eq!(orphan_tasks, 0, "a mission task belongs to the mission's project");
 
     let (code, _, stderr) = run_cli(&["demo", "seed", "--tasks", "10"], &[("DATABASE_URL", &db.url)]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 3, "refused: {stderr}");
     assert!(stderr.contains("already holds the demo data set"), "{stderr}");
     let tasks: i64 = sqlx::query_scalar("select count(*) from tasks").fetch_one(&db.pool).await.unwrap();
     assert_eq!(tasks, 3000, "a refused second seed adds nothing");
@@ -294,15 +294,48 @@ async fn demo_seed_loads_a_realistic_data_set_once() {
 #[tokio::test]
 async fn bad_configuration_names_the_key() {
     let (code, _, stderr) = run_cli(&["serve"], &[("TESSERA_LISTEN", "not-an-address")]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 64, "bad configuration is a usage error");
     assert!(stderr.contains("TESSERA_LISTEN"), "{stderr}");
     let (code, _, stderr) = run_cli(&["serve"], &[("TESSERA_TIER", "cloud")]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 64);
     assert!(stderr.contains("TESSERA_TIER"), "{stderr}");
     let (code, _, stderr) =
         run_cli(&["serve"], &[("DATABASE_URL", "postgres://u:topsecret@127.0.0.1:1/x"), ("TESSERA_SEALING_KEY", "zz")]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 64, "the key is checked before the database is tried: {stderr}");
+    assert!(stderr.contains("TESSERA_SEALING_KEY"), "{stderr}");
     assert!(!stderr.contains("topsecret"), "{stderr}");
+}
+
+/// Start-up checks the settings, the sealing key and the listen socket before any service: a taken
+/// port or a malformed key stops `serve` with one line naming the setting, and no Postgres was
+/// ever started on the data dir.
+#[tokio::test]
+async fn a_taken_port_or_a_bad_sealing_key_stops_start_up_before_postgres() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let dir = tempfile::Builder::new().prefix("tsr").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let data_dir = dir.path().to_str().unwrap();
+    let pgdata = dir.path().join("pg");
+    let listen = format!("127.0.0.1:{port}");
+
+    let (code, out, err) = run_cli(&["serve"], &[("TESSERA_DATA_DIR", data_dir), ("TESSERA_LISTEN", &listen)]);
+    assert_ne!(code, 0, "{out}{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line: {err}");
+    assert!(lines[0].contains("TESSERA_LISTEN") && lines[0].contains(&listen), "{err}");
+    assert!(postmasters_for(&pgdata).is_empty(), "no Postgres for a gateway that cannot listen");
+    assert!(!pgdata.exists(), "not even initdb ran");
+
+    let (code, _, err) = run_cli(
+        &["serve"],
+        &[("TESSERA_DATA_DIR", data_dir), ("TESSERA_LISTEN", "127.0.0.1:0"), ("TESSERA_SEALING_KEY", "abc123")],
+    );
+    assert_eq!(code, 64, "a malformed setting is a usage error: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line: {err}");
+    assert!(lines[0].contains("TESSERA_SEALING_KEY") && !lines[0].contains("abc123"), "{err}");
+    assert!(postmasters_for(&pgdata).is_empty() && !pgdata.exists());
+    drop(held);
 }
 
 #[tokio::test]

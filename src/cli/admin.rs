@@ -13,8 +13,9 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::client::{Auth, CliError, CliState, ClientArgs, EXIT_AUTH, GatewayClient};
+use super::client::{Auth, CliError, CliState, ClientArgs, Exit, GatewayClient};
 use crate::admin::credentials::Secret;
+use crate::admin::data::import::ImportError;
 use crate::config::Config;
 use crate::services::Database;
 
@@ -30,6 +31,9 @@ pub enum AdminCommand {
         /// File holding the password (a trailing newline is ignored).
         #[arg(long)]
         password_file: Option<PathBuf>,
+        /// Print JSON (user id, email, token id and token) instead of the bare token.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -54,6 +58,7 @@ pub struct TokenArgs {
 pub enum TokenCommand {
     /// List your admin tokens (never their secrets).
     List {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -63,6 +68,7 @@ pub enum TokenCommand {
         label: String,
         #[arg(long)]
         expires_in_days: Option<u32>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -87,6 +93,9 @@ pub struct ImportArgs {
     /// A JSON Lines file, one `{"kind": "user" | "team" | "team_member" | "project" | "mission" |
     /// "task" | "mission_task" | "insight" | "preference", ...}` record a line.
     pub file: PathBuf,
+    /// Print the counts per kind as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 fn finish(result: Result<(), CliError>) -> ExitCode {
@@ -94,7 +103,7 @@ fn finish(result: Result<(), CliError>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{}", e.message);
-            ExitCode::from(e.code)
+            e.exit.into()
         }
     }
 }
@@ -112,7 +121,7 @@ fn sign_in_inputs(email: Option<String>, command: &str, gateway: &str) -> Result
         None if tty => prompt_line("Email: ")?,
         None => {
             return Err(CliError::new(
-                EXIT_AUTH,
+                Exit::Trust,
                 format!(
                     "No email given and no terminal to ask for one. Run:\n  \
                      TESSERA_PASSWORD=<password> tessera {command} --email <email> --gateway {gateway}"
@@ -124,10 +133,10 @@ fn sign_in_inputs(email: Option<String>, command: &str, gateway: &str) -> Result
         Some(p) => p,
         None if tty => rpassword::prompt_password(format!("Password for {email}: "))
             .map(Secret::from_plaintext)
-            .map_err(|e| CliError::new(1, format!("Cannot read the password: {e}")))?,
+            .map_err(|e| CliError::new(Exit::Usage, format!("Cannot read the password: {e}")))?,
         None => {
             return Err(CliError::new(
-                EXIT_AUTH,
+                Exit::Trust,
                 format!(
                     "No password in TESSERA_PASSWORD and no terminal to ask for one. Run:\n  \
                      TESSERA_PASSWORD=<password> tessera {command} --email {email} --gateway {gateway}"
@@ -143,7 +152,7 @@ fn prompt_line(prompt: &str) -> Result<String, CliError> {
     eprint!("{prompt}");
     let _ = std::io::stderr().flush();
     let mut line = String::new();
-    std::io::stdin().read_line(&mut line).map_err(|e| CliError::new(1, format!("Cannot read input: {e}")))?;
+    std::io::stdin().read_line(&mut line).map_err(|e| CliError::new(Exit::Usage, format!("Cannot read input: {e}")))?;
     Ok(line.trim().to_string())
 }
 
@@ -152,12 +161,12 @@ async fn sign_in(gw: &GatewayClient, email: &str, password: &Secret) -> Result<S
     let body = json!({ "email": email, "password": password.expose() });
     let reply = gw.send(Method::POST, "/api/auth/sign-in", &Auth::None, Some(&body)).await?;
     match reply.status {
-        s if s.is_success() => {
-            reply.session_cookie.ok_or_else(|| CliError::new(3, "The gateway signed in but set no session cookie"))
-        }
-        StatusCode::UNAUTHORIZED => Err(CliError::new(EXIT_AUTH, format!("Sign-in failed: {}", reply.message()))),
+        s if s.is_success() => reply
+            .session_cookie
+            .ok_or_else(|| CliError::new(Exit::Refused, "The gateway signed in but set no session cookie")),
+        StatusCode::UNAUTHORIZED => Err(CliError::new(Exit::Trust, format!("Sign-in failed: {}", reply.message()))),
         StatusCode::TOO_MANY_REQUESTS => Err(CliError::new(
-            EXIT_AUTH,
+            Exit::Trust,
             format!(
                 "Sign-in failed: too many failed sign-ins; retry in {} s",
                 reply.retry_after.as_deref().unwrap_or("a few")
@@ -210,7 +219,7 @@ pub async fn token(args: TokenArgs, config: &Config) -> ExitCode {
 
 fn no_credential(gw: &GatewayClient) -> CliError {
     CliError::new(
-        EXIT_AUTH,
+        Exit::Trust,
         format!(
             "No saved credential for {0}. Run:\n  TESSERA_PASSWORD=<password> tessera token recover --email <email> --gateway {0}",
             gw.base
@@ -262,7 +271,8 @@ async fn create(gw: &GatewayClient, label: String, expires_in_days: Option<u32>,
 
 /// Saves a freshly minted token as the CLI's token for this gateway.
 fn save_token(gw: &GatewayClient, state: &mut CliState, token: &Value) -> Result<PathBuf, CliError> {
-    let plaintext = token["plaintext"].as_str().ok_or_else(|| CliError::new(3, "The gateway returned no token"))?;
+    let plaintext =
+        token["plaintext"].as_str().ok_or_else(|| CliError::new(Exit::Refused, "The gateway returned no token"))?;
     state.gateway = Some(gw.base.clone());
     state.token = Some(Secret::from_plaintext(plaintext));
     state.token_id = token["id"].as_str().and_then(|s| s.parse().ok());
@@ -330,29 +340,35 @@ async fn recover(gw: &GatewayClient, email: Option<String>) -> Result<(), CliErr
 
 /// `tessera admin bootstrap`.
 pub async fn bootstrap(command: AdminCommand, config: &Config) -> ExitCode {
-    let AdminCommand::Bootstrap { email, name, password_file } = command;
+    let AdminCommand::Bootstrap { email, name, password_file, json } = command;
     finish(
         async {
             let password = match password_file {
                 Some(path) => std::fs::read_to_string(&path)
                     .map(|p| Secret::from_plaintext(p.trim_end_matches(['\r', '\n'])))
-                    .map_err(|e| CliError::new(1, format!("Cannot read {}: {e}", path.display())))?,
+                    .map_err(|e| CliError::new(Exit::Usage, format!("Cannot read {}: {e}", path.display())))?,
                 None => read_password_env().ok_or_else(|| {
                     CliError::new(
-                        EXIT_AUTH,
+                        Exit::Trust,
                         format!(
                             "No password given. Run:\n  TESSERA_PASSWORD=<password> tessera admin bootstrap --email {email} --name '{name}'"
                         ),
                     )
                 })?,
             };
-            let db = Database::open(config, 2).await.map_err(|e| CliError::new(1, format!("{e:#}")))?;
+            let db = Database::open(config, 2).await.map_err(|e| CliError::new(Exit::for_error(&e), format!("{e:#}")))?;
             let result = async {
-                crate::store::migrate(&db.pool).await.map_err(|e| CliError::new(1, format!("{e:#}")))?;
+                crate::store::migrate(&db.pool).await.map_err(|e| CliError::new(Exit::for_error(&e), format!("{e:#}")))?;
                 let req = crate::admin::bootstrap::SetupRequest { email, name, password };
                 crate::admin::bootstrap::setup(&db.pool, req).await.map_err(|e| {
-                    let code = if e.status() == 409 { 3 } else { 1 };
-                    CliError::new(code, format!("Bootstrap refused: {}", e.message()))
+                    // 409: already done (the database refused); 4xx: the input is invalid (a
+                    // short password, a bad email), a usage error; anything else could not run.
+                    let exit = match e.status().as_u16() {
+                        409 => Exit::Refused,
+                        400..=499 => Exit::Usage,
+                        _ => Exit::Unreachable,
+                    };
+                    CliError::new(exit, format!("Bootstrap refused: {}", e.message()))
                 })
             }
             .await;
@@ -362,7 +378,17 @@ pub async fn bootstrap(command: AdminCommand, config: &Config) -> ExitCode {
             state.token = Some(Secret::from_plaintext(created.token.plaintext.clone()));
             state.token_id = Some(created.token.id);
             let path = state.save()?;
-            println!("{}", created.token.plaintext);
+            if json {
+                let out = json!({
+                    "userId": created.user.id,
+                    "email": created.user.email,
+                    "tokenId": created.token.id,
+                    "token": created.token.plaintext,
+                });
+                println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+            } else {
+                println!("{}", created.token.plaintext);
+            }
             eprintln!(
                 "Created admin {} with token {} (printed above, shown once; also saved in {})",
                 created.user.email,
@@ -380,17 +406,29 @@ pub async fn import(args: ImportArgs, config: &Config) -> ExitCode {
     finish(
         async {
             let file = std::fs::File::open(&args.file)
-                .map_err(|e| CliError::new(1, format!("Cannot open {}: {e}", args.file.display())))?;
-            let db = Database::open(config, 2).await.map_err(|e| CliError::new(1, format!("{e:#}")))?;
+                .map_err(|e| CliError::new(Exit::Usage, format!("Cannot open {}: {e}", args.file.display())))?;
+            let db =
+                Database::open(config, 2).await.map_err(|e| CliError::new(Exit::for_error(&e), format!("{e:#}")))?;
             let result = async {
-                crate::store::migrate(&db.pool).await.map_err(|e| CliError::new(1, format!("{e:#}")))?;
-                crate::admin::data::import::import(&db.pool, std::io::BufReader::new(file))
+                crate::store::migrate(&db.pool)
                     .await
-                    .map_err(|e| CliError::new(1, format!("Import failed, nothing was imported: {e}")))
+                    .map_err(|e| CliError::new(Exit::for_error(&e), format!("{e:#}")))?;
+                crate::admin::data::import::import(&db.pool, std::io::BufReader::new(file)).await.map_err(|e| {
+                    // A line that does not validate is the input's fault (64); a database that
+                    // fails is not (1).
+                    let exit = match e {
+                        ImportError::Database(_) => Exit::Unreachable,
+                        ImportError::Line { .. } | ImportError::Read(_) => Exit::Usage,
+                    };
+                    CliError::new(exit, format!("Import failed, nothing was imported: {e}"))
+                })
             }
             .await;
             db.close().await;
             let counts = result?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&counts).unwrap_or_default());
+            }
             let total: usize = counts.values().sum();
             let parts: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
             eprintln!("Imported {total} records: {}", parts.join(", "));

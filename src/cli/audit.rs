@@ -13,6 +13,7 @@ use reqwest::Method;
 use uuid::Uuid;
 
 use super::client::{Auth, CliError, CliState, ClientArgs, GatewayClient};
+use super::exit::Exit;
 use crate::config::Config;
 use crate::federation::audit_routes::{AuditPage, AuditRow};
 
@@ -148,7 +149,7 @@ pub async fn run(args: AuditArgs, config: &Config) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{}", e.message);
-            ExitCode::from(e.code)
+            ExitCode::from(e.exit)
         }
     }
 }
@@ -190,17 +191,18 @@ impl Reader<'_> {
             query.append_pair("cursor", c);
         }
         let body = self.gw.call(Method::GET, &format!("/api/admin/audit?{}", query.finish()), self.auth, None).await?;
-        serde_json::from_value(body).map_err(|e| CliError::new(3, format!("unexpected answer from the gateway: {e}")))
+        serde_json::from_value(body)
+            .map_err(|e| CliError::new(Exit::Refused, format!("unexpected answer from the gateway: {e}")))
     }
 }
 
 fn io_error(e: &std::io::Error) -> CliError {
-    CliError::new(1, format!("cannot write the output: {e}"))
+    CliError::new(Exit::Unreachable, format!("cannot write the output: {e}"))
 }
 
 fn print_row(row: &AuditRow, json: bool) -> Result<(), CliError> {
     let line = if json {
-        serde_json::to_string(row).map_err(|e| CliError::new(1, e.to_string()))?
+        serde_json::to_string(row).map_err(|e| CliError::new(Exit::Unreachable, e.to_string()))?
     } else {
         let id = |v: Option<Uuid>| v.map_or_else(|| "-".to_string(), |u| u.to_string());
         format!(
@@ -270,7 +272,9 @@ async fn export(
         let page = reader.page(filters, Some(from), Some(to), 1000, cursor.as_deref()).await?;
         for row in &page.items {
             let line = match format {
-                ExportFormat::Jsonl => serde_json::to_string(row).map_err(|e| CliError::new(1, e.to_string()))?,
+                ExportFormat::Jsonl => {
+                    serde_json::to_string(row).map_err(|e| CliError::new(Exit::Unreachable, e.to_string()))?
+                }
                 ExportFormat::Csv => csv_line(row),
             };
             writeln!(out, "{line}").map_err(|e| io_error(&e))?;

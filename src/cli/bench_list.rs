@@ -469,9 +469,12 @@ async fn seed(pool: &sqlx::PgPool, tasks: u32) -> anyhow::Result<Uuid> {
         .fetch_one(pool)
         .await?;
     if foreign {
-        bail!(
-            "this database already holds data; run the bench on its own data dir (tessera --data-dir .tessera-bench bench list)"
-        );
+        return Err(crate::outcome::Refused(
+            "this database already holds data; run the bench on its own data dir \
+             (tessera --data-dir .tessera-bench bench list)"
+                .into(),
+        )
+        .into());
     }
     if let Some(subject) = sqlx::query_scalar::<_, Uuid>("select id from users where email = $1")
         .bind(SUBJECT_EMAIL)

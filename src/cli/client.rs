@@ -1,9 +1,10 @@
 //! What the admin-tooling commands share: how to reach the gateway (URL, CA, credential), the
 //! CLI's state file, and the mapping of outcomes to exit codes.
 //!
-//! Exit codes: 0 ok; 1 the gateway could not be reached ("Could not reach gateway at <url>");
-//! 2 authentication (sign-in failed, expired or revoked credential, "User is not an admin");
-//! 3 the server rejected the request (status and a short excerpt of the body).
+//! Exit codes follow [`super::exit`]: 1 the gateway could not be reached (with the cause: refused,
+//! timeout, DNS); 2 authentication or trust (sign-in failed, expired or revoked credential, "User
+//! is not an admin", the gateway's certificate not signed by the CA we trust, a name mismatch);
+//! 3 the server rejected the request (status, error code and message of the envelope).
 //!
 //! State lives in `TESSERA_CONFIG_DIR` (default `$XDG_CONFIG_HOME/tessera` or
 //! `~/.config/tessera`), in `credentials.json`, mode 0600, replaced atomically (temp file +
@@ -24,9 +25,8 @@ use crate::admin::credentials::Secret;
 use crate::admin::guard::SESSION_COOKIE;
 use crate::config::Config;
 
-pub const EXIT_UNREACHABLE: u8 = 1;
-pub const EXIT_AUTH: u8 = 2;
-pub const EXIT_REJECTED: u8 = 3;
+pub use super::exit::Exit;
+use crate::connect_failure::ConnectFailure;
 
 /// Where the gateway is and how to trust it.
 #[derive(Debug, Clone, Default, Args)]
@@ -42,13 +42,13 @@ pub struct ClientArgs {
 /// A failure with its exit code; the message is printed to stderr.
 #[derive(Debug)]
 pub struct CliError {
-    pub code: u8,
+    pub exit: Exit,
     pub message: String,
 }
 
 impl CliError {
-    pub fn new(code: u8, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+    pub fn new(exit: Exit, message: impl Into<String>) -> Self {
+        Self { exit, message: message.into() }
     }
 }
 
@@ -111,7 +111,9 @@ impl CliState {
             drop(f);
             std::fs::rename(&tmp, &path)
         };
-        write().map_err(|e| CliError::new(1, format!("Cannot save CLI state to {}: {e}", path.display())))?;
+        write().map_err(|e| {
+            CliError::new(Exit::Unreachable, format!("Cannot save CLI state to {}: {e}", path.display()))
+        })?;
         Ok(path)
     }
 }
@@ -149,6 +151,14 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// `HTTP <status> <code>: <message>` from the error envelope, or the body's excerpt.
+    pub fn describe(&self) -> String {
+        match self.body["error"]["code"].as_str() {
+            Some(code) => format!("HTTP {} {code}: {}", self.status.as_u16(), self.message()),
+            None => format!("HTTP {}: {}", self.status.as_u16(), self.excerpt),
+        }
+    }
+
     /// The server's error message, if the body is the error envelope.
     pub fn message(&self) -> String {
         self.body["error"]["message"].as_str().map_or_else(|| self.excerpt.clone(), str::to_string)
@@ -159,21 +169,28 @@ impl Reply {
 pub struct GatewayClient {
     pub base: String,
     http: reqwest::Client,
+    /// Which CA the client trusts, for the advice in a trust failure.
+    ca_hint: String,
 }
 
 impl GatewayClient {
     /// Resolves the URL and the CA to trust.
     ///
     /// # Errors
-    /// A malformed URL or an unreadable CA file (exit 1).
+    /// A malformed URL or an unreadable CA file (exit 64).
     pub fn new(args: &ClientArgs, config: &Config) -> Result<Self, CliError> {
         let base = args.gateway.clone().unwrap_or_else(|| config.public_url.clone()).trim_end_matches('/').to_string();
         let url = reqwest::Url::parse(&base)
-            .map_err(|_| CliError::new(1, format!("--gateway / TESSERA_GATEWAY: '{base}' is not a URL")))?;
+            .map_err(|_| CliError::new(Exit::Usage, format!("--gateway / TESSERA_GATEWAY: '{base}' is not a URL")))?;
         let ca_path = match &args.ca_file {
             Some(p) => Some(p.clone()),
             None if is_local(&url, config) && config.ca_cert_path().exists() => Some(config.ca_cert_path()),
             None => None,
+        };
+        let ca_hint = match (&args.ca_file, &ca_path) {
+            (Some(p), _) => format!("--ca-file / TESSERA_CA_FILE ({})", p.display()),
+            (None, Some(p)) => format!("the local gateway's CA file {} (or pass --ca-file)", p.display()),
+            (None, None) => "the system trust store (pass --ca-file with the gateway's CA)".to_string(),
         };
         let mut builder = reqwest::Client::builder()
             .tls_backend_rustls()
@@ -182,13 +199,15 @@ impl GatewayClient {
             .user_agent(concat!("tessera-cli/", env!("CARGO_PKG_VERSION")));
         if let Some(path) = ca_path {
             let pem = std::fs::read(&path)
-                .map_err(|e| CliError::new(1, format!("Cannot read the CA file {}: {e}", path.display())))?;
+                .map_err(|e| CliError::new(Exit::Usage, format!("Cannot read the CA file {}: {e}", path.display())))?;
             let ca = reqwest::Certificate::from_pem(&pem)
-                .map_err(|_| CliError::new(1, format!("{} is not a PEM certificate", path.display())))?;
+                .map_err(|_| CliError::new(Exit::Usage, format!("{} is not a PEM certificate", path.display())))?;
             builder = builder.tls_certs_only([ca]);
         }
-        let http = builder.build().map_err(|e| CliError::new(1, format!("Cannot build the HTTPS client: {e}")))?;
-        Ok(Self { base, http })
+        let http = builder
+            .build()
+            .map_err(|e| CliError::new(Exit::Unreachable, format!("Cannot build the HTTPS client: {e}")))?;
+        Ok(Self { base, http, ca_hint })
     }
 
     /// Sends one request. Only a transport failure is an error here (exit 1); statuses are the
@@ -211,10 +230,7 @@ impl GatewayClient {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req.send().await.map_err(|e| {
-            let cause = std::error::Error::source(&e).map(ToString::to_string).unwrap_or_else(|| e.to_string());
-            CliError::new(EXIT_UNREACHABLE, format!("Could not reach gateway at {}\n  ({cause})", self.base))
-        })?;
+        let resp = req.send().await.map_err(|e| self.transport_error(&e))?;
         let status = resp.status();
         let retry_after =
             resp.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_string);
@@ -230,6 +246,38 @@ impl GatewayClient {
         let excerpt: String = text.chars().take(200).collect();
         let body = serde_json::from_str(&text).unwrap_or(Value::Null);
         Ok(Reply { status, body, excerpt, retry_after, session_cookie })
+    }
+
+    /// The exit code and message for a call that got no HTTP answer: the cause and what to do.
+    fn transport_error(&self, e: &reqwest::Error) -> CliError {
+        let failure = ConnectFailure::classify(e);
+        let base = &self.base;
+        let advice = match &failure {
+            ConnectFailure::UntrustedServer(_) => format!(
+                "The CLI trusts {}. Check that it is the CA of the gateway at {base} \
+                 (the gateway mirrors it to <data dir>/ca.pem; GET /api/federation/ca serves it).",
+                self.ca_hint
+            ),
+            ConnectFailure::NameMismatch(_) => "Use the host name the gateway's certificate was issued for in \
+                --gateway, or add this name to the gateway's TESSERA_TLS_SANS and restart it."
+                .into(),
+            ConnectFailure::ServerCertificateExpired(_) => {
+                "Check the clocks of both machines; restart the gateway to issue a fresh server certificate.".into()
+            }
+            ConnectFailure::CertificateRefused { .. } => {
+                "The gateway does not accept the client certificate this CLI presented.".into()
+            }
+            ConnectFailure::ConnectionRefused => format!(
+                "Is the gateway running (tessera serve) and listening on that port? Check --gateway / \
+                 TESSERA_GATEWAY ({base})."
+            ),
+            ConnectFailure::Timeout => "Check the address, the network path and firewalls.".into(),
+            ConnectFailure::Dns(_) => "Check the host name in --gateway / TESSERA_GATEWAY.".into(),
+            ConnectFailure::Other(_) => "Check --gateway / TESSERA_GATEWAY and that the gateway is running.".into(),
+        };
+        let exit = if failure.is_trust() { Exit::Trust } else { Exit::Unreachable };
+        let what = if failure.is_trust() { "Cannot trust the gateway at" } else { "Could not reach gateway at" };
+        CliError::new(exit, format!("{what} {base}: {failure}.\n  {advice}"))
     }
 
     /// Sends and requires a 2xx; otherwise maps the status to an exit code and message.
@@ -248,7 +296,7 @@ impl GatewayClient {
     pub fn rejection(&self, reply: &Reply) -> CliError {
         match reply.status {
             StatusCode::UNAUTHORIZED => CliError::new(
-                EXIT_AUTH,
+                Exit::Trust,
                 format!(
                     "Authentication failed: {} (the session or token is missing, expired or revoked).\n\
                      Get a new token with: tessera token recover --email <email> --gateway {}",
@@ -256,11 +304,8 @@ impl GatewayClient {
                     self.base
                 ),
             ),
-            StatusCode::FORBIDDEN => CliError::new(EXIT_AUTH, reply.message()),
-            status => CliError::new(
-                EXIT_REJECTED,
-                format!("The gateway rejected the request: HTTP {}: {}", status.as_u16(), reply.excerpt),
-            ),
+            StatusCode::FORBIDDEN => CliError::new(Exit::Trust, reply.message()),
+            _ => CliError::new(Exit::Refused, format!("The gateway rejected the request: {}", reply.describe())),
         }
     }
 }

@@ -7,10 +7,10 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::Subcommand;
 use uuid::Uuid;
 
+use super::exit::{Exit, UsageError};
 use crate::config::Config;
 use crate::federation::{client, enrollment, grants, peers};
 use crate::http::error::ApiError;
@@ -25,18 +25,21 @@ pub enum PeerCommand {
         /// Where the peer is reached, if this gateway also calls it.
         #[arg(long)]
         endpoint: Option<String>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// List peers with state, CA fingerprint and certificate expiry; for peers we call, where we
     /// stand (ok, expiring, expired, refusing...), our certificate serial, renewals and last calls.
     List {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Show one peer (by name or id), with our certificate, renewals, last success and last error.
     Show {
         peer: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -47,6 +50,7 @@ pub enum PeerCommand {
         /// Local name for the peer [default: the URL's host].
         #[arg(long)]
         name: Option<String>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -71,6 +75,7 @@ pub enum GrantCommand {
         /// Federation requests per minute for this grant, overriding TESSERA_FEDERATION_RATE_PER_MINUTE.
         #[arg(long, value_parser = clap::value_parser!(i32).range(1..=1_000_000))]
         rate_per_minute: Option<i32>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -80,12 +85,14 @@ pub enum GrantCommand {
         peer: Option<String>,
         #[arg(long)]
         status: Option<String>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Show one grant.
     Show {
         id: Uuid,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -94,6 +101,9 @@ pub enum GrantCommand {
         id: Uuid,
         #[arg(long)]
         reason: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Mint a single-use enrollment token (and URL) for a pending grant.
     Token {
@@ -101,6 +111,7 @@ pub enum GrantCommand {
         /// Token lifetime in seconds (at most 900).
         #[arg(long)]
         ttl: Option<i64>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -124,6 +135,22 @@ pub enum GrantCommand {
     },
 }
 
+/// The URL the running gateway serves (it records it at start), not one guessed from this
+/// shell's TESSERA_LISTEN; this shell's configuration only when no gateway has run yet.
+async fn advertised_url(pool: &sqlx::PgPool, config: &Config) -> anyhow::Result<String> {
+    Ok(match crate::store::advertised_url::current(pool).await? {
+        Some(url) => url,
+        None => {
+            tracing::warn!(
+                url = %config.public_url,
+                "no gateway has recorded its public URL on this database yet (start `tessera serve`); \
+                 using this shell's configuration"
+            );
+            config.public_url.clone()
+        }
+    })
+}
+
 fn print<T: serde::Serialize>(json: bool, value: &T, text: impl FnOnce(&T) -> String) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(value)?);
@@ -136,7 +163,7 @@ fn print<T: serde::Serialize>(json: bool, value: &T, text: impl FnOnce(&T) -> St
 /// Maps a rejection to exit code 3 with its message; other errors propagate (exit 1).
 fn rejected(e: ApiError) -> anyhow::Result<ExitCode> {
     eprintln!("rejected ({}): {}", e.status().as_u16(), e.message());
-    Ok(ExitCode::from(3))
+    Ok(Exit::Refused.into())
 }
 
 async fn resolve_peer(pool: &sqlx::PgPool, peer: &str) -> anyhow::Result<Option<peers::Peer>> {
@@ -230,11 +257,59 @@ fn peer_detail(p: &peers::Peer) -> String {
     lines.join("\n")
 }
 
-fn grant_line(g: &grants::Grant) -> String {
+/// A grant as the CLI shows it: the stored grant plus the names behind its ids, so an operator
+/// reads `peer=acme subject=ada@example.org` rather than two UUIDs.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GrantView {
+    #[serde(flatten)]
+    grant: grants::Grant,
+    peer_name: Option<String>,
+    subject_email: Option<String>,
+    subject_name: Option<String>,
+}
+
+/// Looks up the peer and subject names of `all` in two queries.
+async fn named(pool: &sqlx::PgPool, all: Vec<grants::Grant>) -> anyhow::Result<Vec<GrantView>> {
+    let peer_ids: Vec<Uuid> = all.iter().map(|g| g.peer_id).collect();
+    let user_ids: Vec<Uuid> = all.iter().filter_map(|g| g.subject_user_id).collect();
+    let peers: std::collections::HashMap<Uuid, String> =
+        sqlx::query_as("select id, name from federation_peers where id = any($1)")
+            .bind(&peer_ids)
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .collect();
+    let users: std::collections::HashMap<Uuid, (String, String)> =
+        sqlx::query_as::<_, (Uuid, String, String)>("select id, email, name from users where id = any($1)")
+            .bind(&user_ids)
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .map(|(id, email, name)| (id, (email, name)))
+            .collect();
+    Ok(all
+        .into_iter()
+        .map(|grant| {
+            let user = grant.subject_user_id.and_then(|u| users.get(&u));
+            GrantView {
+                peer_name: peers.get(&grant.peer_id).cloned(),
+                subject_email: user.map(|u| u.0.clone()),
+                subject_name: user.map(|u| u.1.clone()),
+                grant,
+            }
+        })
+        .collect())
+}
+
+fn grant_line(v: &GrantView) -> String {
+    let g = &v.grant;
     format!(
-        "{}  peer={} subject={} status={} scope={}",
+        "{}  peer={} ({}) subject={} ({}) status={} scope={}",
         g.id,
+        v.peer_name.as_deref().unwrap_or("-"),
         g.peer_id,
+        v.subject_email.as_deref().unwrap_or("-"),
         g.subject_user_id.map_or_else(|| "-".to_string(), |u| u.to_string()),
         g.status,
         g.scope
@@ -321,15 +396,17 @@ async fn grant_inner(config: &Config, pool: &sqlx::PgPool, cmd: GrantCommand) ->
             let Some(subject_user_id) = user_id else {
                 return rejected(ApiError::not_found(format!("no user '{user}'")));
             };
-            let text = std::fs::read_to_string(&scope).with_context(|| format!("cannot read {}", scope.display()))?;
-            let scope: serde_json::Value =
-                serde_json::from_str(&text).with_context(|| format!("{} is not JSON", scope.display()))?;
+            let text = std::fs::read_to_string(&scope)
+                .map_err(|e| UsageError(format!("--scope: cannot read {}: {e}", scope.display())))?;
+            let scope: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| UsageError(format!("--scope: {} is not JSON: {e}", scope.display())))?;
             let body = grants::CreateGrant { peer_id: peer.id, subject_user_id, scope, expires_at, rate_per_minute };
             let mut tx = pool.begin().await?;
             match grants::create(&mut tx, &body).await {
                 Ok(g) => {
                     tx.commit().await?;
-                    print(json, &g, grant_line)?;
+                    let view = named(pool, vec![g]).await?;
+                    print(json, &view[0], grant_line)?;
                 }
                 Err(e) => return rejected(e),
             }
@@ -342,19 +419,19 @@ async fn grant_inner(config: &Config, pool: &sqlx::PgPool, cmd: GrantCommand) ->
                 },
                 None => None,
             };
-            let all = grants::list(pool, &grants::GrantFilter { peer_id, status }).await?;
+            let all = named(pool, grants::list(pool, &grants::GrantFilter { peer_id, status }).await?).await?;
             print(json, &all, |all| all.iter().map(grant_line).collect::<Vec<_>>().join("\n"))?;
         }
         GrantCommand::Show { id, json } => match grants::find(pool, id).await? {
-            Some(g) => print(json, &g, grant_line)?,
+            Some(g) => print(json, &named(pool, vec![g]).await?[0], grant_line)?,
             None => return rejected(ApiError::not_found("no such grant")),
         },
-        GrantCommand::Revoke { id, reason } => {
+        GrantCommand::Revoke { id, reason, json } => {
             let mut tx = pool.begin().await?;
             match grants::revoke(&mut tx, id, &reason).await {
                 Ok(g) => {
                     tx.commit().await?;
-                    println!("{}", grant_line(&g));
+                    print(json, &named(pool, vec![g]).await?[0], grant_line)?;
                 }
                 Err(e) => return rejected(e),
             }
@@ -362,7 +439,8 @@ async fn grant_inner(config: &Config, pool: &sqlx::PgPool, cmd: GrantCommand) ->
         GrantCommand::Token { id, ttl, json } => {
             let sealing = SealingKey::load(config.sealing_key.as_ref(), &config.data_dir)?;
             let ca = crate::federation::ca::GatewayCa::load_or_create(pool, &sealing).await?;
-            match enrollment::mint(pool, &config.public_url, &ca, id, ttl).await {
+            let public_url = advertised_url(pool, config).await?;
+            match enrollment::mint(pool, &public_url, &ca, id, ttl).await {
                 Ok(t) => print(json, &t, |t| t.enrollment_url.clone())?,
                 Err(e) => return rejected(e),
             }
@@ -400,7 +478,8 @@ async fn grant_inner(config: &Config, pool: &sqlx::PgPool, cmd: GrantCommand) ->
         GrantCommand::Reenroll { id, ttl, json } => {
             let sealing = SealingKey::load(config.sealing_key.as_ref(), &config.data_dir)?;
             let ca = crate::federation::ca::GatewayCa::load_or_create(pool, &sealing).await?;
-            match enrollment::mint_reenrollment(pool, &config.public_url, &ca, id, ttl).await {
+            let public_url = advertised_url(pool, config).await?;
+            match enrollment::mint_reenrollment(pool, &public_url, &ca, id, ttl).await {
                 Ok(t) => print(json, &t, |t| t.enrollment_url.clone())?,
                 Err(e) => return rejected(e),
             }
@@ -425,6 +504,7 @@ pub enum FederationCommand {
         /// Follow nextCursor to the last page.
         #[arg(long)]
         all_pages: bool,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -434,6 +514,7 @@ pub enum FederationCommand {
         peer: String,
         resource: String,
         id: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -441,6 +522,7 @@ pub enum FederationCommand {
     Capabilities {
         #[arg(long)]
         peer: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -451,15 +533,24 @@ pub enum FederationCommand {
         source: String,
         #[arg(long)]
         limit: Option<u32>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
 }
 
-/// Exit 1 when the peer cannot be reached (like an unreachable gateway), 3 when it refused.
+/// Exit 1 when the peer cannot be reached (like an unreachable gateway), 2 when trust failed
+/// either way (its certificate, or ours refused), 3 when it refused the request.
 fn peer_failed(e: &crate::federation::peer_client::PeerError) -> ExitCode {
+    use crate::federation::peer_client::PeerError;
     eprintln!("{} ({})", e, e.code());
-    if e.code() == "network" { ExitCode::FAILURE } else { ExitCode::from(3) }
+    match e {
+        PeerError::Network(..) => Exit::Unreachable,
+        PeerError::Untrusted(..) | PeerError::CertificateRefused(..) => Exit::Trust,
+        PeerError::Http(_, 401 | 403, _) => Exit::Trust,
+        _ => Exit::Refused,
+    }
+    .into()
 }
 
 fn item_line(v: &serde_json::Value) -> String {

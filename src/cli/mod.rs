@@ -1,7 +1,9 @@
 //! The `tessera` command line (clap). `main.rs` only calls [`main`].
 //!
-//! Exit codes: 0 ok; 1 failure (for `doctor`: a red check). Logs go to stderr so that commands
-//! printing data (`openapi`, `doctor --json`) keep stdout clean.
+//! Exit codes follow one table, [`exit`]: 0 ok, 1 unreachable, 2 authentication or trust, 3 refused
+//! by the server, 64 usage (for `doctor`: 1 a red check). Logs go to stderr so that commands
+//! printing data (`openapi`, `doctor --json`) keep stdout clean; commands other than `serve` log
+//! only warnings and errors unless `-v` is given (`TESSERA_LOG` overrides both).
 
 mod admin;
 mod audit;
@@ -11,6 +13,7 @@ mod bench_list;
 mod bench_queue;
 mod client;
 mod doctor;
+pub mod exit;
 mod federation;
 mod queue;
 mod storage;
@@ -18,9 +21,10 @@ mod storage;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use exit::Exit;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{Config, GatewayArgs, LogFormat};
+use crate::config::{Config, GatewayArgs, LogFormat, ServerArgs};
 use crate::services::Database;
 
 /// tessera: a federated HTTP gateway. Peers read a scoped slice of this gateway's data over mutual TLS.
@@ -30,6 +34,11 @@ pub struct Cli {
     #[command(flatten)]
     pub gateway: GatewayArgs,
 
+    /// Log informational messages too (commands other than `serve` log only warnings and errors);
+    /// TESSERA_LOG overrides.
+    #[arg(short, long, global = true, help_heading = "Gateway options (every command)")]
+    pub verbose: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -37,7 +46,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway: start services, apply migrations, serve HTTPS until SIGINT/SIGTERM.
-    Serve,
+    Serve(ServerArgs),
     /// Apply pending database migrations and exit.
     Migrate,
     /// Check tier, services, pgvector, data dir and CA; exit 1 when any check is red.
@@ -71,7 +80,7 @@ pub enum Command {
     Admin(admin::AdminCommand),
     /// Sign in to a gateway and save the session for later commands.
     Login(admin::LoginArgs),
-    /// Admin tokens: list, create, revoke, rotate, recover (exit 0 ok, 1 unreachable, 2 auth, 3 rejected).
+    /// Admin tokens: list, create, revoke, rotate, recover.
     Token(admin::TokenArgs),
     /// The federation audit log over the admin API: list, tail [--follow], export (jsonl or csv).
     Audit(audit::AuditArgs),
@@ -116,19 +125,43 @@ pub enum DbCommand {
 /// Parses the command line and runs the command.
 pub fn main() -> ExitCode {
     crate::tls::install_crypto_provider();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap exits 2 on a usage error, which our table reserves for authentication.
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => Exit::Ok,
+                _ => Exit::Usage,
+            }
+            .into();
+        }
+    };
     if let Command::Openapi = cli.command {
         print!("{}", crate::http::openapi_document_json());
         return ExitCode::SUCCESS;
     }
-    let config = match cli.gateway.resolve() {
+    // The server's settings are flags of `serve` only; other commands read them from the
+    // environment (and the TOML file), as the server would.
+    let mut gateway = cli.gateway;
+    gateway.server = match &cli.command {
+        Command::Serve(server) => server.clone(),
+        _ => match ServerArgs::from_env() {
+            Ok(server) => server,
+            Err(e) => {
+                eprintln!("error: invalid configuration: {}", env_error(&e));
+                return Exit::Usage.into();
+            }
+        },
+    };
+    let config = match gateway.resolve() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
-            return ExitCode::FAILURE;
+            return Exit::Usage.into();
         }
     };
-    init_tracing(config.log_format);
+    init_tracing(config.log_format, default_log_filter(&cli.command, cli.verbose));
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -139,15 +172,15 @@ pub fn main() -> ExitCode {
     match runtime.block_on(run(cli.command, config)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            eprintln!("error: {}", describe(&e));
+            Exit::for_error(&e).into()
         }
     }
 }
 
 async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Serve => crate::app::serve(config).await.map(|()| ExitCode::SUCCESS),
+        Command::Serve(_) => crate::app::serve(config).await.map(|()| ExitCode::SUCCESS),
         Command::Migrate => {
             let db = Database::open(&config, 2).await?;
             let result = crate::store::migrate(&db.pool).await;
@@ -197,8 +230,61 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("TESSERA_LOG").unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+/// The error's context chain, with a failed HTTPS call told by its cause (trust, refused,
+/// timeout, DNS...) instead of reqwest's "error sending request for url (...)".
+fn describe(e: &anyhow::Error) -> String {
+    let mut parts = Vec::new();
+    for cause in e.chain() {
+        if cause.downcast_ref::<reqwest::Error>().is_some() {
+            let failure = crate::connect_failure::ConnectFailure::classify(cause);
+            parts.push(failure.cause());
+            if matches!(failure, crate::connect_failure::ConnectFailure::UntrustedServer(_)) {
+                parts
+                    .push("check --ca-file, or that the enrollment URL's #sha256 pin is the CA of that gateway".into());
+            }
+            return parts.join(": ");
+        }
+        parts.push(cause.to_string());
+    }
+    format!("{e:#}")
+}
+
+/// A clap error about a server setting read from the environment, told by its variable name
+/// (clap names the flag, which this command does not have).
+fn env_error(e: &clap::Error) -> String {
+    use clap::Args as _;
+    use clap::error::{ContextKind, ContextValue};
+    let flag = match e.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(s)) => s.split_whitespace().next().unwrap_or_default().to_string(),
+        _ => String::new(),
+    };
+    let value = match e.get(ContextKind::InvalidValue) {
+        Some(ContextValue::String(v)) => v.clone(),
+        _ => String::new(),
+    };
+    let command = ServerArgs::augment_args(clap::Command::new("tessera"));
+    let var = command
+        .get_arguments()
+        .find(|a| a.get_long().is_some_and(|l| flag == format!("--{l}")))
+        .and_then(|a| a.get_env())
+        .map(|v| v.to_string_lossy().into_owned());
+    match var {
+        Some(var) => format!("{var}: '{value}' is not a valid value"),
+        None => e.to_string().trim().to_string(),
+    }
+}
+
+/// The server logs what it does; other commands print their result and log only warnings and
+/// errors, unless `-v` asks for more. `TESSERA_LOG` overrides either.
+fn default_log_filter(command: &Command, verbose: bool) -> &'static str {
+    match (command, verbose) {
+        (Command::Serve(_), _) | (_, true) => "info,sqlx=warn",
+        _ => "warn",
+    }
+}
+
+fn init_tracing(format: LogFormat, default_level: &str) {
+    let filter = EnvFilter::try_from_env("TESSERA_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
     // Colours only on a terminal, and never with NO_COLOR set: a log file or a pipe gets
     // plain text that grep and log shippers read as written.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
@@ -216,5 +302,35 @@ mod tests {
     #[test]
     fn command_tree_is_consistent() {
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn commands_other_than_serve_log_warnings_unless_verbose() {
+        use clap::Parser as _;
+        let filter = |args: &[&str]| {
+            let cli = super::Cli::try_parse_from(args).unwrap();
+            super::default_log_filter(&cli.command, cli.verbose)
+        };
+        assert_eq!(filter(&["tessera", "grant", "list"]), "warn");
+        assert_eq!(filter(&["tessera", "-v", "grant", "list"]), "info,sqlx=warn");
+        assert_eq!(filter(&["tessera", "grant", "list", "--verbose"]), "info,sqlx=warn");
+        assert_eq!(filter(&["tessera", "serve"]), "info,sqlx=warn");
+    }
+
+    #[test]
+    fn server_options_belong_to_serve_only() {
+        use clap::Parser as _;
+        let serve = super::Cli::try_parse_from(["tessera", "serve", "--tls-sans", "gw.example"]).unwrap();
+        match serve.command {
+            super::Command::Serve(s) => assert_eq!(s.tls_sans, Some(vec!["gw.example".to_string()])),
+            other => panic!("{other:?}"),
+        }
+        let e = super::Cli::try_parse_from(["tessera", "grant", "list", "--tls-sans", "x"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::UnknownArgument);
+        let e = super::Cli::try_parse_from(["tessera", "--handshake-timeout-secs", "5", "queue", "list"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::UnknownArgument);
+        // The shared settings stay global: before or after the subcommand.
+        assert!(super::Cli::try_parse_from(["tessera", "queue", "list", "--data-dir", "/tmp/x"]).is_ok());
+        assert!(super::Cli::try_parse_from(["tessera", "--data-dir", "/tmp/x", "serve"]).is_ok());
     }
 }

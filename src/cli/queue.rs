@@ -3,8 +3,9 @@
 //! Like `tessera grant ...`, these commands work on the gateway's database directly (the same
 //! functions the admin API under `/api/admin/queues` calls): the operator has the data dir or
 //! `DATABASE_URL` at hand, and a stuck queue must be fixable even when the HTTP side is not.
-//! Exit codes: 0 ok; 1 failure, or `drain` without `--yes`; 3 rejected (unknown queue or job,
-//! a job that cannot be retried, a bad name).
+//! Exit codes ([`super::exit`]): 0 ok; 1 the database cannot be reached; 3 rejected (unknown
+//! queue or job, a job that cannot be retried); 64 usage (a bad name or status, `drain` without
+//! `--yes`).
 
 use std::collections::HashSet;
 use std::process::ExitCode;
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use clap::Subcommand;
 
+use super::exit::Exit;
 use crate::config::Config;
 use crate::queue::{self, JobView, QueueStats, RetryError};
 use crate::services::Database;
@@ -20,12 +22,14 @@ use crate::services::Database;
 pub enum QueueCommand {
     /// Every queue with its state and job counts.
     List {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Job counts per status (one queue, or all), paused flag, concurrency, oldest pending job.
     Stats {
         name: Option<String>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -62,6 +66,7 @@ pub enum JobsCommand {
         /// Keep polling and print jobs as they change (Ctrl-C to stop).
         #[arg(long, short)]
         follow: bool,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -69,12 +74,17 @@ pub enum JobsCommand {
 
 fn rejected(message: impl std::fmt::Display) -> ExitCode {
     eprintln!("rejected: {message}");
-    ExitCode::from(3)
+    Exit::Refused.into()
+}
+
+fn usage(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {message}");
+    Exit::Usage.into()
 }
 
 fn check_name(name: &str) -> Option<ExitCode> {
     (!queue::valid_queue_name(name))
-        .then(|| rejected(format!("'{name}' is not a queue name (1 to 63 characters: a-z, 0-9, '_', '.', '-')")))
+        .then(|| usage(format!("'{name}' is not a queue name (1 to 63 characters: a-z, 0-9, '_', '.', '-')")))
 }
 
 /// Runs a queue command.
@@ -88,7 +98,7 @@ pub async fn run(config: &Config, cmd: QueueCommand) -> anyhow::Result<ExitCode>
             "refusing to drain queue '{name}' without confirmation: every pending job of it would be cancelled.\n\
              To confirm, run:\n  tessera queue drain {name} --yes"
         );
-        return Ok(ExitCode::FAILURE);
+        return Ok(Exit::Usage.into());
     }
     let db = Database::open(config, 2).await?;
     let result = async {
@@ -134,7 +144,7 @@ async fn inner(pool: &sqlx::PgPool, cmd: QueueCommand) -> anyhow::Result<ExitCod
                 return Ok(code);
             }
             if !(1..=4096).contains(&concurrency) {
-                return Ok(rejected("concurrency must be between 1 and 4096"));
+                return Ok(usage("concurrency must be between 1 and 4096"));
             }
             queue::set_concurrency(pool, &name, concurrency).await?;
             eprintln!("queue '{name}': concurrency {concurrency} per gateway from the next start");
@@ -159,7 +169,7 @@ async fn inner(pool: &sqlx::PgPool, cmd: QueueCommand) -> anyhow::Result<ExitCod
             if let Some(s) = &status
                 && !crate::queue::routes::STATUSES.contains(&s.as_str())
             {
-                return Ok(rejected(format!("status must be one of {}", crate::queue::routes::STATUSES.join(", "))));
+                return Ok(usage(format!("status must be one of {}", crate::queue::routes::STATUSES.join(", "))));
             }
             let limit = limit.clamp(1, 1000);
             let mut seen: HashSet<(String, String, i32)> = HashSet::new();

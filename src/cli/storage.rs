@@ -38,18 +38,23 @@ pub enum StorageCommand {
 pub async fn run(config: &Config, cmd: StorageCommand) -> anyhow::Result<ExitCode> {
     let StorageCommand::MigrateTier { to, dry_run, allow_non_empty, json } = cmd;
     let to = SecretUrl::new(to);
-    let opts: PgConnectOptions =
-        to.expose().parse().map_err(|_| anyhow::anyhow!("--to {} is not a valid Postgres URL", to.redacted()))?;
+    let opts: PgConnectOptions = to
+        .expose()
+        .parse()
+        .map_err(|_| crate::outcome::Usage(format!("--to {} is not a valid Postgres URL", to.redacted())))?;
 
     // Copying while a gateway writes to the source would miss its latest rows.
     let lock_path = config.data_dir.join("gateway.lock");
     let _lock = match std::fs::File::options().create(true).truncate(false).write(true).open(&lock_path) {
         Ok(f) if f.try_lock().is_ok() => Some(f),
         Ok(_) if dry_run => None,
-        Ok(_) => anyhow::bail!(
-            "a gateway is running on data dir {}; stop it first so no write is missed (or use --dry-run)",
-            config.data_dir.display()
-        ),
+        Ok(_) => {
+            return Err(crate::outcome::Refused(format!(
+                "a gateway is running on data dir {}; stop it first so no write is missed (or use --dry-run)",
+                config.data_dir.display()
+            ))
+            .into());
+        }
         Err(_) if dry_run => None,
         Err(e) => {
             anyhow::bail!("cannot open {} to make sure no gateway runs on the data dir: {e}", lock_path.display())

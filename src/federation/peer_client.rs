@@ -2,7 +2,9 @@
 //! circuit breaker, and the merged local/peer query.
 //!
 //! Errors map to `peer_not_found`, `peer_inactive`, `peer_misconfigured`, `network`,
-//! `http_<status>` and `invalid_response`. After [`FAILURES_TO_OPEN`] consecutive network or 5xx
+//! `peer_untrusted` (the peer's certificate is not signed by the CA pinned at enrollment, or names
+//! another host), `certificate_refused` (the peer refused our client certificate),
+//! `http_<status>` and `invalid_response`. Each message names the cause and what to do. After [`FAILURES_TO_OPEN`] consecutive network or 5xx
 //! failures a peer's circuit opens for [`OPEN_FOR`]: calls fail fast (`network`, "circuit open")
 //! instead of waiting on a dead peer; the first call after the cool-down is let through as a
 //! probe and closes the circuit when it succeeds.
@@ -32,6 +34,10 @@ pub enum PeerError {
     Misconfigured(String, String),
     #[error("peer '{0}' is unreachable: {1}")]
     Network(String, String),
+    #[error("peer '{0}' is not the gateway we enrolled with: {1}")]
+    Untrusted(String, String),
+    #[error("peer '{0}' refused our client certificate: {1}")]
+    CertificateRefused(String, String),
     #[error("peer '{0}' answered HTTP {1}: {2}")]
     Http(String, u16, String),
     #[error("peer '{0}' sent an invalid response: {1}")]
@@ -46,6 +52,8 @@ impl PeerError {
             Self::Inactive(_) => "peer_inactive".into(),
             Self::Misconfigured(..) => "peer_misconfigured".into(),
             Self::Network(..) => "network".into(),
+            Self::Untrusted(..) => "peer_untrusted".into(),
+            Self::CertificateRefused(..) => "certificate_refused".into(),
             Self::Http(_, status, _) => format!("http_{status}"),
             Self::InvalidResponse(..) => "invalid_response".into(),
         }
@@ -68,10 +76,13 @@ struct Circuit {
 pub struct Breakers {
     inner: Arc<Mutex<HashMap<String, Circuit>>>,
     /// Recent call latencies per peer, for its health (p50/p99 over the last hour).
-    latencies: Arc<Mutex<HashMap<String, std::collections::VecDeque<(Instant, f64)>>>>,
+    latencies: Arc<Mutex<HashMap<String, LatencySamples>>>,
     /// When each peer's last success was written to its row (see [`super::peer_status`]).
     successes: super::peer_status::SuccessMemo,
 }
+
+/// When each recent call ended and how long it took, in milliseconds.
+type LatencySamples = std::collections::VecDeque<(Instant, f64)>;
 
 /// Latency samples kept per peer (the oldest go first; the window is an hour).
 const LATENCY_SAMPLES: usize = 10_000;
@@ -213,6 +224,10 @@ impl PeerCaller {
             Err(PeerError::Inactive(_)) => Some(CallOutcome::Inactive),
             Err(PeerError::Misconfigured(..)) => Some(CallOutcome::Misconfigured),
             Err(PeerError::Network(..)) => Some(CallOutcome::Network),
+            // Our certificate refused at the handshake (expired, revoked): the peer refuses us.
+            Err(PeerError::CertificateRefused(..)) => Some(CallOutcome::Refused),
+            // The peer's certificate is not signed by the CA we pinned: we cannot call it.
+            Err(PeerError::Untrusted(..)) => Some(CallOutcome::Misconfigured),
             Err(PeerError::Http(_, 401 | 403, _)) => Some(CallOutcome::Refused),
             Err(PeerError::Http(_, 429, _)) => Some(CallOutcome::RateLimited),
             Err(PeerError::Http(..)) => Some(CallOutcome::HttpError),
@@ -237,14 +252,27 @@ impl PeerCaller {
         if let Some(body) = body {
             req = req.json(&body);
         }
-        let response = req.send().await.map_err(|e| PeerError::Network(peer.name.clone(), without_url(&e)))?;
+        let response = req.send().await.map_err(|e| transport_error(&peer.name, &e))?;
         let status = response.status();
-        let text = response.text().await.map_err(|e| PeerError::Network(peer.name.clone(), without_url(&e)))?;
+        let text = response.text().await.map_err(|e| transport_error(&peer.name, &e))?;
         if !status.is_success() {
-            let message = serde_json::from_str::<serde_json::Value>(&text)
-                .ok()
+            let envelope = serde_json::from_str::<serde_json::Value>(&text).ok();
+            let message = envelope
+                .as_ref()
                 .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
                 .unwrap_or_else(|| text.chars().take(200).collect());
+            let message = match envelope.as_ref().and_then(|v| v["error"]["code"].as_str()) {
+                Some(code) => format!("{code}: {message}"),
+                None => message,
+            };
+            let message = match status.as_u16() {
+                // The guard's 401/403 is deliberately generic; the likely causes are ours to list.
+                401 | 403 => format!(
+                    "{message}. Our certificate or grant is no longer accepted (revoked, expired or \
+                     superseded): {REJOIN}"
+                ),
+                _ => message,
+            };
             return Err(PeerError::Http(peer.name, status.as_u16(), message));
         }
         serde_json::from_str(&text).map_err(|e| PeerError::InvalidResponse(peer.name, e.to_string()))
@@ -300,9 +328,45 @@ impl PeerCaller {
     }
 }
 
+/// The way back for a reader whose certificate the data holder no longer accepts (issue 14, point 2).
+pub const REJOIN: &str = "ask the data holder for `tessera grant reenroll <grant>` and run `tessera peer add <url>` \
+     with the URL it prints";
+
+/// A failed call classified by its cause, with what to do about it. Messages never carry the URL
+/// (reqwest's `Display` embeds it, query string included).
+pub fn transport_error(peer: &str, e: &reqwest::Error) -> PeerError {
+    use crate::connect_failure::ConnectFailure;
+    let failure = ConnectFailure::classify(e);
+    let name = peer.to_string();
+    match &failure {
+        ConnectFailure::CertificateRefused { expired: true, .. } => {
+            PeerError::CertificateRefused(name, format!("it has expired; {REJOIN}"))
+        }
+        ConnectFailure::CertificateRefused { alert, .. } => PeerError::CertificateRefused(
+            name,
+            format!("TLS alert {alert} (revoked, superseded or from another CA); {REJOIN}"),
+        ),
+        ConnectFailure::UntrustedServer(_) | ConnectFailure::NameMismatch(_) => PeerError::Untrusted(
+            name,
+            format!(
+                "{failure}. The CA pinned at enrollment no longer matches: if the peer replaced its CA, \
+                 enroll again with a fresh enrollment URL (`tessera peer add <url>`)"
+            ),
+        ),
+        ConnectFailure::ServerCertificateExpired(_) => PeerError::Untrusted(
+            name,
+            format!("{failure}. Check both clocks; the peer issues a fresh server certificate when it restarts"),
+        ),
+        ConnectFailure::ConnectionRefused | ConnectFailure::Timeout | ConnectFailure::Dns(_) => {
+            PeerError::Network(name, format!("{failure}; check that the peer is running and its endpoint URL"))
+        }
+        ConnectFailure::Other(detail) => PeerError::Network(name, strip_url(detail)),
+    }
+}
+
 /// reqwest errors embed the URL; keep the message short and free of query strings.
-fn without_url(e: &reqwest::Error) -> String {
-    let mut e = e.to_string();
+fn strip_url(message: &str) -> String {
+    let mut e = message.to_string();
     if let Some(i) = e.find(" for url") {
         e.truncate(i);
     }
@@ -344,6 +408,8 @@ mod tests {
         assert_eq!(PeerError::Inactive("x".into()).code(), "peer_inactive");
         assert_eq!(PeerError::Misconfigured("x".into(), "y".into()).code(), "peer_misconfigured");
         assert_eq!(PeerError::Http("x".into(), 403, "y".into()).code(), "http_403");
+        assert_eq!(PeerError::Untrusted("x".into(), "y".into()).code(), "peer_untrusted");
+        assert_eq!(PeerError::CertificateRefused("x".into(), "y".into()).code(), "certificate_refused");
         assert_eq!(PeerError::InvalidResponse("x".into(), "y".into()).code(), "invalid_response");
     }
 }

@@ -8,7 +8,7 @@
 
 use std::fmt;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use chrono::{DateTime, Duration, Utc};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::{Rng, RngExt};
@@ -89,9 +89,10 @@ pub async fn seed(pool: &PgPool, tasks: u32, progress: bool) -> anyhow::Result<S
         .fetch_one(&mut *tx)
         .await?;
     if seeded {
-        bail!(
+        return Err(crate::outcome::Refused(format!(
             "this database already holds the demo data set (user {DEMO_ADMIN_EMAIL} exists); seed a fresh data dir or database instead"
-        );
+        ))
+        .into());
     }
 
     let mut rng = rand::rng();

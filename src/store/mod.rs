@@ -6,6 +6,7 @@
 //! exercised by the integration tests against real Postgres instead. Data functions take
 //! `impl PgExecutor<'_>` or `&mut PgConnection`, so the caller owns the transaction.
 
+pub mod advertised_url;
 pub mod demo;
 pub mod transfer;
 

@@ -231,11 +231,12 @@ pub async fn transfer(source: &PgPool, target: &PgPool, opts: TransferOptions) -
     }
     let target_was_empty = non_empty.is_empty();
     if !target_was_empty && !opts.allow_non_empty {
-        bail!(
+        return Err(crate::outcome::Refused(format!(
             "the target database is not empty: {}; pass --allow-non-empty to merge into it (rows with the same \
              primary key are overwritten)",
             non_empty.join(", ")
-        );
+        ))
+        .into());
     }
     if opts.dry_run {
         let mut tables = Vec::new();

@@ -1,0 +1,64 @@
+//! The one exit-code table every command follows (README, "Exit codes").
+//!
+//! | code | meaning |
+//! | --- | --- |
+//! | 0 | ok |
+//! | 1 | unreachable: the gateway, a peer or the database could not be reached, or the command could not run |
+//! | 2 | authentication or trust: a credential or certificate was refused, or a server is not the one we trust |
+//! | 3 | refused by the server (or the database): the request was understood and rejected |
+//! | 64 | usage: bad arguments, bad configuration, invalid input files |
+//!
+//! clap's own usage errors exit 64 too (its default, 2, would read as "authentication").
+
+use std::process::ExitCode;
+
+/// A named exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Ok,
+    Unreachable,
+    Trust,
+    Refused,
+    Usage,
+}
+
+impl Exit {
+    pub fn code(self) -> u8 {
+        match self {
+            Exit::Ok => 0,
+            Exit::Unreachable => 1,
+            Exit::Trust => 2,
+            Exit::Refused => 3,
+            Exit::Usage => 64,
+        }
+    }
+
+    /// The exit code for an error that reached the top of a command: configuration errors are
+    /// usage errors, a transport failure is trust or unreachable by its cause, the rest 1.
+    pub fn for_error(e: &anyhow::Error) -> Exit {
+        for cause in e.chain() {
+            if cause.downcast_ref::<crate::config::ConfigError>().is_some()
+                || cause.downcast_ref::<UsageError>().is_some()
+            {
+                return Exit::Usage;
+            }
+            if cause.downcast_ref::<crate::outcome::Refused>().is_some() {
+                return Exit::Refused;
+            }
+            if cause.downcast_ref::<reqwest::Error>().is_some() {
+                let failure = crate::connect_failure::ConnectFailure::classify(cause);
+                return if failure.is_trust() { Exit::Trust } else { Exit::Unreachable };
+            }
+        }
+        Exit::Unreachable
+    }
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> Self {
+        ExitCode::from(e.code())
+    }
+}
+
+/// Invalid input that is not clap's to catch: wrap it so that [`Exit::for_error`] answers 64.
+pub use crate::outcome::Usage as UsageError;
