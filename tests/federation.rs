@@ -2725,3 +2725,147 @@ async fn grant_token_prints_the_url_the_running_gateway_serves() {
     assert_eq!(code, 3, "an unknown grant is refused: {err}");
     assert!(err.contains("no gateway has recorded its public URL"), "{err}");
 }
+
+/// The day-2 acceptance run: two gateways and short certificates. Renewal at two thirds of the
+/// real lifetime even while data calls have used up a rate limit of 1 a minute; the reader
+/// stopped past expiry and seeing it; `grant reenroll` + `peer add` bringing it back on the same
+/// grant, the old serial refused; a wrong CA file reported as a trust error.
+#[tokio::test(flavor = "multi_thread")]
+async fn day_two_end_to_end_with_two_gateways_and_short_certificates() {
+    let pair = Pair::new(vec![("TESSERA_FEDERATION_CERT_TTL_SECS".into(), "15".into())]).await;
+    let grant = pair.enroll().await;
+    set_grant_rate(&pair.b_db.pool, grant, 1).await;
+    let (first_identity, first_cert) = pair.a_identity().await;
+    let (mut a, _) = start_a(&pair, &[]).await;
+
+    // Data calls use up the grant's budget of 1 a minute...
+    let list = || run_cli(&["federation", "list", "--peer", "gateway-b", "tasks", "--json"], &pair.a_env());
+    assert_eq!(list().0, 0);
+    let (code, out, err) = list();
+    assert_ne!(code, 0, "the second call of the minute is over budget: {out}{err}");
+    // ...and the running reader still renews, at about two thirds of the certificate's life.
+    let received: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("select client_cert_received_at from federation_peers where name = 'gateway-b'")
+            .fetch_one(&pair.a_db.pool)
+            .await
+            .unwrap();
+    let renewed = wait_count(
+        &pair.a_db.pool,
+        "select count(*) from federation_peers where name = 'gateway-b' and last_renewed_at is not null",
+        1,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(renewed, 1, "renewed under the rate limit:\n{}", a.log());
+    let renewed_at: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("select last_renewed_at from federation_peers where name = 'gateway-b'")
+            .fetch_one(&pair.a_db.pool)
+            .await
+            .unwrap();
+    let lifetime = (leaf_identity(&first_cert).not_after - received).num_milliseconds() as f64 / 1000.0;
+    let at = (renewed_at - received).num_milliseconds() as f64 / 1000.0;
+    assert!(
+        (lifetime * 2.0 / 3.0 - 2.0..=lifetime * 2.0 / 3.0 + 4.0).contains(&at),
+        "renewed after {at} s of {lifetime} s"
+    );
+    let (_, renewed_cert) = pair.a_identity().await;
+    assert_ne!(renewed_cert, first_cert);
+
+    // The reader is stopped past its certificate's expiry, and sees where it stands.
+    a.terminate();
+    tokio::time::sleep(Duration::from_secs(17)).await;
+    let (code, out, err) = run_cli(&["peer", "list", "--json"], &pair.a_env());
+    assert_eq!(code, 0, "{out}{err}");
+    let peers: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(peers[0]["reader"]["status"], "expired", "{peers}");
+    let (code, out, err) = run_cli(&["federation", "capabilities", "--peer", "gateway-b"], &pair.a_env());
+    assert_eq!(code, 2, "an expired certificate is an authentication failure: {out}{err}");
+    assert!(err.contains("reenroll"), "the message names the way back: {err}");
+
+    // One step on each side brings it back on the same grant.
+    let b_env = [("DATABASE_URL", pair.b_db.url.as_str()), ("TESSERA_DATA_DIR", pair.b.data_dir.to_str().unwrap())];
+    let (code, url, err) = run_cli(&["grant", "reenroll", &grant.to_string()], &b_env);
+    assert_eq!(code, 0, "{url}{err}");
+    let (code, out, err) = pair.peer_add(url.trim());
+    assert_eq!(code, 0, "{out}{err}");
+    let added: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(added["remoteGrantId"], grant.to_string());
+    assert_eq!(added["replaced"]["serial"], leaf_identity(&renewed_cert).serial.as_str(), "{added}");
+    set_grant_rate(&pair.b_db.pool, grant, 600).await;
+    assert_eq!(list().0, 0, "back on the same grant");
+    let (code, out, _) = run_cli(&["peer", "show", "gateway-b", "--json"], &pair.a_env());
+    assert_eq!(code, 0);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["reader"]["status"], "ok");
+    // The old serials are refused: the superseded one by the grant, both by their expiry too.
+    let current: String = sqlx::query_scalar("select current_serial from federation_grants where id = $1")
+        .bind(grant)
+        .fetch_one(&pair.b_db.pool)
+        .await
+        .unwrap();
+    assert_ne!(current, leaf_identity(&renewed_cert).serial);
+    let old = pair.mtls_client(&first_identity).get(pair.b.url("/api/federation/v1/capabilities")).send().await;
+    assert!(old.is_err() || old.unwrap().status() != 200);
+
+    // A wrong CA file is a trust error, exit 2.
+    let wrong_ca = pair.a_dir.path().join("wrong-ca.pem");
+    std::fs::write(&wrong_ca, tessera::federation::ca::GatewayCa::ephemeral().unwrap().cert_pem()).unwrap();
+    let (code, out, err) = run_cli(
+        &["token", "list", "--gateway", &pair.b.base, "--ca-file", wrong_ca.to_str().unwrap()],
+        &[("TESSERA_TOKEN", pair.token.as_str()), ("TESSERA_CONFIG_DIR", pair.a_dir.path().to_str().unwrap())],
+    );
+    assert_eq!(code, 2, "{out}{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn peer_health_shows_both_ways_over_the_api_and_the_cli() {
+    let pair = Pair::new(vec![]).await;
+    let grant = pair.enroll().await;
+    let (a, a_token) = start_a(&pair, &[]).await;
+    // A reads from B through its own admin API (its peer client, its breakers).
+    let a_admin =
+        |body: Value| a.client.post(a.url("/api/admin/federation/query")).bearer_auth(&a_token).json(&body).send();
+    for _ in 0..3 {
+        let r = a_admin(json!({"resource": "tasks", "source": "peer:gateway-b"})).await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let r = a_admin(json!({"resource": "notes", "source": "peer:gateway-b"})).await.unwrap();
+    assert_eq!(r.status(), 200, "a failed source is listed, not fatal");
+    let sql = "select count(*) from federation_audit_log where grant_id = $1 and verb = 'list'";
+    assert_eq!(wait_for_count(&pair.b_db.pool, sql, grant, 4).await, 4);
+
+    // B, the data holder: inbound.
+    let (status, health) =
+        pair.admin(reqwest::Method::GET, &format!("/api/admin/peers/{}/health", pair.peer_id), None).await;
+    assert_eq!(status, 200, "{health}");
+    let inbound = &health["inbound"];
+    assert_eq!(inbound["requestsLastHour"], 4, "{health}");
+    assert_eq!(inbound["deniedLastHour"], 1);
+    assert_eq!(inbound["denialsByCode"], json!({"resource_not_granted": 1}));
+    assert_eq!(inbound["certificates"][0]["grantId"], grant.to_string());
+    assert!(inbound["certificates"][0]["serial"].is_string() && inbound["lastRequestAt"].is_string());
+    assert!(health.get("outbound").is_none(), "B does not call A");
+
+    // A, the reader: outbound, with what only its process knows.
+    let a_peer: String = sqlx::query_scalar("select id::text from federation_peers where name = 'gateway-b'")
+        .fetch_one(&pair.a_db.pool)
+        .await
+        .unwrap();
+    let r =
+        a.client.get(a.url(&format!("/api/admin/peers/{a_peer}/health"))).bearer_auth(&a_token).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let health: Value = r.json().await.unwrap();
+    let outbound = &health["outbound"];
+    assert_eq!(outbound["circuit"], "closed", "{health}");
+    assert_eq!(outbound["callsLastHour"], 4);
+    assert!(outbound["latencyP50Ms"].as_f64().unwrap() > 0.0 && outbound["latencyP99Ms"].as_f64().unwrap() > 0.0);
+    assert!(outbound["reader"]["lastError"].as_str().unwrap_or("").contains("403"), "{health}");
+    assert!(outbound["reader"]["certNotAfter"].is_string());
+
+    // The CLI on B's database.
+    let b_env = [("DATABASE_URL", pair.b_db.url.as_str()), ("TESSERA_DATA_DIR", pair.b.data_dir.to_str().unwrap())];
+    let (code, out, err) = run_cli(&["peer", "health", "gateway-a"], &b_env);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("4 requests in the last hour, 1 denied") && out.contains("resource_not_granted"), "{out}");
+    let (code, _, _) = run_cli(&["peer", "health", "nobody"], &b_env);
+    assert_eq!(code, 3);
+}

@@ -43,6 +43,15 @@ pub enum PeerCommand {
         #[arg(long)]
         json: bool,
     },
+    /// A peer's health both ways: its requests and denials over the last hour and its grants'
+    /// certificates (inbound), and where we stand calling it (outbound). The circuit breaker and
+    /// call latencies live in the serving process: `GET /api/admin/peers/{id}/health`.
+    Health {
+        peer: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Enroll with a remote gateway from the enrollment URL its admin gave you.
     Add {
         /// `https://host:port/api/federation/enrollment/<token>#sha256=<fingerprint>`
@@ -326,6 +335,44 @@ pub async fn peer(config: &Config, cmd: PeerCommand) -> anyhow::Result<ExitCode>
 
 async fn peer_inner(config: &Config, pool: &sqlx::PgPool, cmd: PeerCommand) -> anyhow::Result<ExitCode> {
     match cmd {
+        PeerCommand::Health { peer, json } => {
+            let Some(p) = resolve_peer(pool, &peer).await? else {
+                return rejected(ApiError::not_found(format!("no peer '{peer}'")));
+            };
+            let inbound = crate::federation::peer_health::inbound(pool, p.id).await?;
+            let health = serde_json::json!({"peerId": p.id, "name": p.name, "inbound": inbound, "reader": p.reader});
+            print(json, &health, |_| {
+                let mut lines = vec![format!(
+                    "{}: inbound {} requests in the last hour, {} denied ({} over the rate limit), last request {}",
+                    p.name,
+                    inbound.requests_last_hour,
+                    inbound.denied_last_hour,
+                    inbound.rate_limited_last_hour,
+                    inbound.last_request_at.map_or_else(|| "never".to_string(), |t| t.to_rfc3339()),
+                )];
+                for (code, n) in &inbound.denials_by_code {
+                    lines.push(format!("  denied {n} x {code}"));
+                }
+                for c in &inbound.certificates {
+                    lines.push(format!(
+                        "  grant {} ({}): certificate {} until {}",
+                        c.grant_id,
+                        c.status,
+                        c.serial.as_deref().unwrap_or("-"),
+                        c.not_after.map_or_else(|| "-".to_string(), |t| t.to_rfc3339())
+                    ));
+                }
+                if let Some(r) = &p.reader {
+                    lines.push(format!(
+                        "outbound: {}; last success {}; last error {}",
+                        r.status.as_str(),
+                        r.last_success_at.map_or_else(|| "never".to_string(), |t| t.to_rfc3339()),
+                        r.last_error.as_deref().unwrap_or("none")
+                    ));
+                }
+                lines.join("\n")
+            })?;
+        }
         PeerCommand::Create { name, endpoint, json } => {
             if let Err(e) = peers::validate_name(&name) {
                 return rejected(e);
