@@ -2,8 +2,8 @@
 -- deleting rows (a benchmark database reached 1.4 GB, and its autovacuum skewed later runs).
 --
 -- * One partition per UTC day, `federation_audit_log_YYYYMMDD`, created ahead of time by the
---   retention job (`federation_audit_maintain`), which also drops the days older than
---   TESSERA_AUDIT_RETENTION_DAYS.
+--   retention job (`federation_audit_prepare`), which also drops the days older than
+--   TESSERA_AUDIT_RETENTION_DAYS, one at a time (`federation_audit_drop_day`).
 -- * A default partition catches any row whose day has no partition yet (the job was down), so
 --   no write ever fails for want of a partition; the job later moves such rows into their day.
 -- * The primary key becomes (at, id): a partitioned table's unique keys must hold the partition
@@ -63,21 +63,17 @@ begin
     return true;
 end $$;
 
--- The retention job's one call: partitions for today and `ahead_days` days, and for any day
--- that has rows in the default partition; drops the days older than `retention_days` (today
--- counts as day 0) and default rows that old. Returns how many partitions were created and
--- dropped.
-create function federation_audit_maintain(retention_days integer, ahead_days integer,
-                                          out created integer, out dropped integer)
+-- The retention job's first call: partitions for today and `ahead_days` days, and for any day
+-- that has rows in the default partition; deletes default rows older than `retention_days`
+-- (today counts as day 0). Returns how many partitions were created.
+create function federation_audit_prepare(retention_days integer, ahead_days integer) returns integer
 language plpgsql as $$
 declare
     today date := (now() at time zone 'UTC')::date;
     oldest date := today - retention_days;
+    created integer := 0;
     d date;
-    part text;
 begin
-    created := 0;
-    dropped := 0;
     for d in
         select distinct (at at time zone 'UTC')::date from federation_audit_log_default
         union
@@ -88,15 +84,25 @@ begin
         end if;
     end loop;
     delete from federation_audit_log_default where at < oldest::timestamp at time zone 'UTC';
-    for part in
-        select c.relname
-          from pg_inherits i join pg_class c on c.oid = i.inhrelid
-         where i.inhparent = 'federation_audit_log'::regclass
-           and c.relname ~ '^federation_audit_log_[0-9]{8}$'
-           and to_date(right(c.relname, 8), 'YYYYMMDD') < oldest
-         order by c.relname
-    loop
-        execute format('drop table %I', part);
-        dropped := dropped + 1;
-    end loop;
+    return created;
+end $$;
+
+-- The day partitions older than `retention_days`, oldest first.
+create function federation_audit_expired_days(retention_days integer) returns setof text
+language sql stable as $$
+    select c.relname::text
+      from pg_inherits i join pg_class c on c.oid = i.inhrelid
+     where i.inhparent = 'federation_audit_log'::regclass
+       and c.relname ~ '^federation_audit_log_[0-9]{8}$'
+       and to_date(right(c.relname, 8), 'YYYYMMDD') < (now() at time zone 'UTC')::date - retention_days
+     order by c.relname
+$$;
+
+-- Drops one day partition by name (only names of that pattern), for the retention job.
+create function federation_audit_drop_day(part text) returns void language plpgsql as $$
+begin
+    if part !~ '^federation_audit_log_[0-9]{8}$' then
+        raise exception 'not an audit day partition: %', part;
+    end if;
+    execute format('drop table %I', part);
 end $$;

@@ -1,12 +1,12 @@
 //! `tessera bench audit`: retention of the partitioned audit log under write load.
 //!
 //! 1. seed: `--rows` rows (default 10 M) spread evenly over the last `--days` days (default 120),
-//!    into day partitions created first, so the rows land where retention finds them (kept
-//!    between runs: a second run seeds only what is missing);
+//!    into day partitions created first, so the rows land where retention finds them; every run
+//!    empties the log and seeds afresh, so runs are comparable;
 //! 2. writes before: `--writers` tasks write 512-row batches through the audit writer's own
 //!    statement for `--seconds`, rows per second;
 //! 3. writes during retention: the same load, and one second in, retention
-//!    (`federation_audit_maintain`, `--retention-days`, default 90) drops the days past it;
+//!    ([`crate::federation::audit::maintain`], `--retention-days`, default 90) drops the days past it;
 //!    rows per second over the same span, and how long the drop took.
 //!
 //! It refuses a database whose audit log holds rows it did not write (verb `bench`): give it a
@@ -77,11 +77,9 @@ async fn bench(pool: &sqlx::PgPool, args: &AuditBench) -> anyhow::Result<()> {
 
 /// Creates the day partitions of the seeded span, then inserts the rows that are missing.
 async fn seed(pool: &sqlx::PgPool, args: &AuditBench) -> anyhow::Result<()> {
-    let have: i64 = sqlx::query_scalar("select count(*) from federation_audit_log").fetch_one(pool).await?;
+    sqlx::query("truncate federation_audit_log").execute(pool).await?;
+    let have = 0i64;
     let want = i64::try_from(args.rows).unwrap_or(i64::MAX);
-    if have >= want {
-        return Ok(());
-    }
     sqlx::query(
         "select federation_audit_ensure_day(((now() at time zone 'UTC')::date - d)) from generate_series(0, $1::int) d",
     )
