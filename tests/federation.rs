@@ -246,7 +246,7 @@ async fn a_wrong_pin_stops_before_the_csr_is_sent() {
     let (base, _) = url.split_once("#sha256=").unwrap();
     let wrong = format!("{base}#sha256={}", "00".repeat(32));
     let (code, _, err) = pair.peer_add(&wrong);
-    assert_ne!(code, 0);
+    assert_eq!(code, 2, "a CA that is not the pinned one is a trust failure");
     assert!(err.contains("fingerprint mismatch"), "{err}");
     let used: Option<chrono::DateTime<chrono::Utc>> =
         sqlx::query_scalar("select used_at from federation_enrollment_tokens where grant_id = $1")

@@ -45,6 +45,9 @@ impl Exit {
             if cause.downcast_ref::<crate::outcome::Refused>().is_some() {
                 return Exit::Refused;
             }
+            if cause.downcast_ref::<crate::outcome::Untrusted>().is_some() {
+                return Exit::Trust;
+            }
             if cause.downcast_ref::<reqwest::Error>().is_some() {
                 let failure = crate::connect_failure::ConnectFailure::classify(cause);
                 return if failure.is_trust() { Exit::Trust } else { Exit::Unreachable };

@@ -134,12 +134,12 @@ pub async fn fetch_pinned_ca(url: &EnrollmentUrl) -> anyhow::Result<String> {
         .await?;
     let actual = pem_fingerprint(&ca_pem).context("the peer's CA endpoint did not return a PEM certificate")?;
     if actual != url.pin {
-        bail!(
+        return Err(crate::outcome::Untrusted(format!(
             "CA fingerprint mismatch: {} presented a CA with sha256={actual}, but the enrollment URL pins sha256={}; \
              refusing to enroll (nothing was sent)",
-            url.origin,
-            url.pin
-        );
+            url.origin, url.pin
+        ))
+        .into());
     }
     Ok(ca_pem)
 }
