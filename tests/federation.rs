@@ -691,6 +691,8 @@ impl Pair {
                 assert_eq!(item["_source"], "local");
                 ids.push(item["id"].as_str().unwrap().parse().unwrap());
             }
+            // Mosaic's meaning: `_truncated` exactly when more rows follow, with `nextCursor`.
+            assert_eq!(page.get("_truncated") == Some(&json!(true)), page.get("nextCursor").is_some(), "{page}");
             match page.get("nextCursor") {
                 Some(Value::String(c)) => {
                     assert!(!c.is_empty());
@@ -1019,13 +1021,20 @@ async fn keyset_pages_are_exact_stable_and_tamper_proof() {
     let (status, _) = pair.list(&client_y, "tasks", json!({"cursor": cursor})).await;
     assert_eq!(status, 400, "a cursor from grant X is refused under grant Y");
 
-    // Limits: bad ones → 400; above the cap → capped, flagged, and paginated.
-    for bad in [json!(0), json!("abc"), json!(false), json!(-3)] {
+    // Limits: bad ones → 400; a numeric string is a number (Mosaic's parseLimit); unknown fields
+    // are ignored; above the cap → capped, said in a header, and paginated.
+    for bad in [json!(0), json!("abc"), json!(false), json!(-3), json!("-3"), json!("0"), json!("1.5")] {
         let (status, body) = pair.list(&client_y, "tasks", json!({"limit": bad})).await;
         assert_eq!(status, 400, "{bad}: {body}");
     }
-    let (status, page) = pair.list(&client_y, "tasks", json!({"limit": 5000})).await;
-    assert_eq!(status, 200);
+    let (status, page) = pair.list(&client_y, "tasks", json!({"limit": "3", "somethingElse": {"x": 1}})).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["items"].as_array().unwrap().len(), 3);
+    assert_eq!((page["_truncated"].clone(), page["nextCursor"].is_string()), (json!(true), true), "more rows follow");
+    let r =
+        client_y.post(pair.b.url("/api/federation/v1/list/tasks")).json(&json!({"limit": 5000})).send().await.unwrap();
+    assert_eq!(r.headers()["x-tessera-limit-capped"], "100");
+    let page: Value = r.json().await.unwrap();
     assert_eq!(page["items"].as_array().unwrap().len(), 100, "capped at the default max_rows_per_query");
     assert_eq!(page["_truncated"], true);
     assert!(page["nextCursor"].is_string());
@@ -1093,6 +1102,9 @@ async fn scope_denials_are_generic_on_the_wire_and_specific_in_the_audit() {
     }
     assert!(bodies.windows(2).all(|w| w[0] == w[1]), "one generic 403: {bodies:?}");
     assert!(!bodies[0].contains("credentials") && !bodies[0].contains("excluded"));
+    let envelope: Value = serde_json::from_str(&bodies[0]).unwrap();
+    assert_eq!(envelope["error"]["code"], "scope_violation", "Mosaic's code for a scope denial");
+    assert_eq!(envelope["error"]["message"], "Access denied");
     let (status, _) = pair.list(&client, "nonsense", json!({})).await;
     assert_eq!(status, 400);
 

@@ -289,7 +289,7 @@ impl PeerCaller {
         limit: Option<u32>,
         cursor: Option<&str>,
     ) -> Result<PeerPage, PeerError> {
-        let body = serde_json::json!({"limit": limit, "cursor": cursor});
+        let body = list_body(limit, cursor);
         let value =
             self.call(peer, reqwest::Method::POST, &format!("/api/federation/v1/list/{resource}"), Some(body)).await?;
         let mut page: PeerPage =
@@ -364,6 +364,19 @@ pub fn transport_error(peer: &str, e: &reqwest::Error) -> PeerError {
     }
 }
 
+/// A list request body with only what is set, as JSON.stringify would send it: a Mosaic peer
+/// answers `{"limit": null}` with 400.
+fn list_body(limit: Option<u32>, cursor: Option<&str>) -> serde_json::Value {
+    let mut body = serde_json::Map::new();
+    if let Some(limit) = limit {
+        body.insert("limit".into(), limit.into());
+    }
+    if let Some(cursor) = cursor {
+        body.insert("cursor".into(), cursor.into());
+    }
+    serde_json::Value::Object(body)
+}
+
 /// reqwest errors embed the URL; keep the message short and free of query strings.
 fn strip_url(message: &str) -> String {
     let mut e = message.to_string();
@@ -400,6 +413,13 @@ mod tests {
         assert!(b.check("b").is_ok());
         b.record("b", Ok(()));
         assert!(b.check("b").is_ok());
+    }
+
+    #[test]
+    fn list_bodies_carry_no_nulls() {
+        assert_eq!(super::list_body(None, None).to_string(), "{}");
+        assert_eq!(super::list_body(Some(5), None).to_string(), r#"{"limit":5}"#);
+        assert_eq!(super::list_body(None, Some("c")).to_string(), r#"{"cursor":"c"}"#);
     }
 
     #[test]

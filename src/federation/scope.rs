@@ -202,8 +202,9 @@ pub struct QueryFilter {
     pub limit: u32,
 }
 
-/// Parses a request's `limit`: absent → the cap; a positive integer → at most the cap;
-/// anything else (0, negative, fractional, a string, a boolean) → `invalid_limit`.
+/// Parses a request's `limit`: absent → the cap; a positive integer, or a string of one (`"10"`,
+/// as Mosaic's `parseLimit` accepts) → at most the cap; anything else (0, negative, fractional, a
+/// non-numeric string, a boolean) → `invalid_limit`.
 ///
 /// # Errors
 /// [`DenyCode::InvalidLimit`].
@@ -213,6 +214,15 @@ pub fn parse_limit(limit: Option<&serde_json::Value>, cap: u32) -> Result<u32, D
         Some(serde_json::Value::Number(n)) => match n.as_u64() {
             Some(v) if v >= 1 => Ok(u32::try_from(v).unwrap_or(u32::MAX).min(cap)),
             _ => Err(deny(DenyCode::InvalidLimit, format!("limit {n} is not a positive integer"))),
+        },
+        Some(serde_json::Value::String(text)) => match text.trim().parse::<u64>() {
+            Ok(v) if v >= 1 && text.trim().chars().all(|c| c.is_ascii_digit()) => {
+                Ok(u32::try_from(v).unwrap_or(u32::MAX).min(cap))
+            }
+            _ => Err(deny(
+                DenyCode::InvalidLimit,
+                format!("limit {:?} is not a positive integer", super::audit::clean(text, 32)),
+            )),
         },
         Some(other) => Err(deny(DenyCode::InvalidLimit, format!("limit {other} is not a positive integer"))),
     }

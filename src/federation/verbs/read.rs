@@ -37,10 +37,14 @@ use crate::http::extract::{Json, Path};
 
 const MAX_UUID: Uuid = Uuid::max();
 
+/// Set on a list page when the requested limit was above the grant's cap; its value is the cap.
+pub const LIMIT_CAPPED_HEADER: &str = "x-tessera-limit-capped";
+
+/// Unknown fields are ignored, as Mosaic's list verb does (a grant's scope JSON stays strict).
 #[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct ListRequest {
-    /// A positive integer, capped at the grant's `max_rows_per_query` (the default).
+    /// A positive integer (or a string of one, `"10"`), capped at the grant's
+    /// `max_rows_per_query` (the default).
     #[schema(value_type = Option<u32>)]
     pub limit: Option<serde_json::Value>,
     /// `nextCursor` of the previous page.
@@ -55,7 +59,8 @@ pub struct ListResponse {
     /// Absent on the last page.
     #[serde(rename = "nextCursor", skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
-    /// Present (true) when the requested limit was above the grant's cap.
+    /// True exactly when more rows follow (always with `nextCursor`), as in Mosaic. A requested
+    /// limit above the grant's cap is reported in the `X-Tessera-Limit-Capped` header instead.
     #[serde(rename = "_truncated", skip_serializing_if = "Option::is_none")]
     pub truncated: Option<bool>,
 }
@@ -384,7 +389,12 @@ fn denial_response(state: &AppState, ctx: &FederationContext, verb: &str, resour
             "resource",
             format!("Unknown resource {:?}", super::super::audit::clean(resource, 64)),
         ),
-        _ => ApiError::forbidden(super::super::guard::FORBIDDEN_MESSAGE),
+        // Mosaic's FederationScopeViolationError: its own code, the one generic message.
+        _ => ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            crate::http::error::ErrorCode::ScopeViolation,
+            super::super::guard::FORBIDDEN_MESSAGE,
+        ),
     }
 }
 
@@ -524,7 +534,10 @@ pub async fn list(
             return Err(e);
         }
     };
-    let requested = body.limit.as_ref().and_then(serde_json::Value::as_u64);
+    let requested = body.limit.as_ref().and_then(|l| match l {
+        serde_json::Value::String(text) => text.trim().parse::<u64>().ok(),
+        other => other.as_u64(),
+    });
     let codec = cursor_codec(&state);
     // At most two rounds: the guard's remembered decision, confirmed by the page statement;
     // failing that, a decision read from the database (see `guard`).
@@ -547,11 +560,8 @@ pub async fn list(
     } else {
         None
     };
-    let response = ListResponse {
-        items: rows.into_iter().map(|r| r.json).collect(),
-        next_cursor,
-        truncated: requested.filter(|&r| r > u64::from(filter.limit)).map(|_| true),
-    };
+    let truncated = next_cursor.is_some().then_some(true);
+    let response = ListResponse { items: rows.into_iter().map(|r| r.json).collect(), next_cursor, truncated };
     // Serialised once: the same bytes are sent and counted for the audit row.
     let encoded = serde_json::to_vec(&response).map_err(anyhow::Error::from)?;
     let bytes = i64::try_from(encoded.len()).ok();
@@ -565,7 +575,11 @@ pub async fn list(
         ..Default::default()
     };
     audit_verb(&state, &ctx, "list", Some(&resource), o);
-    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], encoded).into_response())
+    let mut response = ([(axum::http::header::CONTENT_TYPE, "application/json")], encoded).into_response();
+    if requested.is_some_and(|r| r > u64::from(filter.limit)) {
+        response.headers_mut().insert(LIMIT_CAPPED_HEADER, axum::http::HeaderValue::from(filter.limit));
+    }
+    Ok(response)
 }
 
 /// One row by id. 404 when it does not exist *or* lies outside the grant (no existence oracle).
