@@ -252,7 +252,18 @@ impl PeerCaller {
         if let Some(body) = body {
             req = req.json(&body);
         }
-        let response = req.send().await.map_err(|e| transport_error(&peer.name, &e))?;
+        let response = req.send().await.map_err(|e| {
+            // A TLS 1.3 server refuses an expired client certificate after the client has
+            // finished its half of the handshake, so the alert can lose the race with the
+            // request and arrive as a bare "connection closed". Our own expiry is a fact we
+            // hold: name it rather than the race.
+            match peer.cert_not_after {
+                Some(not_after) if not_after <= chrono::Utc::now() => {
+                    PeerError::CertificateRefused(peer.name.clone(), format!("it expired at {not_after}; {REJOIN}"))
+                }
+                _ => transport_error(&peer.name, &e),
+            }
+        })?;
         let status = response.status();
         let text = response.text().await.map_err(|e| transport_error(&peer.name, &e))?;
         if !status.is_success() {
