@@ -12,6 +12,7 @@ use crate::admin::guard::AdminUser;
 use crate::app::AppState;
 use crate::http::error::{ApiError, ErrorEnvelope};
 use crate::http::extract::Json;
+use crate::store::rows::{self, INSIGHT_COLUMNS, NOTE_COLUMNS, PREFERENCE_COLUMNS, TASK_COLUMNS};
 
 const MAX_LIMIT: u32 = 500;
 
@@ -59,32 +60,41 @@ fn parse_source(source: Option<&str>) -> Result<Sources, ApiError> {
     }
 }
 
+/// This gateway's own rows of `resource`, newest first, in the shapes peers see (`store::rows`).
 async fn local_rows(pool: &sqlx::PgPool, resource: &str, limit: i64) -> Result<Vec<serde_json::Value>, sqlx::Error> {
-    let sql: &'static str = match resource {
-        "tasks" => {
-            "select jsonb_build_object('id', id, 'title', title, 'description', description, 'status', status,
-                    'priority', priority, 'projectId', project_id, 'missionId', mission_id, 'createdAt', created_at,
-                    'updatedAt', updated_at, '_source', 'local')
-             from tasks order by created_at desc, id desc limit $1"
-        }
+    async fn fetch<T>(pool: &sqlx::PgPool, sql: String, limit: i64) -> Result<Vec<serde_json::Value>, sqlx::Error>
+    where
+        T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Serialize + Send + Unpin,
+    {
+        let rows: Vec<T> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(limit).fetch_all(pool).await?;
+        Ok(rows.into_iter().map(rows::local_json).collect())
+    }
+    let order = "order by created_at desc, id desc limit $1";
+    match resource {
+        "tasks" => fetch::<rows::Task>(pool, format!("select {TASK_COLUMNS} from tasks t {order}"), limit).await,
         "notes" => {
-            "select jsonb_build_object('id', id, 'missionId', mission_id, 'taskId', task_id, 'notes', notes,
-                    'status', status, 'createdAt', created_at, '_source', 'local')
-             from mission_tasks where notes <> '' order by created_at desc, id desc limit $1"
+            fetch::<rows::Note>(
+                pool,
+                format!("select {NOTE_COLUMNS} from mission_tasks mt where mt.notes <> '' {order}"),
+                limit,
+            )
+            .await
         }
         _ => {
-            "select j from (
-                 (select created_at, id, jsonb_build_object('id', id, 'kind', 'insight', 'content', content,
-                         'category', category, 'createdAt', created_at, '_source', 'local') j
-                  from insights order by created_at desc, id desc limit $1)
-                 union all
-                 (select created_at, id, jsonb_build_object('id', id, 'kind', 'preference', 'key', key, 'value', value,
-                         'category', category, 'createdAt', created_at, '_source', 'local') j
-                  from preferences order by created_at desc, id desc limit $1)
-             ) m order by created_at desc, id desc limit $1"
+            let mut items =
+                fetch::<rows::Insight>(pool, format!("select {INSIGHT_COLUMNS} from insights i {order}"), limit)
+                    .await?;
+            items.extend(
+                fetch::<rows::Preference>(
+                    pool,
+                    format!("select {PREFERENCE_COLUMNS} from preferences p {order}"),
+                    limit,
+                )
+                .await?,
+            );
+            Ok(items)
         }
-    };
-    sqlx::query_scalar(sql).bind(limit).fetch_all(pool).await
+    }
 }
 
 fn created_at(v: &serde_json::Value) -> DateTime<Utc> {

@@ -202,8 +202,9 @@ pub async fn seed(pool: &PgPool, tasks: u32, progress: bool) -> anyhow::Result<S
             task_ids.push((id, m));
         }
         sqlx::query(
-            "insert into tasks (id, title, status, priority, project_id, mission_id, created_at, updated_at)
-             select id, title, status, priority, project_id, mission_id, created_at, created_at
+            "insert into tasks (id, title, status, priority, project_id, mission_id, created_at, updated_at, tags, due_date)
+             select id, title, status, priority, project_id, mission_id, created_at, created_at, array[priority],
+                    case when status <> 'done' then created_at + interval '14 days' end
              from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::uuid[], $6::uuid[], $7::timestamptz[])
                   as t(id, title, status, priority, project_id, mission_id, created_at)",
         )
@@ -244,8 +245,9 @@ pub async fn seed(pool: &PgPool, tasks: u32, progress: bool) -> anyhow::Result<S
     for chunk in (0..ids.len()).collect::<Vec<_>>().chunks(BATCH) {
         let r = chunk[0]..chunk[chunk.len() - 1] + 1;
         sqlx::query(
-            "insert into mission_tasks (id, mission_id, user_id, task_id, notes, created_at)
-             select * from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::timestamptz[])",
+            "insert into mission_tasks (id, mission_id, user_id, task_id, notes, created_at, updated_at)
+             select *, c from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::timestamptz[])
+                  as n(id, mission_id, user_id, task_id, notes, c)",
         )
         .bind(&ids[r.clone()])
         .bind(&mission_col[r.clone()])
@@ -267,11 +269,16 @@ pub async fn seed(pool: &PgPool, tasks: u32, progress: bool) -> anyhow::Result<S
             let u = (chunk_start + i) % USERS.len();
             let embedding: Vec<f32> = (0..384).map(|_| rng.random_range(-1.0f32..1.0)).collect();
             sqlx::query(
-                "insert into insights (id, user_id, content, category, embedding, created_at) values ($1, $2, $3, $4, $5, $6)",
+                "insert into insights (id, user_id, content, category, embedding, created_at, updated_at)
+                 values ($1, $2, $3, $4, $5, $6, $6)",
             )
             .bind(Uuid::new_v4())
             .bind(user_ids[u])
-            .bind(format!("{} learned something about {}", first_name(USERS[u].0), THINGS[rng.random_range(0..THINGS.len())]))
+            .bind(format!(
+                "{} learned something about {}",
+                first_name(USERS[u].0),
+                THINGS[rng.random_range(0..THINGS.len())]
+            ))
             .bind(["engineering", "process", "people"][rng.random_range(0..3)])
             .bind(pgvector::Vector::from(embedding))
             .bind(random_time(&mut rng, now))
@@ -288,14 +295,17 @@ pub async fn seed(pool: &PgPool, tasks: u32, progress: bool) -> anyhow::Result<S
             ("timezone", serde_json::json!("UTC")),
             ("digest", serde_json::json!({"daily": u % 2 == 0})),
         ] {
-            sqlx::query("insert into preferences (id, user_id, key, value, category, created_at) values ($1, $2, $3, $4, 'ui', $5)")
-                .bind(Uuid::new_v4())
-                .bind(id)
-                .bind(key)
-                .bind(value)
-                .bind(random_time(&mut rng, now))
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "insert into preferences (id, user_id, key, value, category, created_at, updated_at, source)
+                 values ($1, $2, $3, $4, 'ui', $5, $5, 'user')",
+            )
+            .bind(Uuid::new_v4())
+            .bind(id)
+            .bind(key)
+            .bind(value)
+            .bind(random_time(&mut rng, now))
+            .execute(&mut *tx)
+            .await?;
             s.preferences += 1;
         }
     }

@@ -8,6 +8,7 @@
 
 pub mod advertised_url;
 pub mod demo;
+pub mod rows;
 pub mod transfer;
 
 use std::time::Duration;

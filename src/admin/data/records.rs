@@ -300,19 +300,8 @@ pub async fn create_mission(conn: &mut PgConnection, new: NewMission) -> Result<
 
 // ---------------------------------------------------------------- tasks and notes
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Task {
-    pub id: Uuid,
-    pub title: String,
-    pub description: Option<String>,
-    pub status: String,
-    pub priority: String,
-    pub project_id: Option<Uuid>,
-    pub mission_id: Option<Uuid>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
+/// A task: the one shape peers see too (`store::rows`).
+pub use crate::store::rows::Task;
 keyed_by!(Task, id);
 
 /// At least one of `projectId` and `missionId`; with only `missionId`, the task joins the
@@ -329,12 +318,43 @@ pub struct NewTask {
     pub priority: Option<String>,
     pub project_id: Option<Uuid>,
     pub mission_id: Option<Uuid>,
+    /// Who the task is assigned to (free text, at most 200 characters).
+    pub assignee: Option<String>,
+    /// At most 50 tags of at most 100 characters each.
+    pub tags: Option<Vec<String>>,
+    pub due_date: Option<DateTime<Utc>>,
+    /// A JSON object.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Value>,
     pub created_at: Option<DateTime<Utc>>,
 }
 
-pub const LIST_TASKS: &str =
-    "select id, title, description, status, priority, project_id, mission_id, created_at, updated_at
-     from tasks where (created_at, id) < ($1, $2) order by created_at desc, id desc limit $3";
+pub const LIST_TASKS: &str = "select t.id, t.title, t.description, t.status, t.priority, t.project_id, t.mission_id, \
+     t.assignee, t.tags, t.due_date, t.metadata, t.created_at, t.updated_at
+     from tasks t where (t.created_at, t.id) < ($1, $2) order by t.created_at desc, t.id desc limit $3";
+
+/// At most this many bytes of JSON in a `metadata` object.
+pub const MAX_METADATA_BYTES: usize = 65_536;
+
+fn metadata(value: Option<serde_json::Value>) -> Result<Option<serde_json::Value>, ApiError> {
+    match value {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(v @ serde_json::Value::Object(_)) if v.to_string().len() <= MAX_METADATA_BYTES => Ok(Some(v)),
+        Some(serde_json::Value::Object(_)) => Err(ApiError::invalid_field(
+            "metadata",
+            format!("metadata must be at most {MAX_METADATA_BYTES} bytes of JSON"),
+        )),
+        Some(_) => Err(ApiError::invalid_field("metadata", "metadata must be a JSON object")),
+    }
+}
+
+fn tags(value: Option<Vec<String>>) -> Result<Vec<String>, ApiError> {
+    let tags = value.unwrap_or_default();
+    if tags.len() > 50 {
+        return Err(ApiError::invalid_field("tags", "tags must have at most 50 entries"));
+    }
+    tags.iter().enumerate().map(|(i, t)| text(&format!("tags[{i}]"), t, 100)).collect()
+}
 
 /// # Errors
 /// 400 on a bad field or a mission of another project; 404 for an unknown project or mission.
@@ -346,6 +366,9 @@ pub async fn create_task(conn: &mut PgConnection, new: NewTask) -> Result<Task, 
     }
     let status = optional_text("status", new.status.as_deref(), 64)?.unwrap_or_else(|| "todo".into());
     let priority = optional_text("priority", new.priority.as_deref(), 64)?.unwrap_or_else(|| "medium".into());
+    let assignee = optional_text("assignee", new.assignee.as_deref(), 200)?;
+    let tags = tags(new.tags)?;
+    let metadata = metadata(new.metadata)?;
     // Visibility is decided by project_id alone (DESIGN §4), so a mission's task takes its project.
     let project_id = match new.mission_id {
         Some(mission_id) => {
@@ -367,9 +390,11 @@ pub async fn create_task(conn: &mut PgConnection, new: NewTask) -> Result<Task, 
         }
     };
     sqlx::query_as::<_, Task>(
-        "insert into tasks (id, title, description, status, priority, project_id, mission_id, created_at, updated_at)
-         values ($1, $2, $3, $4, $5, $6, $7, coalesce($8, now()), coalesce($8, now()))
-         returning id, title, description, status, priority, project_id, mission_id, created_at, updated_at",
+        "insert into tasks as t (id, title, description, status, priority, project_id, mission_id, created_at, updated_at,
+                                 assignee, tags, due_date, metadata)
+         values ($1, $2, $3, $4, $5, $6, $7, coalesce($8, now()), coalesce($8, now()), $9, $10, $11, $12)
+         returning t.id, t.title, t.description, t.status, t.priority, t.project_id, t.mission_id,
+                   t.assignee, t.tags, t.due_date, t.metadata, t.created_at, t.updated_at",
     )
     .bind(id_or_new(new.id))
     .bind(title)
@@ -379,6 +404,10 @@ pub async fn create_task(conn: &mut PgConnection, new: NewTask) -> Result<Task, 
     .bind(project_id)
     .bind(new.mission_id)
     .bind(new.created_at)
+    .bind(assignee)
+    .bind(tags)
+    .bind(new.due_date)
+    .bind(metadata.map(sqlx::types::Json))
     .fetch_one(conn)
     .await
     .map_err(db_error)
@@ -391,9 +420,11 @@ pub struct MissionTask {
     pub mission_id: Uuid,
     pub user_id: Uuid,
     pub task_id: Option<Uuid>,
-    pub notes: String,
+    /// The note text (the column `notes`; `content` on the wire, as in Mosaic).
+    pub content: String,
     pub status: String,
     pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
 }
 keyed_by!(MissionTask, id);
 
@@ -403,33 +434,36 @@ pub struct NewMissionTask {
     pub id: Option<Uuid>,
     pub mission_id: Uuid,
     pub user_id: Uuid,
-    pub notes: String,
+    /// The note text; `notes` is accepted as its older name.
+    #[serde(alias = "notes")]
+    pub content: String,
     pub task_id: Option<Uuid>,
     /// Default `open`.
     pub status: Option<String>,
     pub created_at: Option<DateTime<Utc>>,
 }
 
-pub const LIST_MISSION_TASKS: &str = "select id, mission_id, user_id, task_id, notes, status, created_at
+pub const LIST_MISSION_TASKS: &str =
+    "select id, mission_id, user_id, task_id, notes as content, status, created_at, updated_at
      from mission_tasks where (created_at, id) < ($1, $2) order by created_at desc, id desc limit $3";
 
 /// # Errors
 /// 400 on a bad field; 404 for an unknown mission, user or task.
 pub async fn create_mission_task(conn: &mut PgConnection, new: NewMissionTask) -> Result<MissionTask, ApiError> {
-    if new.notes.chars().count() > 100_000 {
-        return Err(ApiError::invalid_field("notes", "notes must have at most 100000 characters"));
+    if new.content.chars().count() > 100_000 {
+        return Err(ApiError::invalid_field("content", "content must have at most 100000 characters"));
     }
     let status = optional_text("status", new.status.as_deref(), 64)?.unwrap_or_else(|| "open".into());
     sqlx::query_as::<_, MissionTask>(
-        "insert into mission_tasks (id, mission_id, user_id, task_id, notes, status, created_at)
-         values ($1, $2, $3, $4, $5, $6, coalesce($7, now()))
-         returning id, mission_id, user_id, task_id, notes, status, created_at",
+        "insert into mission_tasks (id, mission_id, user_id, task_id, notes, status, created_at, updated_at)
+         values ($1, $2, $3, $4, $5, $6, coalesce($7, now()), coalesce($7, now()))
+         returning id, mission_id, user_id, task_id, notes as content, status, created_at, updated_at",
     )
     .bind(id_or_new(new.id))
     .bind(new.mission_id)
     .bind(new.user_id)
     .bind(new.task_id)
-    .bind(new.notes)
+    .bind(new.content)
     .bind(status)
     .bind(new.created_at)
     .fetch_one(conn)
@@ -446,9 +480,15 @@ pub struct Insight {
     pub user_id: Uuid,
     pub content: String,
     pub category: Option<String>,
+    /// Where the insight comes from (`agent` by default); peers see it as `kind`.
+    pub source: String,
+    pub relevance_score: f32,
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Value>,
     /// Whether an embedding is stored (the 384 numbers are not echoed back).
     pub has_embedding: bool,
     pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
 }
 keyed_by!(Insight, id);
 
@@ -459,13 +499,24 @@ pub struct NewInsight {
     pub user_id: Uuid,
     pub content: String,
     pub category: Option<String>,
+    /// Default `agent`; at most 64 characters.
+    pub source: Option<String>,
+    /// A finite number; default 1.
+    pub relevance_score: Option<f32>,
+    /// A JSON object.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Value>,
     /// Exactly 384 finite numbers.
     pub embedding: Option<Vec<f32>>,
     pub created_at: Option<DateTime<Utc>>,
 }
 
+const INSIGHT_RECORD: &str = "id, user_id, content, category, source, relevance_score, metadata, \
+     embedding is not null as has_embedding, created_at, updated_at";
+
 pub const LIST_INSIGHTS: &str =
-    "select id, user_id, content, category, embedding is not null as has_embedding, created_at
+    "select id, user_id, content, category, source, relevance_score, metadata, embedding is not null as has_embedding,
+            created_at, updated_at
      from insights where (created_at, id) < ($1, $2) order by created_at desc, id desc limit $3";
 
 /// # Errors
@@ -473,6 +524,12 @@ pub const LIST_INSIGHTS: &str =
 pub async fn create_insight(conn: &mut PgConnection, new: NewInsight) -> Result<Insight, ApiError> {
     let content = text("content", &new.content, 100_000)?;
     let category = optional_text("category", new.category.as_deref(), 200)?;
+    let source = optional_text("source", new.source.as_deref(), 64)?.unwrap_or_else(|| "agent".into());
+    let relevance = new.relevance_score.unwrap_or(1.0);
+    if !relevance.is_finite() {
+        return Err(ApiError::invalid_field("relevanceScore", "relevanceScore must be a finite number"));
+    }
+    let metadata = metadata(new.metadata)?;
     let embedding = match new.embedding {
         Some(v) if v.len() != EMBEDDING_DIMS => {
             return Err(ApiError::invalid_field(
@@ -485,17 +542,20 @@ pub async fn create_insight(conn: &mut PgConnection, new: NewInsight) -> Result<
         }
         other => other.map(pgvector::Vector::from),
     };
-    sqlx::query_as::<_, Insight>(
-        "insert into insights (id, user_id, content, category, embedding, created_at)
-         values ($1, $2, $3, $4, $5, coalesce($6, now()))
-         returning id, user_id, content, category, embedding is not null as has_embedding, created_at",
-    )
+    sqlx::query_as::<_, Insight>(sqlx::AssertSqlSafe(format!(
+        "insert into insights (id, user_id, content, category, embedding, created_at, updated_at, source, relevance_score, metadata)
+         values ($1, $2, $3, $4, $5, coalesce($6, now()), coalesce($6, now()), $7, $8, $9)
+         returning {INSIGHT_RECORD}"
+    )))
     .bind(id_or_new(new.id))
     .bind(new.user_id)
     .bind(content)
     .bind(category)
     .bind(embedding)
     .bind(new.created_at)
+    .bind(source)
+    .bind(relevance)
+    .bind(metadata.map(sqlx::types::Json))
     .fetch_one(conn)
     .await
     .map_err(db_error)
@@ -510,7 +570,11 @@ pub struct Preference {
     #[schema(value_type = Object)]
     pub value: serde_json::Value,
     pub category: Option<String>,
+    pub source: Option<String>,
+    /// Whether the preference may be changed (default true).
+    pub mutable: bool,
     pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
 }
 keyed_by!(Preference, id);
 
@@ -524,10 +588,14 @@ pub struct NewPreference {
     #[schema(value_type = Object)]
     pub value: serde_json::Value,
     pub category: Option<String>,
+    /// At most 64 characters.
+    pub source: Option<String>,
+    /// Default true.
+    pub mutable: Option<bool>,
     pub created_at: Option<DateTime<Utc>>,
 }
 
-pub const LIST_PREFERENCES: &str = "select id, user_id, key, value, category, created_at
+pub const LIST_PREFERENCES: &str = "select id, user_id, key, value, category, source, mutable, created_at, updated_at
      from preferences where (created_at, id) < ($1, $2) order by created_at desc, id desc limit $3";
 
 /// # Errors
@@ -535,10 +603,11 @@ pub const LIST_PREFERENCES: &str = "select id, user_id, key, value, category, cr
 pub async fn create_preference(conn: &mut PgConnection, new: NewPreference) -> Result<Preference, ApiError> {
     let key = text("key", &new.key, 200)?;
     let category = optional_text("category", new.category.as_deref(), 200)?;
+    let source = optional_text("source", new.source.as_deref(), 64)?;
     sqlx::query_as::<_, Preference>(
-        "insert into preferences (id, user_id, key, value, category, created_at)
-         values ($1, $2, $3, $4, $5, coalesce($6, now()))
-         returning id, user_id, key, value, category, created_at",
+        "insert into preferences (id, user_id, key, value, category, created_at, updated_at, source, mutable)
+         values ($1, $2, $3, $4, $5, coalesce($6, now()), coalesce($6, now()), $7, coalesce($8, true))
+         returning id, user_id, key, value, category, source, mutable, created_at, updated_at",
     )
     .bind(id_or_new(new.id))
     .bind(new.user_id)
@@ -546,6 +615,8 @@ pub async fn create_preference(conn: &mut PgConnection, new: NewPreference) -> R
     .bind(sqlx::types::Json(new.value))
     .bind(category)
     .bind(new.created_at)
+    .bind(source)
+    .bind(new.mutable)
     .fetch_one(conn)
     .await
     .map_err(db_error)

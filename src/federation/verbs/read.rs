@@ -34,6 +34,7 @@ use super::super::scope::{Denial, DenyCode, QueryFilter, evaluate};
 use crate::app::AppState;
 use crate::http::error::{ApiError, ErrorEnvelope};
 use crate::http::extract::{Json, Path};
+use crate::store::rows::{self, INSIGHT_COLUMNS, NOTE_COLUMNS, PREFERENCE_COLUMNS, TASK_COLUMNS};
 
 const MAX_UUID: Uuid = Uuid::max();
 
@@ -71,66 +72,6 @@ pub struct GetResponse {
     pub item: serde_json::Value,
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
-#[serde(rename_all = "camelCase")]
-struct TaskRow {
-    id: Uuid,
-    title: String,
-    description: Option<String>,
-    status: String,
-    priority: String,
-    project_id: Option<Uuid>,
-    mission_id: Option<Uuid>,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-    #[sqlx(skip)]
-    #[serde(rename = "_source")]
-    source: Local,
-}
-
-#[derive(Debug, Serialize, sqlx::FromRow)]
-#[serde(rename_all = "camelCase")]
-struct NoteRow {
-    id: Uuid,
-    mission_id: Uuid,
-    task_id: Option<Uuid>,
-    notes: String,
-    status: String,
-    created_at: DateTime<Utc>,
-    #[sqlx(skip)]
-    #[serde(rename = "_source")]
-    source: Local,
-}
-
-#[derive(Debug, Serialize, sqlx::FromRow)]
-#[serde(rename_all = "camelCase")]
-struct InsightRow {
-    id: Uuid,
-    content: String,
-    category: Option<String>,
-    created_at: DateTime<Utc>,
-}
-
-#[derive(Debug, Serialize, sqlx::FromRow)]
-#[serde(rename_all = "camelCase")]
-struct PreferenceRow {
-    id: Uuid,
-    key: String,
-    value: serde_json::Value,
-    category: Option<String>,
-    created_at: DateTime<Utc>,
-}
-
-/// Serialises as `"local"`: the `_source` of every row this gateway serves itself.
-#[derive(Debug, Default, Clone, Copy)]
-struct Local;
-
-impl Serialize for Local {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str("local")
-    }
-}
-
 /// A row ready for the wire (already serialised once), with its keyset position.
 struct Row {
     created_at: DateTime<Utc>,
@@ -141,17 +82,6 @@ struct Row {
 
 fn raw(value: &impl Serialize) -> Box<RawValue> {
     serde_json::value::to_raw_value(value).expect("rows always serialise")
-}
-
-fn tag(value: impl Serialize, kind: Option<&str>) -> serde_json::Value {
-    let mut v = serde_json::to_value(value).unwrap_or_default();
-    if let Some(obj) = v.as_object_mut() {
-        if let Some(kind) = kind {
-            obj.insert("kind".into(), kind.into());
-        }
-        obj.insert("_source".into(), "local".into());
-    }
-    v
 }
 
 // Visible projects: personal ones when allowed, plus those of the allowed teams.
@@ -230,7 +160,9 @@ async fn tasks_page(
 ) -> Result<Option<Vec<Row>>, sqlx::Error> {
     let rows = fetch_tasks(pool, f, confirm, after, n).await?;
     Ok(rows.map(|rows| {
-        rows.into_iter().map(|r| Row { created_at: r.created_at, id: r.id, source: None, json: raw(&r) }).collect()
+        rows.into_iter()
+            .map(|r| Row { created_at: r.created_at, id: r.id, source: None, json: raw(&rows::local(r)) })
+            .collect()
     }))
 }
 
@@ -254,10 +186,10 @@ async fn fetch_tasks(
     confirm: Option<&Confirmation>,
     after: (DateTime<Utc>, Uuid),
     n: i64,
-) -> Result<Option<Vec<TaskRow>>, sqlx::Error> {
+) -> Result<Option<Vec<rows::Task>>, sqlx::Error> {
     let (with, check) = confirming(confirm);
     let sql = format!(
-        "{with}select t.id, t.title, t.description, t.status, t.priority, t.project_id, t.mission_id, t.created_at, t.updated_at
+        "{with}select {TASK_COLUMNS}
          from (
              select k.id
              from ({VISIBLE_PROJECTS}) v
@@ -286,21 +218,23 @@ async fn notes_page(
 ) -> Result<Option<Vec<Row>>, sqlx::Error> {
     let (with, check) = confirming(confirm);
     let sql = format!(
-        "{with}select mt.id, mt.mission_id, mt.task_id, mt.notes, mt.status, mt.created_at
+        "{with}select {NOTE_COLUMNS}
          from mission_tasks mt
          where {check} and mt.user_id = $1 and mt.notes <> '' and (mt.created_at, mt.id) < ($4, $5)
            and exists (select 1 from missions m where m.id = mt.mission_id and m.project_id in ({VISIBLE_PROJECTS}))
          order by mt.created_at desc, mt.id desc
          limit $6"
     );
-    let rows: Option<Vec<NoteRow>> =
+    let rows: Option<Vec<rows::Note>> =
         confirmed_page(pool, scoped(sql, f).bind(after.0).bind(after.1).bind(n), confirm).await?;
     Ok(rows.map(|rows| {
-        rows.into_iter().map(|r| Row { created_at: r.created_at, id: r.id, source: None, json: raw(&r) }).collect()
+        rows.into_iter()
+            .map(|r| Row { created_at: r.created_at, id: r.id, source: None, json: raw(&rows::local(r)) })
+            .collect()
     }))
 }
 
-/// One keyset page of a memory table (`insights` or `preferences`, fixed names).
+/// One keyset page of a memory table (`insights i` or `preferences p`, fixed names).
 fn memory_rows<'q, T>(
     table: &'static str,
     columns: &'static str,
@@ -312,7 +246,7 @@ where
     T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
 {
     let sql = format!(
-        "select id, {columns}, created_at from {table}
+        "select {columns} from {table}
          where user_id = $1 and (created_at, id) < ($2, $3)
          order by created_at desc, id desc limit $4"
     );
@@ -333,13 +267,13 @@ async fn memory_page(
     let in_preferences = after.is_some_and(|p| p.source.as_deref() == Some("preferences"));
     if !in_preferences {
         let (t, i) = after.map_or((end_of_time(), MAX_UUID), |p| (p.created_at(), p.id));
-        let insights: Vec<InsightRow> =
-            memory_rows("insights", "content, category", f, (t, i), n).fetch_all(pool).await?;
+        let insights: Vec<rows::Insight> =
+            memory_rows("insights i", INSIGHT_COLUMNS, f, (t, i), n).fetch_all(pool).await?;
         rows.extend(insights.into_iter().map(|r| Row {
             created_at: r.created_at,
             id: r.id,
             source: Some("insights"),
-            json: raw(&tag(r, Some("insight"))),
+            json: raw(&rows::local(r)),
         }));
     }
     let remaining = n - rows.len() as i64;
@@ -348,13 +282,13 @@ async fn memory_page(
             Some(p) if in_preferences => (p.created_at(), p.id),
             _ => (end_of_time(), MAX_UUID),
         };
-        let prefs: Vec<PreferenceRow> =
-            memory_rows("preferences", "key, value, category", f, (t, i), remaining).fetch_all(pool).await?;
+        let prefs: Vec<rows::Preference> =
+            memory_rows("preferences p", PREFERENCE_COLUMNS, f, (t, i), remaining).fetch_all(pool).await?;
         rows.extend(prefs.into_iter().map(|r| Row {
             created_at: r.created_at,
             id: r.id,
             source: Some("preferences"),
-            json: raw(&tag(r, Some("preference"))),
+            json: raw(&rows::local(r)),
         }));
     }
     Ok(rows)
@@ -603,40 +537,41 @@ pub async fn get(
     let item = match resource.as_str() {
         "tasks" => {
             let sql = format!(
-                "select t.id, t.title, t.description, t.status, t.priority, t.project_id, t.mission_id, t.created_at, t.updated_at
+                "select {TASK_COLUMNS}
                  from tasks t where t.id = $4 and t.project_id in ({VISIBLE_PROJECTS})"
             );
-            let row: Option<TaskRow> = scoped(sql, &filter).bind(id).fetch_optional(&state.peer_reads).await?;
-            row.map(|r| tag(r, None))
+            let row: Option<rows::Task> = scoped(sql, &filter).bind(id).fetch_optional(&state.peer_reads).await?;
+            row.map(rows::local_json)
         }
         "notes" => {
             let sql = format!(
-                "select mt.id, mt.mission_id, mt.task_id, mt.notes, mt.status, mt.created_at
+                "select {NOTE_COLUMNS}
                  from mission_tasks mt
                  where mt.id = $4 and mt.user_id = $1 and mt.notes <> ''
                    and exists (select 1 from missions m where m.id = mt.mission_id and m.project_id in ({VISIBLE_PROJECTS}))"
             );
-            let row: Option<NoteRow> = scoped(sql, &filter).bind(id).fetch_optional(&state.peer_reads).await?;
-            row.map(|r| tag(r, None))
+            let row: Option<rows::Note> = scoped(sql, &filter).bind(id).fetch_optional(&state.peer_reads).await?;
+            row.map(rows::local_json)
         }
         _ if filter.include_personal => {
-            let insight: Option<InsightRow> =
-                sqlx::query_as("select id, content, category, created_at from insights where id = $1 and user_id = $2")
-                    .bind(id)
-                    .bind(filter.subject_user_id)
-                    .fetch_optional(&state.peer_reads)
-                    .await?;
+            let insight: Option<rows::Insight> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "select {INSIGHT_COLUMNS} from insights i where i.id = $1 and i.user_id = $2"
+            )))
+            .bind(id)
+            .bind(filter.subject_user_id)
+            .fetch_optional(&state.peer_reads)
+            .await?;
             match insight {
-                Some(r) => Some(tag(r, Some("insight"))),
+                Some(r) => Some(rows::local_json(r)),
                 None => {
-                    let pref: Option<PreferenceRow> = sqlx::query_as(
-                        "select id, key, value, category, created_at from preferences where id = $1 and user_id = $2",
-                    )
+                    let pref: Option<rows::Preference> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                        "select {PREFERENCE_COLUMNS} from preferences p where p.id = $1 and p.user_id = $2"
+                    )))
                     .bind(id)
                     .bind(filter.subject_user_id)
                     .fetch_optional(&state.peer_reads)
                     .await?;
-                    pref.map(|r| tag(r, Some("preference")))
+                    pref.map(rows::local_json)
                 }
             }
         }
