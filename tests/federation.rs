@@ -2883,3 +2883,221 @@ async fn peer_health_shows_both_ways_over_the_api_and_the_cli() {
     let (code, _, _) = run_cli(&["peer", "health", "nobody"], &b_env);
     assert_eq!(code, 3);
 }
+
+fn keys(v: &Value) -> Vec<String> {
+    let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+    k.sort();
+    k
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_carry_mosaics_fields_from_the_data_api_to_list_and_get() {
+    let pair = Pair::new(vec![]).await;
+    let created = |r: (u16, Value)| {
+        assert_eq!(r.0, 201, "{}", r.1);
+        r.1
+    };
+    let project =
+        created(pair.admin_post("/api/admin/projects", json!({"name": "p", "ownerUserId": pair.subject})).await);
+    let mission =
+        created(pair.admin_post("/api/admin/missions", json!({"name": "m", "projectId": project["id"]})).await);
+    let task = created(
+        pair.admin_post(
+            "/api/admin/tasks",
+            json!({"title": "Ship", "missionId": mission["id"], "assignee": "ada", "tags": ["a", "b"],
+                   "dueDate": "2027-01-02T03:04:05Z", "metadata": {"points": 3}}),
+        )
+        .await,
+    );
+    assert_eq!((task["assignee"].as_str(), task["tags"].clone()), (Some("ada"), json!(["a", "b"])), "{task}");
+    // `notes` is still accepted as the old name of `content`.
+    let note = created(
+        pair.admin_post(
+            "/api/admin/mission-tasks",
+            json!({"missionId": mission["id"], "userId": pair.subject, "notes": "remember"}),
+        )
+        .await,
+    );
+    assert_eq!(note["content"], "remember", "{note}");
+    let insight = created(
+        pair.admin_post(
+            "/api/admin/insights",
+            json!({"userId": pair.subject, "content": "c", "category": "cat", "relevanceScore": 0.5, "metadata": {"x": 1}}),
+        )
+        .await,
+    );
+    assert_eq!((insight["source"].as_str(), insight["relevanceScore"].as_f64()), (Some("agent"), Some(0.5)));
+    let pref = created(
+        pair.admin_post(
+            "/api/admin/preferences",
+            json!({"userId": pair.subject, "key": "k", "value": {"on": true}, "category": "ui", "source": "user", "mutable": false}),
+        )
+        .await,
+    );
+    assert_eq!(pref["mutable"], false, "{pref}");
+    // Bad new fields are named.
+    for (body, field) in [
+        (json!({"title": "x", "missionId": mission["id"], "metadata": [1]}), "metadata"),
+        (json!({"title": "x", "missionId": mission["id"], "tags": [""]}), "tags[0]"),
+        (json!({"title": "x", "missionId": mission["id"], "assignee": "a".repeat(201)}), "assignee"),
+    ] {
+        let (status, e) = pair.admin_post("/api/admin/tasks", body).await;
+        assert_eq!((status, e["error"]["details"]["field"].as_str()), (400, Some(field)), "{e}");
+    }
+
+    let (_, client) = pair.enroll_with(json!({"resources": ["tasks", "notes", "memory"]})).await;
+    let (_, page) = pair.list(&client, "tasks", json!({})).await;
+    let t = &page["items"][0];
+    assert_eq!(
+        keys(t),
+        [
+            "_source",
+            "assignee",
+            "createdAt",
+            "description",
+            "dueDate",
+            "id",
+            "metadata",
+            "missionId",
+            "priority",
+            "projectId",
+            "status",
+            "tags",
+            "title",
+            "updatedAt"
+        ]
+    );
+    assert_eq!((t["dueDate"].as_str(), t["metadata"].clone()), (Some("2027-01-02T03:04:05Z"), json!({"points": 3})));
+    let (_, page) = pair.list(&client, "notes", json!({})).await;
+    let n = &page["items"][0];
+    assert_eq!(keys(n), ["_source", "content", "createdAt", "id", "missionId", "status", "taskId", "updatedAt"]);
+    assert_eq!(n["content"], "remember");
+    let (_, page) = pair.list(&client, "memory", json!({})).await;
+    let (i, p) = (&page["items"][0], &page["items"][1]);
+    assert_eq!(
+        keys(i),
+        ["_source", "category", "content", "createdAt", "id", "kind", "metadata", "relevanceScore", "updatedAt"]
+    );
+    assert_eq!((i["kind"].as_str(), i["category"].as_str()), (Some("agent"), Some("cat")), "kind is the source");
+    assert_eq!(keys(p), ["_source", "createdAt", "id", "key", "kind", "mutable", "source", "updatedAt", "value"]);
+    assert_eq!((p["kind"].as_str(), p["mutable"].as_bool()), (Some("ui"), Some(false)), "kind is the category");
+    // get answers the same shape as list.
+    let r = client.post(pair.b.url(&format!("/api/federation/v1/get/tasks/{}", task["id"].as_str().unwrap())));
+    let got: Value = r.send().await.unwrap().json().await.unwrap();
+    assert_eq!(got["item"], *t);
+
+    // updatedAt follows an update (a trigger), and an update that changes nothing leaves it.
+    let before: chrono::DateTime<chrono::Utc> = t["updatedAt"].as_str().unwrap().parse().unwrap();
+    let id: Uuid = task["id"].as_str().unwrap().parse().unwrap();
+    sqlx::query("update tasks set title = title where id = $1").bind(id).execute(&pair.b_db.pool).await.unwrap();
+    let (_, page) = pair.list(&client, "tasks", json!({})).await;
+    assert_eq!(page["items"][0]["updatedAt"], t["updatedAt"], "a no-op update keeps updatedAt");
+    sqlx::query("update tasks set title = 'Shipped' where id = $1").bind(id).execute(&pair.b_db.pool).await.unwrap();
+    let (_, page) = pair.list(&client, "tasks", json!({})).await;
+    let after: chrono::DateTime<chrono::Utc> = page["items"][0]["updatedAt"].as_str().unwrap().parse().unwrap();
+    assert!(after > before, "{before} -> {after}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_row_shape_migration_keeps_existing_rows() {
+    let db = TestDb::empty().await;
+    let before = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap().to_str().unwrap() < "20261201122000" {
+            std::fs::copy(&path, before.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    sqlx::migrate::Migrator::new(before.path()).await.unwrap().run(&db.pool).await.unwrap();
+    let (user, project, mission) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let at = "2025-01-01T00:00:00Z";
+    for sql in [
+        "insert into users (id, email, name, role) values ($1, 'u@x', 'U', 'member')",
+        "insert into projects (id, name, owner_user_id) values ($2, 'p', $1)",
+        "insert into missions (id, name, project_id) values ($3, 'm', $2)",
+        "insert into tasks (id, title, project_id, created_at, updated_at) values (gen_random_uuid(), 'old', $2, $4, $4)",
+        "insert into mission_tasks (id, mission_id, user_id, notes, created_at) values (gen_random_uuid(), $3, $1, 'n', $4)",
+        "insert into insights (id, user_id, content, created_at) values (gen_random_uuid(), $1, 'i', $4)",
+        "insert into preferences (id, user_id, key, value, created_at) values (gen_random_uuid(), $1, 'k', '1', $4)",
+    ] {
+        sqlx::query(sql)
+            .bind(user)
+            .bind(project)
+            .bind(mission)
+            .bind(at.parse::<chrono::DateTime<chrono::Utc>>().unwrap())
+            .execute(&db.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    tessera::store::migrate(&db.pool).await.unwrap();
+    let task: (String, Vec<String>, Option<Value>) =
+        sqlx::query_as("select title, tags, metadata from tasks").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(task, ("old".to_string(), vec![], None));
+    for table in ["mission_tasks", "insights", "preferences"] {
+        let sql = format!("select count(*) from {table} where updated_at = created_at and created_at = '{at}'");
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(&db.pool).await.unwrap();
+        assert_eq!(n, 1, "{table}: the row survives, updated when created");
+    }
+    let memory: (String, f32, bool) =
+        sqlx::query_as("select i.source, i.relevance_score, p.mutable from insights i cross join preferences p")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(memory, ("agent".to_string(), 1.0, true));
+    // The trigger works on migrated rows too, including insights with a vector column.
+    sqlx::query("update insights set content = 'j'").execute(&db.pool).await.unwrap();
+    let moved: bool =
+        sqlx::query_scalar("select updated_at > created_at from insights").fetch_one(&db.pool).await.unwrap();
+    assert!(moved);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn peer_add_without_a_url_pin_needs_one_out_of_band_and_never_trusts_on_first_use() {
+    let pair = Pair::new(vec![]).await;
+    let grant = pair.grant(json!({"resources": ["tasks"]})).await;
+    let (_, url) = pair.enrollment_url(grant).await;
+    let (bare, pin) = url.split_once("#sha256=").unwrap();
+    let stored = || async {
+        let n: i64 =
+            sqlx::query_scalar("select count(*) from federation_peers").fetch_one(&pair.a_db.pool).await.unwrap();
+        let status: String = sqlx::query_scalar("select status from federation_grants where id = $1")
+            .bind(grant)
+            .fetch_one(&pair.b_db.pool)
+            .await
+            .unwrap();
+        (n, status)
+    };
+    let env = pair.a_env();
+
+    // A URL without a pin (as Mosaic's are) and no terminal to ask: refused (trust, 2), with the
+    // exact command to run, and nothing sent or stored.
+    let (code, out, err) = run_cli(&["peer", "add", bare, "--name", "gateway-b"], &env);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("no #sha256= pin"), "{err}");
+    assert!(err.contains(&format!("tessera peer add '{bare}' --name 'gateway-b' --ca-fingerprint <sha256")), "{err}");
+    assert_eq!(stored().await, (0, "pending".to_string()), "nothing enrolled, the token not spent");
+
+    // A pin out of band that does not match the CA: refused (trust), nothing sent.
+    let wrong = "00".repeat(32);
+    let (code, _, err) = run_cli(&["peer", "add", bare, "--ca-fingerprint", &wrong], &env);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("CA fingerprint mismatch"), "{err}");
+    // One that disagrees with the URL's own pin, or is not a fingerprint: usage (64).
+    let (code, _, err) = run_cli(&["peer", "add", &url, "--ca-fingerprint", &wrong], &env);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("--ca-fingerprint gives"), "{err}");
+    let (code, _, err) = run_cli(&["peer", "add", bare, "--ca-fingerprint", "abc"], &env);
+    assert_eq!(code, 64, "{err}");
+    assert_eq!(stored().await, (0, "pending".to_string()));
+
+    // The right one, pasted as openssl prints it: enrolled.
+    let colons =
+        pin.to_uppercase().as_bytes().chunks(2).map(|c| std::str::from_utf8(c).unwrap()).collect::<Vec<_>>().join(":");
+    let (code, out, err) =
+        run_cli(&["peer", "add", bare, "--ca-fingerprint", &colons, "--name", "gateway-b", "--json"], &env);
+    assert_eq!(code, 0, "{out}{err}");
+    let enrolled: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(enrolled["caFingerprint"], pin);
+    assert_eq!(enrolled["subjectUserId"], pair.subject.to_string());
+    assert_eq!(stored().await, (1, "active".to_string()));
+}

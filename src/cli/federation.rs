@@ -53,12 +53,20 @@ pub enum PeerCommand {
         json: bool,
     },
     /// Enroll with a remote gateway from the enrollment URL its admin gave you.
+    ///
+    /// The peer's CA must be pinned before anything is sent: by the URL's `#sha256=` fragment
+    /// (tessera's URLs carry one), by `--ca-fingerprint` (for URLs without one, such as Mosaic's),
+    /// or, on a terminal, by confirming the fingerprint shown. Without any of these it refuses.
     Add {
-        /// `https://host:port/api/federation/enrollment/<token>#sha256=<fingerprint>`
+        /// `https://host:port/api/federation/enrollment/<token>[#sha256=<fingerprint>]`
         enrollment_url: String,
         /// Local name for the peer [default: the URL's host].
         #[arg(long)]
         name: Option<String>,
+        /// SHA-256 of the peer's CA certificate, from its admin (64 hex characters; colons and a
+        /// `sha256=` prefix are accepted). Must agree with the URL's pin if it has one.
+        #[arg(long, value_name = "SHA256")]
+        ca_fingerprint: Option<String>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -390,8 +398,9 @@ async fn peer_inner(config: &Config, pool: &sqlx::PgPool, cmd: PeerCommand) -> a
             Some(p) => print(json, &p, peer_detail)?,
             None => return rejected(ApiError::not_found(format!("no peer '{peer}'"))),
         },
-        PeerCommand::Add { enrollment_url, name, json } => {
-            let url = client::parse_enrollment_url(&enrollment_url)?;
+        PeerCommand::Add { enrollment_url, name, ca_fingerprint, json } => {
+            let mut url = client::parse_enrollment_url(&enrollment_url)?;
+            url.pin = Some(enrollment_pin(&url, &enrollment_url, name.as_deref(), ca_fingerprint.as_deref()).await?);
             let sealing = SealingKey::load(config.sealing_key.as_ref(), &config.data_dir)?;
             let opts = client::AddPeer { url: &url, name: name.as_deref(), oids: &config.federation.oids };
             let enrolled = client::add_peer(pool, &sealing, &opts).await?;
@@ -415,6 +424,73 @@ async fn peer_inner(config: &Config, pool: &sqlx::PgPool, cmd: PeerCommand) -> a
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Single-quotes `s` for a POSIX shell.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The CA pin for `peer add`: the URL's, `--ca-fingerprint` (which must agree with it), or on a
+/// terminal the fingerprint of the CA the peer serves, once the operator confirms it. Without a
+/// terminal and without a pin it refuses (exit 2) and prints the command to run: there is no
+/// trust on first use.
+async fn enrollment_pin(
+    url: &client::EnrollmentUrl,
+    raw_url: &str,
+    name: Option<&str>,
+    flag: Option<&str>,
+) -> anyhow::Result<String> {
+    use std::io::{BufRead as _, IsTerminal as _, Write as _};
+    let flag =
+        flag.map(client::parse_fingerprint).transpose().map_err(|e| UsageError(format!("--ca-fingerprint: {e}")))?;
+    match (&url.pin, flag) {
+        (Some(pin), Some(flag)) if *pin != flag => {
+            return Err(UsageError(format!(
+                "the enrollment URL pins sha256={pin} but --ca-fingerprint gives sha256={flag}; \
+                 ask the peer's admin which is right (nothing was sent)"
+            ))
+            .into());
+        }
+        (Some(pin), _) => return Ok(pin.clone()),
+        (None, Some(flag)) => return Ok(flag),
+        (None, None) => {}
+    }
+    let command = format!(
+        "tessera peer add {}{} --ca-fingerprint <sha256 of the peer's CA, from its admin>",
+        shell_quote(raw_url),
+        name.map(|n| format!(" --name {}", shell_quote(n))).unwrap_or_default()
+    );
+    if !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
+        return Err(crate::outcome::Untrusted(format!(
+            "Cannot trust {}: the enrollment URL carries no #sha256= pin, and there is no terminal to confirm the \
+             CA's fingerprint (tessera never trusts a CA on first use). Ask the peer's admin for the SHA-256 \
+             fingerprint of its CA and run:\n  {command}",
+            url.origin
+        ))
+        .into());
+    }
+    let ca_pem = client::fetch_ca_unverified(&url.origin).await?;
+    let actual = client::pem_fingerprint(&ca_pem)?;
+    let mut err = std::io::stderr();
+    write!(
+        err,
+        "The enrollment URL carries no CA pin. The gateway at {} presents a CA with\n  sha256={actual}\n\
+         Compare it with the fingerprint the peer's admin gave you. Trust this CA? Type yes to continue: ",
+        url.origin
+    )?;
+    err.flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if matches!(answer.trim().to_ascii_lowercase().as_str(), "yes" | "y") {
+        Ok(actual)
+    } else {
+        Err(crate::outcome::Untrusted(format!(
+            "not trusted: refusing to enroll with {} (nothing was sent). With the fingerprint from the peer's admin, run:\n  {command}",
+            url.origin
+        ))
+        .into())
+    }
 }
 
 pub async fn grant(config: &Config, cmd: GrantCommand) -> anyhow::Result<ExitCode> {

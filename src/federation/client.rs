@@ -1,9 +1,12 @@
 //! The calling side of federation (gateway A): enrolling with a peer from an enrollment URL,
 //! keeping its certificate renewed, and building mTLS clients for it.
 //!
-//! First contact is authenticated by the pin in the URL fragment (`#sha256=<CA fingerprint>`):
-//! A fetches B's CA, compares its SHA-256 with the pin *before sending anything else*, and from
-//! then on trusts only that CA for B (`tls_certs_only`), for redemption and every later call.
+//! First contact is authenticated by a pin: the URL fragment (`#sha256=<CA fingerprint>`) that
+//! tessera puts in its enrollment URLs, or, for a URL without one (Mosaic's enrollment URLs carry
+//! none), the fingerprint given out of band (`peer add --ca-fingerprint`) or confirmed by the
+//! operator on a terminal. A fetches B's CA, compares its SHA-256 with the pin *before sending
+//! anything else*, and from then on trusts only that CA for B (`tls_certs_only`), for redemption
+//! and every later call. There is no trust on first use: without a pin nothing is enrolled.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -19,7 +22,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::enrollment::IssuedCertificate;
-use super::identity::{FederationOids, parse_identity};
+use super::identity::{FederationOids, parse_issued};
 use crate::sealing::SealingKey;
 
 /// Sealing context of the client keys A stores for the peers it calls.
@@ -33,11 +36,27 @@ pub struct EnrollmentUrl {
     pub origin: String,
     pub host: String,
     pub token: String,
-    /// Lowercase hex SHA-256 of the peer's CA certificate (DER).
-    pub pin: String,
+    /// Lowercase hex SHA-256 of the peer's CA certificate (DER); `None` when the URL carries no
+    /// pin (then one must come from elsewhere before [`add_peer`]).
+    pub pin: Option<String>,
 }
 
-/// Parses `https://host[:port]/api/federation/enrollment/<token>#sha256=<hex>`.
+/// A SHA-256 fingerprint as people paste it: 64 hex digits, optionally `sha256=`-prefixed or
+/// colon-separated (`AB:CD:...`, as `openssl x509 -fingerprint -sha256` prints it). Lowercase hex.
+///
+/// # Errors
+/// Anything else.
+pub fn parse_fingerprint(text: &str) -> anyhow::Result<String> {
+    let t = text.trim();
+    let t = t.strip_prefix("sha256=").or_else(|| t.strip_prefix("SHA256=")).unwrap_or(t);
+    let hex: String = t.chars().filter(|c| *c != ':').collect();
+    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        bail!("a CA fingerprint must be 64 hex characters (SHA-256), optionally colon-separated");
+    }
+    Ok(hex.to_ascii_lowercase())
+}
+
+/// Parses `https://host[:port]/api/federation/enrollment/<token>[#sha256=<hex>]`.
 ///
 /// # Errors
 /// Anything else, with a message saying what is wrong.
@@ -46,13 +65,16 @@ pub fn parse_enrollment_url(url: &str) -> anyhow::Result<EnrollmentUrl> {
     if parsed.scheme() != "https" {
         bail!("the enrollment URL must start with https://");
     }
-    let pin = parsed
-        .fragment()
-        .context("the enrollment URL has no #sha256=<fingerprint> pin")?
-        .strip_prefix("sha256=")
-        .filter(|p| p.len() == 64 && p.chars().all(|c| c.is_ascii_hexdigit()))
-        .context("the enrollment URL pin must be #sha256=<64 hex characters>")?
-        .to_ascii_lowercase();
+    let pin = match parsed.fragment() {
+        None | Some("") => None,
+        Some(fragment) => Some(
+            fragment
+                .strip_prefix("sha256=")
+                .filter(|p| p.len() == 64 && p.chars().all(|c| c.is_ascii_hexdigit()))
+                .context("the enrollment URL pin must be #sha256=<64 hex characters>")?
+                .to_ascii_lowercase(),
+        ),
+    };
     let token = parsed
         .path()
         .strip_prefix("/api/federation/enrollment/")
@@ -99,7 +121,8 @@ pub struct EnrolledPeer {
     pub endpoint_url: String,
     pub ca_fingerprint: String,
     pub remote_grant_id: Uuid,
-    pub subject_user_id: Uuid,
+    /// The peer's subject id, as the peer writes it (a UUID for tessera, any text for Mosaic).
+    pub subject_user_id: String,
     pub cert_not_after: DateTime<Utc>,
     /// Set when this was a re-enrollment on a grant we already held: the certificate replaced.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -114,30 +137,48 @@ pub struct ReplacedCertificate {
     pub not_after: DateTime<Utc>,
 }
 
-/// Fetches the peer's CA and checks it against the pin. Nothing else is sent before this passes.
+/// Fetches the peer's CA certificate (PEM) without trusting it yet: only for showing its
+/// fingerprint to an operator, or for [`fetch_pinned_ca`] to check it against a pin.
 ///
 /// # Errors
-/// Unreachable peer, or a CA whose fingerprint does not match the pin.
-pub async fn fetch_pinned_ca(url: &EnrollmentUrl) -> anyhow::Result<String> {
+/// Unreachable peer, or no certificate served.
+pub async fn fetch_ca_unverified(origin: &str) -> anyhow::Result<String> {
     // The server cannot be verified yet (its CA is what we are fetching); the pin check below is
     // what authenticates it, and nothing secret travels on this request.
     let bootstrap =
         reqwest::Client::builder().tls_backend_rustls().danger_accept_invalid_certs(true).timeout(TIMEOUT).build()?;
     let ca_pem = bootstrap
-        .get(format!("{}/api/federation/ca", url.origin))
+        .get(format!("{origin}/api/federation/ca"))
         .send()
         .await
-        .with_context(|| format!("could not reach the peer at {}", url.origin))?
+        .with_context(|| format!("could not reach the peer at {origin}"))?
         .error_for_status()
         .context("the peer did not serve its CA certificate")?
         .text()
         .await?;
-    let actual = pem_fingerprint(&ca_pem).context("the peer's CA endpoint did not return a PEM certificate")?;
-    if actual != url.pin {
+    pem_fingerprint(&ca_pem).context("the peer's CA endpoint did not return a PEM certificate")?;
+    Ok(ca_pem)
+}
+
+/// Fetches the peer's CA and checks it against the pin. Nothing else is sent before this passes.
+///
+/// # Errors
+/// No pin, unreachable peer, or a CA whose fingerprint does not match the pin.
+pub async fn fetch_pinned_ca(url: &EnrollmentUrl) -> anyhow::Result<String> {
+    let Some(pin) = url.pin.as_deref() else {
+        return Err(crate::outcome::Untrusted(format!(
+            "no CA fingerprint to check {} against; refusing to enroll (nothing was sent)",
+            url.origin
+        ))
+        .into());
+    };
+    let ca_pem = fetch_ca_unverified(&url.origin).await?;
+    let actual = pem_fingerprint(&ca_pem)?;
+    if actual != pin {
         return Err(crate::outcome::Untrusted(format!(
             "CA fingerprint mismatch: {} presented a CA with sha256={actual}, but the enrollment URL pins sha256={}; \
              refusing to enroll (nothing was sent)",
-            url.origin, url.pin
+            url.origin, pin
         ))
         .into());
     }
@@ -180,7 +221,7 @@ pub async fn add_peer(pool: &PgPool, sealing: &SealingKey, opts: &AddPeer<'_>) -
         response.json().await.context("the peer returned an invalid enrollment response")?;
     let leaf =
         CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).context("the peer returned no certificate")?;
-    let identity = parse_identity(leaf.as_ref(), opts.oids)
+    let identity = parse_issued(leaf.as_ref(), opts.oids)
         .context("the certificate the peer issued does not carry the grant and subject extensions")?;
     check_public_key(leaf.as_ref(), &key)?;
 
@@ -198,7 +239,7 @@ pub async fn add_peer(pool: &PgPool, sealing: &SealingKey, opts: &AddPeer<'_>) -
     .await?;
     let replaced = known.as_ref().and_then(|(_, _, pem)| pem.as_deref()).and_then(|pem| {
         let der = CertificateDer::from_pem_slice(pem.as_bytes()).ok()?;
-        let old = parse_identity(der.as_ref(), opts.oids).ok()?;
+        let old = parse_issued(der.as_ref(), opts.oids).ok()?;
         Some(ReplacedCertificate { serial: old.serial, not_after: old.not_after })
     });
     let (id, name) = match known {
@@ -256,7 +297,7 @@ pub async fn add_peer(pool: &PgPool, sealing: &SealingKey, opts: &AddPeer<'_>) -
         endpoint_url: url.origin.clone(),
         ca_fingerprint: fingerprint,
         remote_grant_id: identity.grant_id,
-        subject_user_id: identity.subject_user_id,
+        subject_user_id: identity.subject,
         cert_not_after: identity.not_after,
         replaced,
     })
@@ -678,7 +719,10 @@ mod tests {
         assert_eq!(u.origin, "https://b.example:8443");
         assert_eq!(u.host, "b.example");
         assert_eq!(u.token, "tok");
-        assert_eq!(u.pin, pin);
+        assert_eq!(u.pin.as_deref(), Some(pin.as_str()));
+        // Mosaic's enrollment URLs carry no pin: it then has to come from elsewhere.
+        let bare = parse_enrollment_url("https://b.example/api/federation/enrollment/tok").unwrap();
+        assert_eq!((bare.token.as_str(), bare.pin), ("tok", None));
         let v6 = parse_enrollment_url(&format!("https://[::1]/api/federation/enrollment/tok#sha256={pin}")).unwrap();
         assert_eq!((v6.origin.as_str(), v6.host.as_str()), ("https://[::1]", "::1"));
         let v6 =
@@ -686,12 +730,24 @@ mod tests {
         assert_eq!((v6.origin.as_str(), v6.host.as_str()), ("https://[::1]:9443", "::1"));
         for bad in [
             format!("https://u:p@b.example/api/federation/enrollment/tok#sha256={pin}"),
-            "https://b.example/api/federation/enrollment/tok".to_string(),
             format!("http://b.example/api/federation/enrollment/tok#sha256={pin}"),
             format!("https://b.example/api/other/tok#sha256={pin}"),
             "https://b.example/api/federation/enrollment/tok#sha256=abc".to_string(),
+            "https://b.example/api/federation/enrollment/tok#md5=abc".to_string(),
         ] {
             assert!(parse_enrollment_url(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn fingerprints_parse_as_people_paste_them() {
+        let hex = "ab".repeat(32);
+        let colons = vec!["AB"; 32].join(":");
+        for ok in [hex.clone(), format!("sha256={hex}"), colons, format!(" {} ", hex.to_uppercase())] {
+            assert_eq!(parse_fingerprint(&ok).unwrap(), hex, "{ok}");
+        }
+        for bad in ["", "abc", &"zz".repeat(32), &"ab".repeat(33)] {
+            assert!(parse_fingerprint(bad).is_err(), "{bad}");
         }
     }
 }
