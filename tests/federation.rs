@@ -3101,3 +3101,250 @@ async fn peer_add_without_a_url_pin_needs_one_out_of_band_and_never_trusts_on_fi
     assert_eq!(enrolled["subjectUserId"], pair.subject.to_string());
     assert_eq!(stored().await, (1, "active".to_string()));
 }
+
+// ------------------------------------------------------------------ docs/protocol.md
+
+/// The fenced blocks of `docs/protocol.md` whose info string holds `vector=...`: their
+/// `key=value` attributes and body.
+fn protocol_vectors() -> Vec<(std::collections::HashMap<String, String>, String)> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/protocol.md")).unwrap();
+    let mut vectors = Vec::new();
+    let mut lines = doc.lines();
+    while let Some(line) = lines.next() {
+        let Some(info) = line.trim_start().strip_prefix("```") else { continue };
+        let attrs: std::collections::HashMap<String, String> = info
+            .split_whitespace()
+            .filter_map(|w| w.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+            .collect();
+        let body: Vec<&str> = lines.by_ref().take_while(|l| !l.trim_start().starts_with("```")).collect();
+        if attrs.contains_key("vector") {
+            vectors.push((attrs, body.join("\n")));
+        }
+    }
+    vectors
+}
+
+fn hex_block(body: &str) -> Vec<u8> {
+    hex::decode(body.split_whitespace().collect::<String>()).unwrap()
+}
+
+/// The envelope vector for `case`, with its status.
+fn envelope_vector(case: &str) -> (u16, Value) {
+    let (attrs, body) = protocol_vectors()
+        .into_iter()
+        .find(|(a, _)| a["vector"] == "envelope" && a.get("case").map(String::as_str) == Some(case))
+        .unwrap_or_else(|| panic!("docs/protocol.md has no envelope vector for case {case}"));
+    (attrs["status"].parse().unwrap(), serde_json::from_str(&body).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_protocol_document_vectors_match_the_code() {
+    use rustls_pki_types::pem::PemObject;
+    let vectors = protocol_vectors();
+    let of = |kind: &str| vectors.iter().filter(|(a, _)| a["vector"] == kind).collect::<Vec<_>>();
+
+    // The two extensions, as the gateway CA really writes them into a client certificate.
+    let ext = of("der-extension");
+    assert_eq!(ext.len(), 2);
+    let value_of =
+        |oid: &str| ext.iter().find(|(a, _)| a["oid"] == oid).map(|(a, b)| (a["value"].clone(), hex_block(b))).unwrap();
+    let (grant, grant_der) = value_of("1.3.6.1.4.1.99999.1");
+    let (subject, subject_der) = value_of("1.3.6.1.4.1.99999.2");
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let sealing = tessera::sealing::SealingKey::load(None, dir.path()).unwrap();
+    let ca = tessera::federation::ca::GatewayCa::load_or_create(&db.pool, &sealing).await.unwrap();
+    let key = p256();
+    let public_key =
+        tessera::federation::csr::verified_public_key(&csr(&key, rcgen::CertificateParams::default())).unwrap();
+    let oids = tessera::federation::identity::FederationOids::default();
+    let req = tessera::federation::ca::ClientCertRequest {
+        peer_name: "gateway-a",
+        grant_id: grant.parse().unwrap(),
+        subject_user_id: subject.parse().unwrap(),
+        oids: &oids,
+        ttl: Duration::from_secs(3600),
+    };
+    let cert = ca.issue_client_cert(&public_key, &req).unwrap();
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(cert.pem.as_bytes()).unwrap();
+    for (name, bytes) in [("grant", &grant_der), ("subject", &subject_der)] {
+        assert!(der.as_ref().windows(bytes.len()).any(|w| w == bytes.as_slice()), "the {name} extension bytes");
+    }
+    let identity = tessera::federation::identity::parse_identity(der.as_ref(), &oids).unwrap();
+    assert_eq!((identity.grant_id.to_string(), identity.subject_user_id.to_string()), (grant, subject));
+    let oid_bytes = |arc: u8| [0x06, 0x09, 0x2b, 0x06, 0x01, 0x04, 0x01, 0x86, 0x8d, 0x1f, arc];
+    assert_eq!(&grant_der[2..13], &oid_bytes(1), "the OID row of the table");
+    assert_eq!(&subject_der[2..13], &oid_bytes(2));
+
+    // A text subject id, as a reader receives it from a Mosaic peer.
+    for (a, body) in of("der-utf8string") {
+        assert_eq!(tessera::federation::identity::encode_utf8string(&a["value"]), hex_block(body));
+    }
+
+    // One envelope per error code, each a code the gateway has; the live ones are compared with
+    // real answers by `a_client_written_from_the_protocol_document_pages_tessera`.
+    let envelopes = of("envelope");
+    let mut codes: Vec<String> = envelopes
+        .iter()
+        .map(|(_, b)| serde_json::from_str::<Value>(b).unwrap()["error"]["code"].as_str().unwrap().to_string())
+        .collect();
+    codes.sort();
+    assert_eq!(
+        codes,
+        [
+            "forbidden",
+            "gone",
+            "internal",
+            "invalid_request",
+            "not_found",
+            "rate_limited",
+            "scope_violation",
+            "unauthorized"
+        ]
+    );
+    let (status, want) = envelope_vector("internal");
+    let response =
+        axum::response::IntoResponse::into_response(tessera::http::error::ApiError::internal(anyhow::anyhow!("boom")));
+    assert_eq!(response.status().as_u16(), status);
+    let body = axum::body::to_bytes(response.into_body(), 1 << 16).await.unwrap();
+    assert_eq!(serde_json::from_slice::<Value>(&body).unwrap(), want);
+}
+
+/// Compares a live answer with the document's envelope for `case`.
+async fn assert_envelope(case: &str, response: reqwest::Response) {
+    let (status, want) = envelope_vector(case);
+    let got_status = response.status().as_u16();
+    let got: Value = response.json().await.unwrap();
+    assert_eq!((got_status, got), (status, want), "case {case}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_written_from_the_protocol_document_pages_tessera() {
+    use rustls_pki_types::pem::PemObject;
+    use sha2::Digest;
+    let pair = Pair::new(vec![]).await;
+    let pool = &pair.b_db.pool;
+    let project = Uuid::new_v4();
+    sqlx::query("insert into projects (id, name, owner_user_id) values ($1, 'p', $2)")
+        .bind(project)
+        .bind(pair.subject)
+        .execute(pool)
+        .await
+        .unwrap();
+    let tasks = tasks_in(pool, project, 5).await;
+    let grant = pair.grant(json!({"resources": ["tasks"], "max_rows_per_query": 100})).await;
+    let (_, url) = pair.enrollment_url(grant).await;
+
+    // Enrollment, as the document describes it: split the URL, check the CA against the pin
+    // before anything else, then send a CSR over TLS that trusts that CA alone.
+    let (base, pin) = url.split_once("#sha256=").unwrap();
+    let (origin, token) = base.split_once("/api/federation/enrollment/").unwrap();
+    let unverified = reqwest::Client::builder().tls_backend_rustls().danger_accept_invalid_certs(true).build().unwrap();
+    let ca_pem = unverified.get(format!("{origin}/api/federation/ca")).send().await.unwrap().text().await.unwrap();
+    let ca_der = rustls_pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap();
+    assert_eq!(hex::encode(sha2::Sha256::digest(ca_der.as_ref())), pin);
+    let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap();
+    let anonymous = reqwest::Client::builder().tls_backend_rustls().tls_certs_only([ca.clone()]).build().unwrap();
+    let key = p256();
+    let redeem_url = format!("{origin}/api/federation/enrollment/{token}");
+    let csr_pem = csr(&key, rcgen::CertificateParams::default());
+    let r = anonymous.post(&redeem_url).json(&json!({"csrPem": csr_pem})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let issued: Value = r.json().await.unwrap();
+    let cert_pem = issued["certPem"].as_str().unwrap();
+    assert!(issued["certChainPem"].as_str().unwrap().starts_with(cert_pem));
+    let mut identity = key.serialize_pem().into_bytes();
+    identity.extend_from_slice(cert_pem.as_bytes());
+    let peer = reqwest::Client::builder()
+        .tls_backend_rustls()
+        .tls_certs_only([ca])
+        .identity(reqwest::Identity::from_pem(&identity).unwrap())
+        .build()
+        .unwrap();
+    let list_url = format!("{origin}/api/federation/v1/list/tasks");
+
+    // Paging as a Mosaic peer does: limit as a string, no null fields, an unknown field, and
+    // `nextCursor` followed until it is absent.
+    let mut got = Vec::new();
+    let mut body = json!({"limit": "2", "client": "mosaic"});
+    let mut pages = 0;
+    loop {
+        let r = peer.post(&list_url).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(r.headers().get("x-tessera-limit-capped").is_none());
+        let page: Value = r.json().await.unwrap();
+        pages += 1;
+        for item in page["items"].as_array().unwrap() {
+            assert_eq!(
+                keys(item),
+                [
+                    "_source",
+                    "assignee",
+                    "createdAt",
+                    "description",
+                    "dueDate",
+                    "id",
+                    "metadata",
+                    "missionId",
+                    "priority",
+                    "projectId",
+                    "status",
+                    "tags",
+                    "title",
+                    "updatedAt"
+                ]
+            );
+            got.push(item["id"].as_str().unwrap().parse::<Uuid>().unwrap());
+        }
+        match page.get("nextCursor") {
+            Some(c) => {
+                assert_eq!(page["_truncated"], true, "more rows follow: {page}");
+                body = json!({"limit": "2", "cursor": c});
+            }
+            None => {
+                assert!(page.get("_truncated").is_none(), "the last page: {page}");
+                break;
+            }
+        }
+    }
+    assert_eq!(pages, 3);
+    let mut want: Vec<(chrono::DateTime<chrono::Utc>, Uuid)> = Vec::new();
+    for id in &tasks {
+        let at: chrono::DateTime<chrono::Utc> =
+            sqlx::query_scalar("select created_at from tasks where id = $1").bind(id).fetch_one(pool).await.unwrap();
+        want.push((at, *id));
+    }
+    want.sort_by(|a, b| b.cmp(a));
+    assert_eq!(got, want.into_iter().map(|(_, id)| id).collect::<Vec<_>>(), "newest first, each row once");
+    // A limit above the cap is lowered and said so in the header.
+    let r = peer.post(&list_url).json(&json!({"limit": 1000})).send().await.unwrap();
+    assert_eq!(r.headers()["x-tessera-limit-capped"], "100");
+    // get, in list's shape.
+    let r = peer.post(format!("{origin}/api/federation/v1/get/tasks/{}", tasks[0])).send().await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["item"]["id"], tasks[0].to_string());
+
+    // Every live error case of the document, byte for byte.
+    assert_envelope("no-client-certificate", anonymous.post(&list_url).json(&json!({})).send().await.unwrap()).await;
+    let notes = format!("{origin}/api/federation/v1/list/notes");
+    assert_envelope("resource-not-granted", peer.post(&notes).json(&json!({})).send().await.unwrap()).await;
+    assert_envelope("bad-cursor", peer.post(&list_url).json(&json!({"cursor": "abc"})).send().await.unwrap()).await;
+    let unknown = format!("{origin}/api/federation/v1/get/tasks/{}", Uuid::new_v4());
+    assert_envelope("get-unknown-id", peer.post(&unknown).send().await.unwrap()).await;
+    let again = anonymous.post(&redeem_url).json(&json!({"csrPem": csr_pem})).send().await.unwrap();
+    assert_envelope("token-used", again).await;
+    set_grant_rate(pool, grant, 1).await;
+    let mut limited = None;
+    for _ in 0..5 {
+        let r = peer.post(&list_url).json(&json!({})).send().await.unwrap();
+        if r.status() == 429 {
+            assert!(r.headers().contains_key("retry-after"));
+            limited = Some(r);
+            break;
+        }
+    }
+    assert_envelope("over-budget", limited.expect("a 429 within five requests at 1 a minute")).await;
+    set_grant_rate(pool, grant, 600).await;
+    let (status, _) = pair.admin_post(&format!("/api/admin/grants/{grant}/revoke"), json!({"reason": "done"})).await;
+    assert_eq!(status, 200);
+    assert_envelope("grant-revoked", peer.post(&list_url).json(&json!({})).send().await.unwrap()).await;
+}

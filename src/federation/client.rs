@@ -21,7 +21,14 @@ use sha2::Digest;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::enrollment::IssuedCertificate;
+/// What a reader needs of an enrollment or renewal answer: the certificate. tessera also sends
+/// `certChainPem`, which is not needed (the CA is pinned) and not required, so an issuer that
+/// sends only the certificate works too.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct IssuedCertificate {
+    cert_pem: String,
+}
 use super::identity::{FederationOids, parse_issued};
 use crate::sealing::SealingKey;
 
