@@ -3348,3 +3348,286 @@ async fn a_client_written_from_the_protocol_document_pages_tessera() {
     assert_eq!(status, 200);
     assert_envelope("grant-revoked", peer.post(&list_url).json(&json!({})).send().await.unwrap()).await;
 }
+
+/// A peer that answers as Mosaic Stack's federation does (the seed's `ListController` and
+/// `FederationListQueryService`): enrollment without a pin in the URL, text subject ids, its row
+/// shape and dates, `parseLimit`/`parseCursor` (a `null` is a 400), base64url-JSON cursors, and
+/// `_truncated`/`nextCursor` only when more rows follow.
+mod mosaic_peer {
+    use std::sync::{Arc, Mutex};
+
+    use axum::Extension;
+    use axum::extract::{Path, State};
+    use axum::http::StatusCode;
+    use axum::response::{IntoResponse, Response};
+    use base64::Engine as _;
+    use serde_json::{Value, json};
+    use uuid::Uuid;
+
+    pub const SUBJECT: &str = "fed-m3-05-subject";
+    /// The grant's `max_rows_per_query`.
+    pub const CAP: usize = 3;
+
+    #[derive(Clone)]
+    struct ClientCert(Option<Vec<u8>>);
+
+    struct St {
+        ca_pem: String,
+        issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+        token: String,
+        grant: Uuid,
+        rows: Vec<Value>,
+        bodies: Arc<Mutex<Vec<Value>>>,
+    }
+
+    pub struct Peer {
+        pub origin: String,
+        pub fingerprint: String,
+        pub token: String,
+        pub bodies: Arc<Mutex<Vec<Value>>>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for Peer {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    fn envelope(status: u16, code: &str, message: &str) -> Response {
+        let body = json!({"error": {"code": code, "message": message}});
+        (StatusCode::from_u16(status).unwrap(), axum::Json(body)).into_response()
+    }
+
+    async fn ca(State(s): State<Arc<St>>) -> String {
+        s.ca_pem.clone()
+    }
+
+    async fn enroll(State(s): State<Arc<St>>, Path(token): Path<String>, body: axum::body::Bytes) -> Response {
+        if token != s.token {
+            return envelope(404, "not_found", "Enrollment token not found");
+        }
+        let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+        let Some(csr) = v["csrPem"].as_str().and_then(|c| rcgen::CertificateSigningRequestParams::from_pem(c).ok())
+        else {
+            return envelope(400, "invalid_request", "csrPem is required");
+        };
+        let mut params = rcgen::CertificateParams::default();
+        params.not_before = time::OffsetDateTime::now_utc() - time::Duration::minutes(1);
+        params.not_after = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        for (arc, value) in [(1u64, s.grant.to_string()), (2, SUBJECT.to_string())] {
+            let content = tessera::federation::identity::encode_utf8string(&value);
+            params
+                .custom_extensions
+                .push(rcgen::CustomExtension::from_oid_content(&[1, 3, 6, 1, 4, 1, 99999, arc], content));
+        }
+        let cert = params.signed_by(&csr.public_key, &s.issuer).unwrap();
+        // Only the certificate: a reader must not need more.
+        axum::Json(json!({"certPem": cert.pem()})).into_response()
+    }
+
+    fn encode_cursor(row: &Value) -> String {
+        let json = json!({"createdAt": row["createdAt"], "id": row["id"]}).to_string();
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+    }
+
+    fn decode_cursor(cursor: &str) -> Option<(String, String)> {
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor).ok()?;
+        let v: Value = serde_json::from_slice(&bytes).ok()?;
+        Some((v["createdAt"].as_str()?.to_string(), v["id"].as_str().filter(|i| !i.is_empty())?.to_string()))
+    }
+
+    async fn list(
+        State(s): State<Arc<St>>,
+        Extension(cert): Extension<ClientCert>,
+        Path(resource): Path<String>,
+        body: axum::body::Bytes,
+    ) -> Response {
+        let identity =
+            cert.0.and_then(|der| tessera::federation::identity::parse_issued(&der, &Default::default()).ok());
+        if identity.is_none_or(|i| i.grant_id != s.grant || i.subject != SUBJECT) {
+            return envelope(401, "unauthorized", "Federation context missing");
+        }
+        let body: Value =
+            if body.is_empty() { json!({}) } else { serde_json::from_slice(&body).unwrap_or(Value::Null) };
+        s.bodies.lock().unwrap().push(body.clone());
+        // parseLimit: a number, or a non-blank string Number() reads; anything else (null too) is NaN.
+        let limit = match body.get("limit") {
+            None => None,
+            Some(Value::Number(n)) => n.as_f64(),
+            Some(Value::String(t)) if !t.trim().is_empty() => Some(t.trim().parse::<f64>().unwrap_or(f64::NAN)),
+            Some(_) => Some(f64::NAN),
+        };
+        if limit.is_some_and(|l| !(l.fract() == 0.0 && (1.0..=9_007_199_254_740_991.0).contains(&l))) {
+            return envelope(400, "invalid_request", "Federation list limit must be a positive integer");
+        }
+        // parseCursor: absent, or a string; `null` is neither.
+        let cursor = match body.get("cursor") {
+            None => None,
+            Some(Value::String(c)) => Some(c.clone()),
+            Some(_) => return envelope(400, "invalid_request", "Federation list cursor must be a string"),
+        };
+        if resource != "tasks" {
+            return envelope(403, "scope_violation", "Requested federation resource is not allowed by grant scope");
+        }
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "checked above")]
+        let limit = limit.map_or(CAP, |l| (l as usize).min(CAP));
+        let after = match cursor.as_deref().map(decode_cursor) {
+            None => None,
+            Some(Some(position)) => Some(position),
+            Some(None) => return envelope(400, "invalid_request", "Federation list cursor is invalid"),
+        };
+        let mut rows: Vec<&Value> = s
+            .rows
+            .iter()
+            .filter(|r| {
+                after.as_ref().is_none_or(|(t, i)| {
+                    (r["createdAt"].as_str().unwrap(), r["id"].as_str().unwrap()) < (t.as_str(), i.as_str())
+                })
+            })
+            .take(limit + 1)
+            .collect();
+        let has_more = rows.len() > limit;
+        rows.truncate(limit);
+        let items: Vec<Value> = rows
+            .iter()
+            .map(|r| {
+                let mut r = (*r).clone();
+                r["_source"] = json!("local");
+                r
+            })
+            .collect();
+        let mut response = json!({"items": items});
+        if has_more {
+            response["nextCursor"] = json!(encode_cursor(rows.last().unwrap()));
+            response["_truncated"] = json!(true);
+        }
+        axum::Json(response).into_response()
+    }
+
+    /// Starts the peer on a free loopback port, serving `rows` (newest first) for one grant.
+    pub async fn start(rows: Vec<Value>) -> Peer {
+        use sha2::Digest;
+        tessera::tls::install_crypto_provider();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::default();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let ca_der = ca_cert.der().clone();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let server_key = rcgen::KeyPair::generate().unwrap();
+        let server_cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap()
+            .signed_by(&server_key, &issuer)
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca_der.clone()).unwrap();
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder(Arc::new(roots)).allow_unauthenticated().build().unwrap();
+        let key = rustls_pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into());
+        let mut config = rustls::ServerConfig::builder()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(vec![server_cert.der().clone()], key)
+            .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin = format!("https://127.0.0.1:{}", listener.local_addr().unwrap().port());
+        let token = hex::encode(rand::random::<[u8; 16]>());
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let state = Arc::new(St {
+            ca_pem: ca_cert.pem(),
+            issuer,
+            token: token.clone(),
+            grant: Uuid::new_v4(),
+            rows,
+            bodies: bodies.clone(),
+        });
+        let router = axum::Router::new()
+            .route("/api/federation/ca", axum::routing::get(ca))
+            .route("/api/federation/enrollment/{token}", axum::routing::post(enroll))
+            .route("/api/federation/v1/list/{resource}", axum::routing::post(list))
+            .with_state(state);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let (acceptor, router) = (acceptor.clone(), router.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.as_ref().to_vec());
+                    let service =
+                        hyper_util::service::TowerToHyperService::new(router.layer(Extension(ClientCert(cert))));
+                    let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        Peer { origin, fingerprint: hex::encode(sha2::Sha256::digest(ca_der.as_ref())), token, bodies, task }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tesseras_peer_client_pages_a_server_answering_like_mosaic() {
+    // Seven Mosaic task rows, newest first, two of them created in the same millisecond.
+    let project = "05000000-0000-4000-8000-000000000101";
+    let at = ["06", "05", "04", "04", "03", "02", "01"];
+    let rows: Vec<Value> = (0..7)
+        .map(|n| {
+            let created = format!("2026-06-24T{}:00:00.000Z", at[n]);
+            json!({
+                "id": format!("05000000-0000-4000-8000-00000000060{}", 9 - n), "title": format!("task {n}"),
+                "description": null, "status": "not-started", "priority": "medium", "projectId": project,
+                "missionId": null, "assignee": null, "tags": null, "dueDate": null, "metadata": null,
+                "createdAt": created, "updatedAt": created,
+            })
+        })
+        .collect();
+    let mosaic = mosaic_peer::start(rows.clone()).await;
+    let a_db = TestDb::new().await;
+    let a_dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let env = [("DATABASE_URL", a_db.url.as_str()), ("TESSERA_DATA_DIR", a_dir.path().to_str().unwrap())];
+
+    // Mosaic's enrollment URL has no pin; it comes out of band. The subject id is text.
+    let url = format!("{}/api/federation/enrollment/{}", mosaic.origin, mosaic.token);
+    let (code, out, err) = run_cli_blocking(
+        &["peer", "add", &url, "--ca-fingerprint", &mosaic.fingerprint, "--name", "mosaic", "--json"],
+        &env,
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let enrolled: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(enrolled["subjectUserId"], mosaic_peer::SUBJECT);
+
+    let want: Vec<Value> = rows.iter().map(|r| r["id"].clone()).collect();
+    for (limit, pages) in [(None, 3), (Some("2"), 4)] {
+        mosaic.bodies.lock().unwrap().clear();
+        let mut args = vec!["federation", "list", "--peer", "mosaic", "tasks", "--all-pages", "--json"];
+        if let Some(l) = limit {
+            args.extend(["--limit", l]);
+        }
+        let (code, out, err) = run_cli_blocking(&args, &env).await;
+        assert_eq!(code, 0, "{out}{err}");
+        let got: Value = serde_json::from_str(&out).unwrap();
+        let items = got["items"].as_array().unwrap();
+        assert_eq!(items.iter().map(|i| i["id"].clone()).collect::<Vec<_>>(), want, "every row once, in order");
+        assert!(items.iter().all(|i| i["_source"] == "mosaic" && i["title"].is_string()));
+        assert_eq!(got["nextCursor"], Value::Null, "paged to the end");
+        // What tessera sent: only the fields it set, never a null (Mosaic answers those 400).
+        let bodies = mosaic.bodies.lock().unwrap().clone();
+        assert_eq!(bodies.len(), pages, "{bodies:?}");
+        for (n, body) in bodies.iter().enumerate() {
+            let mut expected: Vec<&str> = limit.map(|_| "limit").into_iter().collect();
+            if n > 0 {
+                expected.push("cursor");
+            }
+            expected.sort_unstable();
+            assert_eq!(keys(body), expected, "{body}");
+            if limit.is_some() {
+                assert_eq!(body["limit"], 2);
+            }
+        }
+    }
+}
