@@ -625,6 +625,18 @@ async fn migrate_tier_copies_a_seeded_local_gateway_idempotently_into_an_externa
     assert_eq!(tables[position("tasks")]["sourceRows"], 300);
     let copied: i64 = sqlx::query_scalar("select count(*) from tasks").fetch_one(&target.pool).await.unwrap();
     assert_eq!(copied, 300);
+    // Mosaic's fields move with their rows (the demo tags every task and dates the open ones).
+    let (tagged, dated, noted): (i64, i64, i64) = sqlx::query_as(
+        "select (select count(*) from tasks where cardinality(tags) = 1),
+                (select count(*) from tasks where due_date is not null),
+                (select count(*) from mission_tasks where updated_at = created_at)",
+    )
+    .fetch_one(&target.pool)
+    .await
+    .unwrap();
+    assert_eq!(tagged, 300);
+    assert!(dated > 0 && dated < 300, "{dated}");
+    assert!(noted > 0, "{noted}");
 
     // A non-empty target is refused without the flag; with it, a re-run changes nothing.
     let (code, _, err) = migrate(&[]);
