@@ -73,7 +73,7 @@ pub struct GetResponse {
 
 #[derive(Debug, Serialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
-struct TaskRow {
+pub(super) struct TaskRow {
     id: Uuid,
     title: String,
     description: Option<String>,
@@ -90,7 +90,7 @@ struct TaskRow {
 
 #[derive(Debug, Serialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
-struct NoteRow {
+pub(super) struct NoteRow {
     id: Uuid,
     mission_id: Uuid,
     task_id: Option<Uuid>,
@@ -104,7 +104,7 @@ struct NoteRow {
 
 #[derive(Debug, Serialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
-struct InsightRow {
+pub(super) struct InsightRow {
     id: Uuid,
     content: String,
     category: Option<String>,
@@ -113,7 +113,7 @@ struct InsightRow {
 
 #[derive(Debug, Serialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
-struct PreferenceRow {
+pub(super) struct PreferenceRow {
     id: Uuid,
     key: String,
     value: serde_json::Value,
@@ -143,7 +143,7 @@ fn raw(value: &impl Serialize) -> Box<RawValue> {
     serde_json::value::to_raw_value(value).expect("rows always serialise")
 }
 
-fn tag(value: impl Serialize, kind: Option<&str>) -> serde_json::Value {
+pub(super) fn tag(value: impl Serialize, kind: Option<&str>) -> serde_json::Value {
     let mut v = serde_json::to_value(value).unwrap_or_default();
     if let Some(obj) = v.as_object_mut() {
         if let Some(kind) = kind {
@@ -155,11 +155,25 @@ fn tag(value: impl Serialize, kind: Option<&str>) -> serde_json::Value {
 }
 
 // Visible projects: personal ones when allowed, plus those of the allowed teams.
-const VISIBLE_PROJECTS: &str = "select p.id from projects p where (p.owner_user_id = $1 and $2) or p.team_id = any($3)";
+macro_rules! visible_projects {
+    () => {
+        "select p.id from projects p where (p.owner_user_id = $1 and $2) or p.team_id = any($3)"
+    };
+}
+pub(super) const VISIBLE_PROJECTS: &str = visible_projects!();
+/// The tasks `t` a filter lets the subject see (the parameters of [`scoped`]); shared with search.
+pub(super) const TASKS_VISIBLE: &str = concat!("t.project_id in (", visible_projects!(), ")");
+/// The notes `mt` a filter lets the subject see: the subject's own, on missions of visible
+/// projects (the parameters of [`scoped`]); shared with search.
+pub(super) const NOTES_VISIBLE: &str = concat!(
+    "mt.user_id = $1 and mt.notes <> '' and exists (select 1 from missions m where m.id = mt.mission_id and m.project_id in (",
+    visible_projects!(),
+    "))"
+);
 
 /// A query over what `f` lets the subject see: binds `$1` subject, `$2` include_personal and
 /// `$3` team ids (the parameters of [`VISIBLE_PROJECTS`]); the caller binds the rest.
-fn scoped<'q, T>(
+pub(super) fn scoped<'q, T>(
     sql: String,
     f: &QueryFilter,
 ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, T, sqlx::postgres::PgArguments>
@@ -176,12 +190,8 @@ where
 /// Database errors.
 pub async fn visible_count(pool: &sqlx::PgPool, f: &QueryFilter) -> Result<i64, sqlx::Error> {
     let sql = match f.resource.as_str() {
-        "tasks" => format!("select count(*) from tasks t where t.project_id in ({VISIBLE_PROJECTS})"),
-        "notes" => format!(
-            "select count(*) from mission_tasks mt
-              where mt.user_id = $1 and mt.notes <> ''
-                and exists (select 1 from missions m where m.id = mt.mission_id and m.project_id in ({VISIBLE_PROJECTS}))"
-        ),
+        "tasks" => format!("select count(*) from tasks t where {TASKS_VISIBLE}"),
+        "notes" => format!("select count(*) from mission_tasks mt where {NOTES_VISIBLE}"),
         // Memory is personal only: the subject's insights and preferences, when personal is on.
         // `$3` (teams) is bound for every resource by `scoped`; Postgres needs each bound
         // parameter used, hence the `0 *` term.
@@ -288,8 +298,7 @@ async fn notes_page(
     let sql = format!(
         "{with}select mt.id, mt.mission_id, mt.task_id, mt.notes, mt.status, mt.created_at
          from mission_tasks mt
-         where {check} and mt.user_id = $1 and mt.notes <> '' and (mt.created_at, mt.id) < ($4, $5)
-           and exists (select 1 from missions m where m.id = mt.mission_id and m.project_id in ({VISIBLE_PROJECTS}))
+         where {check} and {NOTES_VISIBLE} and (mt.created_at, mt.id) < ($4, $5)
          order by mt.created_at desc, mt.id desc
          limit $6"
     );
@@ -365,13 +374,19 @@ fn end_of_time() -> DateTime<Utc> {
     DateTime::<Utc>::from_timestamp(253_402_300_799, 0).unwrap_or_default()
 }
 
-fn cursor_codec(state: &AppState) -> CursorCodec {
+pub(super) fn cursor_codec(state: &AppState) -> CursorCodec {
     CursorCodec::new(state.sealing.derive_key("federation-cursor-v1"))
 }
 
 /// Turns a scope denial into the wire response: 400 for malformed requests, otherwise the one
 /// generic 403. The specific reason is logged and audited.
-fn denial_response(state: &AppState, ctx: &FederationContext, verb: &str, resource: &str, d: &Denial) -> ApiError {
+pub(super) fn denial_response(
+    state: &AppState,
+    ctx: &FederationContext,
+    verb: &str,
+    resource: &str,
+    d: &Denial,
+) -> ApiError {
     tracing::info!(grant_id = %ctx.grant_id, verb, resource, code = d.code.as_str(), stage = d.code.stage(), reason = %d.reason, "federation request denied by scope");
     let o = Outcome {
         outcome: "denied",
@@ -400,17 +415,17 @@ fn denial_response(state: &AppState, ctx: &FederationContext, verb: &str, resour
 
 /// What one verb call leaves in the audit log.
 #[derive(Default)]
-struct Outcome {
-    outcome: &'static str,
-    deny_code: Option<&'static str>,
-    reason: Option<String>,
-    query_hash: Option<String>,
-    rows: Option<i32>,
-    bytes_out: Option<i64>,
-    latency_ms: Option<f64>,
+pub(super) struct Outcome {
+    pub(super) outcome: &'static str,
+    pub(super) deny_code: Option<&'static str>,
+    pub(super) reason: Option<String>,
+    pub(super) query_hash: Option<String>,
+    pub(super) rows: Option<i32>,
+    pub(super) bytes_out: Option<i64>,
+    pub(super) latency_ms: Option<f64>,
 }
 
-fn audit_verb(state: &AppState, ctx: &FederationContext, verb: &str, resource: Option<&str>, o: Outcome) {
+pub(super) fn audit_verb(state: &AppState, ctx: &FederationContext, verb: &str, resource: Option<&str>, o: Outcome) {
     state.audit.submit(&AuditEntry {
         grant_id: Some(ctx.grant_id),
         peer_id: Some(ctx.peer_id),
@@ -604,7 +619,7 @@ pub async fn get(
         "tasks" => {
             let sql = format!(
                 "select t.id, t.title, t.description, t.status, t.priority, t.project_id, t.mission_id, t.created_at, t.updated_at
-                 from tasks t where t.id = $4 and t.project_id in ({VISIBLE_PROJECTS})"
+                 from tasks t where t.id = $4 and {TASKS_VISIBLE}"
             );
             let row: Option<TaskRow> = scoped(sql, &filter).bind(id).fetch_optional(&state.peer_reads).await?;
             row.map(|r| tag(r, None))
@@ -613,8 +628,7 @@ pub async fn get(
             let sql = format!(
                 "select mt.id, mt.mission_id, mt.task_id, mt.notes, mt.status, mt.created_at
                  from mission_tasks mt
-                 where mt.id = $4 and mt.user_id = $1 and mt.notes <> ''
-                   and exists (select 1 from missions m where m.id = mt.mission_id and m.project_id in ({VISIBLE_PROJECTS}))"
+                 where mt.id = $4 and {NOTES_VISIBLE}"
             );
             let row: Option<NoteRow> = scoped(sql, &filter).bind(id).fetch_optional(&state.peer_reads).await?;
             row.map(|r| tag(r, None))
