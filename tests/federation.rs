@@ -3401,3 +3401,60 @@ async fn merged_search_fuses_local_and_peer_results_and_lists_a_peer_that_is_dow
         assert_eq!((status, answer["error"]["details"]["field"].as_str()), (400, Some(want)), "{body}: {answer}");
     }
 }
+
+/// `tessera bench search` end to end on a small data set: every phase drives the real router
+/// over mTLS (the bench fails on any answer but 2xx) and prints its figures; the searches reach
+/// the verb and its audit. The figures themselves are never asserted here.
+#[tokio::test(flavor = "multi_thread")]
+async fn bench_search_runs_every_phase_over_mtls() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let dd = dir.path().to_str().unwrap();
+    let args = [
+        "bench",
+        "search",
+        "--tasks",
+        "2000",
+        "--insights",
+        "300",
+        "--seconds",
+        "1",
+        "--concurrency",
+        "2",
+        "--recall-queries",
+        "10",
+    ];
+    let (code, stdout, stderr) = run_cli_blocking(&args, &[("DATABASE_URL", &db.url), ("TESSERA_DATA_DIR", dd)]).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    for line in [
+        "text search over mTLS",
+        "text search at half load",
+        "text search SQL ceiling",
+        "text search / ceiling =",
+        "vector top-20 recall (HNSW vs exact, 10 queries) =",
+        "vector top-20 over mTLS",
+        "hybrid top-20 over mTLS",
+        "index insights_embedding_hnsw",
+        "index tasks_search",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
+    }
+    let allowed = wait_for_count(
+        &db.pool,
+        "select count(*) from federation_audit_log where verb = 'search' and outcome = 'allowed' and grant_id <> $1",
+        Uuid::nil(),
+        1,
+    )
+    .await;
+    assert!(allowed >= 1, "the bench's searches are audited");
+    let denied: i64 = sqlx::query_scalar("select count(*) from federation_audit_log where outcome <> 'allowed'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(denied, 0);
+    let insights: i64 = sqlx::query_scalar("select count(*) from insights where embedding is not null")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(insights, 300);
+}
