@@ -173,7 +173,7 @@ pub(super) const NOTES_VISIBLE: &str = concat!(
 
 /// A query over what `f` lets the subject see: binds `$1` subject, `$2` include_personal and
 /// `$3` team ids (the parameters of [`VISIBLE_PROJECTS`]); the caller binds the rest.
-pub(super) fn scoped<'q, T>(
+fn scoped<'q, T>(
     sql: String,
     f: &QueryFilter,
 ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, T, sqlx::postgres::PgArguments>
