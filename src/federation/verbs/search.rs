@@ -429,7 +429,7 @@ fn parse_body(raw: &[u8]) -> Result<SearchRequest, ApiError> {
             headers(("x-tessera-limit-capped" = u32, description = "The grant's cap, when the requested limit was above it"))),
         (status = 400, description = "A bad body, query, vector, mode, limit, cursor or resource; `details.field` names it", body = ErrorEnvelope),
         (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope),
-        (status = 413, body = ErrorEnvelope), (status = 415, body = ErrorEnvelope),
+        (status = 413, body = ErrorEnvelope),
         (status = 429, body = ErrorEnvelope), (status = 503, body = ErrorEnvelope),
     ))]
 pub async fn search(
