@@ -167,6 +167,24 @@ pub struct ServerArgs {
     /// never the gateway's own listener [default: none].
     #[arg(long, env = "TESSERA_WEBHOOK_ALLOWED_CIDRS", value_delimiter = ',')]
     pub webhook_allowed_cidrs: Option<Vec<String>>,
+
+    /// Name of the embedding model that made the stored insight embeddings (384 dimensions),
+    /// announced in `capabilities`; unset: the search verb's vector and hybrid modes are off.
+    #[arg(long, env = "TESSERA_EMBEDDING_MODEL")]
+    pub embedding_model: Option<String>,
+
+    /// Base URL of an embedding provider with the common `POST /v1/embeddings` interface; it
+    /// embeds query text and fills missing insight embeddings [default: none, callers pass vectors].
+    #[arg(long, env = "TESSERA_EMBEDDINGS_URL")]
+    pub embeddings_url: Option<String>,
+
+    /// Bearer key for the embedding provider (environment only, never in the TOML file).
+    #[arg(long, env = "TESSERA_EMBEDDINGS_API_KEY", hide_env_values = true)]
+    pub embeddings_api_key: Option<String>,
+
+    /// How long the merged admin search waits for each peer, in milliseconds [default: 5000].
+    #[arg(long, env = "TESSERA_SEARCH_PEER_TIMEOUT_MS")]
+    pub search_peer_timeout_ms: Option<u64>,
 }
 
 impl ServerArgs {
@@ -208,6 +226,9 @@ struct FileConfig {
     enrollment_rate_per_minute: Option<u32>,
     audit_retention_days: Option<u32>,
     webhook_allowed_cidrs: Option<Vec<String>>,
+    embedding_model: Option<String>,
+    embeddings_url: Option<String>,
+    search_peer_timeout_ms: Option<u64>,
 }
 
 /// A configuration error that names the setting at fault.
@@ -302,6 +323,21 @@ pub struct Config {
     pub audit_retention_days: u32,
     /// Ranges webhook targets may use although they are not public (see [`crate::outbox::targets`]).
     pub webhook_allowed_cidrs: Vec<crate::outbox::targets::Cidr>,
+    /// The search verb's embedding model and provider, and the merged search's peer timeout.
+    pub search: SearchSettings,
+}
+
+/// Settings of the search verb (README, "Search").
+#[derive(Debug, Clone)]
+pub struct SearchSettings {
+    /// `TESSERA_EMBEDDING_MODEL`; `None` turns the vector and hybrid modes off.
+    pub embedding_model: Option<String>,
+    /// `TESSERA_EMBEDDINGS_URL` (base URL, `/v1/embeddings` is appended unless present).
+    pub embeddings_url: Option<String>,
+    /// `TESSERA_EMBEDDINGS_API_KEY`, sent as a bearer token.
+    pub embeddings_api_key: Option<SecretUrl>,
+    /// Per-peer wait of the merged admin search.
+    pub peer_timeout: Duration,
 }
 
 /// Timeouts and limits of client connections (README, "Security").
@@ -496,6 +532,7 @@ impl GatewayArgs {
         if oids.grant == oids.subject {
             return Err(bad("TESSERA_FEDERATION_SUBJECT_OID", "must differ from the grant OID"));
         }
+        let search = self.search_settings(file.embedding_model, file.embeddings_url, file.search_peer_timeout_ms)?;
         let webhook_allowed_cidrs = crate::outbox::targets::parse_cidrs(
             &self.server.webhook_allowed_cidrs.clone().or(file.webhook_allowed_cidrs).unwrap_or_default(),
         )
@@ -523,6 +560,44 @@ impl GatewayArgs {
                 rate_per_minute,
             },
             webhook_allowed_cidrs,
+            search,
+        })
+    }
+
+    fn search_settings(
+        &self,
+        file_model: Option<String>,
+        file_url: Option<String>,
+        file_timeout_ms: Option<u64>,
+    ) -> Result<SearchSettings, ConfigError> {
+        let embedding_model = self.server.embedding_model.clone().or(file_model).filter(|m| !m.trim().is_empty());
+        if let Some(m) = &embedding_model
+            && (m.len() > 200 || m.chars().any(char::is_control))
+        {
+            return Err(bad("TESSERA_EMBEDDING_MODEL", "must be at most 200 printable characters"));
+        }
+        let embeddings_url = self.server.embeddings_url.clone().or(file_url).filter(|u| !u.trim().is_empty());
+        if let Some(u) = &embeddings_url {
+            let ok = (u.starts_with("http://") || u.starts_with("https://")) && url::Url::parse(u).is_ok();
+            if !ok {
+                return Err(bad("TESSERA_EMBEDDINGS_URL", format!("'{}' must be an http(s) URL", redact_url(u))));
+            }
+            if embedding_model.is_none() {
+                return Err(bad(
+                    "TESSERA_EMBEDDING_MODEL",
+                    "TESSERA_EMBEDDINGS_URL is set, so the model it serves must be named",
+                ));
+            }
+        }
+        let peer_timeout_ms = self.server.search_peer_timeout_ms.or(file_timeout_ms).unwrap_or(5000);
+        if !(100..=120_000).contains(&peer_timeout_ms) {
+            return Err(bad("TESSERA_SEARCH_PEER_TIMEOUT_MS", "must be between 100 and 120000 milliseconds"));
+        }
+        Ok(SearchSettings {
+            embedding_model,
+            embeddings_url,
+            embeddings_api_key: self.server.embeddings_api_key.clone().filter(|k| !k.is_empty()).map(SecretUrl::new),
+            peer_timeout: Duration::from_millis(peer_timeout_ms),
         })
     }
 }

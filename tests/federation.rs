@@ -3631,3 +3631,579 @@ async fn tesseras_peer_client_pages_a_server_answering_like_mosaic() {
         }
     }
 }
+
+// --- Search (issue 16) ------------------------------------------------------------------------
+
+impl Pair {
+    async fn search(&self, client: &reqwest::Client, resource: &str, body: Value) -> (u16, Value) {
+        let r =
+            client.post(self.b.url(&format!("/api/federation/v1/search/{resource}"))).json(&body).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Follows a search's cursors to the end; returns the items in order.
+    async fn search_all(&self, client: &reqwest::Client, resource: &str, body: Value) -> Vec<Value> {
+        let mut items = Vec::new();
+        let mut body = body;
+        loop {
+            let (status, page) = self.search(client, resource, body.clone()).await;
+            assert_eq!(status, 200, "{resource}: {page}");
+            for item in page["items"].as_array().unwrap() {
+                assert_eq!(item["_source"], "local");
+                assert!(item["_score"].is_number(), "{item}");
+                items.push(item.clone());
+            }
+            assert_eq!(page.get("_truncated") == Some(&json!(true)), page.get("nextCursor").is_some(), "{page}");
+            match page.get("nextCursor") {
+                Some(Value::String(c)) => body["cursor"] = json!(c),
+                _ => break,
+            }
+        }
+        items
+    }
+}
+
+fn ids_of(items: &[Value]) -> Vec<Uuid> {
+    items.iter().map(|i| i["id"].as_str().unwrap().parse().unwrap()).collect()
+}
+
+/// A unit vector along axis `i` plus `tilt` along axis `j`.
+fn axis(i: usize, j: usize, tilt: f32) -> Vec<f32> {
+    let mut v = vec![0.0; 384];
+    v[i] = 1.0;
+    v[j] += tilt;
+    v
+}
+
+/// Memory for the subject (three insights with known text and embeddings, a preference) and one
+/// insight of another user that must never show. Returns (deploy-friday, deploy×3, coffee,
+/// preference, other's insight).
+async fn memory_world(pair: &Pair) -> (Uuid, Uuid, Uuid, Uuid, Uuid) {
+    let pool = &pair.b_db.pool;
+    let other: Uuid = match sqlx::query_scalar("select id from users where email = 'other@b.test'")
+        .fetch_optional(pool)
+        .await
+        .unwrap()
+    {
+        Some(id) => id,
+        None => {
+            let id = Uuid::new_v4();
+            insert(pool, "insert into users (id, email, name, role) values ($1, 'other@b.test', 'O', 'member')", &[id])
+                .await;
+            id
+        }
+    };
+    let (a, b, c, p, o) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    for (id, user, content, v) in [
+        (a, pair.subject, "deploy the gateway on friday", axis(0, 0, 0.0)),
+        (b, pair.subject, "deploy deploy deploy rollback", axis(1, 1, 0.0)),
+        (c, pair.subject, "coffee machine upstairs", axis(2, 2, 0.0)),
+        (o, other, "deploy secrets of another user", axis(0, 0, 0.0)),
+    ] {
+        sqlx::query("insert into insights (id, user_id, content, embedding) values ($1, $2, $3, $4)")
+            .bind(id)
+            .bind(user)
+            .bind(content)
+            .bind(pgvector::Vector::from(v))
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+    sqlx::query("insert into preferences (id, user_id, key, value) values ($1, $2, 'release day', '\"friday\"')")
+        .bind(p)
+        .bind(pair.subject)
+        .execute(pool)
+        .await
+        .unwrap();
+    (a, b, c, p, o)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn search_never_returns_a_row_that_list_would_not() {
+    let pair = Pair::new(vec![("TESSERA_EMBEDDING_MODEL".into(), "test-model".into())]).await;
+    let w = world(&pair).await;
+    let (_, _, _, _, others) = memory_world(&pair).await;
+    let t3: Uuid =
+        sqlx::query_scalar("select id from teams where name = 't3'").fetch_one(&pair.b_db.pool).await.unwrap();
+    let everything = json!(["tasks", "notes", "memory"]);
+    let scopes = [
+        json!({"resources": everything}),
+        json!({"resources": everything, "max_rows_per_query": 2}),
+        json!({"resources": everything, "filters": {"tasks": {"include_teams": [w.t1]}}}),
+        json!({"resources": everything, "filters": {"tasks": {"include_personal": false}, "memory": {"include_personal": false}}}),
+        json!({"resources": everything, "filters": {"tasks": {"include_teams": [t3]}}}),
+        json!({"resources": ["tasks", "notes"], "filters": {"notes": {"include_personal": false}}}),
+    ];
+    // Queries that match every row of their resource, so search must return exactly list's rows.
+    let queries = [("tasks", "task"), ("notes", "note"), ("memory", "deploy or coffee or friday")];
+    for scope in scopes {
+        let (_, client) = pair.enroll_with(scope.clone()).await;
+        for (resource, query) in queries {
+            let (status, listed) = pair.list(&client, resource, json!({})).await;
+            if status != 200 {
+                let (s, searched) = pair.search(&client, resource, json!({"query": query})).await;
+                assert_eq!((s, &searched), (status, &listed), "{scope}: denied search is list's denial");
+                continue;
+            }
+            let listed = sorted(pair.list_all(&client, resource, 3).await);
+            let found = pair.search_all(&client, resource, json!({"query": query, "limit": 2})).await;
+            let found_ids = ids_of(&found);
+            assert!(found_ids.iter().all(|id| listed.contains(id)), "{scope} {resource}: {found_ids:?} ⊄ {listed:?}");
+            let mut unique = found_ids.clone();
+            unique.sort();
+            unique.dedup();
+            assert_eq!(unique.len(), found_ids.len(), "pages never repeat a row");
+            // On this data every listed row matches: nothing in the grant is missed either.
+            assert_eq!(sorted(found_ids.clone()), listed, "{scope} {resource}");
+            assert!(!found_ids.contains(&others) && !found_ids.contains(&w.other_note));
+            // Vector mode: the subject's insights only (list's memory minus preferences).
+            if resource == "memory" {
+                let v = pair
+                    .search_all(&client, "memory", json!({"vector": axis(0, 2, 0.1), "mode": "vector", "limit": 1}))
+                    .await;
+                assert!(ids_of(&v).iter().all(|id| listed.contains(id)), "{scope}: vector within list");
+                assert!(!ids_of(&v).contains(&others));
+            }
+        }
+        // The row cap binds search as it binds list.
+        let (status, page) = pair.search(&client, "tasks", json!({"query": "task", "limit": 500})).await;
+        if status == 200 {
+            let cap = scope["max_rows_per_query"].as_u64().unwrap_or(100) as usize;
+            assert!(page["items"].as_array().unwrap().len() <= cap);
+        }
+    }
+
+    // Denied resources: the same generic 403 as list, whatever the reason.
+    let (_, narrow) =
+        pair.enroll_with(json!({"resources": ["tasks", "credentials"], "excluded_resources": ["memory"]})).await;
+    let mut bodies = Vec::new();
+    for resource in ["credentials", "notes", "memory", "api_keys"] {
+        let (status, body) = pair.search(&narrow, resource, json!({"query": "x"})).await;
+        assert_eq!(status, 403, "{resource}: {body}");
+        let (_, listed) = pair.list(&narrow, resource, json!({})).await;
+        assert_eq!(body, listed, "{resource}: search's 403 is list's");
+        bodies.push(body.to_string());
+    }
+    assert!(bodies.windows(2).all(|w| w[0] == w[1]), "{bodies:?}");
+    assert!(bodies[0].contains("scope_violation") && bodies[0].contains("Access denied"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn search_ranks_text_vector_and_hybrid_on_known_data() {
+    let pair = Pair::new(vec![("TESSERA_EMBEDDING_MODEL".into(), "test-model".into())]).await;
+    let (a, b, c, p, _) = memory_world(&pair).await;
+    let pool = &pair.b_db.pool;
+    let project = Uuid::new_v4();
+    sqlx::query("insert into projects (id, name, owner_user_id) values ($1, 'p', $2)")
+        .bind(project)
+        .bind(pair.subject)
+        .execute(pool)
+        .await
+        .unwrap();
+    let (t_twice, t_once, t_none) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    for (id, title, description) in [
+        (t_once, "alpha release", Some("notes on gamma")),
+        (t_twice, "alpha alpha", Some("the alpha plan")),
+        (t_none, "beta", None),
+    ] {
+        sqlx::query("insert into tasks (id, title, description, project_id) values ($1, $2, $3, $4)")
+            .bind(id)
+            .bind(title)
+            .bind(description)
+            .bind(project)
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+    let (_, client) = pair.enroll_with(json!({"resources": ["tasks", "notes", "memory"]})).await;
+
+    let caps: Value =
+        client.get(pair.b.url("/api/federation/v1/capabilities")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(caps["search"]["modes"]["memory"], json!(["text", "vector", "hybrid"]), "{caps}");
+    assert_eq!(caps["search"]["modes"]["tasks"], json!(["text"]));
+    assert_eq!(
+        (caps["search"]["embedding_model"].as_str(), caps["search"]["embedding_dimension"].as_u64()),
+        (Some("test-model"), Some(384))
+    );
+    assert!(caps["supported_verbs"].as_array().unwrap().contains(&json!("search")));
+
+    // Text: more occurrences rank higher, title and description both count; no match, no row.
+    let found = pair.search_all(&client, "tasks", json!({"query": "alpha"})).await;
+    assert_eq!(ids_of(&found), vec![t_twice, t_once]);
+    assert!(found[0]["_score"].as_f64().unwrap() > found[1]["_score"].as_f64().unwrap());
+    // Items have list's shape, plus `_score`.
+    let listed = pair.list(&client, "tasks", json!({})).await.1;
+    let same = listed["items"].as_array().unwrap().iter().find(|i| i["id"] == found[0]["id"]).unwrap();
+    let mut with_score = same.clone();
+    with_score["_score"] = found[0]["_score"].clone();
+    assert_eq!(found[0], with_score);
+    assert_eq!(ids_of(&pair.search_all(&client, "tasks", json!({"query": "gamma"})).await), vec![t_once]);
+    let memory = pair.search_all(&client, "memory", json!({"query": "deploy"})).await;
+    assert_eq!(ids_of(&memory), vec![b, a], "three deploys before one; never another user's");
+    let friday = pair.search_all(&client, "memory", json!({"query": "friday"})).await;
+    assert_eq!(sorted(ids_of(&friday)), sorted(vec![a, p]), "preferences' values are searched");
+    let pref = friday.iter().find(|i| i["id"] == json!(p)).unwrap();
+    assert_eq!(pref["key"], "release day");
+    assert!(pref["mutable"].is_boolean() && pref.get("content").is_none(), "a preference's row shape: {pref}");
+
+    // Vector: cosine similarity, nearest first.
+    let near_a = axis(0, 2, 0.1);
+    let v = pair.search_all(&client, "memory", json!({"vector": near_a, "mode": "vector"})).await;
+    assert_eq!(ids_of(&v), vec![a, c, b]);
+    assert!((v[0]["_score"].as_f64().unwrap() - 0.995).abs() < 0.001, "{}", v[0]);
+    assert!(v[0]["relevanceScore"].is_number() && v[0].get("key").is_none(), "an insight's row shape: {}", v[0]);
+    // Hybrid (the default with a vector): A is second by text and first by vector, B first by
+    // text and last by vector, C found by vector only: A, B, C by reciprocal rank fusion.
+    let h = pair.search_all(&client, "memory", json!({"query": "deploy", "vector": near_a})).await;
+    assert_eq!(ids_of(&h), vec![a, b, c]);
+    let rrf = |ranks: &[f64]| ranks.iter().map(|r| 1.0 / (60.0 + r)).sum::<f64>();
+    assert!((h[0]["_score"].as_f64().unwrap() - rrf(&[2.0, 1.0])).abs() < 1e-9, "{}", h[0]);
+    assert!((h[2]["_score"].as_f64().unwrap() - rrf(&[2.0])).abs() < 1e-9, "{}", h[2]);
+    // Paging keeps the order: one row a page gives the same sequence.
+    let paged = pair.search_all(&client, "memory", json!({"query": "deploy", "vector": near_a, "limit": 1})).await;
+    assert_eq!(ids_of(&paged), vec![a, b, c]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn search_refuses_bad_input_naming_the_field_and_audits_only_a_hash() {
+    let pair = Pair::new(vec![("TESSERA_EMBEDDING_MODEL".into(), "test-model".into())]).await;
+    memory_world(&pair).await;
+    let (grant, client) = pair.enroll_with(json!({"resources": ["tasks", "memory"], "max_rows_per_query": 1})).await;
+    let field = |body: &Value| body["error"]["details"]["field"].as_str().unwrap_or("").to_string();
+    let long = "x".repeat(1001);
+    for (resource, body, want) in [
+        ("memory", json!({"vector": vec![0.5; 383]}), "vector"),
+        ("memory", json!({"query": "x", "vector": vec![0.5; 385], "mode": "vector"}), "vector"),
+        ("memory", json!({"vector": [1, "a"]}), "vector"),
+        ("memory", json!({"query": ""}), "query"),
+        ("memory", json!({}), "query"),
+        ("memory", json!({"query": long}), "query"),
+        ("memory", json!({"query": "x", "mode": "fuzzy"}), "mode"),
+        ("tasks", json!({"query": "x", "vector": vec![0.5; 384]}), "mode"),
+        ("memory", json!({"query": "x", "mode": "vector"}), "vector"),
+        ("memory", json!({"query": "x", "limit": 0}), "limit"),
+        ("memory", json!({"query": "x", "limit": "ten"}), "limit"),
+        ("memory", json!({"query": "x", "cursor": "forged.cursor"}), "cursor"),
+    ] {
+        let (status, answer) = pair.search(&client, resource, body.clone()).await;
+        assert_eq!((status, field(&answer)), (400, want.to_string()), "{body}: {answer}");
+        assert_eq!(answer["error"]["code"], "invalid_request");
+    }
+    // Unknown fields are ignored; a numeric string limit works, and a limit over the cap is
+    // reported in the header.
+    let r = client
+        .post(pair.b.url("/api/federation/v1/search/memory"))
+        .json(&json!({"query": "deploy", "limit": "50", "extra": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-tessera-limit-capped"], "1");
+    let page: Value = r.json().await.unwrap();
+    assert_eq!(page["items"].as_array().unwrap().len(), 1);
+    assert_eq!(page["_truncated"], true);
+    // A cursor continues its own search only: another query, grant or resource is a 400.
+    let cursor = page["nextCursor"].as_str().unwrap();
+    let (status, _) = pair.search(&client, "memory", json!({"query": "deploy", "cursor": cursor})).await;
+    assert_eq!(status, 200);
+    let (status, answer) = pair.search(&client, "memory", json!({"query": "coffee", "cursor": cursor})).await;
+    assert_eq!((status, field(&answer)), (400, "cursor".into()));
+    let (status, _) = pair.search(&client, "tasks", json!({"query": "deploy", "cursor": cursor})).await;
+    assert_eq!(status, 400);
+    let (status, _) = pair.list(&client, "memory", json!({"cursor": cursor})).await;
+    assert_eq!(status, 400, "a search cursor is no list cursor");
+
+    // Audit: one row per search, with the SHA-256 of the query, never its text.
+    wait_for_count(
+        &pair.b_db.pool,
+        "select count(*) from federation_audit_log where grant_id = $1 and verb = 'search' and outcome = 'allowed'",
+        grant,
+        2,
+    )
+    .await;
+    let hashes: Vec<Option<String>> = sqlx::query_scalar(
+        "select query_hash from federation_audit_log where grant_id = $1 and verb = 'search' and outcome = 'allowed'",
+    )
+    .bind(grant)
+    .fetch_all(&pair.b_db.pool)
+    .await
+    .unwrap();
+    let expected = tessera::federation::verbs::search::Search {
+        mode: tessera::federation::verbs::search::SearchMode::Text,
+        query: "deploy".into(),
+        vector: None,
+    }
+    .hash();
+    assert!(hashes.iter().all(|h| h.as_deref() == Some(expected.as_str())), "{hashes:?} vs {expected}");
+    let leaked: i64 = sqlx::query_scalar(
+        "select count(*) from federation_audit_log a where a.grant_id = $1 and (a::text like '%deploy%' or a::text like '%coffee%')",
+    )
+    .bind(grant)
+    .fetch_one(&pair.b_db.pool)
+    .await
+    .unwrap();
+    assert_eq!(leaked, 0, "no audit row holds the query text");
+    let denied: Vec<String> = sqlx::query_scalar(
+        "select deny_code from federation_audit_log where grant_id = $1 and verb = 'search' and outcome = 'denied'",
+    )
+    .bind(grant)
+    .fetch_all(&pair.b_db.pool)
+    .await
+    .unwrap();
+    assert!(denied.iter().any(|c| c == "invalid_cursor") && denied.iter().any(|c| c == "invalid_limit"), "{denied:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn search_sees_a_revocation_or_scope_edit_on_the_next_request() {
+    let pair = Pair::new(vec![]).await;
+    memory_world(&pair).await;
+    let (grant, client) = pair.enroll_with(json!({"resources": ["memory"]})).await;
+    let (status, page) = pair.search(&client, "memory", json!({"query": "deploy"})).await;
+    assert_eq!((status, page["items"].as_array().unwrap().len()), (200, 2));
+    // Without an embedding model, the vector modes are off.
+    let (status, answer) = pair.search(&client, "memory", json!({"vector": axis(0, 0, 0.0)})).await;
+    assert_eq!((status, answer["error"]["details"]["field"].as_str()), (400, Some("mode")));
+    // Personal off: no memory row, on the very next request.
+    let (status, _) =
+        patch_scope(&pair, grant, json!({"resources": ["memory"], "filters": {"memory": {"include_personal": false}}}))
+            .await;
+    assert_eq!(status, 200);
+    let (status, page) = pair.search(&client, "memory", json!({"query": "deploy"})).await;
+    assert_eq!((status, page["items"].as_array().unwrap().len()), (200, 0), "{page}");
+    let (status, _) = patch_scope(&pair, grant, json!({"resources": ["tasks"]})).await;
+    assert_eq!(status, 200);
+    let (status, _) = pair.search(&client, "memory", json!({"query": "deploy"})).await;
+    assert_eq!(status, 403);
+    let (status, _) = pair.admin_post(&format!("/api/admin/grants/{grant}/revoke"), json!({"reason": "test"})).await;
+    assert_eq!(status, 200);
+    let (status, _) = pair.search(&client, "tasks", json!({"query": "task"})).await;
+    assert_eq!(status, 403, "revoked: refused on the next request");
+}
+
+/// A stand-in for an embedding provider (`POST /v1/embeddings`): text mentioning coffee lies on
+/// axis 2, anything else on axis 0. Returns its base URL and the number of calls it served.
+async fn stand_in_embeddings() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let app = axum::Router::new().route(
+        "/v1/embeddings",
+        axum::routing::post(move |headers: axum::http::HeaderMap, axum::Json(body): axum::Json<Value>| {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                assert_eq!(headers["authorization"], "Bearer stand-in-key");
+                let data: Vec<Value> = body["input"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| {
+                        let at = if t.as_str().unwrap().contains("coffee") { 2 } else { 0 };
+                        json!({"index": i, "embedding": axis(at, at, 0.0), "object": "embedding"})
+                    })
+                    .collect();
+                axum::Json(json!({"object": "list", "data": data, "model": body["model"]}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, calls)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_embedding_provider_embeds_queries_and_fills_missing_insights_through_the_queue() {
+    let (url, calls) = stand_in_embeddings().await;
+    let pair = Pair::new(vec![
+        ("TESSERA_EMBEDDING_MODEL".into(), "stand-in".into()),
+        ("TESSERA_EMBEDDINGS_URL".into(), url),
+        ("TESSERA_EMBEDDINGS_API_KEY".into(), "stand-in-key".into()),
+        ("TESSERA_SCHEDULE_TICK_MS".into(), "200".into()),
+    ])
+    .await;
+    let (_, _, c, _, _) = memory_world(&pair).await;
+    let missing = Uuid::new_v4();
+    sqlx::query("insert into insights (id, user_id, content) values ($1, $2, 'more coffee please')")
+        .bind(missing)
+        .bind(pair.subject)
+        .execute(&pair.b_db.pool)
+        .await
+        .unwrap();
+    let (_, client) = pair.enroll_with(json!({"resources": ["memory"]})).await;
+    // The query text is embedded by the provider: vector mode without a vector.
+    let (status, page) = pair.search(&client, "memory", json!({"query": "coffee", "mode": "vector"})).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["items"][0]["id"], json!(c), "{page}");
+    assert!(calls.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    // The periodic job fills the insight stored without an embedding.
+    let filled = wait_count(
+        &pair.b_db.pool,
+        "select count(*) from insights where embedding is not null",
+        5,
+        Duration::from_secs(40),
+    )
+    .await;
+    assert_eq!(filled, 5, "the job runs every 10 s");
+    let v: Vec<Value> =
+        pair.search_all(&client, "memory", json!({"vector": axis(2, 2, 0.0), "mode": "vector", "limit": 2})).await;
+    assert_eq!(sorted(ids_of(&v[..2])), sorted(vec![c, missing]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn merged_search_fuses_local_and_peer_results_and_lists_a_peer_that_is_down() {
+    let pair = Pair::new(vec![]).await;
+    let w = world(&pair).await;
+    let (_, _) = pair.enroll_with(json!({"resources": ["tasks", "notes"]})).await;
+    // CLI on A: search B.
+    let (code, out, err) = run_cli(
+        &["federation", "search", "--peer", "gateway-b", "tasks", "task", "--limit", "3", "--json"],
+        &pair.a_env(),
+    );
+    assert_eq!(code, 0, "{err}");
+    let page: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(page["items"].as_array().unwrap().len(), 3);
+    assert!(page["items"].as_array().unwrap().iter().all(|i| i["_source"] == "gateway-b" && i["_score"].is_number()));
+    assert!(page["nextCursor"].is_string());
+    let (code, _, err) =
+        run_cli(&["federation", "search", "--peer", "gateway-b", "tasks", "task", "--mode", "fuzzy"], &pair.a_env());
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("mode"), "{err}");
+
+    // A second peer on A that is down: a copy of B's row pointing at a closed port.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let mut tx = pair.a_db.pool.begin().await.unwrap();
+    sqlx::query("create temp table down on commit drop as select * from federation_peers where name = 'gateway-b'")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("update down set id = gen_random_uuid(), name = 'gateway-down', endpoint_url = $1")
+        .bind(format!("https://127.0.0.1:{closed_port}"))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("insert into federation_peers select * from down").execute(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let a = Gateway::start(GatewayOptions {
+        database_url: Some(pair.a_db.url.clone()),
+        data_dir: Some(pair.a_dir.path().to_path_buf()),
+        ..Default::default()
+    })
+    .await;
+    let (_, a_token) = seed_admin(&pair.a_db.pool, "admin@a.test").await;
+    let owner = Uuid::new_v4();
+    sqlx::query("insert into users (id, email, name, role) values ($1, 'local@a.test', 'L', 'member')")
+        .bind(owner)
+        .execute(&pair.a_db.pool)
+        .await
+        .unwrap();
+    sqlx::query("insert into projects (id, name, owner_user_id) values ($1, 'a', $1)")
+        .bind(owner)
+        .execute(&pair.a_db.pool)
+        .await
+        .unwrap();
+    let local = tasks_in(&pair.a_db.pool, owner, 2).await;
+    let search = |body: Value| {
+        let req = a.client.post(a.url("/api/admin/federation/search")).bearer_auth(&a_token).json(&body);
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, all) = search(json!({"resource": "tasks", "query": "task", "source": "all", "limit": 6})).await;
+    assert_eq!(status, 200, "{all}");
+    let items = all["items"].as_array().unwrap();
+    assert_eq!(items.len(), 6);
+    // Fusion interleaves the sources by rank: local #1, B #1, local #2, B #2, then B only.
+    let sources: Vec<&str> = items.iter().map(|i| i["_source"].as_str().unwrap()).collect();
+    assert_eq!(sources, ["local", "gateway-b", "local", "gateway-b", "gateway-b", "gateway-b"]);
+    let local_ids: Vec<Uuid> = ids_of(&items.iter().filter(|i| i["_source"] == "local").cloned().collect::<Vec<_>>());
+    assert_eq!(sorted(local_ids), sorted(local));
+    let visible = [w.personal_tasks.clone(), w.t1_tasks.clone(), w.t2_tasks.clone()].concat();
+    for i in items.iter().filter(|i| i["_source"] == "gateway-b") {
+        assert!(visible.contains(&i["id"].as_str().unwrap().parse().unwrap()));
+        assert!(i["_sourceScore"].is_number());
+    }
+    let errors = all["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{all}");
+    assert_eq!(errors[0]["source"], "peer:gateway-down");
+    assert_eq!(errors[0]["code"], "network");
+    // Only peers, only local, and bad input.
+    let (_, peers) = search(json!({"resource": "tasks", "query": "task", "source": "peer"})).await;
+    assert!(peers["items"].as_array().unwrap().iter().all(|i| i["_source"] == "gateway-b"));
+    let (_, mine) = search(json!({"resource": "tasks", "query": "task", "source": "local"})).await;
+    assert_eq!(mine["items"].as_array().unwrap().len(), 2);
+    assert!(mine["errors"].as_array().unwrap().is_empty());
+    for (body, want) in [
+        (json!({"resource": "tasks", "query": "task", "source": "nowhere"}), "source"),
+        (json!({"resource": "tasks", "query": "task", "limit": 0}), "limit"),
+        (json!({"resource": "tasks", "vector": [1.0]}), "vector"),
+        (json!({"resource": "tasks"}), "query"),
+        (json!({"resource": "secrets", "query": "x"}), "resource"),
+    ] {
+        let (status, answer) = search(body.clone()).await;
+        assert_eq!((status, answer["error"]["details"]["field"].as_str()), (400, Some(want)), "{body}: {answer}");
+    }
+}
+
+/// `tessera bench search` end to end on a small data set: every phase drives the real router
+/// over mTLS (the bench fails on any answer but 2xx) and prints its figures; the searches reach
+/// the verb and its audit. The figures themselves are never asserted here.
+#[tokio::test(flavor = "multi_thread")]
+async fn bench_search_runs_every_phase_over_mtls() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let dd = dir.path().to_str().unwrap();
+    let args = [
+        "bench",
+        "search",
+        "--tasks",
+        "2000",
+        "--insights",
+        "300",
+        "--seconds",
+        "1",
+        "--concurrency",
+        "2",
+        "--recall-queries",
+        "10",
+    ];
+    let (code, stdout, stderr) = run_cli_blocking(&args, &[("DATABASE_URL", &db.url), ("TESSERA_DATA_DIR", dd)]).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    for line in [
+        "text search over mTLS",
+        "text search at half load",
+        "text search SQL ceiling",
+        "text search / ceiling =",
+        "vector top-20 recall (HNSW vs exact, 10 queries) =",
+        "vector top-20 over mTLS",
+        "hybrid top-20 over mTLS",
+        "index insights_embedding_hnsw",
+        "index tasks_search",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
+    }
+    let allowed = wait_for_count(
+        &db.pool,
+        "select count(*) from federation_audit_log where verb = 'search' and outcome = 'allowed' and grant_id <> $1",
+        Uuid::nil(),
+        1,
+    )
+    .await;
+    assert!(allowed >= 1, "the bench's searches are audited");
+    let denied: i64 = sqlx::query_scalar("select count(*) from federation_audit_log where outcome <> 'allowed'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(denied, 0);
+    let insights: i64 = sqlx::query_scalar("select count(*) from insights where embedding is not null")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(insights, 300);
+}

@@ -40,7 +40,7 @@ use crate::federation::scope::QueryFilter;
 use crate::sealing::SealingKey;
 use crate::services::Database;
 
-const SUBJECT_EMAIL: &str = "bench-subject@bench.tessera.test";
+pub(super) const SUBJECT_EMAIL: &str = "bench-subject@bench.tessera.test";
 const OTHER_EMAIL: &str = "bench-other@bench.tessera.test";
 
 #[derive(Debug, Args)]
@@ -81,11 +81,11 @@ impl Phase {
         [Phase::Page1, Phase::Page10k, Phase::Random, Phase::Ceiling, Phase::Bare, Phase::Healthz, Phase::Half];
 }
 
-struct Figures {
-    requests: usize,
-    elapsed: Duration,
-    p50: Duration,
-    p99: Duration,
+pub(super) struct Figures {
+    pub(super) requests: usize,
+    pub(super) elapsed: Duration,
+    pub(super) p50: Duration,
+    pub(super) p99: Duration,
 }
 
 impl std::fmt::Display for Figures {
@@ -102,7 +102,7 @@ impl std::fmt::Display for Figures {
 }
 
 impl Figures {
-    fn throughput(&self) -> f64 {
+    pub(super) fn throughput(&self) -> f64 {
         self.requests as f64 / self.elapsed.as_secs_f64()
     }
 }
@@ -130,28 +130,9 @@ async fn run_on(config: &Config, pool: &sqlx::PgPool, args: &ListBench) -> anyho
     forget_earlier_runs(pool).await?;
     let sealing = SealingKey::load(config.sealing_key.as_ref(), &config.data_dir)?;
     let ca = GatewayCa::load_or_create(pool, &sealing).await?;
-    let (grant_id, identity_pem) = enroll(pool, &ca, config, subject).await?;
+    let scope = serde_json::json!({"resources": ["tasks"], "max_rows_per_query": 1000});
+    let (grant_id, identity_pem) = enroll(pool, &ca, config, subject, scope).await?;
 
-    // The real router and accept loop on a loopback port.
-    let issued = ca.issue_server_cert(&["localhost".to_string()])?;
-    let tls = crate::tls::server_config(&ca, issued.chain, issued.key)?;
-    // The bench measures the verb, not the per-grant rate limit: lift the budget out of the way.
-    let mut bench_config = config.clone();
-    bench_config.federation.rate_per_minute = 1_000_000;
-    let (audit, audit_writer) = crate::federation::audit::AuditSink::start(pool.clone());
-    let peer_reads = crate::store::peer_read_pool(pool, args.concurrency as u32 + 2);
-    let state = AppState {
-        pool: pool.clone(),
-        peer_reads: peer_reads.clone(),
-        grant_memo: Default::default(),
-        config: Arc::new(bench_config),
-        ca: ca.clone(),
-        sealing: sealing.clone(),
-        limiter: crate::ratelimit::RateLimiter::in_memory(),
-        valkey: None,
-        audit,
-        breakers: Default::default(),
-    };
     // What the subject sees, as the scope service would put it: the ceiling's query filter.
     let filter = Arc::new(QueryFilter {
         resource: "tasks".into(),
@@ -163,20 +144,12 @@ async fn run_on(config: &Config, pool: &sqlx::PgPool, args: &ListBench) -> anyho
             .await?,
         limit: args.limit,
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let port = listener.local_addr()?.port();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(crate::tls::serve(
-        listener,
-        tls,
-        crate::http::router(state).merge(sql_behind_tls_route(peer_reads.clone(), filter.clone())),
-        config.federation.oids.clone(),
-        crate::app::connection_limits(config),
-        async {
-            let _ = stop_rx.await;
-        },
-        Duration::from_secs(2),
-    ));
+    let bench_config = config.clone();
+    let server = BenchServer::start(pool, &ca, &sealing, bench_config, args.concurrency, |peer_reads| {
+        sql_behind_tls_route(peer_reads, filter.clone())
+    })
+    .await?;
+    let (port, peer_reads) = (server.port, server.peer_reads.clone());
     let client = Clients::connect(ca.cert_pem(), &identity_pem, port, args.concurrency).await?;
     let codec = CursorCodec::new(sealing.derive_key("federation-cursor-v1"));
 
@@ -305,17 +278,82 @@ async fn run_on(config: &Config, pool: &sqlx::PgPool, args: &ListBench) -> anyho
         println!("random pages / ceiling = {ratio:.2}; fastest / slowest page kind = {:.2}", hi / lo);
     }
 
-    let _ = stop_tx.send(());
-    let _ = server.await;
-    // The router (and with it the last audit sink) is gone: let the writer flush before the
-    // pool closes.
-    let _ = tokio::time::timeout(Duration::from_secs(5), audit_writer).await;
-    peer_reads.close().await;
+    server.stop().await;
     Ok(())
 }
 
+/// The real router and accept loop on a loopback port, with an in-process audit writer and its
+/// own peer-read pool, plus a bench-only `extra` router; the per-grant rate limit is lifted out
+/// of the way (the benches measure the verbs, not the limiter).
+pub(super) struct BenchServer {
+    pub(super) port: u16,
+    pub(super) peer_reads: sqlx::PgPool,
+    stop_tx: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<()>,
+    audit_writer: tokio::task::JoinHandle<()>,
+}
+
+impl BenchServer {
+    pub(super) async fn start(
+        pool: &sqlx::PgPool,
+        ca: &Arc<GatewayCa>,
+        sealing: &SealingKey,
+        mut bench_config: Config,
+        concurrency: usize,
+        extra: impl FnOnce(sqlx::PgPool) -> axum::Router,
+    ) -> anyhow::Result<Self> {
+        let issued = ca.issue_server_cert(&["localhost".to_string()])?;
+        let tls = crate::tls::server_config(ca, issued.chain, issued.key)?;
+        bench_config.federation.rate_per_minute = 1_000_000;
+        let limits = crate::app::connection_limits(&bench_config);
+        let oids = bench_config.federation.oids.clone();
+        let (audit, audit_writer) = crate::federation::audit::AuditSink::start(pool.clone());
+        let peer_reads = crate::store::peer_read_pool(pool, concurrency as u32 + 2);
+        let state = AppState {
+            pool: pool.clone(),
+            peer_reads: peer_reads.clone(),
+            grant_memo: Default::default(),
+            config: Arc::new(bench_config),
+            ca: ca.clone(),
+            sealing: sealing.clone(),
+            limiter: crate::ratelimit::RateLimiter::in_memory(),
+            valkey: None,
+            audit,
+            breakers: Default::default(),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(crate::tls::serve(
+            listener,
+            tls,
+            crate::http::router(state).merge(extra(peer_reads.clone())),
+            oids,
+            limits,
+            async {
+                let _ = stop_rx.await;
+            },
+            Duration::from_secs(2),
+        ));
+        Ok(Self { port, peer_reads, stop_tx, server, audit_writer })
+    }
+
+    pub(super) async fn stop(self) {
+        let _ = self.stop_tx.send(());
+        let _ = self.server.await;
+        // The router (and with it the last audit sink) is gone: let the writer flush before the
+        // pool closes.
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.audit_writer).await;
+        self.peer_reads.close().await;
+    }
+}
+
 /// Runs one phase when it is wanted, and prints its figures under `label`.
-async fn measure<Fut>(label: &str, wanted: bool, run: impl FnOnce() -> Fut) -> anyhow::Result<Option<Figures>>
+pub(super) async fn measure<Fut>(
+    label: &str,
+    wanted: bool,
+    run: impl FnOnce() -> Fut,
+) -> anyhow::Result<Option<Figures>>
 where
     Fut: std::future::Future<Output = anyhow::Result<Figures>>,
 {
@@ -352,14 +390,14 @@ fn sql_behind_tls_route(pool: sqlx::PgPool, filter: Arc<QueryFilter>) -> axum::R
 /// stays as lean as it can: no redirect, retry or decompression layers and no URL parsing per
 /// request (a `reqwest` client cost about a tenth of the list throughput here).
 #[derive(Clone)]
-struct Clients {
+pub(super) struct Clients {
     connections: Arc<Vec<tokio::sync::Mutex<SendRequest<Body>>>>,
     connector: tokio_rustls::TlsConnector,
     port: u16,
 }
 
 impl Clients {
-    async fn connect(ca_pem: &str, identity_pem: &[u8], port: u16, n: usize) -> anyhow::Result<Self> {
+    pub(super) async fn connect(ca_pem: &str, identity_pem: &[u8], port: u16, n: usize) -> anyhow::Result<Self> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes())?)?;
         let chain = CertificateDer::pem_slice_iter(identity_pem).collect::<Result<Vec<_>, _>>()?;
@@ -377,7 +415,13 @@ impl Clients {
     }
 
     /// One request on worker `worker`'s connection; fails unless the answer is a 2xx.
-    async fn request(&self, worker: usize, method: Method, path: &'static str, body: String) -> anyhow::Result<()> {
+    pub(super) async fn request(
+        &self,
+        worker: usize,
+        method: Method,
+        path: &'static str,
+        body: String,
+    ) -> anyhow::Result<()> {
         let request = axum::http::Request::builder()
             .method(method)
             .uri(path)
@@ -412,7 +456,12 @@ async fn open(connector: &tokio_rustls::TlsConnector, port: u16) -> anyhow::Resu
 
 /// Runs `make(worker)` from `concurrency` workers for `phase`, optionally paced to `rate`
 /// requests/s in total, and returns the latency figures.
-async fn drive<F, Fut>(concurrency: usize, phase: Duration, rate: Option<f64>, make: F) -> anyhow::Result<Figures>
+pub(super) async fn drive<F, Fut>(
+    concurrency: usize,
+    phase: Duration,
+    rate: Option<f64>,
+    make: F,
+) -> anyhow::Result<Figures>
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
@@ -450,7 +499,7 @@ where
 /// same database: otherwise the audit log grows by a few hundred thousand rows a run, and its
 /// autovacuum lands inside later runs' phases. `seed` has just made sure that this database
 /// holds no user but the bench's own, so every grant and audit row here is the bench's.
-async fn forget_earlier_runs(pool: &sqlx::PgPool) -> anyhow::Result<()> {
+pub(super) async fn forget_earlier_runs(pool: &sqlx::PgPool) -> anyhow::Result<()> {
     let mut tx = pool.begin().await?;
     sqlx::query("truncate federation_audit_log").execute(&mut *tx).await?;
     sqlx::query("delete from federation_grants").execute(&mut *tx).await?;
@@ -460,7 +509,7 @@ async fn forget_earlier_runs(pool: &sqlx::PgPool) -> anyhow::Result<()> {
 }
 
 /// Seeds the bench data set once; returns the subject's id.
-async fn seed(pool: &sqlx::PgPool, tasks: u32) -> anyhow::Result<Uuid> {
+pub(super) async fn seed(pool: &sqlx::PgPool, tasks: u32) -> anyhow::Result<Uuid> {
     // Only the bench's own two users may be here, on every run: `forget_earlier_runs` empties
     // the federation tables next.
     let foreign: bool = sqlx::query_scalar("select exists (select 1 from users where email not in ($1, $2))")
@@ -561,11 +610,12 @@ async fn seed(pool: &sqlx::PgPool, tasks: u32) -> anyhow::Result<Uuid> {
 
 /// Registers a peer and an active grant for the subject and issues a client certificate for it
 /// directly through the CA (the enrollment round trip is not what is measured).
-async fn enroll(
+pub(super) async fn enroll(
     pool: &sqlx::PgPool,
     ca: &GatewayCa,
     config: &Config,
     subject: Uuid,
+    scope: serde_json::Value,
 ) -> anyhow::Result<(Uuid, Vec<u8>)> {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let csr = rcgen::CertificateParams::default().serialize_request(&key)?.pem()?;
@@ -598,7 +648,7 @@ async fn enroll(
     .bind(grant_id)
     .bind(peer_id)
     .bind(subject)
-    .bind(serde_json::json!({"resources": ["tasks"], "max_rows_per_query": 1000}))
+    .bind(scope)
     .bind(&cert.serial)
     .bind(cert.not_after)
     .execute(pool)

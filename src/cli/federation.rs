@@ -649,6 +649,30 @@ pub enum FederationCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Search a resource at a peer: full text, or with `--vector-file` a vector (hybrid by
+    /// default); rows best first, tagged with the peer's name, with `_score`.
+    Search {
+        #[arg(long)]
+        peer: String,
+        /// tasks, notes or memory
+        resource: String,
+        /// The search text (may be empty with --vector-file).
+        query: String,
+        /// A JSON file holding the query embedding: an array of 384 numbers.
+        #[arg(long)]
+        vector_file: Option<std::path::PathBuf>,
+        /// text, vector or hybrid [default: hybrid with --vector-file, else text]
+        #[arg(long)]
+        mode: Option<String>,
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Continue after this cursor (the nextCursor of a previous page of the same search).
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Local data, one peer or all peers, merged newest first (`--source local|peer:<name>|all`).
     Query {
         resource: String,
@@ -744,6 +768,52 @@ async fn federation_inner(
             })?,
             Err(e) => return Ok(peer_failed(&e)),
         },
+        FederationCommand::Search { peer, resource, query, vector_file, mode, limit, cursor, json } => {
+            let mut body = serde_json::Map::new();
+            if !query.trim().is_empty() {
+                body.insert("query".into(), query.into());
+            }
+            if let Some(path) = vector_file {
+                let text = match std::fs::read_to_string(&path) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        eprintln!("cannot read {}: {e}", path.display());
+                        return Ok(Exit::Usage.into());
+                    }
+                };
+                match serde_json::from_str::<serde_json::Value>(&text) {
+                    Ok(v @ serde_json::Value::Array(_)) => {
+                        body.insert("vector".into(), v);
+                    }
+                    _ => {
+                        eprintln!("{}: must hold a JSON array of numbers", path.display());
+                        return Ok(Exit::Usage.into());
+                    }
+                }
+            }
+            for (key, value) in [("mode", mode), ("cursor", cursor)] {
+                if let Some(v) = value {
+                    body.insert(key.into(), v.into());
+                }
+            }
+            if let Some(limit) = limit {
+                body.insert("limit".into(), limit.into());
+            }
+            match caller.search(&peer, &resource, serde_json::Value::Object(body)).await {
+                Ok(page) => print(json, &page, |p| {
+                    let mut lines: Vec<String> = p
+                        .items
+                        .iter()
+                        .map(|i| format!("{:>8.4}  {}", i["_score"].as_f64().unwrap_or(0.0), item_line(i)))
+                        .collect();
+                    if let Some(c) = &p.next_cursor {
+                        lines.push(format!("next page: --cursor {c}"));
+                    }
+                    lines.join("\n")
+                })?,
+                Err(e) => return Ok(peer_failed(&e)),
+            }
+        }
         FederationCommand::Query { resource, source, limit, json } => {
             let q = crate::federation::query::FederatedQuery { resource, source: Some(source), limit };
             match crate::federation::query::run(caller, &q).await {

@@ -11,6 +11,7 @@ mod bench_audit;
 mod bench_handshake;
 mod bench_list;
 mod bench_queue;
+mod bench_search;
 mod client;
 mod doctor;
 pub mod exit;
@@ -108,6 +109,9 @@ pub enum DemoCommand {
 pub enum BenchCommand {
     /// The list verb over mTLS against the SQL ceiling (seeds 1M tasks on first run).
     List(bench_list::ListBench),
+    /// The search verb over mTLS: text against its SQL ceiling, vector recall over HNSW, hybrid
+    /// (seeds 1M tasks and 100 000 insights with embeddings on first run).
+    Search(bench_search::SearchBench),
     /// The job queue: burn-down of 200 000 no-op jobs and enqueue-to-start latency (durable commits).
     Queue(bench_queue::QueueBench),
     /// TLS handshakes per second: full and resumed, with and without a client certificate.
@@ -213,6 +217,9 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Audit(a) => Ok(audit::run(a, &config).await),
         Command::Import(a) => Ok(admin::import(a, &config).await),
         Command::Bench(BenchCommand::List(args)) => bench_list::run(&config, &args).await.map(|()| ExitCode::SUCCESS),
+        Command::Bench(BenchCommand::Search(args)) => {
+            bench_search::run(&config, &args).await.map(|()| ExitCode::SUCCESS)
+        }
         Command::Bench(BenchCommand::Audit(args)) => bench_audit::run(&config, &args).await.map(|()| ExitCode::SUCCESS),
         Command::Bench(BenchCommand::Handshake(args)) => {
             bench_handshake::run(&config, &args).await.map(|()| ExitCode::SUCCESS)

@@ -82,8 +82,7 @@ impl CursorCodec {
 
     pub fn encode(&self, grant_id: Uuid, position: &Position) -> String {
         let payload = serde_json::to_vec(position).expect("a position always serialises");
-        let tag = self.mac(grant_id, &position.resource, &payload).finalize().into_bytes();
-        format!("{}.{}", URL_SAFE_NO_PAD.encode(&payload), URL_SAFE_NO_PAD.encode(tag))
+        self.sign(grant_id, &position.resource, &payload)
     }
 
     /// Checks the MAC for this grant and resource, then decodes.
@@ -91,15 +90,32 @@ impl CursorCodec {
     /// # Errors
     /// [`InvalidCursor`] for anything but a cursor this gateway issued for this grant and resource.
     pub fn decode(&self, grant_id: Uuid, resource: &str, cursor: &str) -> Result<Position, InvalidCursor> {
-        let (payload_b64, tag_b64) = cursor.split_once('.').ok_or(InvalidCursor)?;
-        let payload = URL_SAFE_NO_PAD.decode(payload_b64).map_err(|_| InvalidCursor)?;
-        let tag = URL_SAFE_NO_PAD.decode(tag_b64).map_err(|_| InvalidCursor)?;
-        self.mac(grant_id, resource, &payload).verify_slice(&tag).map_err(|_| InvalidCursor)?;
+        let payload = self.open(grant_id, resource, cursor)?;
         let position: Position = serde_json::from_slice(&payload).map_err(|_| InvalidCursor)?;
         if position.version != VERSION || position.resource != resource {
             return Err(InvalidCursor);
         }
         Ok(position)
+    }
+
+    /// Signs any payload for `grant_id` under `binding`: the list verb binds the resource, the
+    /// search verb the resource and a hash of the query (`search/<resource>/<hash>`, which no
+    /// resource name can equal), so a cursor only continues the request that issued it.
+    pub fn sign(&self, grant_id: Uuid, binding: &str, payload: &[u8]) -> String {
+        let tag = self.mac(grant_id, binding, payload).finalize().into_bytes();
+        format!("{}.{}", URL_SAFE_NO_PAD.encode(payload), URL_SAFE_NO_PAD.encode(tag))
+    }
+
+    /// The payload of a cursor [`Self::sign`]ed for this grant and binding.
+    ///
+    /// # Errors
+    /// [`InvalidCursor`] when the MAC does not verify.
+    pub fn open(&self, grant_id: Uuid, binding: &str, cursor: &str) -> Result<Vec<u8>, InvalidCursor> {
+        let (payload_b64, tag_b64) = cursor.split_once('.').ok_or(InvalidCursor)?;
+        let payload = URL_SAFE_NO_PAD.decode(payload_b64).map_err(|_| InvalidCursor)?;
+        let tag = URL_SAFE_NO_PAD.decode(tag_b64).map_err(|_| InvalidCursor)?;
+        self.mac(grant_id, binding, &payload).verify_slice(&tag).map_err(|_| InvalidCursor)?;
+        Ok(payload)
     }
 }
 

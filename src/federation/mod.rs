@@ -8,6 +8,7 @@ pub mod ca_routes;
 pub mod client;
 pub mod csr;
 pub mod cursor;
+pub mod embeddings;
 pub mod enrollment;
 pub mod explain;
 pub mod grants;
@@ -20,6 +21,7 @@ pub mod peers;
 pub mod query;
 pub mod request_audit;
 pub mod scope;
+pub mod search;
 pub mod verbs;
 
 use utoipa_axum::router::OpenApiRouter;
@@ -76,5 +78,6 @@ pub fn router(state: Option<AppState>) -> OpenApiRouter<AppState> {
         .routes(routes!(explain::explain_scope))
         .routes(routes!(peer_health::peer_health))
         .routes(routes!(query::query))
+        .routes(routes!(search::search))
         .merge(verbs)
 }

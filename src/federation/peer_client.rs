@@ -314,6 +314,26 @@ impl PeerCaller {
         Ok(page)
     }
 
+    /// One page of a search of `resource` on `peer` (`body` as the search verb takes it), each
+    /// row's `_source` set to the peer's name.
+    ///
+    /// # Errors
+    /// See [`PeerError`].
+    pub async fn search(&self, peer: &str, resource: &str, body: serde_json::Value) -> Result<PeerPage, PeerError> {
+        let value = self
+            .call(peer, reqwest::Method::POST, &format!("/api/federation/v1/search/{resource}"), Some(body))
+            .await?;
+        let mut page: PeerPage =
+            serde_json::from_value(value).map_err(|e| PeerError::InvalidResponse(peer.into(), e.to_string()))?;
+        for item in &mut page.items {
+            let Some(obj) = item.as_object_mut() else {
+                return Err(PeerError::InvalidResponse(peer.into(), "an item is not an object".into()));
+            };
+            obj.insert("_source".into(), peer.into());
+        }
+        Ok(page)
+    }
+
     /// One row by id from `peer`, tagged with the peer's name.
     ///
     /// # Errors

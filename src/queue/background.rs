@@ -58,6 +58,7 @@ impl BackgroundWork {
         let (node_id, node_lock) = claim_node_id(pool, super::node_id_for(&state.config.data_dir)).await?;
         let mut registry = HandlerRegistry::new();
         diag::register(&mut registry, pool.clone());
+        crate::federation::embeddings::register(&mut registry, pool.clone(), state.config.search.clone());
         schedule::register(&mut registry, pool.clone(), state.sealing.clone(), state.config.audit_retention_days);
         let queues = QueueRuntime::start(pool, &node_id, &[schedule::QUEUE, diag::QUEUE], registry, &settings).await?;
         let targets = crate::outbox::targets::WebhookTargets::from_config(&state.config);

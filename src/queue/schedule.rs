@@ -32,8 +32,12 @@ pub const CLEANUP: &str = "maintenance.cleanup";
 pub const AUDIT_RETENTION: &str = "federation.audit_retention";
 
 /// The periodic jobs and their periods.
-pub const PERIODIC: &[(&str, Duration)] =
-    &[(RENEW_CERTS, RENEW_PERIOD), (CLEANUP, Duration::from_secs(300)), (AUDIT_RETENTION, Duration::from_secs(3600))];
+pub const PERIODIC: &[(&str, Duration)] = &[
+    (RENEW_CERTS, RENEW_PERIOD),
+    (CLEANUP, Duration::from_secs(300)),
+    (AUDIT_RETENTION, Duration::from_secs(3600)),
+    (crate::federation::embeddings::EMBED_INSIGHTS, crate::federation::embeddings::EMBED_PERIOD),
+];
 
 /// Period of the renewal job; each pass renews what falls due within it.
 pub const RENEW_PERIOD: Duration = Duration::from_secs(10);

@@ -1,6 +1,7 @@
 //! The peer-facing verbs under `/api/federation/v1/*`, all behind the mTLS guard.
 
 pub mod read;
+pub mod search;
 
 use axum::Extension;
 use axum::extract::State;
@@ -15,7 +16,11 @@ use crate::http::extract::Json;
 
 /// Every verb but `list`; these run behind [`super::guard::require_peer`].
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(renew)).routes(routes!(capabilities)).routes(routes!(read::get))
+    OpenApiRouter::new()
+        .routes(routes!(renew))
+        .routes(routes!(capabilities))
+        .routes(routes!(read::get))
+        .routes(routes!(search::search))
 }
 
 /// `list`, which runs behind [`super::guard::require_peer_confirmed_by_verb`]: it must confirm
@@ -40,7 +45,7 @@ pub async fn renew(
 }
 
 /// The verbs this gateway serves.
-pub const SUPPORTED_VERBS: [&str; 4] = ["list", "get", "capabilities", "renew"];
+pub const SUPPORTED_VERBS: [&str; 5] = ["list", "get", "search", "capabilities", "renew"];
 /// Resources native RBAC can serve at all; `credentials` and `api_keys` never are.
 pub const READABLE_RESOURCES: [&str; 3] = ["tasks", "notes", "memory"];
 
@@ -51,17 +56,47 @@ pub struct Capabilities {
     pub excluded_resources: Vec<String>,
     pub max_rows_per_query: u32,
     pub supported_verbs: Vec<String>,
+    pub search: SearchCapabilities,
+}
+
+/// What the search verb offers under this grant.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct SearchCapabilities {
+    /// Granted resources that can be searched (the same as `resources`).
+    pub resources: Vec<String>,
+    /// Per searchable resource, its modes: `text` everywhere; `vector` and `hybrid` for memory
+    /// when an embedding model is configured.
+    pub modes: std::collections::BTreeMap<String, Vec<search::SearchMode>>,
+    /// `TESSERA_EMBEDDING_MODEL`; absent when vector search is off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub embedding_model: Option<String>,
+    /// Dimension of the vectors the vector modes take (384); absent when vector search is off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub embedding_dimension: Option<u32>,
 }
 
 /// What the caller's grant allows.
 #[utoipa::path(get, path = "/api/federation/v1/capabilities", tag = "federation",
     responses((status = 200, body = Capabilities), (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope)))]
-pub async fn capabilities(Extension(ctx): Extension<FederationContext>) -> Json<Capabilities> {
+pub async fn capabilities(
+    State(state): State<AppState>,
+    Extension(ctx): Extension<FederationContext>,
+) -> Json<Capabilities> {
     let scope = &ctx.scope;
+    let resources: Vec<String> =
+        scope.resources.iter().filter(|r| READABLE_RESOURCES.contains(&r.as_str())).cloned().collect();
+    let model = state.config.search.embedding_model.clone();
+    let search = SearchCapabilities {
+        resources: resources.clone(),
+        modes: resources.iter().map(|r| (r.clone(), search::modes_for(r, model.is_some()))).collect(),
+        embedding_dimension: model.as_ref().map(|_| search::DIMENSION as u32),
+        embedding_model: model,
+    };
     Json(Capabilities {
-        resources: scope.resources.iter().filter(|r| READABLE_RESOURCES.contains(&r.as_str())).cloned().collect(),
+        resources,
         excluded_resources: scope.excluded_resources.clone(),
         max_rows_per_query: scope.max_rows(),
         supported_verbs: SUPPORTED_VERBS.iter().map(|v| (*v).to_string()).collect(),
+        search,
     })
 }

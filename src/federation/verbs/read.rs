@@ -85,7 +85,21 @@ fn raw(value: &impl Serialize) -> Box<RawValue> {
 }
 
 // Visible projects: personal ones when allowed, plus those of the allowed teams.
-const VISIBLE_PROJECTS: &str = "select p.id from projects p where (p.owner_user_id = $1 and $2) or p.team_id = any($3)";
+macro_rules! visible_projects {
+    () => {
+        "select p.id from projects p where (p.owner_user_id = $1 and $2) or p.team_id = any($3)"
+    };
+}
+pub(super) const VISIBLE_PROJECTS: &str = visible_projects!();
+/// The tasks `t` a filter lets the subject see (the parameters of [`scoped`]); shared with search.
+pub(super) const TASKS_VISIBLE: &str = concat!("t.project_id in (", visible_projects!(), ")");
+/// The notes `mt` a filter lets the subject see: the subject's own, on missions of visible
+/// projects (the parameters of [`scoped`]); shared with search.
+pub(super) const NOTES_VISIBLE: &str = concat!(
+    "mt.user_id = $1 and mt.notes <> '' and exists (select 1 from missions m where m.id = mt.mission_id and m.project_id in (",
+    visible_projects!(),
+    "))"
+);
 
 /// A query over what `f` lets the subject see: binds `$1` subject, `$2` include_personal and
 /// `$3` team ids (the parameters of [`VISIBLE_PROJECTS`]); the caller binds the rest.
@@ -106,12 +120,8 @@ where
 /// Database errors.
 pub async fn visible_count(pool: &sqlx::PgPool, f: &QueryFilter) -> Result<i64, sqlx::Error> {
     let sql = match f.resource.as_str() {
-        "tasks" => format!("select count(*) from tasks t where t.project_id in ({VISIBLE_PROJECTS})"),
-        "notes" => format!(
-            "select count(*) from mission_tasks mt
-              where mt.user_id = $1 and mt.notes <> ''
-                and exists (select 1 from missions m where m.id = mt.mission_id and m.project_id in ({VISIBLE_PROJECTS}))"
-        ),
+        "tasks" => format!("select count(*) from tasks t where {TASKS_VISIBLE}"),
+        "notes" => format!("select count(*) from mission_tasks mt where {NOTES_VISIBLE}"),
         // Memory is personal only: the subject's insights and preferences, when personal is on.
         // `$3` (teams) is bound for every resource by `scoped`; Postgres needs each bound
         // parameter used, hence the `0 *` term.
@@ -220,8 +230,7 @@ async fn notes_page(
     let sql = format!(
         "{with}select {NOTE_COLUMNS}
          from mission_tasks mt
-         where {check} and mt.user_id = $1 and mt.notes <> '' and (mt.created_at, mt.id) < ($4, $5)
-           and exists (select 1 from missions m where m.id = mt.mission_id and m.project_id in ({VISIBLE_PROJECTS}))
+         where {check} and {NOTES_VISIBLE} and (mt.created_at, mt.id) < ($4, $5)
          order by mt.created_at desc, mt.id desc
          limit $6"
     );
@@ -299,13 +308,19 @@ fn end_of_time() -> DateTime<Utc> {
     DateTime::<Utc>::from_timestamp(253_402_300_799, 0).unwrap_or_default()
 }
 
-fn cursor_codec(state: &AppState) -> CursorCodec {
+pub(super) fn cursor_codec(state: &AppState) -> CursorCodec {
     CursorCodec::new(state.sealing.derive_key("federation-cursor-v1"))
 }
 
 /// Turns a scope denial into the wire response: 400 for malformed requests, otherwise the one
 /// generic 403. The specific reason is logged and audited.
-fn denial_response(state: &AppState, ctx: &FederationContext, verb: &str, resource: &str, d: &Denial) -> ApiError {
+pub(super) fn denial_response(
+    state: &AppState,
+    ctx: &FederationContext,
+    verb: &str,
+    resource: &str,
+    d: &Denial,
+) -> ApiError {
     tracing::info!(grant_id = %ctx.grant_id, verb, resource, code = d.code.as_str(), stage = d.code.stage(), reason = %d.reason, "federation request denied by scope");
     let o = Outcome {
         outcome: "denied",
@@ -334,17 +349,17 @@ fn denial_response(state: &AppState, ctx: &FederationContext, verb: &str, resour
 
 /// What one verb call leaves in the audit log.
 #[derive(Default)]
-struct Outcome {
-    outcome: &'static str,
-    deny_code: Option<&'static str>,
-    reason: Option<String>,
-    query_hash: Option<String>,
-    rows: Option<i32>,
-    bytes_out: Option<i64>,
-    latency_ms: Option<f64>,
+pub(super) struct Outcome {
+    pub(super) outcome: &'static str,
+    pub(super) deny_code: Option<&'static str>,
+    pub(super) reason: Option<String>,
+    pub(super) query_hash: Option<String>,
+    pub(super) rows: Option<i32>,
+    pub(super) bytes_out: Option<i64>,
+    pub(super) latency_ms: Option<f64>,
 }
 
-fn audit_verb(state: &AppState, ctx: &FederationContext, verb: &str, resource: Option<&str>, o: Outcome) {
+pub(super) fn audit_verb(state: &AppState, ctx: &FederationContext, verb: &str, resource: Option<&str>, o: Outcome) {
     state.audit.submit(&AuditEntry {
         grant_id: Some(ctx.grant_id),
         peer_id: Some(ctx.peer_id),
@@ -538,7 +553,7 @@ pub async fn get(
         "tasks" => {
             let sql = format!(
                 "select {TASK_COLUMNS}
-                 from tasks t where t.id = $4 and t.project_id in ({VISIBLE_PROJECTS})"
+                 from tasks t where t.id = $4 and {TASKS_VISIBLE}"
             );
             let row: Option<rows::Task> = scoped(sql, &filter).bind(id).fetch_optional(&state.peer_reads).await?;
             row.map(rows::local_json)
@@ -547,8 +562,7 @@ pub async fn get(
             let sql = format!(
                 "select {NOTE_COLUMNS}
                  from mission_tasks mt
-                 where mt.id = $4 and mt.user_id = $1 and mt.notes <> ''
-                   and exists (select 1 from missions m where m.id = mt.mission_id and m.project_id in ({VISIBLE_PROJECTS}))"
+                 where mt.id = $4 and {NOTES_VISIBLE}"
             );
             let row: Option<rows::Note> = scoped(sql, &filter).bind(id).fetch_optional(&state.peer_reads).await?;
             row.map(rows::local_json)
