@@ -78,10 +78,37 @@ pub fn router(state: AppState) -> Router {
         .layer(
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-                .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
-                    let request_id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
-                    tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id)
-                }))
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(|req: &axum::http::Request<_>| {
+                            let request_id =
+                                req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
+                            // The trace's server span: an incoming `traceparent` is its parent, and
+                            // its trace id is printed with every log line of the request.
+                            let span = tracing::info_span!(
+                                "request",
+                                method = %req.method(),
+                                path = %req.uri().path(),
+                                request_id,
+                                trace_id = tracing::field::Empty,
+                                otel.kind = "server",
+                                http.response.status_code = tracing::field::Empty,
+                            );
+                            crate::telemetry::adopt_remote_parent(&span, req.headers());
+                            span
+                        })
+                        .on_response(
+                            |res: &axum::http::Response<_>, latency: std::time::Duration, span: &tracing::Span| {
+                                span.record("http.response.status_code", res.status().as_u16());
+                                tracing::debug!(
+                                    target: "tower_http::trace::on_response",
+                                    status = res.status().as_u16(),
+                                    ?latency,
+                                    "finished processing request"
+                                );
+                            },
+                        ),
+                )
                 .layer(PropagateRequestIdLayer::x_request_id())
                 .layer(axum::middleware::from_fn(metrics::count_requests))
                 .layer(axum::middleware::from_fn_with_state(
