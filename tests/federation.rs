@@ -2882,6 +2882,38 @@ async fn peer_health_shows_both_ways_over_the_api_and_the_cli() {
     assert!(out.contains("4 requests in the last hour, 1 denied") && out.contains("resource_not_granted"), "{out}");
     let (code, _, _) = run_cli(&["peer", "health", "nobody"], &b_env);
     assert_eq!(code, 3);
+
+    // The CLI on A, the reader: status, certificate expiry, last success, last error with its
+    // cause from the database; the circuit and latencies from the running gateway.
+    let config_dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let ca_file = a.data_dir.join("ca.pem");
+    let mut a_env = pair.a_env();
+    a_env.push(("TESSERA_CONFIG_DIR", config_dir.path().to_str().unwrap()));
+    let (code, out, err) = run_cli(&["peer", "health", "gateway-b"], &a_env);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("circuit and latency unknown: no credential"), "says why, without a credential: {out}");
+    a_env.extend([("TESSERA_GATEWAY", a.base.as_str()), ("TESSERA_CA_FILE", ca_file.to_str().unwrap())]);
+    a_env.push(("TESSERA_TOKEN", a_token.as_str()));
+    let (code, out, err) = run_cli(&["peer", "health", "gateway-b"], &a_env);
+    assert_eq!(code, 0, "{out}{err}");
+    let not_after = outbound["reader"]["certNotAfter"].as_str().unwrap();
+    for fact in [
+        "outbound: refusing".to_string(),
+        "circuit closed".to_string(),
+        "4 calls in the last hour, latency p50 ".to_string(),
+        ", p99 ".to_string(),
+        "last success 20".to_string(),
+        "last error http_403".to_string(),
+        format!("until {}", &not_after[..19]),
+    ] {
+        assert!(out.contains(&fact), "no '{fact}' in:\n{out}");
+    }
+    let (code, out, _) = run_cli(&["peer", "health", "gateway-b", "--json"], &a_env);
+    assert_eq!(code, 0);
+    let health: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(health["outbound"]["circuit"], "closed", "{health}");
+    assert!(health["outbound"]["latencyP99Ms"].as_f64().unwrap() > 0.0);
+    assert!(health["outboundUnavailable"].is_null() && health["reader"]["lastSuccessAt"].is_string());
 }
 
 // ---------------------------------------------------------------------------------------------
