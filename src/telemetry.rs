@@ -360,6 +360,7 @@ mod tests {
 
     #[test]
     fn nothing_is_injected_when_traces_are_off() {
+        crate::tls::install_crypto_provider();
         let client = reqwest::Client::new();
         let req = inject(client.get("http://127.0.0.1:9/")).build().unwrap();
         assert!(req.headers().get("traceparent").is_none());

@@ -2272,6 +2272,13 @@ async fn every_metric_the_dashboard_uses_is_exported_by_a_running_gateway() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert!(missing.is_empty(), "referenced by the dashboard but not exported: {missing:?}");
+    // The pools: their size, and how long a connection took to get at the last sample.
+    let text = metrics_text(&pair.b).await;
+    assert_eq!(series(&text, "tessera_db_pool_max_connections", &[("pool", "peer_reads")]), Some(16.0), "{text}");
+    for pool in ["main", "peer_reads"] {
+        let wait = series(&text, "tessera_db_pool_acquire_wait_seconds", &[("pool", pool)]).unwrap();
+        assert!((0.0..2.0).contains(&wait), "a pool with room hands out a connection under the cap: {wait}");
+    }
 }
 
 /// Ids of every row `list` returns for `resource`, or the status when it refuses.
