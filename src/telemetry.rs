@@ -28,8 +28,8 @@
 //! parent: it links traces and carries the sampled flag (the sampler is the default
 //! parent-based always-on), never any authority.
 //!
-//! **Log lines carry the trace id.** The `request` span (and, for other commands than `serve`, a
-//! `command` span) has a `trace_id` field, printed with every line logged inside it, in text
+//! **Log lines carry the trace id.** The `request` span (and, with traces on, the `command` span
+//! of every command but `serve`) has a `trace_id` field, printed with every line logged inside it, in text
 //! and JSON. With traces off it still carries the trace id of an incoming `traceparent`, so a
 //! data holder that exports nothing can be correlated with the reader's trace from its logs.
 //!
@@ -250,11 +250,13 @@ impl Injector for PairInjector {
     }
 }
 
-/// Makes an incoming W3C `traceparent` the parent of `span` (a server span with an empty
-/// `trace_id` field) and records the trace id in that field. With traces off, only the field:
-/// the trace id of a valid incoming `traceparent`, if any.
+/// Makes an incoming W3C `traceparent` the parent of `span` (a server span with empty
+/// `trace_id` and `otel.kind` fields) and records the trace id in that field. With traces off,
+/// only the field: the trace id of a valid incoming `traceparent`, if any.
 pub fn adopt_remote_parent(span: &tracing::Span, headers: &axum::http::HeaderMap) {
     if enabled() {
+        // Before the span is built (by `record_trace_id`): the kind is fixed then.
+        span.record("otel.kind", "server");
         let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
         let _ = span.set_parent(parent);
         record_trace_id(span);

@@ -2941,6 +2941,8 @@ struct ExportedSpan {
     span_id: String,
     parent_span_id: String,
     name: String,
+    /// OTLP's `SpanKind`: 2 server, 3 client.
+    kind: i64,
     attributes: std::collections::BTreeMap<String, String>,
 }
 
@@ -2982,6 +2984,7 @@ impl OtlpReceiver {
                                     span_id: s["spanId"].as_str().unwrap_or_default().to_string(),
                                     parent_span_id: s["parentSpanId"].as_str().unwrap_or_default().to_string(),
                                     name: s["name"].as_str().unwrap_or_default().to_string(),
+                                    kind: s["kind"].as_i64().unwrap_or_default(),
                                     attributes: attributes(&s["attributes"]),
                                 });
                             }
@@ -3087,6 +3090,7 @@ async fn one_federated_query_is_one_trace_across_both_gateways() {
     let b_request = find(&spans, "gateway-b", "request", t);
     assert_eq!(b_request.len(), 1, "{spans:#?}");
     assert_eq!(b_request[0].parent_span_id, call.span_id, "B's request is a child of A's peer call");
+    assert_eq!((call.kind, b_request[0].kind, a_request[0].kind), (3, 2, 2), "client and server spans");
     assert_eq!(b_request[0].attributes["path"], "/api/federation/v1/list/tasks");
     assert_eq!(b_request[0].attributes["http.response.status_code"], "200");
     let b = holder_side(&spans, call);

@@ -91,7 +91,7 @@ pub fn router(state: AppState) -> Router {
                                 path = %req.uri().path(),
                                 request_id,
                                 trace_id = tracing::field::Empty,
-                                otel.kind = "server",
+                                otel.kind = tracing::field::Empty,
                                 http.response.status_code = tracing::field::Empty,
                             );
                             crate::telemetry::adopt_remote_parent(&span, req.headers());
@@ -99,7 +99,10 @@ pub fn router(state: AppState) -> Router {
                         })
                         .on_response(
                             |res: &axum::http::Response<_>, latency: std::time::Duration, span: &tracing::Span| {
-                                span.record("http.response.status_code", res.status().as_u16());
+                                // Only for the trace: log lines keep the fields they always had.
+                                if crate::telemetry::enabled() {
+                                    span.record("http.response.status_code", res.status().as_u16());
+                                }
                                 tracing::debug!(
                                     target: "tower_http::trace::on_response",
                                     status = res.status().as_u16(),
