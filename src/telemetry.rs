@@ -166,11 +166,24 @@ pub fn init(format: LogFormat, default_filter: &str) -> Telemetry {
         tracing::warn!(protocol = %p, "OpenTelemetry: only http/protobuf and http/json are built in; using http/protobuf");
     }
     tracing::info!(
-        endpoint = %settings.endpoint,
+        endpoint = %without_credentials(&settings.endpoint),
         protocol = if settings.json { "http/json" } else { "http/protobuf" },
         "OpenTelemetry: exporting traces over OTLP"
     );
     Telemetry { provider: Some(provider) }
+}
+
+/// The endpoint for a log line: a user name or password in the URL is replaced by `***`.
+fn without_credentials(endpoint: &str) -> String {
+    match url::Url::parse(endpoint) {
+        Ok(mut url) if !url.username().is_empty() || url.password().is_some() => {
+            let _ = url.set_username("***");
+            let _ = url.set_password(None);
+            url.to_string()
+        }
+        Ok(url) => url.to_string(),
+        Err(_) => "(not a URL)".to_string(),
+    }
 }
 
 fn provider(settings: &OtlpSettings) -> anyhow::Result<SdkTracerProvider> {
@@ -339,6 +352,13 @@ mod tests {
         let grpc = [("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")];
         let grpc = OtlpSettings::from_env(env(&grpc)).unwrap();
         assert_eq!((grpc.json, grpc.unsupported_protocol.as_deref()), (false, Some("grpc")));
+    }
+
+    #[test]
+    fn the_endpoint_is_logged_without_credentials() {
+        assert_eq!(without_credentials("http://c:4318"), "http://c:4318/");
+        assert_eq!(without_credentials("https://u:s3cret@c/v1/traces"), "https://***@c/v1/traces");
+        assert_eq!(without_credentials("not a url"), "(not a URL)");
     }
 
     #[test]
