@@ -69,7 +69,9 @@ pub fn openapi_document_json() -> &'static str {
 /// sits inside it and outside the panic catcher, so a panic is counted as the 500 it becomes;
 /// the federation audit layer sits inside the counter and outside the header limit and the
 /// panic catcher, so a 431 or a panic on a federation route still leaves its one audit row;
-/// panics are caught innermost so the trace layer still records the resulting 500.
+/// panics are caught innermost so the trace layer still records the resulting 500. The trace
+/// layer's `request` span continues an incoming W3C `traceparent` when traces are exported
+/// (see [`crate::telemetry`]) and carries the trace id that log lines print.
 pub fn router(state: AppState) -> Router {
     let (router, _) = api_router(Some(state.clone())).split_for_parts();
     router
