@@ -3157,12 +3157,13 @@ async fn one_federated_query_is_one_trace_across_both_gateways() {
     );
 
     // The CLI path is a trace of its own command, continued by B the same way.
-    let cli_env: Vec<(String, String)> = receiver.env("reader-cli");
+    // A batch delay far beyond the test: the spans can only come from the flush at exit.
+    let mut cli_env: Vec<(String, String)> = receiver.env("reader-cli");
+    cli_env.push(("OTEL_BSP_SCHEDULE_DELAY".into(), "600000".into()));
     let mut env = pair.a_env();
     env.extend(cli_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     let (code, out, err) = run_cli(&["federation", "list", "--peer", "gateway-b", "tasks", "--json"], &env);
     assert_eq!(code, 0, "{out}{err}");
-    // Exported when the command ended (its exit flushes), so the spans are there already or soon.
     let spans = receiver
         .wait_for("the CLI's trace", |spans| {
             spans.iter().any(|s| s.service == "reader-cli" && s.name == "tessera federation")
