@@ -20,4 +20,5 @@ pub mod rbac;
 pub mod sealing;
 pub mod services;
 pub mod store;
+pub mod telemetry;
 pub mod tls;

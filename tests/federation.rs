@@ -2272,6 +2272,13 @@ async fn every_metric_the_dashboard_uses_is_exported_by_a_running_gateway() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert!(missing.is_empty(), "referenced by the dashboard but not exported: {missing:?}");
+    // The pools: their size, and how long a connection took to get at the last sample.
+    let text = metrics_text(&pair.b).await;
+    assert_eq!(series(&text, "tessera_db_pool_max_connections", &[("pool", "peer_reads")]), Some(16.0), "{text}");
+    for pool in ["main", "peer_reads"] {
+        let wait = series(&text, "tessera_db_pool_acquire_wait_seconds", &[("pool", pool)]).unwrap();
+        assert!((0.0..2.0).contains(&wait), "a pool with room hands out a connection under the cap: {wait}");
+    }
 }
 
 /// Ids of every row `list` returns for `resource`, or the status when it refuses.
@@ -2882,6 +2889,330 @@ async fn peer_health_shows_both_ways_over_the_api_and_the_cli() {
     assert!(out.contains("4 requests in the last hour, 1 denied") && out.contains("resource_not_granted"), "{out}");
     let (code, _, _) = run_cli(&["peer", "health", "nobody"], &b_env);
     assert_eq!(code, 3);
+
+    // The CLI on A, the reader: status, certificate expiry, last success, last error with its
+    // cause from the database; the circuit and latencies from the running gateway.
+    let config_dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let ca_file = a.data_dir.join("ca.pem");
+    let mut a_env = pair.a_env();
+    a_env.push(("TESSERA_CONFIG_DIR", config_dir.path().to_str().unwrap()));
+    let (code, out, err) = run_cli(&["peer", "health", "gateway-b"], &a_env);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("circuit and latency unknown: no credential"), "says why, without a credential: {out}");
+    a_env.extend([("TESSERA_GATEWAY", a.base.as_str()), ("TESSERA_CA_FILE", ca_file.to_str().unwrap())]);
+    a_env.push(("TESSERA_TOKEN", a_token.as_str()));
+    let (code, out, err) = run_cli(&["peer", "health", "gateway-b"], &a_env);
+    assert_eq!(code, 0, "{out}{err}");
+    let not_after = outbound["reader"]["certNotAfter"].as_str().unwrap();
+    for fact in [
+        "outbound: refusing".to_string(),
+        "circuit closed".to_string(),
+        "4 calls in the last hour, latency p50 ".to_string(),
+        ", p99 ".to_string(),
+        "last success 20".to_string(),
+        "last error http_403".to_string(),
+        format!("until {}", &not_after[..19]),
+    ] {
+        assert!(out.contains(&fact), "no '{fact}' in:\n{out}");
+    }
+    let (code, out, _) = run_cli(&["peer", "health", "gateway-b", "--json"], &a_env);
+    assert_eq!(code, 0);
+    let health: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(health["outbound"]["circuit"], "closed", "{health}");
+    assert!(health["outbound"]["latencyP99Ms"].as_f64().unwrap() > 0.0);
+    assert!(health["outboundUnavailable"].is_null() && health["reader"]["lastSuccessAt"].is_string());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Traces across gateways (OpenTelemetry over OTLP/HTTP).
+
+/// A small OTLP/HTTP receiver on loopback: accepts `POST /v1/traces` in the JSON encoding and
+/// keeps every span with its resource's `service.name`.
+struct OtlpReceiver {
+    base: String,
+    spans: std::sync::Arc<std::sync::Mutex<Vec<ExportedSpan>>>,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Debug, Clone)]
+struct ExportedSpan {
+    service: String,
+    trace_id: String,
+    span_id: String,
+    parent_span_id: String,
+    name: String,
+    /// OTLP's `SpanKind`: 2 server, 3 client.
+    kind: i64,
+    attributes: std::collections::BTreeMap<String, String>,
+}
+
+/// An OTLP JSON `AnyValue` as text (`{"stringValue": "x"}` is `x`, `{"intValue": 5}` is `5`).
+fn any_value(v: &Value) -> String {
+    match v.as_object().and_then(|o| o.values().next()) {
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+        None => String::new(),
+    }
+}
+
+fn attributes(list: &Value) -> std::collections::BTreeMap<String, String> {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .map(|kv| (kv["key"].as_str().unwrap_or_default().to_string(), any_value(&kv["value"])))
+        .collect()
+}
+
+impl OtlpReceiver {
+    async fn start() -> Self {
+        let spans = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let store = spans.clone();
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let store = store.clone();
+                async move {
+                    let export: Value = serde_json::from_slice(&body).expect("an OTLP JSON export");
+                    for rs in export["resourceSpans"].as_array().into_iter().flatten() {
+                        let service =
+                            attributes(&rs["resource"]["attributes"]).remove("service.name").unwrap_or_default();
+                        for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
+                            for s in ss["spans"].as_array().into_iter().flatten() {
+                                store.lock().unwrap().push(ExportedSpan {
+                                    service: service.clone(),
+                                    trace_id: s["traceId"].as_str().unwrap_or_default().to_string(),
+                                    span_id: s["spanId"].as_str().unwrap_or_default().to_string(),
+                                    parent_span_id: s["parentSpanId"].as_str().unwrap_or_default().to_string(),
+                                    name: s["name"].as_str().unwrap_or_default().to_string(),
+                                    kind: s["kind"].as_i64().unwrap_or_default(),
+                                    attributes: attributes(&s["attributes"]),
+                                });
+                            }
+                        }
+                    }
+                    ([(axum::http::header::CONTENT_TYPE, "application/json")], "{}")
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { base, spans, _server: server }
+    }
+
+    /// The standard variables that point a process at this receiver as `service`.
+    fn env(&self, service: &str) -> Vec<(String, String)> {
+        [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", self.base.as_str()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+            ("OTEL_SERVICE_NAME", service),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    fn spans(&self) -> Vec<ExportedSpan> {
+        self.spans.lock().unwrap().clone()
+    }
+
+    /// Waits until `pred` holds for the spans received so far.
+    async fn wait_for(&self, what: &str, pred: impl Fn(&[ExportedSpan]) -> bool) -> Vec<ExportedSpan> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let spans = self.spans();
+            if pred(&spans) {
+                return spans;
+            }
+            assert!(std::time::Instant::now() < deadline, "no {what} within 20 s; received:\n{spans:#?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn find<'a>(spans: &'a [ExportedSpan], service: &str, name: &str, trace_id: &str) -> Vec<&'a ExportedSpan> {
+    spans.iter().filter(|s| s.service == service && s.name == name && s.trace_id == trace_id).collect()
+}
+
+/// The holder's spans in the trace of the reader's `peer.call` span `call`.
+fn holder_side<'a>(spans: &'a [ExportedSpan], call: &ExportedSpan) -> Vec<&'a ExportedSpan> {
+    spans.iter().filter(|s| s.service == "gateway-b" && s.trace_id == call.trace_id).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_federated_query_is_one_trace_across_both_gateways() {
+    let receiver = OtlpReceiver::start().await;
+    let mut b_env = receiver.env("gateway-b");
+    // The request span's closing line, so that B's log shows which trace each request was in.
+    b_env.push(("TESSERA_LOG".into(), "info,sqlx=warn,tower_http=debug".into()));
+    let pair = Pair::new(b_env).await;
+    let grant = pair.enroll().await;
+    let mut a_env = receiver.env("gateway-a");
+    a_env.push(("TESSERA_LOG_FORMAT".into(), "json".into()));
+    a_env.push(("TESSERA_LOG".into(), "info,sqlx=warn,tower_http=debug".into()));
+    let a_env: Vec<(&str, &str)> = a_env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (a, a_token) = start_a(&pair, &a_env).await;
+
+    // The reader's admin query: allowed (tasks), then refused by B's scope (notes).
+    let query = |resource: &str| {
+        a.client
+            .post(a.url("/api/admin/federation/query"))
+            .bearer_auth(&a_token)
+            .json(&json!({"resource": resource, "source": "peer:gateway-b"}))
+            .send()
+    };
+    assert_eq!(query("tasks").await.unwrap().status(), 200);
+    let spans = receiver
+        .wait_for("the allowed call's trace", |spans| {
+            // Each side exports its spans as they end: the request spans last.
+            spans.iter().any(|c| {
+                c.service == "gateway-a"
+                    && c.name == "peer.call"
+                    && ["gateway-a", "gateway-b"]
+                        .iter()
+                        .all(|service| !find(spans, service, "request", &c.trace_id).is_empty())
+                    && spans.iter().any(|s| s.name == "federation.audit" && s.trace_id == c.trace_id)
+            })
+        })
+        .await;
+    let call = spans.iter().find(|s| s.service == "gateway-a" && s.name == "peer.call").unwrap();
+    assert_eq!((call.attributes["peer"].as_str(), call.attributes["verb"].as_str()), ("gateway-b", "list"));
+    assert_eq!(call.attributes["outcome"], "ok");
+    let t = call.trace_id.as_str();
+    // A: the admin request is the root, the peer call its child.
+    let a_request = find(&spans, "gateway-a", "request", t);
+    assert_eq!(a_request.len(), 1, "{spans:#?}");
+    assert_eq!(a_request[0].attributes["path"], "/api/admin/federation/query");
+    assert!(a_request[0].parent_span_id.is_empty(), "the reader's admin query starts the trace");
+    assert_eq!(call.parent_span_id, a_request[0].span_id);
+    // B: its request continues A's peer call, and the guard, scope, page SQL and audit are in it.
+    let b_request = find(&spans, "gateway-b", "request", t);
+    assert_eq!(b_request.len(), 1, "{spans:#?}");
+    assert_eq!(b_request[0].parent_span_id, call.span_id, "B's request is a child of A's peer call");
+    assert_eq!((call.kind, b_request[0].kind, a_request[0].kind), (3, 2, 2), "client and server spans");
+    assert_eq!(b_request[0].attributes["path"], "/api/federation/v1/list/tasks");
+    assert_eq!(b_request[0].attributes["http.response.status_code"], "200");
+    let b = holder_side(&spans, call);
+    for step in ["federation.guard", "federation.scope", "federation.page_sql", "federation.audit"] {
+        assert!(b.iter().any(|s| s.name == step), "no {step} in B's part of the trace: {b:#?}");
+    }
+    let guard = b.iter().find(|s| s.name == "federation.guard").unwrap();
+    assert_eq!(guard.parent_span_id, b_request[0].span_id);
+    assert_eq!(guard.attributes["grant_id"], grant.to_string());
+    assert_eq!(guard.attributes["outcome"], "allowed");
+    let audit = b.iter().find(|s| s.name == "federation.audit").unwrap();
+    assert_eq!(
+        (
+            audit.attributes["verb"].as_str(),
+            audit.attributes["resource"].as_str(),
+            audit.attributes["outcome"].as_str()
+        ),
+        ("list", "tasks", "allowed")
+    );
+    assert!(b.iter().any(|s| s.name == "federation.scope" && s.attributes.get("outcome").map(String::as_str) == Some("allowed")));
+    assert!(b.iter().any(|s| s.name == "federation.page_sql" && s.attributes.contains_key("rows")));
+
+    // A denial is in the trace with its deny code, on both the scope and the audit step.
+    assert_eq!(query("notes").await.unwrap().status(), 200, "a failed source is listed, not fatal");
+    let spans = receiver
+        .wait_for("the refused call's trace", |spans| {
+            spans.iter().any(|s| {
+                s.name == "federation.audit"
+                    && s.attributes.get("outcome").map(String::as_str) == Some("denied")
+                    && !find(spans, "gateway-a", "peer.call", &s.trace_id).is_empty()
+            })
+        })
+        .await;
+    let denied = spans.iter().find(|s| s.name == "federation.audit" && s.attributes["outcome"] == "denied").unwrap();
+    assert_eq!(denied.attributes["deny_code"], "resource_not_granted");
+    let refused_call = find(&spans, "gateway-a", "peer.call", &denied.trace_id);
+    assert_eq!(refused_call.len(), 1, "the denial is in the reader's trace");
+    assert_eq!(refused_call[0].attributes["error.code"], "http_403");
+    assert!(
+        find(&spans, "gateway-b", "federation.scope", &denied.trace_id).iter().any(|s| s
+            .attributes
+            .get("deny_code")
+            .map(String::as_str)
+            == Some("resource_not_granted"))
+    );
+
+    // Never a credential or a certificate in an attribute.
+    for s in receiver.spans() {
+        for v in s.attributes.values() {
+            assert!(!v.contains(&a_token) && !v.contains(&pair.token) && !v.contains("BEGIN"), "{s:?}");
+        }
+    }
+
+    // Log lines carry the trace id: B's in text, A's in JSON.
+    let b_log = pair.b.log();
+    assert!(b_log.lines().any(|l| l.contains(&format!("trace_id={t}"))), "{b_log}");
+    let a_log = a.log();
+    assert!(
+        a_log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .any(|l| l.to_string().contains(&format!("\"trace_id\":\"{t}\""))),
+        "{a_log}"
+    );
+
+    // The CLI path is a trace of its own command, continued by B the same way.
+    // A batch delay far beyond the test: the spans can only come from the flush at exit.
+    let mut cli_env: Vec<(String, String)> = receiver.env("reader-cli");
+    cli_env.push(("OTEL_BSP_SCHEDULE_DELAY".into(), "600000".into()));
+    let mut env = pair.a_env();
+    env.extend(cli_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let (code, out, err) = run_cli(&["federation", "list", "--peer", "gateway-b", "tasks", "--json"], &env);
+    assert_eq!(code, 0, "{out}{err}");
+    let spans = receiver
+        .wait_for("the CLI's trace", |spans| {
+            spans.iter().any(|s| s.service == "reader-cli" && s.name == "tessera federation")
+        })
+        .await;
+    let cli_call = spans.iter().find(|s| s.service == "reader-cli" && s.name == "peer.call").unwrap();
+    let command = find(&spans, "reader-cli", "tessera federation", &cli_call.trace_id);
+    assert_eq!(command.len(), 1, "{spans:#?}");
+    assert!(command[0].parent_span_id.is_empty() && cli_call.parent_span_id == command[0].span_id);
+    let spans = receiver
+        .wait_for("B's part of the CLI's trace", |spans| {
+            !find(spans, "gateway-b", "request", &cli_call.trace_id).is_empty()
+        })
+        .await;
+    assert_eq!(find(&spans, "gateway-b", "request", &cli_call.trace_id)[0].parent_span_id, cli_call.span_id);
+
+    // A reader with no OTEL_* variables sends no trace context: B's request is a root of its own.
+    let roots_before = receiver
+        .spans()
+        .iter()
+        .filter(|s| {
+            s.service == "gateway-b"
+                && s.name == "request"
+                && s.parent_span_id.is_empty()
+                && s.attributes.get("path").map(String::as_str) == Some("/api/federation/v1/list/tasks")
+        })
+        .count();
+    let (code, out, err) = run_cli(&["federation", "list", "--peer", "gateway-b", "tasks", "--json"], &pair.a_env());
+    assert_eq!(code, 0, "{out}{err}");
+    let spans = receiver
+        .wait_for("B's span of the untraced call", |spans| {
+            spans
+                .iter()
+                .filter(|s| {
+                    s.service == "gateway-b"
+                        && s.name == "request"
+                        && s.parent_span_id.is_empty()
+                        && s.attributes.get("path").map(String::as_str) == Some("/api/federation/v1/list/tasks")
+                })
+                .count()
+                > roots_before
+        })
+        .await;
+    let services: std::collections::BTreeSet<&str> = spans.iter().map(|s| s.service.as_str()).collect();
+    assert_eq!(
+        services,
+        ["gateway-a", "gateway-b", "reader-cli"].into_iter().collect(),
+        "nothing from an unconfigured process"
+    );
 }
 
 fn keys(v: &Value) -> Vec<String> {

@@ -3,7 +3,9 @@
 //! These commands run on the gateway's machine and work on its database directly (the same
 //! service functions the admin API calls), like `tessera migrate`: an operator setting up trust
 //! has the data dir at hand, and the embedded cluster is reused when the gateway is running.
-//! Rejections (unknown peer, invalid scope, wrong state) exit 3 with the reason.
+//! Rejections (unknown peer, invalid scope, wrong state) exit 3 with the reason. One exception to
+//! "the database only": `peer health` also asks the running gateway (admin API, like `tessera
+//! audit`) for the circuit breaker and call latencies, which live in that process only.
 
 use std::process::ExitCode;
 
@@ -44,13 +46,18 @@ pub enum PeerCommand {
         json: bool,
     },
     /// A peer's health both ways: its requests and denials over the last hour and its grants'
-    /// certificates (inbound), and where we stand calling it (outbound). The circuit breaker and
-    /// call latencies live in the serving process: `GET /api/admin/peers/{id}/health`.
+    /// certificates (inbound), and where we stand calling it (outbound: status, certificate
+    /// expiry, last success, last error and its cause). The circuit breaker and the latency
+    /// p50/p99 live in the serving process: they are asked of the running gateway
+    /// (`GET /api/admin/peers/{id}/health`, with `tessera login` or TESSERA_TOKEN), and the
+    /// output says why when it cannot be asked.
     Health {
         peer: String,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        client: super::client::ClientArgs,
     },
     /// Enroll with a remote gateway from the enrollment URL its admin gave you.
     ///
@@ -343,12 +350,24 @@ pub async fn peer(config: &Config, cmd: PeerCommand) -> anyhow::Result<ExitCode>
 
 async fn peer_inner(config: &Config, pool: &sqlx::PgPool, cmd: PeerCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        PeerCommand::Health { peer, json } => {
+        PeerCommand::Health { peer, json, client } => {
             let Some(p) = resolve_peer(pool, &peer).await? else {
                 return rejected(ApiError::not_found(format!("no peer '{peer}'")));
             };
             let inbound = crate::federation::peer_health::inbound(pool, p.id).await?;
-            let health = serde_json::json!({"peerId": p.id, "name": p.name, "inbound": inbound, "reader": p.reader});
+            let live = match &p.reader {
+                Some(_) => Some(live_outbound(config, &client, p.id).await),
+                None => None,
+            };
+            let (outbound, unavailable) = match live {
+                Some(Ok(o)) => (Some(o), None),
+                Some(Err(why)) => (None, Some(why)),
+                None => (None, None),
+            };
+            let health = serde_json::json!({
+                "peerId": p.id, "name": p.name, "inbound": inbound, "reader": p.reader,
+                "outbound": outbound, "outboundUnavailable": unavailable,
+            });
             print(json, &health, |_| {
                 let mut lines = vec![format!(
                     "{}: inbound {} requests in the last hour, {} denied ({} over the rate limit), last request {}",
@@ -371,12 +390,7 @@ async fn peer_inner(config: &Config, pool: &sqlx::PgPool, cmd: PeerCommand) -> a
                     ));
                 }
                 if let Some(r) = &p.reader {
-                    lines.push(format!(
-                        "outbound: {}; last success {}; last error {}",
-                        r.status.as_str(),
-                        r.last_success_at.map_or_else(|| "never".to_string(), |t| t.to_rfc3339()),
-                        r.last_error.as_deref().unwrap_or("none")
-                    ));
+                    lines.extend(outbound_lines(r, outbound.as_ref(), unavailable.as_deref()));
                 }
                 lines.join("\n")
             })?;
@@ -491,6 +505,68 @@ async fn enrollment_pin(
         ))
         .into())
     }
+}
+
+/// The reader's side of `tessera peer health`, one fact a line.
+fn outbound_lines(
+    r: &crate::federation::peer_status::ReaderView,
+    live: Option<&crate::federation::peer_health::OutboundHealth>,
+    unavailable: Option<&str>,
+) -> Vec<String> {
+    let at = |t: Option<chrono::DateTime<chrono::Utc>>| t.map_or_else(|| "never".to_string(), |t| t.to_rfc3339());
+    let mut lines = vec![
+        format!("outbound: {}", r.status.as_str()),
+        format!(
+            "  certificate {} until {}",
+            r.cert_serial.as_deref().unwrap_or("-"),
+            r.cert_not_after.map_or_else(|| "-".to_string(), |t| t.to_rfc3339())
+        ),
+        format!("  last success {}", at(r.last_success_at)),
+        match &r.last_error {
+            Some(e) => format!("  last error {e} at {}", at(r.last_error_at)),
+            None => "  last error none".to_string(),
+        },
+    ];
+    let ms = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.1} ms"));
+    match (live, unavailable) {
+        (Some(o), _) => {
+            lines.push(format!("  circuit {}", o.circuit));
+            lines.push(format!(
+                "  {} calls in the last hour, latency p50 {}, p99 {}",
+                o.calls_last_hour,
+                ms(o.latency_p50_ms),
+                ms(o.latency_p99_ms)
+            ));
+        }
+        (None, why) => {
+            lines.push(format!("  circuit and latency unknown: {}", why.unwrap_or("the serving gateway was not asked")))
+        }
+    }
+    lines
+}
+
+/// The circuit and latencies of `peer_id`, from the running gateway that holds them, or why
+/// they could not be had (no credential, gateway down, refused).
+async fn live_outbound(
+    config: &Config,
+    args: &super::client::ClientArgs,
+    peer_id: Uuid,
+) -> Result<crate::federation::peer_health::OutboundHealth, String> {
+    use super::client::{Auth, CliState, GatewayClient};
+    let gw = GatewayClient::new(args, config).map_err(|e| e.message)?;
+    let auth = Auth::from_env_or(&CliState::load_for(&gw.base));
+    if matches!(auth, Auth::None) {
+        return Err(format!("no credential for {} (run `tessera login` or set TESSERA_TOKEN)", gw.base));
+    }
+    let reply = gw
+        .send(reqwest::Method::GET, &format!("/api/admin/peers/{peer_id}/health"), &auth, None)
+        .await
+        .map_err(|e| format!("the gateway at {} could not be asked: {}", gw.base, e.message))?;
+    if !reply.status.is_success() {
+        return Err(format!("the gateway at {} answered {}", gw.base, reply.describe()));
+    }
+    serde_json::from_value(reply.body["outbound"].clone())
+        .map_err(|_| format!("the gateway at {} does not call this peer", gw.base))
 }
 
 pub async fn grant(config: &Config, cmd: GrantCommand) -> anyhow::Result<ExitCode> {

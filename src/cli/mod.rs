@@ -23,9 +23,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use exit::Exit;
-use tracing_subscriber::EnvFilter;
 
-use crate::config::{Config, GatewayArgs, LogFormat, ServerArgs};
+use crate::config::{Config, GatewayArgs, ServerArgs};
 use crate::services::Database;
 
 /// tessera: a federated HTTP gateway. Peers read a scoped slice of this gateway's data over mutual TLS.
@@ -165,7 +164,9 @@ pub fn main() -> ExitCode {
             return Exit::Usage.into();
         }
     };
-    init_tracing(config.log_format, default_log_filter(&cli.command, cli.verbose));
+    // Flushes the last spans when dropped at the end of `main`, after the runtime (declared
+    // later, dropped first; the exporter has its own thread).
+    let telemetry = crate::telemetry::init(config.log_format, default_log_filter(&cli.command, cli.verbose));
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -173,7 +174,16 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command, config)) {
+    // Every command but `serve` is one trace, whose id its log lines carry; `serve` has one per
+    // request (and per background task) instead of one for its whole life.
+    let span = match &cli.command {
+        Command::Serve(_) => tracing::Span::none(),
+        _ if !telemetry.enabled() => tracing::Span::none(),
+        command => tracing::info_span!("command", otel.name = command_name(command), trace_id = tracing::field::Empty),
+    };
+    crate::telemetry::record_trace_id(&span);
+    let result = runtime.block_on(tracing::Instrument::instrument(run(cli.command, config), span));
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", describe(&e));
@@ -237,6 +247,30 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The command's name for its trace (`tessera federation`, ...): the subcommand only, never its
+/// arguments.
+fn command_name(command: &Command) -> &'static str {
+    match command {
+        Command::Serve(_) => "tessera serve",
+        Command::Migrate => "tessera migrate",
+        Command::Doctor { .. } => "tessera doctor",
+        Command::Demo(_) => "tessera demo",
+        Command::Openapi => "tessera openapi",
+        Command::Db(_) => "tessera db",
+        Command::Bench(_) => "tessera bench",
+        Command::Peer(_) => "tessera peer",
+        Command::Grant(_) => "tessera grant",
+        Command::Federation(_) => "tessera federation",
+        Command::Admin(_) => "tessera admin",
+        Command::Login(_) => "tessera login",
+        Command::Token(_) => "tessera token",
+        Command::Audit(_) => "tessera audit",
+        Command::Import(_) => "tessera import",
+        Command::Queue(_) => "tessera queue",
+        Command::Storage(_) => "tessera storage",
+    }
+}
+
 /// The error's context chain, with a failed HTTPS call told by its cause (trust, refused,
 /// timeout, DNS...) instead of reqwest's "error sending request for url (...)".
 fn describe(e: &anyhow::Error) -> String {
@@ -288,18 +322,6 @@ fn default_log_filter(command: &Command, verbose: bool) -> &'static str {
         (Command::Serve(_), _) | (_, true) => "info,sqlx=warn",
         _ => "warn",
     }
-}
-
-fn init_tracing(format: LogFormat, default_level: &str) {
-    let filter = EnvFilter::try_from_env("TESSERA_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
-    // Colours only on a terminal, and never with NO_COLOR set: a log file or a pipe gets
-    // plain text that grep and log shippers read as written.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
 }
 
 #[cfg(test)]

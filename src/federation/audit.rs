@@ -214,6 +214,17 @@ impl AuditSink {
     pub fn submit(&self, e: &AuditEntry<'_>) {
         let _ = REQUEST_AUDITED.try_with(|audited| audited.set(true));
         let row = Pending::from_entry(e);
+        // The audit step of the request's trace (the batch write itself runs later, elsewhere).
+        let _span = tracing::debug_span!(
+            "federation.audit",
+            verb = %row.verb,
+            resource = row.resource.as_deref(),
+            outcome = %row.outcome,
+            deny_code = row.deny_code.as_deref(),
+            grant_id = row.grant_id.map(tracing::field::display),
+            rows = row.rows,
+        )
+        .entered();
         metrics::counter!(
             crate::http::metrics::FEDERATION_REQUESTS,
             "verb" => row.verb.clone(),

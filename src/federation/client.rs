@@ -420,6 +420,7 @@ impl RenewalFailure {
 ///
 /// # Errors
 /// The peer refuses or is unreachable; database errors.
+#[tracing::instrument(name = "peer.renew", level = "debug", skip_all, fields(peer = %peer.name, otel.kind = "client"))]
 pub async fn renew_with(
     pool: &PgPool,
     sealing: &SealingKey,
@@ -430,9 +431,7 @@ pub async fn renew_with(
         .serialize_request(&key)
         .and_then(|csr| csr.pem())
         .map_err(RenewalFailure::other)?;
-    let response = peer
-        .client
-        .post(format!("{}/api/federation/v1/renew", peer.endpoint_url))
+    let response = crate::telemetry::inject(peer.client.post(format!("{}/api/federation/v1/renew", peer.endpoint_url)))
         .json(&serde_json::json!({ "csrPem": csr_pem }))
         .send()
         .await

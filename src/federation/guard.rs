@@ -192,20 +192,47 @@ impl Confirmation {
 
 /// The guard middleware for every verb: reads the grant before the request goes on.
 pub async fn require_peer(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    guard(state, req, next, false).await
+    guarded(state, req, next, false).await
 }
 
 /// The guard middleware for `list`: may decide from the remembered row, leaving the page
 /// statement to confirm the decision (see the module docs).
 pub async fn require_peer_confirmed_by_verb(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    guard(state, req, next, true).await
+    guarded(state, req, next, true).await
 }
 
-async fn guard(state: AppState, mut req: Request, next: Next, may_remember: bool) -> Response {
+/// Runs the guard in its own `federation.guard` span (ended before the verb runs, so its
+/// duration is the guard's alone) and then the verb, or answers with the guard's denial.
+async fn guarded(state: AppState, req: Request, next: Next, may_remember: bool) -> Response {
+    use tracing::Instrument as _;
+    let span = tracing::debug_span!(
+        "federation.guard",
+        verb = super::request_audit::verb_of(req.uri().path()),
+        grant_id = tracing::field::Empty,
+        source = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+    );
+    match guard(state, req, may_remember).instrument(span.clone()).await {
+        Ok(req) => {
+            span.record("outcome", "allowed");
+            drop(span);
+            next.run(req).await
+        }
+        Err(response) => {
+            span.record("outcome", "denied");
+            span.record("http.response.status_code", response.status().as_u16());
+            response
+        }
+    }
+}
+
+async fn guard(state: AppState, mut req: Request, may_remember: bool) -> Result<Request, Response> {
     let identity = match peer_identity(&state, &req) {
         Ok(identity) => identity,
-        Err(response) => return *response,
+        Err(response) => return Err(*response),
     };
+    tracing::Span::current().record("grant_id", tracing::field::display(identity.grant_id));
     let path = req.uri().path().to_string();
     let renewal = super::request_audit::verb_of(&path) == "renew";
     let key =
@@ -223,21 +250,23 @@ async fn guard(state: AppState, mut req: Request, next: Next, may_remember: bool
         && let Ok(Decision::Allowed { .. }) = state.limiter.hit(&key, rate_limit(&state, &memo.row), RATE_WINDOW).await
     {
         metrics::counter!(DECISIONS_METRIC, "source" => "remembered").increment(1);
+        tracing::Span::current().record("source", "remembered");
         let unconfirmed = Some(Arc::new(Confirmation::of(&identity, &memo.row)));
         remembered = Some(ListContext { ctx: memo.ctx.clone(), unconfirmed });
     }
     let list_ctx = match remembered {
         Some(list_ctx) => list_ctx,
         None => {
+            tracing::Span::current().record("source", "database");
             let (ctx, row) = match authorise_row(&state, &identity, &path).await {
                 Ok(decided) => decided,
-                Err(response) => return *response,
+                Err(response) => return Err(*response),
             };
             let limit = if renewal { RENEW_PER_MINUTE } else { rate_limit(&state, &row) };
             match state.limiter.hit(&key, limit, RATE_WINDOW).await {
                 Ok(Decision::Allowed { .. }) => {}
                 Ok(Decision::Denied { retry_after }) => {
-                    return over_budget(&state, &identity, ctx.peer_id, limit, retry_after, &path).await;
+                    return Err(over_budget(&state, &identity, ctx.peer_id, limit, retry_after, &path).await);
                 }
                 Err(e) => {
                     deny_audit(
@@ -249,7 +278,7 @@ async fn guard(state: AppState, mut req: Request, next: Next, may_remember: bool
                         e.to_string(),
                         &path,
                     );
-                    return ApiError::from(e).into_response();
+                    return Err(ApiError::from(e).into_response());
                 }
             }
             ListContext { ctx, unconfirmed: None }
@@ -263,7 +292,7 @@ async fn guard(state: AppState, mut req: Request, next: Next, may_remember: bool
     } else {
         req.extensions_mut().insert(list_ctx.ctx);
     }
-    next.run(req).await
+    Ok(req)
 }
 
 /// What the list guard hands the list verb: the request context and, when it was decided from

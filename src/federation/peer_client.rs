@@ -200,7 +200,16 @@ impl PeerCaller {
     }
 
     /// Sends one request to a peer's verb and returns the JSON body. Every outcome is counted
-    /// and recorded in the peer's row (last success, last error, refusal streak).
+    /// and recorded in the peer's row (last success, last error, refusal streak). The
+    /// `peer.call` span is the client side of the trace the peer continues (see `telemetry`).
+    #[tracing::instrument(name = "peer.call", level = "debug", skip_all, fields(
+        peer = name,
+        verb = super::request_audit::verb_of(path),
+        otel.kind = "client",
+        outcome = tracing::field::Empty,
+        error.code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    ))]
     async fn call(
         &self,
         name: &str,
@@ -233,6 +242,13 @@ impl PeerCaller {
             Err(PeerError::Http(..)) => Some(CallOutcome::HttpError),
             Err(PeerError::InvalidResponse(..)) => Some(CallOutcome::InvalidResponse),
         };
+        let span = tracing::Span::current();
+        match &result {
+            Ok(_) => span.record("outcome", "ok"),
+            Err(e) => {
+                span.record("outcome", "error").record("error.code", e.code()).record("otel.status_code", "ERROR")
+            }
+        };
         if let Some(outcome) = outcome {
             let cause = result.as_ref().err().map(|e| format!("{} ({e})", e.code()));
             record_call(&self.pool, &self.breakers.successes, name, outcome, cause.as_deref()).await;
@@ -248,7 +264,7 @@ impl PeerCaller {
         body: Option<serde_json::Value>,
     ) -> Result<serde_json::Value, PeerError> {
         let peer = self.peer(name).await?;
-        let mut req = peer.client.request(method, format!("{}{path}", peer.endpoint_url));
+        let mut req = crate::telemetry::inject(peer.client.request(method, format!("{}{path}", peer.endpoint_url)));
         if let Some(body) = body {
             req = req.json(&body);
         }

@@ -268,6 +268,40 @@ pub fn evaluate(
     resource: &str,
     limit: Option<&serde_json::Value>,
 ) -> Result<QueryFilter, Denial> {
+    // The scope step of a federation trace: the resource only once it is one the grant allows
+    // (never a name a peer made up), the deny code otherwise.
+    let span = tracing::debug_span!(
+        "federation.scope",
+        resource = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+        deny_code = tracing::field::Empty,
+        teams = tracing::field::Empty,
+        row_cap = tracing::field::Empty,
+    );
+    let _entered = span.enter();
+    let result = evaluate_stages(scope, subject_user_id, subject_teams, resource, limit);
+    match &result {
+        Ok(f) => {
+            span.record("resource", f.resource.as_str());
+            span.record("outcome", "allowed");
+            span.record("teams", f.team_ids.len());
+            span.record("row_cap", f.limit);
+        }
+        Err(d) => {
+            span.record("outcome", "denied");
+            span.record("deny_code", d.code.as_str());
+        }
+    }
+    result
+}
+
+fn evaluate_stages(
+    scope: &GrantScope,
+    subject_user_id: Uuid,
+    subject_teams: Option<&[Uuid]>,
+    resource: &str,
+    limit: Option<&serde_json::Value>,
+) -> Result<QueryFilter, Denial> {
     let limit = scope.check_resource(resource, limit)?;
     let Some(teams) = subject_teams else {
         return Err(deny(DenyCode::NativeRbacDenied, "subject user is missing or disabled"));

@@ -54,6 +54,15 @@ pub const OUTBOX_DEAD: &str = "tessera_outbox_dead";
 pub const DELIVERY_SECONDS: &str = "tessera_outbox_delivery_duration_seconds";
 /// Gauge: database pool connections by pool (`main`, `peer_reads`) and state (`in_use`, `idle`).
 pub const POOL_CONNECTIONS: &str = "tessera_db_pool_connections";
+/// Gauge: each pool's `max_connections`, so `in_use / max` is its saturation.
+pub const POOL_MAX_CONNECTIONS: &str = "tessera_db_pool_max_connections";
+/// Gauge: how long the sampler's own `acquire()` waited for a connection at its last sample
+/// (every 5 s), per pool: about 0 while a connection is idle, the time to open one while the
+/// pool grows, and the queueing delay every caller then sees once the pool is exhausted.
+/// sqlx does not expose how many tasks wait for a connection; this is the wait itself, probed.
+pub const POOL_ACQUIRE_WAIT_SECONDS: &str = "tessera_db_pool_acquire_wait_seconds";
+/// The longest the probe waits; past it the gauge shows this bound (the pool is saturated).
+const ACQUIRE_PROBE_CAP: Duration = Duration::from_secs(2);
 
 /// Every metric name this process exports (the README table and the dashboard test use it).
 pub const EXPORTED: &[&str] = &[
@@ -72,6 +81,8 @@ pub const EXPORTED: &[&str] = &[
     OUTBOX_DEAD,
     DELIVERY_SECONDS,
     POOL_CONNECTIONS,
+    POOL_MAX_CONNECTIONS,
+    POOL_ACQUIRE_WAIT_SECONDS,
     crate::tls::HANDSHAKE_FAILURES_METRIC,
     crate::tls::ACCEPT_ERRORS_METRIC,
     crate::tls::OPEN_CONNECTIONS_METRIC,
@@ -104,6 +115,14 @@ async fn sample_once(pool: &sqlx::PgPool, peer_reads: &sqlx::PgPool) -> Result<(
         let (size, idle) = (f64::from(p.size()), p.num_idle() as f64);
         metrics::gauge!(POOL_CONNECTIONS, "pool" => name, "state" => "in_use").set(size - idle);
         metrics::gauge!(POOL_CONNECTIONS, "pool" => name, "state" => "idle").set(idle);
+        metrics::gauge!(POOL_MAX_CONNECTIONS, "pool" => name).set(f64::from(p.options().get_max_connections()));
+        // Queued behind every caller already waiting (sqlx hands connections out fairly); the
+        // connection goes straight back to the pool.
+        let started = Instant::now();
+        let probe = tokio::time::timeout(ACQUIRE_PROBE_CAP, p.acquire()).await;
+        let waited = started.elapsed().min(ACQUIRE_PROBE_CAP);
+        drop(probe);
+        metrics::gauge!(POOL_ACQUIRE_WAIT_SECONDS, "pool" => name).set(waited.as_secs_f64());
     }
     let queues: Vec<(String, i64, f64)> = sqlx::query_as(
         "select queue, count(*) filter (where status = 'pending'),
@@ -275,6 +294,14 @@ mod tests {
                 super::EXPORTED.contains(&name.as_str()),
                 "the dashboard uses {name}, which tessera does not export"
             );
+        }
+    }
+
+    #[test]
+    fn the_readme_documents_every_exported_metric() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        for name in super::EXPORTED {
+            assert!(readme.contains(&format!("`{name}`")), "README.md does not document {name}");
         }
     }
 }

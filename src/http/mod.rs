@@ -69,7 +69,9 @@ pub fn openapi_document_json() -> &'static str {
 /// sits inside it and outside the panic catcher, so a panic is counted as the 500 it becomes;
 /// the federation audit layer sits inside the counter and outside the header limit and the
 /// panic catcher, so a 431 or a panic on a federation route still leaves its one audit row;
-/// panics are caught innermost so the trace layer still records the resulting 500.
+/// panics are caught innermost so the trace layer still records the resulting 500. The trace
+/// layer's `request` span continues an incoming W3C `traceparent` when traces are exported
+/// (see [`crate::telemetry`]) and carries the trace id that log lines print.
 pub fn router(state: AppState) -> Router {
     let (router, _) = api_router(Some(state.clone())).split_for_parts();
     router
@@ -78,10 +80,40 @@ pub fn router(state: AppState) -> Router {
         .layer(
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-                .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
-                    let request_id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
-                    tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id)
-                }))
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(|req: &axum::http::Request<_>| {
+                            let request_id =
+                                req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
+                            // The trace's server span: an incoming `traceparent` is its parent, and
+                            // its trace id is printed with every log line of the request.
+                            let span = tracing::info_span!(
+                                "request",
+                                method = %req.method(),
+                                path = %req.uri().path(),
+                                request_id,
+                                trace_id = tracing::field::Empty,
+                                otel.kind = tracing::field::Empty,
+                                http.response.status_code = tracing::field::Empty,
+                            );
+                            crate::telemetry::adopt_remote_parent(&span, req.headers());
+                            span
+                        })
+                        .on_response(
+                            |res: &axum::http::Response<_>, latency: std::time::Duration, span: &tracing::Span| {
+                                // Only for the trace: log lines keep the fields they always had.
+                                if crate::telemetry::enabled() {
+                                    span.record("http.response.status_code", res.status().as_u16());
+                                }
+                                tracing::debug!(
+                                    target: "tower_http::trace::on_response",
+                                    status = res.status().as_u16(),
+                                    ?latency,
+                                    "finished processing request"
+                                );
+                            },
+                        ),
+                )
                 .layer(PropagateRequestIdLayer::x_request_id())
                 .layer(axum::middleware::from_fn(metrics::count_requests))
                 .layer(axum::middleware::from_fn_with_state(

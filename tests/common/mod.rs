@@ -118,11 +118,11 @@ async fn ensure_template(pg: &EmbeddedPostgres) -> String {
 }
 
 /// Clears the gateway settings the test run itself may have inherited (a developer's
-/// `TESSERA_DATA_DIR`, `DATABASE_URL`...), so every spawned process sees only what its test sets.
+/// `TESSERA_DATA_DIR`, `DATABASE_URL`, an `OTEL_EXPORTER_OTLP_ENDPOINT`...), so every spawned process sees only what its test sets.
 pub fn hermetic(mut cmd: Command) -> Command {
     for (key, _) in std::env::vars_os() {
         let key = key.to_string_lossy().into_owned();
-        if key.starts_with("TESSERA_") || key == "DATABASE_URL" || key == "VALKEY_URL" {
+        if key.starts_with("TESSERA_") || key.starts_with("OTEL_") || key == "DATABASE_URL" || key == "VALKEY_URL" {
             cmd.env_remove(key);
         }
     }

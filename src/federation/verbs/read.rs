@@ -146,6 +146,8 @@ fn confirming(confirm: Option<&Confirmation>) -> (String, &'static str) {
 /// Runs a page statement, binding the confirmation parameters when there are any. `None` means
 /// "not confirmed": the grant no longer checks out, or the page is simply empty; either way the
 /// caller decides again from the database.
+#[tracing::instrument(name = "federation.page_sql", level = "debug", skip_all,
+    fields(db.system = "postgresql", confirms_guard = confirm.is_some(), rows = tracing::field::Empty))]
 async fn confirmed_page<'q, T>(
     pool: &sqlx::PgPool,
     q: sqlx::query::QueryAs<'q, sqlx::Postgres, T, sqlx::postgres::PgArguments>,
@@ -158,6 +160,7 @@ where
         Some(c) => c.bind(q).fetch_all(pool).await?,
         None => q.fetch_all(pool).await?,
     };
+    tracing::Span::current().record("rows", rows.len());
     Ok(if confirm.is_some() && rows.is_empty() { None } else { Some(rows) })
 }
 
@@ -263,6 +266,7 @@ where
 }
 
 /// Memory spans two tables: all insights first, then all preferences, each newest first.
+#[tracing::instrument(name = "federation.page_sql", level = "debug", skip_all, fields(db.system = "postgresql"))]
 async fn memory_page(
     pool: &sqlx::PgPool,
     f: &QueryFilter,
