@@ -1232,6 +1232,11 @@ async fn headless_bootstrap_and_import_work_on_the_database() {
     );
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("already done"), "{err}");
+    // Without a terminal it does not prompt: it names the way back in, with this email.
+    assert!(
+        err.contains("TESSERA_PASSWORD=<password> tessera token recover --email eve@example.org --gateway https://"),
+        "the exact recover command: {err}"
+    );
 
     // The bootstrapped admin can sign in with that password and use the token.
     let gw = gateway(&db).await;
