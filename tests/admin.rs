@@ -945,7 +945,8 @@ async fn the_data_api_names_the_field_of_bad_unknown_and_duplicate_values() {
     let (_, m) = post(&gw, "/api/admin/missions", a, json!({"name": "M", "projectId": p2["id"]})).await;
     let (s, b) =
         post(&gw, "/api/admin/tasks", a, json!({"title": "T", "missionId": m["id"], "projectId": p1["id"]})).await;
-    assert_field(s, &b, StatusCode::BAD_REQUEST, "projectId");
+    // Both ids are well formed and exist; they disagree as stored: a conflict, not a bad request.
+    assert_field(s, &b, StatusCode::CONFLICT, "projectId");
     let (s, b) = post(&gw, "/api/admin/tasks", a, json!({"title": "T"})).await;
     assert_field(s, &b, StatusCode::BAD_REQUEST, "projectId");
     let (s, b) = post(&gw, "/api/admin/tasks", a, json!({"title": "", "projectId": p1["id"]})).await;
@@ -1232,6 +1233,11 @@ async fn headless_bootstrap_and_import_work_on_the_database() {
     );
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("already done"), "{err}");
+    // Without a terminal it does not prompt: it names the way back in, with this email.
+    assert!(
+        err.contains("TESSERA_PASSWORD=<password> tessera token recover --email eve@example.org --gateway https://"),
+        "the exact recover command: {err}"
+    );
 
     // The bootstrapped admin can sign in with that password and use the token.
     let gw = gateway(&db).await;

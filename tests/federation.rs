@@ -4548,3 +4548,126 @@ async fn bench_search_runs_every_phase_over_mtls() {
         .unwrap();
     assert_eq!(insights, 300);
 }
+
+/// One side of the runbook test: its gateway (while running) and what its shell blocks see.
+struct RunbookSide {
+    name: &'static str,
+    gateway: Option<Gateway>,
+    options: GatewayOptions,
+    env: Vec<(String, String)>,
+    workdir: std::path::PathBuf,
+}
+
+impl RunbookSide {
+    async fn new(name: &'static str, root: &std::path::Path) -> Self {
+        let data_dir = root.join(name).join("data");
+        let workdir = root.join(name).join("work");
+        std::fs::create_dir_all(&workdir).unwrap();
+        let port = common::free_port();
+        let options = GatewayOptions { data_dir: Some(data_dir.clone()), port: Some(port), ..Default::default() };
+        let bin = common::tessera_bin();
+        let path = format!("{}:{}", bin.parent().unwrap().display(), std::env::var("PATH").unwrap_or_default());
+        let pg_bin = concat!(env!("CARGO_MANIFEST_DIR"), "/.bundles/pgserver/pginstall/bin");
+        let env = vec![
+            ("PATH".into(), path),
+            ("TESSERA_DATA_DIR".into(), data_dir.display().to_string()),
+            ("TESSERA_LISTEN".into(), format!("127.0.0.1:{port}")),
+            ("TESSERA_CONFIG_DIR".into(), root.join(name).join("config").display().to_string()),
+            ("TESSERA_PG_BIN".into(), pg_bin.into()),
+            ("TESSERA_LOG".into(), "warn".into()),
+        ];
+        let gateway = Some(Gateway::start(options.clone()).await);
+        Self { name, gateway, options, env, workdir }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut gw) = self.gateway.take() {
+            assert!(gw.terminate().success(), "gateway {} stops cleanly", self.name);
+        }
+    }
+
+    /// Runs one block with bash (`-euo pipefail`), returning stdout and stderr together.
+    fn run(&self, script: &str) -> String {
+        let mut cmd = common::hermetic(std::process::Command::new("bash"));
+        cmd.args(["-euo", "pipefail", "-c", script]).current_dir(&self.workdir).stdin(std::process::Stdio::null());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("run bash");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "runbook block on {} failed ({}):\n{script}\n--- output:\n{text}",
+            self.name,
+            out.status
+        );
+        text
+    }
+}
+
+/// docs/runbook.md, followed as written: every `sh on-a` / `sh on-b` block runs in order on that
+/// side (two gateways on loopback, tier local), `<placeholders>` filled from the output of
+/// earlier blocks (`<!-- capture: name = regex -->`), gateways stopped and started where the
+/// text says so (`<!-- test: stop b -->`). Covers onboarding both sides, rotation, rejoin, token
+/// recovery and the bootstrap hint, CA expiry checks, backup and restore of the embedded cluster
+/// with the sealing key, revocation, and the move to an external Postgres.
+#[tokio::test(flavor = "multi_thread")]
+async fn runbook_runs_as_written_on_two_gateways() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/runbook.md")).unwrap();
+    let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let mut a = RunbookSide::new("a", root.path()).await;
+    let mut b = RunbookSide::new("b", root.path()).await;
+    let external = TestDb::empty().await;
+    let mut values: std::collections::HashMap<String, String> = [
+        ("admin-password".to_string(), "correct-horse-battery-staple".to_string()),
+        ("external-database-url".to_string(), external.url.clone()),
+    ]
+    .into();
+    let capture = regex::Regex::new(r"^<!-- capture: ([a-z-]+) = (.+) -->$").unwrap();
+    let directive = regex::Regex::new(r"^<!-- test: (stop|start|restart) b -->$").unwrap();
+    let placeholder = regex::Regex::new(r"<[a-z][a-z0-9-]*>").unwrap();
+    let (mut block, mut side, mut last_output, mut blocks) = (None::<String>, "", String::new(), 0);
+    for line in text.lines() {
+        if let Some(script) = &mut block {
+            if line == "```" {
+                let mut script = std::mem::take(script);
+                for (key, value) in &values {
+                    script = script.replace(&format!("<{key}>"), value);
+                }
+                assert!(!placeholder.is_match(&script), "a placeholder no earlier block filled:\n{script}");
+                last_output = if side == "a" { a.run(&script) } else { b.run(&script) };
+                block = None;
+                blocks += 1;
+            } else {
+                script.push_str(line);
+                script.push('\n');
+            }
+        } else if let Some(tag) = line.strip_prefix("```sh") {
+            side = match tag.trim() {
+                "on-a" => "a",
+                "on-b" => "b",
+                other => panic!("every shell block says where it runs (on-a or on-b), not {other:?}"),
+            };
+            block = Some(String::new());
+        } else if let Some(c) = capture.captures(line) {
+            let re = regex::Regex::new(&c[2]).unwrap();
+            let found = re.captures(&last_output).unwrap_or_else(|| panic!("{} not in:\n{last_output}", &c[1]));
+            values.insert(c[1].to_string(), found[1].to_string());
+        } else if let Some(d) = directive.captures(line) {
+            if &d[1] != "start" {
+                b.stop();
+            }
+            if &d[1] != "stop" {
+                b.gateway = Some(Gateway::start(b.options.clone()).await);
+            }
+        }
+    }
+    assert!(block.is_none(), "an unclosed shell block");
+    assert!(blocks >= 15, "{blocks} blocks ran");
+    // What the last blocks showed: the grant, revoked before the move, is on the external database.
+    assert!(last_output.contains("gateway-a"), "{last_output}");
+    let revoked: String =
+        sqlx::query_scalar("select status from federation_grants").fetch_one(&external.pool).await.unwrap();
+    assert_eq!(revoked, "revoked");
+    a.stop();
+}

@@ -1398,3 +1398,45 @@ async fn an_expired_lease_is_not_revived_and_the_old_attempts_outcome_is_ignored
     rt.shutdown().await;
     assert_eq!(runs.load(Ordering::SeqCst), 2);
 }
+
+/// An event emitted while a webhook endpoint is being deleted is delivered to the endpoints that
+/// remain, and the caller's transaction stands. (Before, `outbox.emit` read the endpoint from its
+/// snapshot and its delivery then failed the foreign key: revoking a token during a webhook
+/// delete answered 500, which the schemathesis contract test found.)
+#[tokio::test]
+async fn an_event_emitted_during_an_endpoint_delete_skips_that_endpoint() {
+    let db = TestDb::new().await;
+    let (kept, deleted) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    for id in [kept, deleted] {
+        sqlx::query(
+            "insert into outbox.webhook_endpoints (id, url, secret_sealed, events) values ($1, 'https://x.example', 's', '{*}')",
+        )
+        .bind(id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+    let mut deleting = db.pool.begin().await.unwrap();
+    sqlx::query("delete from outbox.webhook_endpoints where id = $1")
+        .bind(deleted)
+        .execute(&mut *deleting)
+        .await
+        .unwrap();
+    let pool = db.pool.clone();
+    let emit = tokio::spawn(async move {
+        let mut tx = pool.begin().await?;
+        let id = tessera::outbox::emit_event(&mut *tx, "token.created", &json!({"tokenId": "t"})).await?;
+        tx.commit().await?;
+        Ok::<_, sqlx::Error>(id)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    deleting.commit().await.unwrap();
+    let event = emit.await.unwrap().expect("the emit survives the concurrent delete");
+    let endpoints: Vec<uuid::Uuid> =
+        sqlx::query_scalar("select endpoint_id from outbox.deliveries where event_id = $1")
+            .bind(event)
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(endpoints, [kept]);
+}

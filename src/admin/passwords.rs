@@ -14,8 +14,10 @@ use crate::http::error::ApiError;
 
 /// Shortest password accepted on create.
 pub const MIN_LEN: usize = 8;
-/// Longest password accepted (argon2 accepts more; this bounds the work a request can ask for).
-pub const MAX_LEN: usize = 1024;
+/// Longest password accepted, in characters (at most 1 KiB of UTF-8; argon2 accepts more, this
+/// bounds the work a request can ask for). Characters, not bytes, so that the OpenAPI document
+/// can state the rule exactly (`maxLength`).
+pub const MAX_LEN: usize = 256;
 
 /// Checks the length rules; the error names the field `password`.
 ///
@@ -26,8 +28,8 @@ pub fn validate(password: &Secret) -> Result<(), ApiError> {
     if n < MIN_LEN {
         return Err(ApiError::invalid_field("password", format!("password must have at least {MIN_LEN} characters")));
     }
-    if password.expose().len() > MAX_LEN {
-        return Err(ApiError::invalid_field("password", format!("password must have at most {MAX_LEN} bytes")));
+    if n > MAX_LEN {
+        return Err(ApiError::invalid_field("password", format!("password must have at most {MAX_LEN} characters")));
     }
     Ok(())
 }

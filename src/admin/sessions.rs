@@ -109,8 +109,9 @@ fn positive(key: &str) -> anyhow::Result<Option<u64>> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SignInRequest {
+    #[schema(max_length = 254)]
     pub email: String,
-    #[schema(value_type = String, format = Password)]
+    #[schema(value_type = String, format = Password, max_length = 256)]
     pub password: Secret,
 }
 
@@ -217,9 +218,9 @@ pub async fn sign_in(
     if body.email.trim().chars().count() > MAX_EMAIL_CHARS {
         return Err(ApiError::invalid_field("email", format!("email must have at most {MAX_EMAIL_CHARS} characters")));
     }
-    if body.password.expose().len() > super::passwords::MAX_LEN {
+    if body.password.expose().chars().count() > super::passwords::MAX_LEN {
         let max = super::passwords::MAX_LEN;
-        return Err(ApiError::invalid_field("password", format!("password must have at most {max} bytes")));
+        return Err(ApiError::invalid_field("password", format!("password must have at most {max} characters")));
     }
     let email = body.email.trim().to_lowercase();
     let account_key = format!("signin:{email}:{ip}");
@@ -284,16 +285,14 @@ pub async fn sign_in(
 #[utoipa::path(post, path = "/api/auth/sign-out", tag = "auth",
     responses(
         (status = 204, description = "Signed out; the cookie is cleared"),
-        (status = 400, description = "Called with a token: revoke tokens with DELETE /api/admin/tokens/{id}", body = ErrorEnvelope),
         (status = 401, description = "No valid session", body = ErrorEnvelope),
-        (status = 403, description = "Sent from another site, or without JSON or `X-Requested-With`", body = ErrorEnvelope),
+        (status = 403, description = "Called with a token (revoke tokens with DELETE /api/admin/tokens/{id}), or sent from another site, or without JSON or `X-Requested-With`", body = ErrorEnvelope),
     ),
     security(("session" = [])))]
 pub async fn sign_out(caller: Caller, State(state): State<AppState>) -> Result<Response, ApiError> {
     let Credential::Session(id) = caller.credential else {
-        return Err(ApiError::invalid_request(
-            "sign-out ends a session; revoke a token with DELETE /api/admin/tokens/{id}",
-        ));
+        // A well-formed request with a credential this route does not serve: refused, not malformed.
+        return Err(ApiError::forbidden("sign-out ends a session; revoke a token with DELETE /api/admin/tokens/{id}"));
     };
     sqlx::query("update sessions set revoked_at = now() where id = $1 and revoked_at is null")
         .bind(id)

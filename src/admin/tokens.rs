@@ -23,8 +23,15 @@ pub const MAX_EXPIRES_IN_DAYS: u32 = 3650;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateToken {
     /// What the token is for (shown in lists).
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"[^\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
     pub label: String,
     /// 1..=3650; without it the token does not expire.
+    #[schema(minimum = 1, maximum = 3650)]
+    #[serde(default, deserialize_with = "crate::http::extract::integer::optional")]
     pub expires_in_days: Option<u32>,
 }
 

@@ -338,6 +338,30 @@ async fn recover(gw: &GatewayClient, email: Option<String>) -> Result<(), CliErr
     Ok(())
 }
 
+/// An admin exists already: on a terminal, offer to recover a token for it (the installer-style
+/// inline recovery of the seed plan); without one, print the exact command and exit 3.
+async fn already_bootstrapped(config: &Config, email: &str, refused: CliError) -> Result<(), CliError> {
+    let args = ClientArgs::default();
+    let gateway = GatewayClient::new(&args, config).map(|gw| gw.base).unwrap_or_else(|_| config.public_url.clone());
+    let command = format!("TESSERA_PASSWORD=<password> tessera token recover --email {email} --gateway {gateway}");
+    let tty = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+    if tty {
+        eprintln!("{}", refused.message);
+        let answer = prompt_line(&format!("Recover a token for {email} now (the gateway must be running)? [y/N] "))?;
+        if matches!(answer.to_ascii_lowercase().as_str(), "y" | "yes") {
+            let gw = GatewayClient::new(&args, config)?;
+            return recover(&gw, Some(email.to_string())).await;
+        }
+    }
+    Err(CliError::new(
+        Exit::Refused,
+        format!(
+            "{}\nAn admin already exists, so there is nothing to bootstrap. To get a new token for an admin, run:\n  {command}",
+            refused.message
+        ),
+    ))
+}
+
 /// `tessera admin bootstrap`.
 pub async fn bootstrap(command: AdminCommand, config: &Config) -> ExitCode {
     let AdminCommand::Bootstrap { email, name, password_file, json } = command;
@@ -359,7 +383,7 @@ pub async fn bootstrap(command: AdminCommand, config: &Config) -> ExitCode {
             let db = Database::open(config, 2).await.map_err(|e| CliError::new(Exit::for_error(&e), format!("{e:#}")))?;
             let result = async {
                 crate::store::migrate(&db.pool).await.map_err(|e| CliError::new(Exit::for_error(&e), format!("{e:#}")))?;
-                let req = crate::admin::bootstrap::SetupRequest { email, name, password };
+                let req = crate::admin::bootstrap::SetupRequest { email: email.clone(), name, password };
                 crate::admin::bootstrap::setup(&db.pool, req).await.map_err(|e| {
                     // 409: already done (the database refused); 4xx: the input is invalid (a
                     // short password, a bad email), a usage error; anything else could not run.
@@ -373,7 +397,10 @@ pub async fn bootstrap(command: AdminCommand, config: &Config) -> ExitCode {
             }
             .await;
             db.close().await;
-            let created = result?;
+            let created = match result {
+                Err(e) if e.exit == Exit::Refused => return already_bootstrapped(config, &email, e).await,
+                other => other?,
+            };
             let mut state = CliState::load_for(&config.public_url);
             state.token = Some(Secret::from_plaintext(created.token.plaintext.clone()));
             state.token_id = Some(created.token.id);

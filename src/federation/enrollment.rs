@@ -32,6 +32,8 @@ pub const MAX_TOKEN_TTL_SECS: i64 = 900;
 pub struct CreateEnrollmentToken {
     pub grant_id: Uuid,
     /// 1..=900 seconds; default 900.
+    #[schema(minimum = 1, maximum = 900)]
+    #[serde(default, deserialize_with = "crate::http::extract::integer::optional")]
     pub ttl_seconds: Option<i64>,
 }
 
@@ -48,6 +50,7 @@ pub struct EnrollmentToken {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RedeemRequest {
+    #[schema(min_length = 1, max_length = 16384, pattern = "-----BEGIN CERTIFICATE REQUEST-----")]
     pub csr_pem: String,
 }
 
@@ -164,6 +167,8 @@ async fn mint_for(
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateReenrollmentToken {
     /// 1..=900 seconds; default 900.
+    #[schema(minimum = 1, maximum = 900)]
+    #[serde(default, deserialize_with = "crate::http::extract::integer::optional")]
     pub ttl_seconds: Option<i64>,
 }
 

@@ -24,7 +24,7 @@ pub struct ExplainScope {
     pub peer_id: Uuid,
     pub subject_user_id: Uuid,
     /// A scope as a grant would hold it (DESIGN §4).
-    #[schema(value_type = Object)]
+    #[schema(value_type = crate::federation::scope::GrantScope)]
     pub scope: serde_json::Value,
 }
 

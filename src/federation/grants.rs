@@ -47,11 +47,12 @@ const GRANT_COLUMNS: &str = "id, peer_id, subject_user_id, scope, scope_version,
 pub struct CreateGrant {
     pub peer_id: Uuid,
     pub subject_user_id: Uuid,
-    #[schema(value_type = Object)]
+    #[schema(value_type = GrantScope)]
     pub scope: serde_json::Value,
     pub expires_at: Option<DateTime<Utc>>,
     /// Federation requests per minute for this grant (1..=1000000); the gateway default when absent.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::extract::integer::optional")]
+    #[schema(minimum = 1, maximum = 1000000)]
     pub rate_per_minute: Option<i32>,
 }
 
@@ -59,18 +60,27 @@ pub struct CreateGrant {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpdateGrant {
     /// A new scope (validated); allowed while pending or active.
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<GrantScope>)]
     pub scope: Option<serde_json::Value>,
     /// A status transition; `active` comes only from enrollment, `revoked` is final.
+    #[schema(pattern = "^(pending|active|expired|revoked)$")]
     pub status: Option<String>,
+    #[schema(max_length = 1000)]
     pub reason: Option<String>,
     /// A new per-grant rate limit (requests per minute, 1..=1000000).
+    #[schema(minimum = 1, maximum = 1000000)]
+    #[serde(default, deserialize_with = "crate::http::extract::integer::optional")]
     pub rate_per_minute: Option<i32>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RevokeGrant {
+    #[schema(
+        min_length = 1,
+        max_length = 1000,
+        pattern = r"[^\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
     pub reason: String,
 }
 
@@ -78,8 +88,12 @@ pub struct RevokeGrant {
 #[serde(rename_all = "camelCase")]
 pub struct GrantFilter {
     pub peer_id: Option<Uuid>,
+    #[param(pattern = "^(pending|active|expired|revoked)$")]
     pub status: Option<String>,
 }
+
+/// The statuses a grant can be in.
+pub const STATUSES: [&str; 4] = ["pending", "active", "expired", "revoked"];
 
 /// Longest revoke reason kept (characters): it is free text from an admin, stored as `text`.
 const MAX_REASON: usize = 1000;
@@ -244,6 +258,11 @@ pub async fn list_grants(
     State(state): State<AppState>,
     Query(filter): Query<GrantFilter>,
 ) -> Result<Json<Vec<Grant>>, ApiError> {
+    if let Some(status) = &filter.status
+        && !STATUSES.contains(&status.as_str())
+    {
+        return Err(ApiError::invalid_field("status", format!("status must be one of {}", STATUSES.join(", "))));
+    }
     Ok(Json(list(&state.pool, &filter).await?))
 }
 

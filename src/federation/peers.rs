@@ -88,8 +88,10 @@ fn peer_columns() -> String {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreatePeer {
     /// Unique (case-insensitive) name; becomes the CN of the peer's client certificate.
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$")]
     pub name: String,
     /// Where the peer is reached, when we call it.
+    #[schema(max_length = 2000, pattern = r"^https://[\x21-\x7e]*$")]
     pub endpoint_url: Option<String>,
 }
 

@@ -20,10 +20,14 @@ const MAX_LIMIT: u32 = 500;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FederatedQuery {
     /// tasks, notes or memory
+    #[schema(pattern = "^(tasks|notes|memory)$")]
     pub resource: String,
     /// `local`, `peer:<name>` or `all` [default: all]
+    #[schema(pattern = "^(local|all|peer:.+)$")]
     pub source: Option<String>,
     /// Rows per source and in the merged result, 1..=500 [default: 50].
+    #[schema(minimum = 1, maximum = 500)]
+    #[serde(default, deserialize_with = "crate::http::extract::integer::optional")]
     pub limit: Option<u32>,
 }
 

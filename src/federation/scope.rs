@@ -38,6 +38,8 @@ pub struct GrantScope {
     pub filters: BTreeMap<String, ResourceFilter>,
     /// 1..=10000; the cap on (and default of) a request's `limit`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "crate::http::extract::integer::optional")]
+    #[schema(minimum = 1, maximum = 10000)]
     pub max_rows_per_query: Option<u32>,
 }
 
@@ -211,7 +213,11 @@ pub struct QueryFilter {
 pub fn parse_limit(limit: Option<&serde_json::Value>, cap: u32) -> Result<u32, Denial> {
     match limit {
         None | Some(serde_json::Value::Null) => Ok(cap),
-        Some(serde_json::Value::Number(n)) => match n.as_u64() {
+        // `5.0` is the integer 5 to JSON (and to JavaScript, whose clients may send it).
+        Some(serde_json::Value::Number(n)) => match n
+            .as_u64()
+            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && (1.0..1.8e19).contains(f)).map(|f| f as u64))
+        {
             Some(v) if v >= 1 => Ok(u32::try_from(v).unwrap_or(u32::MAX).min(cap)),
             _ => Err(deny(DenyCode::InvalidLimit, format!("limit {n} is not a positive integer"))),
         },

@@ -264,6 +264,42 @@ fn nul_error(field: &str) -> ApiError {
     ApiError::invalid_field(field, format!("{field} must not contain the NUL character (U+0000)"))
 }
 
+/// serde helpers for integer fields of request bodies: JSON has one number type, so `36.0` is
+/// the integer 36 (as JSON Schema and JavaScript see it); a fraction, or a value out of the
+/// field's range, is refused by serde with the field's name.
+pub mod integer {
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer};
+
+    fn from_number<E: serde::de::Error, T: TryFrom<i64>>(n: &serde_json::Number) -> Result<T, E> {
+        let whole = n
+            .as_i64()
+            .or_else(|| n.as_f64().filter(|f| f.is_finite() && f.fract() == 0.0 && f.abs() < 9.0e15).map(|f| f as i64));
+        let whole = whole.ok_or_else(|| E::custom(format!("expected an integer, got {n}")))?;
+        T::try_from(whole).map_err(|_| E::custom(format!("{n} is out of range")))
+    }
+
+    /// For a required integer field: `#[serde(deserialize_with = "integer::required")]`.
+    ///
+    /// # Errors
+    /// Not a number, a fraction, or out of `T`'s range.
+    pub fn required<'de, D: Deserializer<'de>, T: TryFrom<i64>>(d: D) -> Result<T, D::Error> {
+        from_number(&serde_json::Number::deserialize(d)?)
+    }
+
+    /// For an optional one: `#[serde(default, deserialize_with = "integer::optional")]`.
+    ///
+    /// # Errors
+    /// As [`required`]; `null` is `None`.
+    pub fn optional<'de, D: Deserializer<'de>, T: TryFrom<i64>>(d: D) -> Result<Option<T>, D::Error> {
+        match Option::<serde_json::Value>::deserialize(d)? {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::Number(n)) => from_number(&n).map(Some),
+            Some(other) => Err(D::Error::custom(format!("expected an integer, got {other}"))),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,6 +347,28 @@ mod tests {
         assert!(e.message().contains("items[0].title"), "{}", e.message());
         let e = reject_nul_in_json(br#""\u0000""#).unwrap_err();
         assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    struct Ints {
+        #[serde(deserialize_with = "integer::required")]
+        a: u32,
+        #[serde(default, deserialize_with = "integer::optional")]
+        b: Option<i64>,
+    }
+
+    #[test]
+    fn integers_may_be_written_with_a_zero_fraction() {
+        let v: Ints = serde_json::from_str(r#"{"a": 36.0, "b": 150}"#).unwrap();
+        assert_eq!((v.a, v.b), (36, Some(150)));
+        let v: Ints = serde_json::from_str(r#"{"a": 1}"#).unwrap();
+        assert_eq!(v.b, None);
+        let v: Ints = serde_json::from_str(r#"{"a": 1, "b": null}"#).unwrap();
+        assert_eq!(v.b, None);
+        for bad in [r#"{"a": 1.5}"#, r#"{"a": -1}"#, r#"{"a": 4294967296}"#, r#"{"a": "1"}"#, r#"{"a": 1, "b": 1e300}"#]
+        {
+            assert!(serde_json::from_str::<Ints>(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

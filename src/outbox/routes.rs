@@ -29,6 +29,7 @@ pub struct DeliveryList {
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct DeadFilter {
     /// 1..=500, default 100.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
 }
 

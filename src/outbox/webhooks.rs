@@ -123,10 +123,13 @@ pub struct CreateWebhook {
     /// `https://...` or `http://...`. Hosts that resolve to loopback, private, link-local, cloud
     /// metadata or other non-public addresses are refused unless the gateway's
     /// `TESSERA_WEBHOOK_ALLOWED_CIDRS` allows them; the gateway itself is always refused.
+    #[schema(max_length = 2000, pattern = "^https?://[^@/?#]+")]
     pub url: String,
     /// 16 to 512 characters; used as the HMAC key. Never shown again.
+    #[schema(min_length = 16, max_length = 512)]
     pub secret: String,
     /// Event names (see the list in the docs) or `["*"]`.
+    #[schema(min_items = 1)]
     pub events: Vec<String>,
 }
 

@@ -43,6 +43,8 @@ pub struct DrainResult {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SetConcurrency {
     /// 1..=4096 jobs of this queue running at once per gateway process (applies at the next start).
+    #[schema(minimum = 1, maximum = 4096)]
+    #[serde(deserialize_with = "crate::http::extract::integer::required")]
     pub concurrency: i32,
 }
 
@@ -50,8 +52,10 @@ pub struct SetConcurrency {
 #[serde(rename_all = "camelCase")]
 pub struct JobFilter {
     /// pending, running, done, failed, dead or cancelled.
+    #[param(pattern = "^(pending|running|done|failed|dead|cancelled)$")]
     pub status: Option<String>,
     /// 1..=500, default 50.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
 }
 
@@ -78,7 +82,7 @@ pub async fn list_queues(_admin: AdminUser, State(state): State<AppState>) -> Re
 }
 
 /// One queue's controls and job counts.
-#[utoipa::path(get, path = "/api/admin/queues/{name}", tag = "queue", params(("name" = String, Path)),
+#[utoipa::path(get, path = "/api/admin/queues/{name}", tag = "queue", params(("name" = String, Path, pattern = r"^[a-z0-9][a-z0-9_.-]{0,62}$", description = "Queue name")),
     responses(
         (status = 200, body = QueueStats), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
         (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope),
@@ -94,7 +98,7 @@ pub async fn queue_stats(
 }
 
 /// Pause a queue: workers stop claiming its jobs within one poll interval.
-#[utoipa::path(post, path = "/api/admin/queues/{name}/pause", tag = "queue", params(("name" = String, Path)),
+#[utoipa::path(post, path = "/api/admin/queues/{name}/pause", tag = "queue", params(("name" = String, Path, pattern = r"^[a-z0-9][a-z0-9_.-]{0,62}$", description = "Queue name")),
     responses((status = 200, body = QueueStats), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope)),
     security(("bearer" = []), ("session" = [])))]
 pub async fn pause(
@@ -109,7 +113,7 @@ pub async fn pause(
 }
 
 /// Resume a paused queue (idle workers are woken at once).
-#[utoipa::path(post, path = "/api/admin/queues/{name}/resume", tag = "queue", params(("name" = String, Path)),
+#[utoipa::path(post, path = "/api/admin/queues/{name}/resume", tag = "queue", params(("name" = String, Path, pattern = r"^[a-z0-9][a-z0-9_.-]{0,62}$", description = "Queue name")),
     responses((status = 200, body = QueueStats), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope)),
     security(("bearer" = []), ("session" = [])))]
 pub async fn resume(
@@ -124,7 +128,7 @@ pub async fn resume(
 }
 
 /// Cancel every pending job of a queue (`{"confirm": true}` required); running jobs finish.
-#[utoipa::path(post, path = "/api/admin/queues/{name}/drain", tag = "queue", params(("name" = String, Path)),
+#[utoipa::path(post, path = "/api/admin/queues/{name}/drain", tag = "queue", params(("name" = String, Path, pattern = r"^[a-z0-9][a-z0-9_.-]{0,62}$", description = "Queue name")),
     request_body = DrainRequest,
     responses((status = 200, body = DrainResult), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope)),
     security(("bearer" = []), ("session" = [])))]
@@ -144,7 +148,7 @@ pub async fn drain(
 }
 
 /// Set how many of a queue's jobs one gateway process runs at once (read when workers start).
-#[utoipa::path(put, path = "/api/admin/queues/{name}/concurrency", tag = "queue", params(("name" = String, Path)),
+#[utoipa::path(put, path = "/api/admin/queues/{name}/concurrency", tag = "queue", params(("name" = String, Path, pattern = r"^[a-z0-9][a-z0-9_.-]{0,62}$", description = "Queue name")),
     request_body = SetConcurrency,
     responses((status = 200, body = QueueStats), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope)),
     security(("bearer" = []), ("session" = [])))]
@@ -164,7 +168,7 @@ pub async fn set_concurrency(
 }
 
 /// The most recently changed jobs of a queue, newest first.
-#[utoipa::path(get, path = "/api/admin/queues/{name}/jobs", tag = "queue", params(("name" = String, Path), JobFilter),
+#[utoipa::path(get, path = "/api/admin/queues/{name}/jobs", tag = "queue", params(("name" = String, Path, pattern = r"^[a-z0-9][a-z0-9_.-]{0,62}$", description = "Queue name"), JobFilter),
     responses((status = 200, body = JobList), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope)),
     security(("bearer" = []), ("session" = [])))]
 pub async fn list_jobs(
@@ -188,7 +192,7 @@ pub async fn list_jobs(
 }
 
 /// Put a dead, failed or cancelled job back to pending with a fresh attempt count.
-#[utoipa::path(post, path = "/api/admin/jobs/{id}/retry", tag = "queue", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/api/admin/jobs/{id}/retry", tag = "queue", params(("id" = String, Path, pattern = "^[0-9a-fA-F]{64}$", description = "Job id: 64 hex characters")),
     responses(
         (status = 200, body = JobView), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
         (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope),

@@ -37,8 +37,10 @@ pub const MAX_LIMIT: u32 = 500;
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Page size, 1..=500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
-    /// `nextCursor` of the previous page.
+    /// `nextCursor` of the previous page, unchanged (opaque; a cursor of another list is refused).
+    #[param(min_length = 1, max_length = 1000)]
     pub cursor: Option<String>,
 }
 

@@ -81,12 +81,24 @@ keyed_by!(User, id);
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewUser {
     pub id: Option<Uuid>,
+    /// One `@`, no spaces, at most 254 characters.
+    #[schema(
+        min_length = 3,
+        max_length = 254,
+        pattern = r"^[^@\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+@[^@\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$"
+    )]
     pub email: String,
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"[^\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
     pub name: String,
     /// At least 8 characters; without one the user cannot sign in (a data-only subject).
-    #[schema(value_type = Option<String>, format = Password)]
+    #[schema(value_type = Option<String>, format = Password, min_length = 8, max_length = 256)]
     pub password: Option<Secret>,
     /// `admin` or `member`.
+    #[schema(pattern = "^(admin|member)$")]
     pub role: String,
     pub created_at: Option<DateTime<Utc>>,
 }
@@ -140,6 +152,11 @@ keyed_by!(Team, id);
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewTeam {
     pub id: Option<Uuid>,
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"[^\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
     pub name: String,
     pub created_at: Option<DateTime<Utc>>,
 }
@@ -221,6 +238,11 @@ keyed_by!(Project, id);
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewProject {
     pub id: Option<Uuid>,
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"[^\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
     pub name: String,
     pub owner_user_id: Option<Uuid>,
     pub team_id: Option<Uuid>,
@@ -270,6 +292,11 @@ keyed_by!(Mission, id);
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewMission {
     pub id: Option<Uuid>,
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"[^\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
     pub name: String,
     pub project_id: Uuid,
     pub user_id: Option<Uuid>,
@@ -310,17 +337,39 @@ keyed_by!(Task, id);
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewTask {
     pub id: Option<Uuid>,
+    #[schema(
+        min_length = 1,
+        max_length = 500,
+        pattern = r"[^\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
     pub title: String,
+    #[schema(max_length = 100000)]
     pub description: Option<String>,
     /// Default `todo`.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"[^\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
     pub status: Option<String>,
     /// Default `medium`.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"[^\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
     pub priority: Option<String>,
     pub project_id: Option<Uuid>,
     pub mission_id: Option<Uuid>,
     /// Who the task is assigned to (free text, at most 200 characters).
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"[^\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
     pub assignee: Option<String>,
     /// At most 50 tags of at most 100 characters each.
+    #[schema(max_items = 50)]
     pub tags: Option<Vec<String>>,
     pub due_date: Option<DateTime<Utc>>,
     /// A JSON object.
@@ -381,7 +430,9 @@ pub async fn create_task(conn: &mut PgConnection, new: NewTask) -> Result<Task, 
                     .with_details(serde_json::json!({ "field": "missionId" }))
             })?;
             if new.project_id.is_some_and(|p| p != mission_project) {
-                return Err(ApiError::invalid_field("projectId", "projectId differs from the project of missionId"));
+                // Both ids are well formed and exist; they disagree with each other as stored.
+                return Err(ApiError::conflict("projectId differs from the project of missionId")
+                    .with_details(serde_json::json!({ "field": "projectId" })));
             }
             mission_project
         }
@@ -436,9 +487,15 @@ pub struct NewMissionTask {
     pub user_id: Uuid,
     /// The note text; `notes` is accepted as its older name.
     #[serde(alias = "notes")]
+    #[schema(max_length = 100000)]
     pub content: String,
     pub task_id: Option<Uuid>,
     /// Default `open`.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"[^\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
     pub status: Option<String>,
     pub created_at: Option<DateTime<Utc>>,
 }
@@ -497,9 +554,24 @@ keyed_by!(Insight, id);
 pub struct NewInsight {
     pub id: Option<Uuid>,
     pub user_id: Uuid,
+    #[schema(
+        min_length = 1,
+        max_length = 100000,
+        pattern = r"[^\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
     pub content: String,
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"[^\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
     pub category: Option<String>,
     /// Default `agent`; at most 64 characters.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"[^\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
     pub source: Option<String>,
     /// A finite number; default 1.
     pub relevance_score: Option<f32>,
@@ -507,6 +579,7 @@ pub struct NewInsight {
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
     /// Exactly 384 finite numbers.
+    #[schema(min_items = 384, max_items = 384)]
     pub embedding: Option<Vec<f32>>,
     pub created_at: Option<DateTime<Utc>>,
 }
@@ -583,12 +656,27 @@ keyed_by!(Preference, id);
 pub struct NewPreference {
     pub id: Option<Uuid>,
     pub user_id: Uuid,
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"[^\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
     pub key: String,
     /// Any JSON value.
     #[schema(value_type = Object)]
     pub value: serde_json::Value,
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"[^\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
     pub category: Option<String>,
     /// At most 64 characters.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"[^\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
     pub source: Option<String>,
     /// Default true.
     pub mutable: Option<bool>,

@@ -434,14 +434,20 @@ async fn list_attempt(
     Ok(rows.map(|rows| (filter, rows)))
 }
 
-/// An empty body means "first page, default limit"; anything else must be the JSON object, with
-/// no NUL in its strings (the same rule as the `Json` extractor, which this handler bypasses).
+/// An empty body (or JSON `null`) means "first page, default limit"; anything else must be the
+/// JSON object, with no NUL in its strings (the same rule as the `Json` extractor, which this
+/// handler bypasses). An array is refused: serde would otherwise read it as the fields in order.
 fn parse_list_body(raw: &[u8]) -> Result<ListRequest, ApiError> {
     if raw.iter().all(u8::is_ascii_whitespace) {
         return Ok(ListRequest::default());
     }
     crate::http::extract::reject_nul_in_json(raw)?;
-    serde_json::from_slice(raw).map_err(|e| ApiError::invalid_request(format!("Invalid request body: {e}")))
+    let invalid = |e: serde_json::Error| ApiError::invalid_request(format!("Invalid request body: {e}"));
+    match serde_json::from_slice::<serde_json::Value>(raw).map_err(invalid)? {
+        serde_json::Value::Null => Ok(ListRequest::default()),
+        body @ serde_json::Value::Object(_) => serde_json::from_value(body).map_err(invalid),
+        _ => Err(ApiError::invalid_request("Invalid request body: expected a JSON object")),
+    }
 }
 
 fn list_path(resource: &str) -> String {
@@ -458,7 +464,7 @@ async fn reauthorise(state: &AppState, lc: &mut ListContext, resource: &str) -> 
 
 /// One page of a resource the grant allows, newest first.
 #[utoipa::path(post, path = "/api/federation/v1/list/{resource}", tag = "federation",
-    params(("resource" = String, Path, description = "tasks, notes or memory")), request_body = ListRequest,
+    params(("resource" = String, Path, pattern = "^(tasks|notes|memory|credentials|api_keys)$", description = "tasks, notes or memory (credentials and api_keys are names a scope may carry; reading them is always denied)")), request_body = Option<ListRequest>,
     responses(
         (status = 200, body = ListResponse), (status = 400, body = ErrorEnvelope),
         (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope),
@@ -537,7 +543,7 @@ pub async fn list(
 
 /// One row by id. 404 when it does not exist *or* lies outside the grant (no existence oracle).
 #[utoipa::path(post, path = "/api/federation/v1/get/{resource}/{id}", tag = "federation",
-    params(("resource" = String, Path), ("id" = Uuid, Path)),
+    params(("resource" = String, Path, pattern = "^(tasks|notes|memory|credentials|api_keys)$"), ("id" = Uuid, Path)),
     responses(
         (status = 200, body = GetResponse), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
         (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope),
@@ -618,6 +624,9 @@ mod tests {
         assert!(e.message().starts_with("cursor "), "{}", e.message());
         assert!(parse_list_body(br#"{"limit": "5", "extra": {"x": "\u0000"}}"#).is_err(), "ignored fields too");
         assert!(parse_list_body(b" ").is_ok());
+        assert!(parse_list_body(b"null").is_ok(), "null is no body");
+        assert!(parse_list_body(b"[null, null]").is_err(), "an array is not the fields in order");
+        assert!(parse_list_body(b"5").is_err());
         assert!(parse_list_body(br#"{"limit": 5, "cursor": "\\u0000"}"#).is_ok());
     }
 }
