@@ -81,7 +81,7 @@ impl SearchMode {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct SearchRequest {
     /// Search text (web-search syntax: words, `"phrases"`, `-not`, `or`), 1..=1000 characters.
-    #[schema(value_type = Option<String>, min_length = 1, max_length = 1000)]
+    #[schema(value_type = Option<String>, max_length = 1000)]
     pub query: Option<serde_json::Value>,
     /// A query embedding of exactly 384 finite numbers (memory only).
     #[schema(value_type = Option<Vec<f32>>, min_items = 384, max_items = 384)]
