@@ -3111,6 +3111,10 @@ async fn search_ranks_text_vector_and_hybrid_on_known_data() {
     let rrf = |ranks: &[f64]| ranks.iter().map(|r| 1.0 / (60.0 + r)).sum::<f64>();
     assert!((h[0]["_score"].as_f64().unwrap() - rrf(&[2.0, 1.0])).abs() < 1e-9, "{}", h[0]);
     assert!((h[2]["_score"].as_f64().unwrap() - rrf(&[2.0])).abs() < 1e-9, "{}", h[2]);
+    // A vector alone is hybrid by default: the vector ranking fused on its own.
+    let alone = pair.search_all(&client, "memory", json!({"vector": near_a})).await;
+    assert_eq!(ids_of(&alone), vec![a, c, b]);
+    assert!((alone[0]["_score"].as_f64().unwrap() - rrf(&[1.0])).abs() < 1e-9, "{}", alone[0]);
     // Paging keeps the order: one row a page gives the same sequence.
     let paged = pair.search_all(&client, "memory", json!({"query": "deploy", "vector": near_a, "limit": 1})).await;
     assert_eq!(ids_of(&paged), vec![a, b, c]);

@@ -326,8 +326,12 @@ pub fn statement(resource: &str, mode: SearchMode, vis: Visibility, window: i64)
                  from nearest order by d, id offset $5 limit $6)",
             v = vis.memory("i")
         )),
+        // Hybrid may come with a vector alone: no text ranking then (and no Postgres notice
+        // about a query without lexemes).
         (_, SearchMode::Hybrid) => memory_rows(&format!(
-            "with {q}, hits as ({hits}),
+            "with q as (select case when $4 = '' then null::tsquery
+                                    else websearch_to_tsquery('simple'::regconfig, $4) end as q),
+             hits as ({hits}),
              by_text as (
                  select kind, id, row_number() over (order by s desc, kind, id) as r
                  from hits order by s desc, kind, id limit {window}),
