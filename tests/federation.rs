@@ -4201,6 +4201,10 @@ async fn search_ranks_text_vector_and_hybrid_on_known_data() {
     let rrf = |ranks: &[f64]| ranks.iter().map(|r| 1.0 / (60.0 + r)).sum::<f64>();
     assert!((h[0]["_score"].as_f64().unwrap() - rrf(&[2.0, 1.0])).abs() < 1e-9, "{}", h[0]);
     assert!((h[2]["_score"].as_f64().unwrap() - rrf(&[2.0])).abs() < 1e-9, "{}", h[2]);
+    // A vector alone is hybrid by default: the vector ranking fused on its own.
+    let alone = pair.search_all(&client, "memory", json!({"vector": near_a})).await;
+    assert_eq!(ids_of(&alone), vec![a, c, b]);
+    assert!((alone[0]["_score"].as_f64().unwrap() - rrf(&[1.0])).abs() < 1e-9, "{}", alone[0]);
     // Paging keeps the order: one row a page gives the same sequence.
     let paged = pair.search_all(&client, "memory", json!({"query": "deploy", "vector": near_a, "limit": 1})).await;
     assert_eq!(ids_of(&paged), vec![a, b, c]);
@@ -4413,26 +4417,39 @@ async fn merged_search_fuses_local_and_peer_results_and_lists_a_peer_that_is_dow
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("mode"), "{err}");
 
-    // A second peer on A that is down: a copy of B's row pointing at a closed port.
+    // Two more peers on A, copies of B's row: one down (a closed port), one that accepts the
+    // connection and never answers (held by the test until it ends).
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let closed_port = closed.local_addr().unwrap().port();
     drop(closed);
-    let mut tx = pair.a_db.pool.begin().await.unwrap();
-    sqlx::query("create temp table down on commit drop as select * from federation_peers where name = 'gateway-b'")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    sqlx::query("update down set id = gen_random_uuid(), name = 'gateway-down', endpoint_url = $1")
-        .bind(format!("https://127.0.0.1:{closed_port}"))
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    sqlx::query("insert into federation_peers select * from down").execute(&mut *tx).await.unwrap();
-    tx.commit().await.unwrap();
+    let hanging = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hanging_port = hanging.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = hanging.accept().await {
+            open.push(socket);
+        }
+    });
+    for (name, port) in [("gateway-down", closed_port), ("gateway-hangs", hanging_port)] {
+        let mut tx = pair.a_db.pool.begin().await.unwrap();
+        sqlx::query("create temp table copy on commit drop as select * from federation_peers where name = 'gateway-b'")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        sqlx::query("update copy set id = gen_random_uuid(), name = $1, endpoint_url = $2")
+            .bind(name)
+            .bind(format!("https://127.0.0.1:{port}"))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        sqlx::query("insert into federation_peers select * from copy").execute(&mut *tx).await.unwrap();
+        tx.commit().await.unwrap();
+    }
 
     let a = Gateway::start(GatewayOptions {
         database_url: Some(pair.a_db.url.clone()),
         data_dir: Some(pair.a_dir.path().to_path_buf()),
+        env: vec![("TESSERA_SEARCH_PEER_TIMEOUT_MS".into(), "700".into())],
         ..Default::default()
     })
     .await;
@@ -4456,8 +4473,10 @@ async fn merged_search_fuses_local_and_peer_results_and_lists_a_peer_that_is_dow
             (r.status().as_u16(), r.json::<Value>().await.unwrap())
         }
     };
+    let started = std::time::Instant::now();
     let (status, all) = search(json!({"resource": "tasks", "query": "task", "source": "all", "limit": 6})).await;
     assert_eq!(status, 200, "{all}");
+    assert!(started.elapsed() < Duration::from_secs(5), "the hanging peer is given up after its timeout");
     let items = all["items"].as_array().unwrap();
     assert_eq!(items.len(), 6);
     // Fusion interleaves the sources by rank: local #1, B #1, local #2, B #2, then B only.
@@ -4471,9 +4490,15 @@ async fn merged_search_fuses_local_and_peer_results_and_lists_a_peer_that_is_dow
         assert!(i["_sourceScore"].is_number());
     }
     let errors = all["errors"].as_array().unwrap();
-    assert_eq!(errors.len(), 1, "{all}");
-    assert_eq!(errors[0]["source"], "peer:gateway-down");
-    assert_eq!(errors[0]["code"], "network");
+    assert_eq!(errors.len(), 2, "{all}");
+    assert_eq!(
+        (errors[0]["source"].as_str(), errors[0]["code"].as_str()),
+        (Some("peer:gateway-down"), Some("network"))
+    );
+    assert_eq!(
+        (errors[1]["source"].as_str(), errors[1]["code"].as_str()),
+        (Some("peer:gateway-hangs"), Some("timeout"))
+    );
     // Only peers, only local, and bad input.
     let (_, peers) = search(json!({"resource": "tasks", "query": "task", "source": "peer"})).await;
     assert!(peers["items"].as_array().unwrap().iter().all(|i| i["_source"] == "gateway-b"));
@@ -4490,6 +4515,7 @@ async fn merged_search_fuses_local_and_peer_results_and_lists_a_peer_that_is_dow
         let (status, answer) = search(body.clone()).await;
         assert_eq!((status, answer["error"]["details"]["field"].as_str()), (400, Some(want)), "{body}: {answer}");
     }
+    held.abort();
 }
 
 /// `tessera bench search` end to end on a small data set: every phase drives the real router

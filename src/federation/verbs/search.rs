@@ -81,7 +81,7 @@ impl SearchMode {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct SearchRequest {
     /// Search text (web-search syntax: words, `"phrases"`, `-not`, `or`), 1..=1000 characters.
-    #[schema(value_type = Option<String>, min_length = 1, max_length = 1000)]
+    #[schema(value_type = Option<String>, max_length = 1000)]
     pub query: Option<serde_json::Value>,
     /// A query embedding of exactly 384 finite numbers (memory only).
     #[schema(value_type = Option<Vec<f32>>, min_items = 384, max_items = 384)]
@@ -326,8 +326,12 @@ pub fn statement(resource: &str, mode: SearchMode, vis: Visibility, window: i64)
                  from nearest order by d, id offset $5 limit $6)",
             v = vis.memory("i")
         )),
+        // Hybrid may come with a vector alone: no text ranking then (and no Postgres notice
+        // about a query without lexemes).
         (_, SearchMode::Hybrid) => memory_rows(&format!(
-            "with {q}, hits as ({hits}),
+            "with q as (select case when $4 = '' then null::tsquery
+                                    else websearch_to_tsquery('simple'::regconfig, $4) end as q),
+             hits as ({hits}),
              by_text as (
                  select kind, id, row_number() over (order by s desc, kind, id) as r
                  from hits order by s desc, kind, id limit {window}),
