@@ -528,6 +528,8 @@ async fn openapi_contract_holds_under_schemathesis() {
             ("TESSERA_WEBHOOK_ALLOWED_CIDRS".into(), "127.0.0.1/32".into()),
             // `renew` succeeds in positive cases; the first certificate keeps reading meanwhile.
             ("TESSERA_FEDERATION_RENEW_GRACE_SECS".into(), "3600".into()),
+            // Vector and hybrid search are on (memory), so they are run too.
+            ("TESSERA_EMBEDDING_MODEL".into(), "contract-test-model".into()),
         ],
         ..Default::default()
     })
@@ -589,28 +591,43 @@ async fn openapi_contract_holds_under_schemathesis() {
 
     let root = env!("CARGO_MANIFEST_DIR");
     let started = Instant::now();
-    let out = std::process::Command::new(&st)
-        .current_dir(dir.path())
-        .arg("--config-file")
-        .arg(format!("{root}/tests/fixtures/schemathesis.toml"))
-        .args(["run", &format!("{root}/openapi/tessera.json"), "--url", &gw.base])
-        .args(["--checks", "all", "--phases", "coverage,fuzzing,stateful", "--max-examples", "25", "--seed", "1"])
-        .args(["--generation-allow-x00", "false", "--generation-with-security-parameters", "false"])
-        .args(["--generation-database", "none", "--no-color", "--workers", "2"])
-        // A response within 30 s: schemathesis' default of 10 s is missed on a loaded 2-core CI.
-        .args(["--max-response-time", "30"])
-        .arg("--tls-verify")
-        .arg(&ca_file)
-        .arg("--request-cert")
-        .arg(&cert_file)
-        .arg("--request-cert-key")
-        .arg(&key_file)
-        .args(["--header", &format!("Authorization: Bearer {token}")])
-        .env("SCHEMATHESIS_HOOKS", format!("{root}/tests/fixtures/schemathesis_hooks.py"))
-        .env("TESSERA_TEST_CSR_PEM", hook_csr)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run schemathesis");
+    let run = || {
+        std::process::Command::new(&st)
+            .current_dir(dir.path())
+            .arg("--config-file")
+            .arg(format!("{root}/tests/fixtures/schemathesis.toml"))
+            .args(["run", &format!("{root}/openapi/tessera.json"), "--url", &gw.base])
+            .args(["--checks", "all", "--phases", "coverage,fuzzing,stateful", "--max-examples", "25", "--seed", "1"])
+            .args(["--generation-allow-x00", "false", "--generation-with-security-parameters", "false"])
+            // One worker: with two, the Python 3.11 here sometimes fails an internal `ast` check
+            // across threads ("AST constructor recursion depth mismatch"), a runtime error of the run.
+            .args(["--generation-database", "none", "--no-color", "--workers", "1"])
+            // A response within 30 s: schemathesis' default of 10 s is missed on a loaded 2-core CI.
+            .args(["--max-response-time", "30"])
+            .arg("--tls-verify")
+            .arg(&ca_file)
+            .arg("--request-cert")
+            .arg(&cert_file)
+            .arg("--request-cert-key")
+            .arg(&key_file)
+            .args(["--header", &format!("Authorization: Bearer {token}")])
+            .env("SCHEMATHESIS_HOOKS", format!("{root}/tests/fixtures/schemathesis_hooks.py"))
+            .env("TESSERA_TEST_CSR_PEM", &hook_csr)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run schemathesis")
+    };
+    let mut out = run();
+    // Known and open: now and then one request of the run loses its connection ("EOF occurred in
+    // violation of protocol", seen on `renew` on a loaded machine) before any answer. It is not a
+    // contract failure, so the run is repeated once, and the first report is printed.
+    if !out.status.success() && String::from_utf8_lossy(&out.stdout).contains("EOF occurred in violation of protocol") {
+        eprintln!(
+            "schemathesis lost a connection; running it again. First report:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        out = run();
+    }
     let report = String::from_utf8_lossy(&out.stdout);
     eprintln!("schemathesis ran {:.0?}", started.elapsed());
     assert!(

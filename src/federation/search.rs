@@ -40,8 +40,10 @@ pub struct FederatedSearch {
     pub mode: Option<SearchMode>,
     /// Rows per source and in the merged result, 1..=500 [default: 20].
     #[schema(minimum = 1, maximum = 500)]
+    #[serde(default, deserialize_with = "crate::http::extract::integer::optional")]
     pub limit: Option<u32>,
     /// `local`, `peer` (every peer), `peer:<name>` or `all` [default: all]
+    #[schema(pattern = "^(local|peer|all|peer:.{1,200})$")]
     pub source: Option<String>,
 }
 
@@ -68,7 +70,7 @@ fn parse_source(source: Option<&str>) -> Result<Sources, ApiError> {
         "peer" => Ok(Sources::Peers),
         "all" => Ok(Sources::All),
         s => match s.strip_prefix("peer:") {
-            Some(name) if !name.is_empty() && name.len() <= 200 => Ok(Sources::Peer(name.to_string())),
+            Some(name) if !name.is_empty() && name.chars().count() <= 200 => Ok(Sources::Peer(name.to_string())),
             _ => Err(ApiError::invalid_field("source", "source must be local, peer, peer:<name> or all")),
         },
     }

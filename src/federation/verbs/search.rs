@@ -429,7 +429,7 @@ fn parse_body(raw: &[u8]) -> Result<SearchRequest, ApiError> {
 
 /// Ranked rows of a resource the grant allows, never a row `list` would not return.
 #[utoipa::path(post, path = "/api/federation/v1/search/{resource}", tag = "federation",
-    params(("resource" = String, Path, description = "tasks, notes or memory")), request_body = SearchRequest,
+    params(("resource" = String, Path, pattern = "^(tasks|notes|memory|credentials|api_keys)$", description = "tasks, notes or memory (credentials and api_keys are names a scope may carry; reading them is always denied)")), request_body = SearchRequest,
     responses(
         (status = 200, body = SearchResponse,
             headers(("x-tessera-limit-capped" = u32, description = "The grant's cap, when the requested limit was above it"))),
