@@ -319,15 +319,7 @@ impl PeerCaller {
         let body = list_body(limit, cursor);
         let value =
             self.call(peer, reqwest::Method::POST, &format!("/api/federation/v1/list/{resource}"), Some(body)).await?;
-        let mut page: PeerPage =
-            serde_json::from_value(value).map_err(|e| PeerError::InvalidResponse(peer.into(), e.to_string()))?;
-        for item in &mut page.items {
-            let Some(obj) = item.as_object_mut() else {
-                return Err(PeerError::InvalidResponse(peer.into(), "an item is not an object".into()));
-            };
-            obj.insert("_source".into(), peer.into());
-        }
-        Ok(page)
+        tagged_page(peer, value)
     }
 
     /// One page of a search of `resource` on `peer` (`body` as the search verb takes it), each
@@ -339,15 +331,7 @@ impl PeerCaller {
         let value = self
             .call(peer, reqwest::Method::POST, &format!("/api/federation/v1/search/{resource}"), Some(body))
             .await?;
-        let mut page: PeerPage =
-            serde_json::from_value(value).map_err(|e| PeerError::InvalidResponse(peer.into(), e.to_string()))?;
-        for item in &mut page.items {
-            let Some(obj) = item.as_object_mut() else {
-                return Err(PeerError::InvalidResponse(peer.into(), "an item is not an object".into()));
-            };
-            obj.insert("_source".into(), peer.into());
-        }
-        Ok(page)
+        tagged_page(peer, value)
     }
 
     /// One row by id from `peer`, tagged with the peer's name.
@@ -431,6 +415,19 @@ fn strip_url(message: &str) -> String {
         e.truncate(i);
     }
     e
+}
+
+/// A page of list or search from `peer`, each item's `_source` set to the peer's name.
+fn tagged_page(peer: &str, value: serde_json::Value) -> Result<PeerPage, PeerError> {
+    let mut page: PeerPage =
+        serde_json::from_value(value).map_err(|e| PeerError::InvalidResponse(peer.into(), e.to_string()))?;
+    for item in &mut page.items {
+        let Some(obj) = item.as_object_mut() else {
+            return Err(PeerError::InvalidResponse(peer.into(), "an item is not an object".into()));
+        };
+        obj.insert("_source".into(), peer.into());
+    }
+    Ok(page)
 }
 
 #[cfg(test)]
