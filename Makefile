@@ -6,7 +6,7 @@
 CARGO ?= cargo
 TEST_CLUSTER := target/tmp/pg-cluster
 
-.PHONY: run test bundles build lint fmt openapi clean-test-cluster
+.PHONY: run test bundles build lint fmt openapi clean-test-cluster sqlx-prepare
 
 run: bundles
 	$(CARGO) run --quiet --bin tessera -- serve
@@ -21,6 +21,8 @@ test: bundles
 clean-test-cluster:
 	@if [ -x target/debug/tessera ] && [ -d $(TEST_CLUSTER) ]; then \
 		TESSERA_LOG=warn target/debug/tessera --data-dir $(TEST_CLUSTER) db stop >/dev/null; fi
+	@if [ -x target/debug/tessera ] && [ -d target/tmp/sqlx-pg ]; then \
+		TESSERA_LOG=warn target/debug/tessera --data-dir target/tmp/sqlx-pg db stop >/dev/null; fi
 
 bundles:
 	@./scripts/install-bundles.sh
@@ -28,9 +30,15 @@ bundles:
 build:
 	$(CARGO) build --all-targets
 
-lint:
+# Clippy runs with the checked queries described against a freshly migrated schema, and fails
+# when the committed .sqlx/ offline data is stale (scripts/sqlx.sh).
+lint: bundles
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	@./scripts/sqlx.sh check
+
+# Rewrites .sqlx/ after a checked query (sqlx::query!) or a migration changes.
+sqlx-prepare: bundles
+	@./scripts/sqlx.sh prepare
 
 fmt:
 	$(CARGO) fmt --all

@@ -10,6 +10,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod connect_failure;
+pub mod error;
 pub mod federation;
 pub mod http;
 pub mod outbox;

@@ -63,5 +63,24 @@ impl From<Exit> for ExitCode {
     }
 }
 
+/// A domain error reaching the top of a command: refusals exit 3 with the domain's message; a
+/// dependency that is down or an internal failure exits 1 and prints the whole cause chain (the
+/// database's own message included), which the HTTP answer keeps to the log.
+impl<E: crate::error::DomainError> From<E> for super::client::CliError {
+    fn from(e: E) -> Self {
+        use crate::error::{Chain, Fault};
+        match e.fault() {
+            Fault::Internal | Fault::Unavailable { .. } => Self::new(Exit::Unreachable, Chain(&e).to_string()),
+            fault => {
+                let message = match fault.field() {
+                    Some(field) if !field.is_empty() => format!("{e} (field {field})"),
+                    _ => e.to_string(),
+                };
+                Self::new(Exit::Refused, message)
+            }
+        }
+    }
+}
+
 /// Invalid input that is not clap's to catch: wrap it so that [`Exit::for_error`] answers 64.
 pub use crate::outcome::Usage as UsageError;

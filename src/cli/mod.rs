@@ -123,6 +123,14 @@ pub enum BenchCommand {
 pub enum DbCommand {
     /// Stop the embedded Postgres running on the data dir, if any.
     Stop,
+    /// Start (or adopt) the embedded Postgres on the data dir, re-create `<database>` with every
+    /// migration applied, and print its URL: the schema sqlx's compile-time checks run against
+    /// (`scripts/sqlx.sh`). The cluster is left running; `tessera db stop` stops it.
+    Schema {
+        /// The database to (re)create.
+        #[arg(default_value = "tessera_schema")]
+        database: String,
+    },
 }
 
 /// Parses the command line and runs the command.
@@ -219,6 +227,12 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Db(DbCommand::Stop) => {
             let stopped = crate::services::postgres::stop_data_dir(&config.data_dir)?;
             eprintln!("{}", if stopped { "embedded Postgres stopped" } else { "embedded Postgres was not running" });
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Db(DbCommand::Schema { database }) => {
+            let pg = crate::services::postgres::EmbeddedPostgres::start(&config.data_dir, None).await?;
+            crate::store::recreate_migrated(&pg, &database).await?;
+            println!("{}", pg.url(&database));
             Ok(ExitCode::SUCCESS)
         }
         Command::Admin(c) => Ok(admin::bootstrap(c, &config).await),

@@ -11,6 +11,8 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use crate::error::{DomainError, Fault};
+
 /// The stable, machine-readable error codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -136,6 +138,27 @@ impl From<sqlx::Error> for ApiError {
 impl From<anyhow::Error> for ApiError {
     fn from(e: anyhow::Error) -> Self {
         Self::internal(e)
+    }
+}
+
+/// A domain error becomes the envelope its [`Fault`] names: the message is the error's
+/// `Display`, `details.field` the field; an internal fault is a bare 500 with the cause logged.
+impl<E: DomainError> From<E> for ApiError {
+    fn from(e: E) -> Self {
+        let message = e.to_string();
+        let (mut error, field) = match e.fault() {
+            Fault::Invalid { field } => (Self::invalid_request(message), field),
+            Fault::NotFound { field } => (Self::not_found(message), field),
+            Fault::Conflict { field } => (Self::conflict(message), field),
+            Fault::Forbidden => (Self::forbidden(message), None),
+            Fault::Gone => (Self::gone(message), None),
+            Fault::Unavailable { retry_after_secs } => (Self::unavailable(message, retry_after_secs), None),
+            Fault::Internal => return Self::internal(anyhow::Error::new(e)),
+        };
+        if let Some(field) = field.filter(|f| !f.is_empty()) {
+            error = error.with_details(serde_json::json!({ "field": field }));
+        }
+        error
     }
 }
 

@@ -7,6 +7,7 @@
 //! `impl PgExecutor<'_>` or `&mut PgConnection`, so the caller owns the transaction.
 
 pub mod advertised_url;
+pub mod constraint;
 pub mod demo;
 pub mod rows;
 pub mod transfer;
@@ -21,6 +22,31 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 /// The schema, embedded in the binary. sqlx applies pending migrations under a Postgres advisory
 /// lock (`pg_advisory_lock`), so replicas starting together cannot race each other.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// Drops and re-creates `database` in the embedded cluster with every migration applied: the
+/// schema the compile-time checked queries are described against (`tessera db schema`).
+///
+/// # Errors
+/// The name is not a plain identifier, or Postgres refuses.
+pub async fn recreate_migrated(pg: &crate::services::postgres::EmbeddedPostgres, database: &str) -> anyhow::Result<()> {
+    use sqlx::Connection as _;
+    anyhow::ensure!(
+        !database.is_empty() && database.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+        crate::outcome::Usage(format!("database name '{database}' must be letters, digits and '_'"))
+    );
+    let mut admin = sqlx::PgConnection::connect_with(&pg.connect_options("postgres")).await?;
+    // The name is checked above; identifiers cannot be bound as parameters.
+    for sql in
+        [format!("drop database if exists \"{database}\" with (force)"), format!("create database \"{database}\"")]
+    {
+        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await?;
+    }
+    admin.close().await.ok();
+    let pool = PgPool::connect_with(pg.connect_options(database)).await?;
+    migrate(&pool).await?;
+    pool.close().await;
+    Ok(())
+}
 
 /// Opens a pool and checks that the server is reachable within `connect_timeout`.
 ///
@@ -102,11 +128,12 @@ pub fn describe(opts: &PgConnectOptions) -> String {
 /// # Errors
 /// pgvector is not available, or the catalogue cannot be read.
 pub async fn require_pgvector(pool: &PgPool) -> anyhow::Result<()> {
-    let available: bool =
-        sqlx::query_scalar("select exists (select 1 from pg_available_extensions where name = 'vector')")
-            .fetch_one(pool)
-            .await
-            .context("cannot query pg_available_extensions")?;
+    let available = sqlx::query_scalar!(
+        r#"select exists (select 1 from pg_available_extensions where name = 'vector') as "available!""#
+    )
+    .fetch_one(pool)
+    .await
+    .context("cannot query pg_available_extensions")?;
     if !available {
         bail!(
             "the Postgres server does not provide the pgvector extension ('vector'); \
