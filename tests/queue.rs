@@ -1122,7 +1122,7 @@ async fn two_replicas_schedule_each_periodic_slot_once() {
         "select payload->>'slot', count(*) from queue.jobs where queue = 'maintenance' and kind = $1
           group by 1 order by 1",
     )
-    .bind(tessera::queue::schedule::RENEW_CERTS)
+    .bind(tessera::federation::RENEW_CERTS)
     .fetch_all(&db.pool)
     .await
     .unwrap();
@@ -1132,14 +1132,17 @@ async fn two_replicas_schedule_each_periodic_slot_once() {
         count(
             &db.pool,
             "select count(*) from queue.jobs where kind = $1 and status = 'done'",
-            tessera::queue::schedule::RENEW_CERTS,
+            tessera::federation::RENEW_CERTS,
         )
         .await
             >= 1
     })
     .await;
-    // The clean-up job's statements (it is due up to a tenth of its 5-minute period late).
+    // The clean-up jobs' statements (they are due up to a tenth of their 5-minute period late).
     tessera::queue::schedule::cleanup(&db.pool).await.unwrap();
+    tessera::admin::cleanup_sessions(&db.pool).await.unwrap();
+    tessera::federation::cleanup_enrollment_tokens(&db.pool).await.unwrap();
+    tessera::app::background::cleanup_deliveries(&db.pool).await.unwrap();
     drop((a, b));
 }
 
@@ -1338,13 +1341,13 @@ async fn a_hanging_receiver_holds_up_only_its_own_line() {
 async fn a_live_sibling_with_the_same_node_id_makes_the_second_process_take_a_fresh_one() {
     use sqlx::Connection;
     let db = TestDb::new().await;
-    let (first, first_lock) = tessera::queue::background::claim_node_id(&db.pool, "nshared".into()).await.unwrap();
+    let (first, first_lock) = tessera::queue::claim_node_id(&db.pool, "nshared".into()).await.unwrap();
     assert_eq!(first, "nshared", "the stable id while nobody else holds it");
-    let (second, second_lock) = tessera::queue::background::claim_node_id(&db.pool, "nshared".into()).await.unwrap();
+    let (second, second_lock) = tessera::queue::claim_node_id(&db.pool, "nshared".into()).await.unwrap();
     assert!(second.starts_with("nshared-") && second != first, "{second}");
     // Once the first process is gone, its next life gets the stable id back (and reconciles it).
     first_lock.close().await.unwrap();
-    let (again, again_lock) = tessera::queue::background::claim_node_id(&db.pool, "nshared".into()).await.unwrap();
+    let (again, again_lock) = tessera::queue::claim_node_id(&db.pool, "nshared".into()).await.unwrap();
     assert_eq!(again, "nshared");
     second_lock.close().await.unwrap();
     again_lock.close().await.unwrap();

@@ -58,11 +58,51 @@ impl Modify for SecuritySchemes {
     }
 }
 
-/// Routes under `/api/bootstrap`, `/api/auth` and `/api/admin`.
+/// Deletes sessions a day past their expiry or revocation.
+pub const SESSION_CLEANUP: &str = "admin.session_cleanup";
+
+/// Registers the admin plane's jobs with the queue: the session clean-up.
+pub fn register_jobs(registry: &mut crate::queue::Registry, pool: &sqlx::PgPool) {
+    let pool = pool.clone();
+    registry.periodic(SESSION_CLEANUP, crate::queue::schedule::CLEANUP_PERIOD, move |_job| {
+        let pool = pool.clone();
+        async move { cleanup_sessions(&pool).await.map_err(crate::queue::JobError::retryable) }
+    });
+}
+
+/// Deletes sessions a day past their expiry or revocation.
+///
+/// # Errors
+/// Database errors.
+pub async fn cleanup_sessions(pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "delete from sessions where expires_at < now() - interval '1 day' or revoked_at < now() - interval '1 day'"
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Routes under `/api/bootstrap`, `/api/auth` and `/api/admin`, including the queue's admin
+/// routes, which the admin guard protects ([`crate::queue::routes::Operators`]).
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(AdminDoc::openapi())
         .merge(bootstrap::router())
         .merge(sessions::router())
         .merge(tokens::router())
         .merge(data::routes::router())
+        .merge(crate::queue::routes::router())
+}
+
+/// The queue's operators are admins: [`guard::AdminUser`] answers 401 without a credential and
+/// 403 for a non-admin.
+impl crate::queue::routes::Operators for AppState {
+    async fn operator(
+        &self,
+        parts: &mut axum::http::request::Parts,
+    ) -> Result<crate::queue::routes::Operator, crate::http::error::ApiError> {
+        use axum::extract::FromRequestParts as _;
+        let admin = guard::AdminUser::from_request_parts(parts, self).await?;
+        Ok(crate::queue::routes::Operator { user_id: admin.user_id })
+    }
 }

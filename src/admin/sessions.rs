@@ -20,7 +20,6 @@
 //! cannot match an account, costs no hash and is not counted.
 
 use std::net::IpAddr;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use axum::Extension;
@@ -46,7 +45,8 @@ use crate::tls::ConnectionInfo;
 /// How long a session lives.
 pub const SESSION_DAYS: i64 = 7;
 
-/// Failed sign-in budget (`TESSERA_SIGNIN_MAX_FAILURES`, `TESSERA_SIGNIN_WINDOW_SECS`).
+/// Failed sign-in budget (`TESSERA_SIGNIN_MAX_FAILURES`, `TESSERA_SIGNIN_WINDOW_SECS`), part of
+/// the gateway's [`crate::config::Config`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SignInThrottle {
     /// Failures allowed per account and address within one window (default 10).
@@ -63,48 +63,6 @@ impl Default for SignInThrottle {
 
 /// Failures per address (any account) are allowed this many times the per-account budget.
 const ADDRESS_FACTOR: u32 = 5;
-
-static THROTTLE: OnceLock<SignInThrottle> = OnceLock::new();
-
-impl SignInThrottle {
-    /// Reads the two settings from the environment.
-    ///
-    /// # Errors
-    /// A value that is not a positive integer; the message names the variable.
-    pub fn from_env() -> anyhow::Result<Self> {
-        let mut t = Self::default();
-        if let Some(n) = positive("TESSERA_SIGNIN_MAX_FAILURES")? {
-            t.max_failures = u32::try_from(n).map_err(|_| anyhow::anyhow!("TESSERA_SIGNIN_MAX_FAILURES: too large"))?;
-        }
-        if let Some(secs) = positive("TESSERA_SIGNIN_WINDOW_SECS")? {
-            t.window = Duration::from_secs(secs);
-        }
-        Ok(t)
-    }
-
-    /// Validates the settings once at start-up so a bad value stops the gateway.
-    ///
-    /// # Errors
-    /// See [`Self::from_env`].
-    pub fn init_from_env() -> anyhow::Result<Self> {
-        let t = Self::from_env()?;
-        Ok(*THROTTLE.get_or_init(|| t))
-    }
-
-    fn current() -> Self {
-        *THROTTLE.get_or_init(|| Self::from_env().unwrap_or_default())
-    }
-}
-
-fn positive(key: &str) -> anyhow::Result<Option<u64>> {
-    match std::env::var(key) {
-        Ok(v) if !v.trim().is_empty() => match v.trim().parse::<u64>() {
-            Ok(n) if n > 0 => Ok(Some(n)),
-            _ => anyhow::bail!("invalid configuration: {key}: '{v}' is not a positive integer"),
-        },
-        _ => Ok(None),
-    }
-}
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -211,7 +169,7 @@ pub async fn sign_in(
 ) -> Result<Response, ApiError> {
     // A page on another site must not sign the browser in to an account of its choosing.
     super::cross_site::refuse_foreign_origin(&headers, &uri, &state.config.public_url)?;
-    let throttle = SignInThrottle::current();
+    let throttle = state.config.sign_in;
     let ip = client_ip(conn.as_ref().map(|e| &e.0));
     // Longer than any stored value (both are checked on create): refused before the throttle,
     // the database or a hash, and so before they can cost anyone budget.

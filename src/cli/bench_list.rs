@@ -307,20 +307,15 @@ impl BenchServer {
         bench_config.federation.rate_per_minute = 1_000_000;
         let limits = crate::app::connection_limits(&bench_config);
         let oids = bench_config.federation.oids.clone();
-        let (audit, audit_writer) = crate::federation::audit::AuditSink::start(pool.clone());
         let peer_reads = crate::store::peer_read_pool(pool, concurrency as u32 + 2);
-        let state = AppState {
+        let (state, audit_writer) = AppState::new(crate::app::Services {
             pool: pool.clone(),
             peer_reads: peer_reads.clone(),
-            grant_memo: Default::default(),
-            config: Arc::new(bench_config),
+            config: bench_config,
             ca: ca.clone(),
             sealing: sealing.clone(),
-            limiter: crate::ratelimit::RateLimiter::in_memory(),
             valkey: None,
-            audit,
-            breakers: Default::default(),
-        };
+        });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -67,7 +67,8 @@ pub async fn run(config: &Config, args: &QueueBench) -> anyhow::Result<()> {
 
 async fn bench(pool: &sqlx::PgPool, args: &QueueBench) -> anyhow::Result<()> {
     crate::store::migrate(pool).await?;
-    let sync: String = sqlx::query_scalar("show synchronous_commit").fetch_one(pool).await?;
+    let sync =
+        sqlx::query_scalar!(r#"select current_setting('synchronous_commit') as "sync!""#).fetch_one(pool).await?;
     anyhow::ensure!(sync == "on", "synchronous_commit is '{sync}'; the figures must be taken with durable commits");
     let suffix = hex::encode(rand::random::<[u8; 4]>());
     let queue = format!("bench-{suffix}");
@@ -77,7 +78,7 @@ async fn bench(pool: &sqlx::PgPool, args: &QueueBench) -> anyhow::Result<()> {
 
     // Earlier runs leave dead rows behind (their jobs are deleted at the end); clear them so that
     // runs are comparable.
-    sqlx::query("vacuum (analyze) queue.jobs").execute(pool).await?;
+    sqlx::query!("vacuum (analyze) queue.jobs").execute(pool).await?;
 
     // 1. Burn-down.
     let t = Instant::now();
@@ -118,11 +119,12 @@ async fn bench(pool: &sqlx::PgPool, args: &QueueBench) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     loop {
-        let open: i64 =
-            sqlx::query_scalar("select count(*) from queue.jobs where queue = $1 and status in ('pending', 'running')")
-                .bind(&queue)
-                .fetch_one(pool)
-                .await?;
+        let open: i64 = sqlx::query_scalar!(
+            r#"select count(*) as "n!" from queue.jobs where queue = $1 and status in ('pending', 'running')"#,
+            queue
+        )
+        .fetch_one(pool)
+        .await?;
         if open == 0 {
             break;
         }
@@ -130,10 +132,10 @@ async fn bench(pool: &sqlx::PgPool, args: &QueueBench) -> anyhow::Result<()> {
     }
     let burn = t.elapsed();
     runtime.shutdown().await;
-    let done: i64 = sqlx::query_scalar("select count(*) from queue.jobs where queue = $1 and status = 'done'")
-        .bind(&queue)
-        .fetch_one(pool)
-        .await?;
+    let done =
+        sqlx::query_scalar!(r#"select count(*) as "n!" from queue.jobs where queue = $1 and status = 'done'"#, queue)
+            .fetch_one(pool)
+            .await?;
     println!(
         "  burn-down: {} no-op jobs done in {:.2} s = {:.0} jobs/s ({} claim loops, batch {}, {} done in the database)",
         args.jobs,
@@ -182,7 +184,7 @@ async fn bench(pool: &sqlx::PgPool, args: &QueueBench) -> anyhow::Result<()> {
         ms(samples.last().copied().unwrap_or_default()),
     );
 
-    sqlx::query("delete from queue.jobs where queue = $1").bind(&queue).execute(pool).await?;
-    sqlx::query("delete from queue.queues where name = $1").bind(&queue).execute(pool).await?;
+    sqlx::query!("delete from queue.jobs where queue = $1", queue).execute(pool).await?;
+    sqlx::query!("delete from queue.queues where name = $1", queue).execute(pool).await?;
     Ok(())
 }

@@ -83,8 +83,9 @@ fn usage(message: impl std::fmt::Display) -> ExitCode {
 }
 
 fn check_name(name: &str) -> Option<ExitCode> {
-    (!queue::valid_queue_name(name))
-        .then(|| usage(format!("'{name}' is not a queue name (1 to 63 characters: a-z, 0-9, '_', '.', '-')")))
+    queue::QueueName::parse(name)
+        .err()
+        .map(|_| usage(format!("'{name}' is not a queue name (1 to 63 characters: a-z, 0-9, '_', '.', '-')")))
 }
 
 /// Runs a queue command.
@@ -166,18 +167,17 @@ async fn inner(pool: &sqlx::PgPool, cmd: QueueCommand) -> anyhow::Result<ExitCod
             if let Some(code) = name.as_deref().and_then(check_name) {
                 return Ok(code);
             }
-            if let Some(s) = &status
-                && !crate::queue::routes::STATUSES.contains(&s.as_str())
-            {
-                return Ok(usage(format!("status must be one of {}", crate::queue::routes::STATUSES.join(", "))));
-            }
+            let status = match status.as_deref().map(str::parse::<queue::JobStatus>).transpose() {
+                Ok(status) => status,
+                Err(e) => return Ok(usage(e)),
+            };
             let limit = limit.clamp(1, 1000);
-            let mut seen: HashSet<(String, String, i32)> = HashSet::new();
+            let mut seen: HashSet<(String, queue::JobStatus, i32)> = HashSet::new();
             loop {
-                let mut jobs = queue::recent_jobs(pool, name.as_deref(), status.as_deref(), limit).await?;
+                let mut jobs = queue::recent_jobs(pool, name.as_deref(), status, limit).await?;
                 jobs.reverse();
                 for job in jobs {
-                    if seen.insert((job.id.clone(), job.status.clone(), job.attempts)) {
+                    if seen.insert((job.id.clone(), job.status, job.attempts)) {
                         print_job(&job, json)?;
                     }
                 }

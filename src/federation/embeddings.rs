@@ -18,7 +18,6 @@ use uuid::Uuid;
 
 use super::verbs::search::DIMENSION;
 use crate::config::SearchSettings;
-use crate::queue::{HandlerRegistry, JobError};
 
 /// The periodic job kind that fills missing insight embeddings.
 pub const EMBED_INSIGHTS: &str = "search.embed_insights";
@@ -157,15 +156,6 @@ pub async fn fill_missing(pool: &PgPool, settings: &SearchSettings) -> anyhow::R
         tracing::info!(filled, "filled missing insight embeddings");
     }
     Ok(filled)
-}
-
-/// Registers [`EMBED_INSIGHTS`]; scheduled with the other periodic jobs
-/// ([`crate::queue::schedule::PERIODIC`]).
-pub fn register(registry: &mut HandlerRegistry, pool: PgPool, settings: SearchSettings) {
-    registry.register(EMBED_INSIGHTS, move |_job| {
-        let (pool, settings) = (pool.clone(), settings.clone());
-        async move { fill_missing(&pool, &settings).await.map(|_| ()).map_err(|e| JobError::Retryable(format!("{e:#}"))) }
-    });
 }
 
 #[cfg(test)]

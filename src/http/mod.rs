@@ -35,16 +35,17 @@ use crate::app::AppState;
 )]
 struct ApiDoc;
 
-/// Every route with its OpenAPI metadata. Each area contributes a router with full paths.
-fn api_router(state: Option<AppState>) -> OpenApiRouter<AppState> {
+/// Every route with its OpenAPI metadata. Each area contributes a router with full paths; the
+/// admin plane mounts the queue's. `peer_verbs` are the federation verbs, guarded when served
+/// ([`crate::federation::guarded_verbs`]) and bare for the document (layers do not change it).
+fn api_router(peer_verbs: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(health::openapi_json))
         .routes(routes!(metrics::metrics))
         .merge(crate::admin::router())
-        .merge(crate::federation::router(state))
-        .merge(crate::queue::routes::router())
+        .merge(crate::federation::router(peer_verbs))
         .merge(crate::outbox::routes::router())
 }
 
@@ -53,7 +54,7 @@ fn api_router(state: Option<AppState>) -> OpenApiRouter<AppState> {
 /// As a JSON value: the rules between fields that [`contract::complete`] adds have no typed form
 /// in utoipa.
 pub fn openapi_document() -> serde_json::Value {
-    contract::complete(api_router(None).split_for_parts().1)
+    contract::complete(api_router(crate::federation::verbs()).split_for_parts().1)
 }
 
 /// The document as pretty JSON with a trailing newline, exactly as committed in `openapi/tessera.json`.
@@ -78,7 +79,7 @@ pub fn openapi_document_json() -> &'static str {
 /// layer's `request` span continues an incoming W3C `traceparent` when traces are exported
 /// (see [`crate::telemetry`]) and carries the trace id that log lines print.
 pub fn router(state: AppState) -> Router {
-    let (router, _) = api_router(Some(state.clone())).split_for_parts();
+    let (router, _) = api_router(crate::federation::guarded_verbs(&state)).split_for_parts();
     router
         .fallback(error::not_found_fallback)
         .method_not_allowed_fallback(error::method_not_allowed_fallback)

@@ -12,29 +12,32 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
-use super::worker::{HandlerRegistry, Job, JobError};
+use super::registry::Registry;
+use super::worker::{Job, JobError};
 
 /// The kind name.
 pub const KIND: &str = "diag.probe";
 /// The queue the gateway runs it on.
 pub const QUEUE: &str = "diag";
 
-/// Registers `diag.probe` on `registry`.
-pub fn register(registry: &mut HandlerRegistry, pool: PgPool) {
-    registry.register(KIND, move |job: Job| {
+/// Registers `diag.probe` on `registry`, run on [`QUEUE`].
+pub fn register(registry: &mut Registry, pool: PgPool) {
+    registry.handler(QUEUE, KIND, move |job: Job| {
         let pool = pool.clone();
         async move { probe(&pool, job).await }
     });
 }
 
 async fn probe(pool: &PgPool, job: Job) -> Result<(), JobError> {
-    sqlx::query("insert into queue.diag_runs (job_id, attempt, worker) values ($1, $2, $3)")
-        .bind(&job.id)
-        .bind(job.attempt)
-        .bind(&*job.worker)
-        .execute(pool)
-        .await
-        .map_err(JobError::retryable)?;
+    sqlx::query!(
+        "insert into queue.diag_runs (job_id, attempt, worker) values ($1, $2, $3)",
+        job.id,
+        job.attempt,
+        &*job.worker
+    )
+    .execute(pool)
+    .await
+    .map_err(JobError::retryable)?;
     let p = &job.payload;
     if let Some(ms) = p.get("sleepMs").and_then(serde_json::Value::as_u64) {
         tokio::time::sleep(Duration::from_millis(ms.min(5_000))).await;

@@ -33,8 +33,8 @@
 //! - **Pause** is checked inside the claim statement, so a paused queue stops being claimed on
 //!   the next claim (at most one poll interval later); jobs already claimed finish.
 
-pub mod background;
 pub mod diag;
+pub mod registry;
 pub mod routes;
 pub mod schedule;
 pub mod settings;
@@ -46,6 +46,7 @@ use sha2::{Digest, Sha256};
 use sqlx::PgExecutor;
 use utoipa::ToSchema;
 
+pub use registry::{Periodic, Registry, Running};
 pub use worker::{Handler, HandlerRegistry, JobError, QueueRuntime, Worker, WorkerOptions};
 
 /// Default attempt cap of a job.
@@ -54,6 +55,92 @@ pub const DEFAULT_MAX_ATTEMPTS: i32 = 10;
 pub const DEFAULT_CONCURRENCY: i32 = 64;
 /// Channel the insert trigger notifies, with the queue name as payload.
 pub const NOTIFY_CHANNEL: &str = "tessera_queue";
+
+/// Where a job is in its life: `pending → running → done`; a retryable failure goes back to
+/// `pending`, or to `dead` once its attempts are spent; a fatal one makes it `failed`; a drain
+/// makes pending jobs `cancelled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, ToSchema, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Pending,
+    Running,
+    Done,
+    Failed,
+    Dead,
+    Cancelled,
+}
+
+impl JobStatus {
+    pub const ALL: [Self; 6] = [Self::Pending, Self::Running, Self::Done, Self::Failed, Self::Dead, Self::Cancelled];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Done => "done",
+            Self::Failed => "failed",
+            Self::Dead => "dead",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// "pending, running, done, failed, dead, cancelled", for messages.
+    pub fn list() -> String {
+        Self::ALL.map(Self::as_str).join(", ")
+    }
+}
+
+impl std::fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for JobStatus {
+    type Err = UnknownStatus;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL.into_iter().find(|status| status.as_str() == s).ok_or(UnknownStatus)
+    }
+}
+
+/// A string that is no [`JobStatus`].
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("status must be one of {}", JobStatus::list())]
+pub struct UnknownStatus;
+
+/// A checked queue name ([`valid_queue_name`]). Queue names are open (an operator may pause or
+/// size a queue before any job of it exists, and callers create their own), so the type checks
+/// the rule rather than listing names; the gateway's own queues are [`schedule::QUEUE`] and
+/// [`diag::QUEUE`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, sqlx::Type)]
+#[serde(transparent)]
+#[sqlx(transparent)]
+pub struct QueueName(String);
+
+/// A string that breaks the queue name rule.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("queue names have 1 to 63 characters: a-z, 0-9, '_', '.', '-'")]
+pub struct InvalidQueueName;
+
+impl QueueName {
+    /// # Errors
+    /// [`InvalidQueueName`] when `name` breaks the rule.
+    pub fn parse(name: &str) -> Result<Self, InvalidQueueName> {
+        if valid_queue_name(name) { Ok(Self(name.to_string())) } else { Err(InvalidQueueName) }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for QueueName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 /// A job to enqueue.
 #[derive(Debug, Clone)]
@@ -128,17 +215,17 @@ pub struct Enqueued {
 /// Database errors.
 pub async fn enqueue<'e, E: PgExecutor<'e>>(db: E, job: &NewJob) -> Result<Enqueued, sqlx::Error> {
     let id = job.id();
-    let done = sqlx::query(
+    let done = sqlx::query!(
         "insert into queue.jobs (id, queue, kind, payload, run_at, max_attempts)
          values ($1, $2, $3, $4, coalesce($5, now()), $6)
          on conflict (id) do nothing",
+        id,
+        job.queue,
+        job.kind,
+        job.payload,
+        job.run_at,
+        job.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
     )
-    .bind(&id)
-    .bind(&job.queue)
-    .bind(&job.kind)
-    .bind(&job.payload)
-    .bind(job.run_at)
-    .bind(job.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS))
     .execute(db)
     .await?;
     Ok(Enqueued { id, created: done.rows_affected() == 1 })
@@ -150,24 +237,24 @@ pub async fn enqueue<'e, E: PgExecutor<'e>>(db: E, job: &NewJob) -> Result<Enque
 /// Database errors.
 pub async fn enqueue_many<'e, E: PgExecutor<'e>>(db: E, jobs: &[NewJob]) -> Result<u64, sqlx::Error> {
     let ids: Vec<String> = jobs.iter().map(NewJob::id).collect();
-    let queues: Vec<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();
-    let kinds: Vec<&str> = jobs.iter().map(|j| j.kind.as_str()).collect();
-    let payloads: Vec<&serde_json::Value> = jobs.iter().map(|j| &j.payload).collect();
+    let queues: Vec<String> = jobs.iter().map(|j| j.queue.clone()).collect();
+    let kinds: Vec<String> = jobs.iter().map(|j| j.kind.clone()).collect();
+    let payloads: Vec<serde_json::Value> = jobs.iter().map(|j| j.payload.clone()).collect();
     let run_at: Vec<Option<DateTime<Utc>>> = jobs.iter().map(|j| j.run_at).collect();
     let max: Vec<i32> = jobs.iter().map(|j| j.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS)).collect();
-    let done = sqlx::query(
+    let done = sqlx::query!(
         "insert into queue.jobs (id, queue, kind, payload, run_at, max_attempts)
          select id, queue, kind, payload, coalesce(run_at, now()), max_attempts
            from unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::timestamptz[], $6::int[])
                 as t(id, queue, kind, payload, run_at, max_attempts)
          on conflict (id) do nothing",
+        &ids,
+        &queues,
+        &kinds,
+        &payloads,
+        &run_at as &[Option<DateTime<Utc>>],
+        &max,
     )
-    .bind(&ids)
-    .bind(&queues)
-    .bind(&kinds)
-    .bind(&payloads)
-    .bind(&run_at)
-    .bind(&max)
     .execute(db)
     .await?;
     Ok(done.rows_affected())
@@ -199,7 +286,27 @@ pub struct QueueStats {
     pub oldest_pending_secs: Option<f64>,
 }
 
-const STATS_SQL: &str = "
+/// Every known queue (with a control row or at least one job), by name.
+///
+/// # Errors
+/// Database errors.
+pub async fn list_queues(db: impl PgExecutor<'_>) -> Result<Vec<QueueStats>, sqlx::Error> {
+    queue_stats(db, None).await
+}
+
+/// One queue's stats; `None` when the queue is unknown.
+///
+/// # Errors
+/// Database errors.
+pub async fn stats(db: impl PgExecutor<'_>, name: &str) -> Result<Option<QueueStats>, sqlx::Error> {
+    Ok(queue_stats(db, Some(name)).await?.pop())
+}
+
+/// The stats of every queue, or of the one named.
+async fn queue_stats(db: impl PgExecutor<'_>, name: Option<&str>) -> Result<Vec<QueueStats>, sqlx::Error> {
+    sqlx::query_as!(
+        QueueStats,
+        r#"
     with names as (
         select name from queue.queues where $1::text is null or name = $1
         union
@@ -210,36 +317,25 @@ const STATS_SQL: &str = "
           from queue.jobs where $1::text is null or queue = $1
          group by queue, status
     )
-    select n.name,
-           coalesce(q.paused, false) as paused,
-           coalesce(q.concurrency, 64) as concurrency,
-           coalesce(sum(c.n) filter (where c.status = 'pending'), 0)::int8 as pending,
-           coalesce(sum(c.n) filter (where c.status = 'running'), 0)::int8 as running,
-           coalesce(sum(c.n) filter (where c.status = 'done'), 0)::int8 as done,
-           coalesce(sum(c.n) filter (where c.status = 'failed'), 0)::int8 as failed,
-           coalesce(sum(c.n) filter (where c.status = 'dead'), 0)::int8 as dead,
-           coalesce(sum(c.n) filter (where c.status = 'cancelled'), 0)::int8 as cancelled,
+    select n.name as "name!",
+           coalesce(q.paused, false) as "paused!",
+           coalesce(q.concurrency, 64) as "concurrency!",
+           coalesce(sum(c.n) filter (where c.status = 'pending'), 0)::int8 as "pending!",
+           coalesce(sum(c.n) filter (where c.status = 'running'), 0)::int8 as "running!",
+           coalesce(sum(c.n) filter (where c.status = 'done'), 0)::int8 as "done!",
+           coalesce(sum(c.n) filter (where c.status = 'failed'), 0)::int8 as "failed!",
+           coalesce(sum(c.n) filter (where c.status = 'dead'), 0)::int8 as "dead!",
+           coalesce(sum(c.n) filter (where c.status = 'cancelled'), 0)::int8 as "cancelled!",
            max(c.oldest) filter (where c.status = 'pending') as oldest_pending_secs
       from names n
       left join queue.queues q on q.name = n.name
       left join counts c on c.queue = n.name
      group by n.name, q.paused, q.concurrency
-     order by n.name";
-
-/// Every known queue (with a control row or at least one job), by name.
-///
-/// # Errors
-/// Database errors.
-pub async fn list_queues(db: impl PgExecutor<'_>) -> Result<Vec<QueueStats>, sqlx::Error> {
-    sqlx::query_as::<_, QueueStats>(STATS_SQL).bind(None::<String>).fetch_all(db).await
-}
-
-/// One queue's stats; `None` when the queue is unknown.
-///
-/// # Errors
-/// Database errors.
-pub async fn stats(db: impl PgExecutor<'_>, name: &str) -> Result<Option<QueueStats>, sqlx::Error> {
-    sqlx::query_as::<_, QueueStats>(STATS_SQL).bind(name).fetch_optional(db).await
+     order by n.name"#,
+        name
+    )
+    .fetch_all(db)
+    .await
 }
 
 /// Pauses or resumes a queue (creating its control row). Resuming wakes idle workers.
@@ -247,17 +343,17 @@ pub async fn stats(db: impl PgExecutor<'_>, name: &str) -> Result<Option<QueueSt
 /// # Errors
 /// Database errors.
 pub async fn set_paused(db: impl PgExecutor<'_>, name: &str, paused: bool) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "with up as (
             insert into queue.queues (name, paused) values ($1, $2)
             on conflict (name) do update set paused = excluded.paused, updated_at = now()
             returning name
          )
          select pg_notify($3, name) from up where not $2",
+        name,
+        paused,
+        NOTIFY_CHANNEL,
     )
-    .bind(name)
-    .bind(paused)
-    .bind(NOTIFY_CHANNEL)
     .execute(db)
     .await?;
     Ok(())
@@ -268,12 +364,12 @@ pub async fn set_paused(db: impl PgExecutor<'_>, name: &str, paused: bool) -> Re
 /// # Errors
 /// Database errors (including the range check, 1..=4096).
 pub async fn set_concurrency(db: impl PgExecutor<'_>, name: &str, concurrency: i32) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "insert into queue.queues (name, concurrency) values ($1, $2)
          on conflict (name) do update set concurrency = excluded.concurrency, updated_at = now()",
+        name,
+        concurrency,
     )
-    .bind(name)
-    .bind(concurrency)
     .execute(db)
     .await?;
     Ok(())
@@ -284,11 +380,11 @@ pub async fn set_concurrency(db: impl PgExecutor<'_>, name: &str, concurrency: i
 /// # Errors
 /// Database errors.
 pub async fn drain(db: impl PgExecutor<'_>, name: &str) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query(
+    let done = sqlx::query!(
         "update queue.jobs set status = 'cancelled', finished_at = now(), updated_at = now()
           where queue = $1 and status = 'pending'",
+        name,
     )
-    .bind(name)
     .execute(db)
     .await?;
     Ok(done.rows_affected())
@@ -303,7 +399,7 @@ pub struct JobView {
     pub kind: String,
     #[schema(value_type = Object)]
     pub payload: serde_json::Value,
-    pub status: String,
+    pub status: JobStatus,
     pub attempts: i32,
     pub max_attempts: i32,
     pub run_at: DateTime<Utc>,
@@ -315,9 +411,6 @@ pub struct JobView {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-const JOB_COLUMNS: &str = "id, queue, kind, payload, status, attempts, max_attempts, run_at, lease_owner, \
-     lease_expires_at, last_error, created_at, updated_at, finished_at";
-
 /// The most recently changed jobs, newest first, optionally of one queue and status.
 ///
 /// # Errors
@@ -325,15 +418,22 @@ const JOB_COLUMNS: &str = "id, queue, kind, payload, status, attempts, max_attem
 pub async fn recent_jobs(
     db: impl PgExecutor<'_>,
     queue: Option<&str>,
-    status: Option<&str>,
+    status: Option<JobStatus>,
     limit: i64,
 ) -> Result<Vec<JobView>, sqlx::Error> {
-    let sql = format!(
-        "select {JOB_COLUMNS} from queue.jobs
-          where ($1::text is null or queue = $1) and ($2::text is null or status = $2)
-          order by updated_at desc, id desc limit $3"
-    );
-    sqlx::query_as::<_, JobView>(sqlx::AssertSqlSafe(sql)).bind(queue).bind(status).bind(limit).fetch_all(db).await
+    sqlx::query_as!(
+        JobView,
+        r#"select id, queue, kind, payload, status as "status: JobStatus", attempts, max_attempts, run_at,
+                  lease_owner, lease_expires_at, last_error, created_at, updated_at, finished_at
+             from queue.jobs
+            where ($1::text is null or queue = $1) and ($2::text is null or status = $2)
+            order by updated_at desc, id desc limit $3"#,
+        queue,
+        status as Option<JobStatus>,
+        limit,
+    )
+    .fetch_all(db)
+    .await
 }
 
 /// One job by id.
@@ -341,8 +441,15 @@ pub async fn recent_jobs(
 /// # Errors
 /// Database errors.
 pub async fn find_job(db: impl PgExecutor<'_>, id: &str) -> Result<Option<JobView>, sqlx::Error> {
-    let sql = format!("select {JOB_COLUMNS} from queue.jobs where id = $1");
-    sqlx::query_as::<_, JobView>(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(db).await
+    sqlx::query_as!(
+        JobView,
+        r#"select id, queue, kind, payload, status as "status: JobStatus", attempts, max_attempts, run_at,
+                  lease_owner, lease_expires_at, last_error, created_at, updated_at, finished_at
+             from queue.jobs where id = $1"#,
+        id,
+    )
+    .fetch_optional(db)
+    .await
 }
 
 /// Why [`retry`] refused.
@@ -351,7 +458,7 @@ pub enum RetryError {
     #[error("no such job")]
     NotFound,
     #[error("job is {0}; only dead, failed or cancelled jobs can be retried")]
-    NotRetryable(String),
+    NotRetryable(JobStatus),
     #[error(transparent)]
     Db(#[from] sqlx::Error),
 }
@@ -361,17 +468,28 @@ pub enum RetryError {
 /// # Errors
 /// [`RetryError`].
 pub async fn retry(db: &sqlx::PgPool, id: &str) -> Result<JobView, RetryError> {
-    let sql = format!(
-        "with up as (
+    // The row as updated, from the same statement: read afterwards, a worker could already
+    // have claimed it. (sqlx's checked macros take only literals, so the column list is
+    // written out here as in `recent_jobs` and `find_job`.)
+    let row = sqlx::query_as!(
+        JobView,
+        r#"with up as (
             update queue.jobs set status = 'pending', attempts = 0, run_at = now(), lease_owner = null,
                    lease_expires_at = null, finished_at = null, updated_at = now()
              where id = $1 and status in ('dead', 'failed', 'cancelled')
-         returning {JOB_COLUMNS}
+         returning id, queue, kind, payload, status, attempts, max_attempts, run_at, lease_owner,
+                   lease_expires_at, last_error, created_at, updated_at, finished_at
          ), wake as (select pg_notify($2, queue) from up)
-         select up.* from up, (select count(*) from wake) w"
-    );
-    let row =
-        sqlx::query_as::<_, JobView>(sqlx::AssertSqlSafe(sql)).bind(id).bind(NOTIFY_CHANNEL).fetch_optional(db).await?;
+         select up.id as "id!", up.queue as "queue!", up.kind as "kind!", up.payload as "payload!",
+                up.status as "status!: JobStatus", up.attempts as "attempts!", up.max_attempts as "max_attempts!",
+                up.run_at as "run_at!", up.lease_owner, up.lease_expires_at, up.last_error,
+                up.created_at as "created_at!", up.updated_at as "updated_at!", up.finished_at
+           from up, (select count(*) from wake) w"#,
+        id,
+        NOTIFY_CHANNEL,
+    )
+    .fetch_optional(db)
+    .await?;
     match row {
         Some(job) => Ok(job),
         None => match find_job(db, id).await? {
@@ -388,15 +506,15 @@ pub async fn retry(db: &sqlx::PgPool, id: &str) -> Result<JobView, RetryError> {
 /// # Errors
 /// Database errors.
 pub async fn reconcile_node(db: impl PgExecutor<'_>, node_id: &str) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query(
+    let done = sqlx::query!(
         "update queue.jobs
             set status = case when attempts >= max_attempts then 'dead' else 'pending' end,
                 finished_at = case when attempts >= max_attempts then now() end,
                 last_error = 'interrupted: the worker restarted while the job ran',
                 lease_owner = null, lease_expires_at = null, run_at = now(), updated_at = now()
           where status = 'running' and starts_with(lease_owner, $1 || '/')",
+        node_id,
     )
-    .bind(node_id)
     .execute(db)
     .await?;
     Ok(done.rows_affected())
@@ -408,7 +526,7 @@ pub async fn reconcile_node(db: impl PgExecutor<'_>, node_id: &str) -> Result<u6
 /// # Errors
 /// Database errors.
 pub async fn reclaim_expired(db: impl PgExecutor<'_>) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query(
+    let done = sqlx::query!(
         "update queue.jobs
             set status = case when attempts >= max_attempts then 'dead' else 'pending' end,
                 finished_at = case when attempts >= max_attempts then now() end,
@@ -419,6 +537,43 @@ pub async fn reclaim_expired(db: impl PgExecutor<'_>) -> Result<u64, sqlx::Error
     .execute(db)
     .await?;
     Ok(done.rows_affected())
+}
+
+/// Makes sure no other live process uses `node_id`; returns the id to use and the connection
+/// that holds its lock.
+///
+/// Start-up hands back every job and delivery leased under this process's node id, which is
+/// right for the previous life of this gateway and wrong for a live sibling that happens to
+/// share it (two replicas with the same host name and data dir path, for example containers
+/// with a pinned `hostname:`). A session advisory lock on the id, held for the life of the
+/// process, tells them apart: when it is taken, this process runs under a fresh random id
+/// instead (and so reconciles nothing of the sibling's).
+///
+/// # Errors
+/// Database errors.
+pub async fn claim_node_id(pool: &sqlx::PgPool, node_id: String) -> anyhow::Result<(String, sqlx::PgConnection)> {
+    use sqlx::Connection;
+    let mut conn = pool.acquire().await?.detach();
+    if try_node_lock(&mut conn, &node_id).await? {
+        return Ok((node_id, conn));
+    }
+    let fresh = format!("{node_id}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    tracing::warn!(node_id = %node_id, fresh = %fresh, "another live gateway uses this node id; running under a fresh one");
+    if !try_node_lock(&mut conn, &fresh).await? {
+        conn.close().await.ok();
+        anyhow::bail!("cannot take a node id lock");
+    }
+    Ok((fresh, conn))
+}
+
+/// Takes the session advisory lock of `node_id` on `conn`, unless another session holds it.
+async fn try_node_lock(conn: &mut sqlx::PgConnection, node_id: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"select pg_try_advisory_lock(hashtextextended('tessera-node:' || $1, 0)) as "locked!""#,
+        node_id
+    )
+    .fetch_one(conn)
+    .await
 }
 
 /// A node id that stays the same across restarts of one gateway: a hash of the host name and

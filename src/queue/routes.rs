@@ -1,18 +1,52 @@
 //! Admin API of the queue under `/api/admin/queues` and `/api/admin/jobs` (the same operations as
-//! `tessera queue ...`). Every route takes [`AdminUser`]: 401 without a credential, 403 for a
-//! non-admin.
+//! `tessera queue ...`).
+//!
+//! The routes take the queue's own state ([`QueueState`], the pool) and an [`Operator`]: who
+//! is asking, established by the plane that mounts them through [`Operators`] (the admin plane:
+//! 401 without a credential, 403 for a non-admin). So the queue knows neither the admin guard
+//! nor the application's state, and the router is built, for the OpenAPI document too, without
+//! a state value.
 
-use axum::extract::State;
+use std::future::Future;
+
+use axum::extract::{FromRef, FromRequestParts, State};
+use axum::http::request::Parts;
 use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
+use uuid::Uuid;
 
-use super::{JobView, QueueStats, RetryError};
-use crate::admin::guard::AdminUser;
-use crate::app::AppState;
+use super::{JobStatus, JobView, QueueName, QueueStats, RetryError};
 use crate::http::error::{ApiError, ErrorEnvelope};
 use crate::http::extract::{Json, Path, Query};
+
+/// The queue routes' state: the database the queue lives in.
+#[derive(Clone)]
+pub struct QueueState {
+    pub pool: PgPool,
+}
+
+/// Who operates the queue, for the log line of every change.
+#[derive(Debug, Clone)]
+pub struct Operator {
+    pub user_id: Uuid,
+}
+
+/// How the plane that mounts the queue routes tells who is asking, or refuses the request.
+pub trait Operators: Send + Sync {
+    /// The operator behind the request, or the refusal (401, 403) to answer.
+    fn operator(&self, parts: &mut Parts) -> impl Future<Output = Result<Operator, ApiError>> + Send;
+}
+
+impl<S: Operators> FromRequestParts<S> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        state.operator(parts).await
+    }
+}
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct QueueList {
@@ -52,24 +86,20 @@ pub struct SetConcurrency {
 #[serde(rename_all = "camelCase")]
 pub struct JobFilter {
     /// pending, running, done, failed, dead or cancelled.
-    #[param(pattern = "^(pending|running|done|failed|dead|cancelled)$")]
+    // Text parsed by the handler, so that a value that is no status gets the envelope naming the
+    // field; documented as the enum.
+    #[param(value_type = Option<JobStatus>)]
     pub status: Option<String>,
     /// 1..=500, default 50.
     #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
 }
 
-pub const STATUSES: &[&str] = &["pending", "running", "done", "failed", "dead", "cancelled"];
-
-fn checked_name(name: &str) -> Result<(), ApiError> {
-    if super::valid_queue_name(name) {
-        Ok(())
-    } else {
-        Err(ApiError::invalid_field("name", "queue names have 1 to 63 characters: a-z, 0-9, '_', '.', '-'"))
-    }
+fn checked_name(name: &str) -> Result<QueueName, ApiError> {
+    QueueName::parse(name).map_err(|e| ApiError::invalid_field("name", e.to_string()))
 }
 
-async fn stats_or_404(state: &AppState, name: &str) -> Result<QueueStats, ApiError> {
+async fn stats_or_404(state: &QueueState, name: &str) -> Result<QueueStats, ApiError> {
     super::stats(&state.pool, name).await?.ok_or_else(|| ApiError::not_found("No such queue"))
 }
 
@@ -77,7 +107,7 @@ async fn stats_or_404(state: &AppState, name: &str) -> Result<QueueStats, ApiErr
 #[utoipa::path(get, path = "/api/admin/queues", tag = "queue",
     responses((status = 200, body = QueueList), (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope)),
     security(("bearer" = []), ("session" = [])))]
-pub async fn list_queues(_admin: AdminUser, State(state): State<AppState>) -> Result<Json<QueueList>, ApiError> {
+pub async fn list_queues(_operator: Operator, State(state): State<QueueState>) -> Result<Json<QueueList>, ApiError> {
     Ok(Json(QueueList { items: super::list_queues(&state.pool).await? }))
 }
 
@@ -89,12 +119,12 @@ pub async fn list_queues(_admin: AdminUser, State(state): State<AppState>) -> Re
     ),
     security(("bearer" = []), ("session" = [])))]
 pub async fn queue_stats(
-    _admin: AdminUser,
-    State(state): State<AppState>,
+    _operator: Operator,
+    State(state): State<QueueState>,
     Path(name): Path<String>,
 ) -> Result<Json<QueueStats>, ApiError> {
-    checked_name(&name)?;
-    Ok(Json(stats_or_404(&state, &name).await?))
+    let name = checked_name(&name)?;
+    Ok(Json(stats_or_404(&state, name.as_str()).await?))
 }
 
 /// Pause a queue: workers stop claiming its jobs within one poll interval.
@@ -102,14 +132,14 @@ pub async fn queue_stats(
     responses((status = 200, body = QueueStats), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope)),
     security(("bearer" = []), ("session" = [])))]
 pub async fn pause(
-    admin: AdminUser,
-    State(state): State<AppState>,
+    operator: Operator,
+    State(state): State<QueueState>,
     Path(name): Path<String>,
 ) -> Result<Json<QueueStats>, ApiError> {
-    checked_name(&name)?;
-    super::set_paused(&state.pool, &name, true).await?;
-    tracing::info!(queue = %name, user_id = %admin.user_id, "queue paused");
-    Ok(Json(stats_or_404(&state, &name).await?))
+    let name = checked_name(&name)?;
+    super::set_paused(&state.pool, name.as_str(), true).await?;
+    tracing::info!(queue = %name, user_id = %operator.user_id, "queue paused");
+    Ok(Json(stats_or_404(&state, name.as_str()).await?))
 }
 
 /// Resume a paused queue (idle workers are woken at once).
@@ -117,14 +147,14 @@ pub async fn pause(
     responses((status = 200, body = QueueStats), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope)),
     security(("bearer" = []), ("session" = [])))]
 pub async fn resume(
-    admin: AdminUser,
-    State(state): State<AppState>,
+    operator: Operator,
+    State(state): State<QueueState>,
     Path(name): Path<String>,
 ) -> Result<Json<QueueStats>, ApiError> {
-    checked_name(&name)?;
-    super::set_paused(&state.pool, &name, false).await?;
-    tracing::info!(queue = %name, user_id = %admin.user_id, "queue resumed");
-    Ok(Json(stats_or_404(&state, &name).await?))
+    let name = checked_name(&name)?;
+    super::set_paused(&state.pool, name.as_str(), false).await?;
+    tracing::info!(queue = %name, user_id = %operator.user_id, "queue resumed");
+    Ok(Json(stats_or_404(&state, name.as_str()).await?))
 }
 
 /// Cancel every pending job of a queue (`{"confirm": true}` required); running jobs finish.
@@ -133,18 +163,18 @@ pub async fn resume(
     responses((status = 200, body = DrainResult), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope)),
     security(("bearer" = []), ("session" = [])))]
 pub async fn drain(
-    admin: AdminUser,
-    State(state): State<AppState>,
+    operator: Operator,
+    State(state): State<QueueState>,
     Path(name): Path<String>,
     Json(body): Json<DrainRequest>,
 ) -> Result<Json<DrainResult>, ApiError> {
-    checked_name(&name)?;
+    let name = checked_name(&name)?;
     if !body.confirm {
         return Err(ApiError::invalid_field("confirm", "draining cancels every pending job; send {\"confirm\": true}"));
     }
-    let cancelled = super::drain(&state.pool, &name).await?;
-    tracing::info!(queue = %name, cancelled, user_id = %admin.user_id, "queue drained");
-    Ok(Json(DrainResult { queue: name, cancelled }))
+    let cancelled = super::drain(&state.pool, name.as_str()).await?;
+    tracing::info!(queue = %name, cancelled, user_id = %operator.user_id, "queue drained");
+    Ok(Json(DrainResult { queue: name.to_string(), cancelled }))
 }
 
 /// Set how many of a queue's jobs one gateway process runs at once (read when workers start).
@@ -153,18 +183,18 @@ pub async fn drain(
     responses((status = 200, body = QueueStats), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope)),
     security(("bearer" = []), ("session" = [])))]
 pub async fn set_concurrency(
-    admin: AdminUser,
-    State(state): State<AppState>,
+    operator: Operator,
+    State(state): State<QueueState>,
     Path(name): Path<String>,
     Json(body): Json<SetConcurrency>,
 ) -> Result<Json<QueueStats>, ApiError> {
-    checked_name(&name)?;
+    let name = checked_name(&name)?;
     if !(1..=4096).contains(&body.concurrency) {
         return Err(ApiError::invalid_field("concurrency", "concurrency must be between 1 and 4096"));
     }
-    super::set_concurrency(&state.pool, &name, body.concurrency).await?;
-    tracing::info!(queue = %name, concurrency = body.concurrency, user_id = %admin.user_id, "queue concurrency set");
-    Ok(Json(stats_or_404(&state, &name).await?))
+    super::set_concurrency(&state.pool, name.as_str(), body.concurrency).await?;
+    tracing::info!(queue = %name, concurrency = body.concurrency, user_id = %operator.user_id, "queue concurrency set");
+    Ok(Json(stats_or_404(&state, name.as_str()).await?))
 }
 
 /// The most recently changed jobs of a queue, newest first.
@@ -172,22 +202,21 @@ pub async fn set_concurrency(
     responses((status = 200, body = JobList), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope)),
     security(("bearer" = []), ("session" = [])))]
 pub async fn list_jobs(
-    _admin: AdminUser,
-    State(state): State<AppState>,
+    _operator: Operator,
+    State(state): State<QueueState>,
     Path(name): Path<String>,
     Query(filter): Query<JobFilter>,
 ) -> Result<Json<JobList>, ApiError> {
-    checked_name(&name)?;
-    if let Some(s) = &filter.status
-        && !STATUSES.contains(&s.as_str())
-    {
-        return Err(ApiError::invalid_field("status", format!("status must be one of {}", STATUSES.join(", "))));
-    }
+    let name = checked_name(&name)?;
+    let status = match filter.status.as_deref().map(str::parse::<JobStatus>).transpose() {
+        Ok(status) => status,
+        Err(e) => return Err(ApiError::invalid_field("status", e.to_string())),
+    };
     let limit = filter.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
         return Err(ApiError::invalid_field("limit", "limit must be between 1 and 500"));
     }
-    let items = super::recent_jobs(&state.pool, Some(&name), filter.status.as_deref(), limit).await?;
+    let items = super::recent_jobs(&state.pool, Some(name.as_str()), status, limit).await?;
     Ok(Json(JobList { items }))
 }
 
@@ -199,8 +228,8 @@ pub async fn list_jobs(
     ),
     security(("bearer" = []), ("session" = [])))]
 pub async fn retry_job(
-    admin: AdminUser,
-    State(state): State<AppState>,
+    operator: Operator,
+    State(state): State<QueueState>,
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
     if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -208,7 +237,7 @@ pub async fn retry_job(
     }
     match super::retry(&state.pool, &id.to_ascii_lowercase()).await {
         Ok(job) => {
-            tracing::info!(job_id = %job.id, user_id = %admin.user_id, "job retried");
+            tracing::info!(job_id = %job.id, user_id = %operator.user_id, "job retried");
             Ok(Json(job))
         }
         Err(RetryError::NotFound) => Err(ApiError::not_found("No such job")),
@@ -217,7 +246,13 @@ pub async fn retry_job(
     }
 }
 
-pub fn router() -> OpenApiRouter<AppState> {
+/// The queue's admin routes, for any application state that tells the operator and holds a
+/// [`QueueState`].
+pub fn router<S>() -> OpenApiRouter<S>
+where
+    S: Operators + Clone + Send + Sync + 'static,
+    QueueState: FromRef<S>,
+{
     OpenApiRouter::new()
         .routes(routes!(list_queues))
         .routes(routes!(queue_stats))

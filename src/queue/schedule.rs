@@ -1,16 +1,16 @@
-//! Periodic jobs on the queue: client-certificate renewal and clean-up of expired state.
+//! Periodic jobs on the queue: the scheduler, and the queue's own clean-up.
 //!
-//! Every replica runs the same small scheduler: on each tick it enqueues, for every periodic job,
-//! one job keyed by `<kind>@<time slot>` (slot = whole periods since the epoch). The id is
-//! derived from that key, so however many replicas tick, each slot becomes exactly one job, and
-//! the queue (leases, retries, stall recovery) does the rest. Each job is due at a random moment
-//! within the first tenth of its slot, so a fleet does not renew in lock-step.
+//! Owners register their periodic jobs with [`super::Registry::periodic`] (federation its
+//! certificate renewal, the audit log its retention, ...). Every replica runs the same small
+//! scheduler: on each tick it enqueues, for every periodic job, one job keyed by
+//! `<kind>@<time slot>` (slot = whole periods since the epoch). The id is derived from that key,
+//! so however many replicas tick, each slot becomes exactly one job, and the queue (leases,
+//! retries, stall recovery) does the rest. Each job is due at a random moment within the first
+//! tenth of its slot, so a fleet does not run in lock-step.
 //!
-//! A slot job only says "look now"; timing finer than a slot is the job's own business. The
-//! renewal job renews every certificate due within its period and waits for each one's moment
-//! (see [`crate::federation::client::renew_due`]), so a 90 s certificate renews at about 60 s
-//! rather than at the next slot boundary. Its period is short (10 s) so that a pass never sleeps
-//! long: a job waiting at shutdown holds the shutdown grace.
+//! A slot job only says "look now"; timing finer than a slot is the job's own business (the
+//! certificate renewal waits for each certificate's moment within its short period). A job
+//! waiting at shutdown holds the shutdown grace, so periods of such jobs stay short.
 
 use std::time::Duration;
 
@@ -18,29 +18,16 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tokio::sync::watch;
 
-use super::worker::{HandlerRegistry, JobError};
+use super::registry::{Periodic, Registry};
+use super::worker::JobError;
 use super::{NewJob, enqueue};
-use crate::sealing::SealingKey;
 
 /// The queue periodic jobs run on.
 pub const QUEUE: &str = "maintenance";
-/// Renews client certificates of peers this gateway calls at two thirds of their own life.
-pub const RENEW_CERTS: &str = "federation.renew_certs";
-/// Deletes expired enrollment tokens and sessions, and finished jobs and deliveries past retention.
+/// Deletes finished jobs and diagnostic runs past retention.
 pub const CLEANUP: &str = "maintenance.cleanup";
-/// Creates the audit log's day partitions ahead and drops the days past retention.
-pub const AUDIT_RETENTION: &str = "federation.audit_retention";
-
-/// The periodic jobs and their periods.
-pub const PERIODIC: &[(&str, Duration)] = &[
-    (RENEW_CERTS, RENEW_PERIOD),
-    (CLEANUP, Duration::from_secs(300)),
-    (AUDIT_RETENTION, Duration::from_secs(3600)),
-    (crate::federation::embeddings::EMBED_INSIGHTS, crate::federation::embeddings::EMBED_PERIOD),
-];
-
-/// Period of the renewal job; each pass renews what falls due within it.
-pub const RENEW_PERIOD: Duration = Duration::from_secs(10);
+/// Period of the clean-up jobs (this one and the owners' own).
+pub const CLEANUP_PERIOD: Duration = Duration::from_secs(300);
 
 /// How long finished jobs and delivered webhooks are kept for inspection.
 pub const RETENTION_DAYS: i32 = 7;
@@ -60,11 +47,11 @@ pub fn slot_job(kind: &str, period: Duration, now: DateTime<Utc>) -> NewJob {
 
 /// Enqueues the current slot of every periodic job on every tick until shutdown. The tick is
 /// never longer than the shortest period, or whole slots would be skipped.
-pub async fn run_scheduler(pool: PgPool, tick: Duration, mut shutdown: watch::Receiver<bool>) {
-    let shortest = PERIODIC.iter().map(|(_, period)| *period).min().unwrap_or(tick);
+pub async fn run_scheduler(pool: PgPool, tick: Duration, periodic: Vec<Periodic>, mut shutdown: watch::Receiver<bool>) {
+    let shortest = periodic.iter().map(|p| p.period).min().unwrap_or(tick);
     let tick = tick.min(shortest);
     loop {
-        for (kind, period) in PERIODIC {
+        for Periodic { kind, period } in &periodic {
             if let Err(e) = enqueue(&pool, &slot_job(kind, *period, Utc::now())).await {
                 tracing::warn!(kind, error = %e, "scheduling a periodic job failed");
             }
@@ -76,56 +63,28 @@ pub async fn run_scheduler(pool: PgPool, tick: Duration, mut shutdown: watch::Re
     }
 }
 
-/// Registers the handlers of the periodic jobs.
-pub fn register(registry: &mut HandlerRegistry, pool: PgPool, sealing: SealingKey, audit_retention_days: u32) {
-    {
-        let pool = pool.clone();
-        registry.register(RENEW_CERTS, move |_job| {
-            let (pool, sealing) = (pool.clone(), sealing.clone());
-            async move {
-                // Failures are recorded per peer (status, retry with backoff, outbox event), not
-                // by failing the job: a retry of the job would not be a retry of one peer.
-                crate::federation::client::renew_due(&pool, &sealing, RENEW_PERIOD).await;
-                Ok(())
-            }
-        });
-    }
-    {
-        let pool = pool.clone();
-        registry.register(AUDIT_RETENTION, move |_job| {
-            let pool = pool.clone();
-            async move {
-                crate::federation::audit::maintain(&pool, audit_retention_days)
-                    .await
-                    .map(|_| ())
-                    .map_err(JobError::retryable)
-            }
-        });
-    }
-    registry.register(CLEANUP, move |_job| {
+/// Registers the queue's own clean-up ([`CLEANUP`]).
+pub fn register(registry: &mut Registry, pool: PgPool) {
+    registry.periodic(CLEANUP, CLEANUP_PERIOD, move |_job| {
         let pool = pool.clone();
         async move { cleanup(&pool).await.map_err(JobError::retryable) }
     });
 }
 
-/// One clean-up pass; each statement is independent.
+/// One clean-up pass of the queue's own tables; each statement is independent.
 ///
 /// # Errors
 /// Database errors.
 pub async fn cleanup(pool: &PgPool) -> Result<(), sqlx::Error> {
-    let statements: [&'static str; 5] = [
-        // A day after expiry a token answers 404 instead of 410; nothing else depends on it.
-        "delete from federation_enrollment_tokens where expires_at < now() - interval '1 day'",
-        "delete from sessions where expires_at < now() - interval '1 day' or revoked_at < now() - interval '1 day'",
+    sqlx::query!(
         "delete from queue.jobs where status in ('done', 'cancelled') and finished_at < now() - make_interval(days => $1)",
-        "delete from outbox.deliveries where status = 'done' and delivered_at < now() - make_interval(days => $1)",
-        "delete from queue.diag_runs where started_at < now() - make_interval(days => $1)",
-    ];
-    for sql in statements {
-        let q = sqlx::query(sql);
-        let q = if sql.contains("$1") { q.bind(RETENTION_DAYS) } else { q };
-        q.execute(pool).await?;
-    }
+        RETENTION_DAYS
+    )
+    .execute(pool)
+    .await?;
+    sqlx::query!("delete from queue.diag_runs where started_at < now() - make_interval(days => $1)", RETENTION_DAYS)
+        .execute(pool)
+        .await?;
     Ok(())
 }
 
@@ -137,9 +96,9 @@ mod tests {
     fn one_job_per_slot_due_early_in_the_slot() {
         let period = Duration::from_secs(30);
         let t = DateTime::<Utc>::from_timestamp(1_800_000_000, 0).unwrap();
-        let a = slot_job(RENEW_CERTS, period, t);
-        let b = slot_job(RENEW_CERTS, period, t + chrono::Duration::seconds(10));
-        let c = slot_job(RENEW_CERTS, period, t + chrono::Duration::seconds(30));
+        let a = slot_job(CLEANUP, period, t);
+        let b = slot_job(CLEANUP, period, t + chrono::Duration::seconds(10));
+        let c = slot_job(CLEANUP, period, t + chrono::Duration::seconds(30));
         assert_eq!(a.id(), b.id(), "same slot, same job");
         assert_ne!(a.id(), c.id(), "next slot, next job");
         let due = a.run_at.unwrap();

@@ -1,5 +1,6 @@
-//! Tuning of the queue and outbox workers, read from the environment at start-up (like the
-//! sign-in throttle), so tests and operators can shorten intervals without new flags:
+//! Tuning of the queue and outbox workers. The values come from the gateway's configuration
+//! ([`crate::config`]: flags of `tessera serve`, their variables, the TOML file), which checks
+//! them; this module only owns their meaning and defaults:
 //!
 //! | variable | default | meaning |
 //! | --- | --- | --- |
@@ -17,8 +18,6 @@
 //! | `TESSERA_SCHEDULE_TICK_MS` | 15000 | how often the scheduler enqueues due periodic jobs (at most the shortest period, 10 s) |
 
 use std::time::Duration;
-
-use crate::config::ConfigError;
 
 /// Exponential backoff with full jitter, capped.
 #[derive(Debug, Clone, Copy)]
@@ -74,69 +73,6 @@ impl Default for QueueSettings {
             outbox_timeout: Duration::from_secs(10),
             schedule_tick: Duration::from_secs(15),
         }
-    }
-}
-
-fn num(key: &'static str, min: u64, max: u64) -> Result<Option<u64>, ConfigError> {
-    match std::env::var(key) {
-        Ok(v) if !v.trim().is_empty() => {
-            let n: u64 =
-                v.trim().parse().map_err(|_| ConfigError { key, message: format!("'{v}' is not a whole number") })?;
-            if !(min..=max).contains(&n) {
-                return Err(ConfigError { key, message: format!("must be between {min} and {max}") });
-            }
-            Ok(Some(n))
-        }
-        _ => Ok(None),
-    }
-}
-
-impl QueueSettings {
-    /// Defaults overridden by the `TESSERA_QUEUE_*`, `TESSERA_OUTBOX_*` and
-    /// `TESSERA_SCHEDULE_*` variables.
-    ///
-    /// # Errors
-    /// A [`ConfigError`] naming the malformed variable.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        let mut s = Self::default();
-        let ms = Duration::from_millis;
-        if let Some(v) = num("TESSERA_QUEUE_POLL_MS", 5, 60_000)? {
-            s.poll_interval = ms(v);
-        }
-        if let Some(v) = num("TESSERA_QUEUE_LEASE_SECS", 1, 86_400)? {
-            s.lease = Duration::from_secs(v);
-        }
-        if let Some(v) = num("TESSERA_QUEUE_WORKERS", 1, 64)? {
-            s.workers = v as usize;
-        }
-        if let Some(v) = num("TESSERA_QUEUE_BATCH", 1, 10_000)? {
-            s.batch = v as i64;
-        }
-        if let Some(v) = num("TESSERA_QUEUE_BACKOFF_BASE_MS", 1, 3_600_000)? {
-            s.backoff.base = ms(v);
-        }
-        if let Some(v) = num("TESSERA_QUEUE_BACKOFF_CAP_MS", 1, 86_400_000)? {
-            s.backoff.cap = ms(v);
-        }
-        if let Some(v) = num("TESSERA_QUEUE_SHUTDOWN_GRACE_MS", 0, 600_000)? {
-            s.shutdown_grace = ms(v);
-        }
-        if let Some(v) = num("TESSERA_OUTBOX_BACKOFF_BASE_MS", 1, 3_600_000)? {
-            s.outbox_backoff.base = ms(v);
-        }
-        if let Some(v) = num("TESSERA_OUTBOX_BACKOFF_CAP_MS", 1, 86_400_000)? {
-            s.outbox_backoff.cap = ms(v);
-        }
-        if let Some(v) = num("TESSERA_OUTBOX_MAX_ATTEMPTS", 1, 1000)? {
-            s.outbox_max_attempts = v as i32;
-        }
-        if let Some(v) = num("TESSERA_OUTBOX_TIMEOUT_MS", 100, 600_000)? {
-            s.outbox_timeout = ms(v);
-        }
-        if let Some(v) = num("TESSERA_SCHEDULE_TICK_MS", 10, 3_600_000)? {
-            s.schedule_tick = ms(v);
-        }
-        Ok(s)
     }
 }
 

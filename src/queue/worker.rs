@@ -24,6 +24,7 @@ use sqlx::PgPool;
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
+use super::JobStatus;
 use super::settings::{Backoff, QueueSettings};
 
 /// How a handler failed: retry later, or give up now.
@@ -137,7 +138,8 @@ pub async fn claim(
     limit: i64,
     lease: Duration,
 ) -> Result<Vec<ClaimedRow>, sqlx::Error> {
-    sqlx::query_as::<_, ClaimedRow>(
+    let lease = chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(30));
+    let rows = sqlx::query!(
         // The locked rows are addressed by ctid (a TID scan) rather than looked up again through
         // the primary key: a row locked by this statement cannot have moved.
         "update queue.jobs j
@@ -151,13 +153,14 @@ pub async fn claim(
                  limit $2
                  for update skip locked))
       returning j.id, j.kind, j.payload, j.attempts, j.max_attempts",
+        queue,
+        limit,
+        owner,
+        lease as chrono::Duration,
     )
-    .bind(queue)
-    .bind(limit)
-    .bind(owner)
-    .bind(chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(30)))
     .fetch_all(pool)
-    .await
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.id, r.kind, r.payload, r.attempts, r.max_attempts)).collect())
 }
 
 impl Worker {
@@ -358,9 +361,9 @@ async fn write_outcomes(pool: &PgPool, owner: &str, backoff: &Backoff, batch: &[
             }
             Err(e) => {
                 let (status, delay) = match e {
-                    JobError::Fatal(_) => ("failed", 0),
-                    JobError::Retryable(_) if o.attempt >= o.max_attempts => ("dead", 0),
-                    JobError::Retryable(_) => ("pending", backoff.delay(o.attempt).as_millis() as i64),
+                    JobError::Fatal(_) => (JobStatus::Failed, 0),
+                    JobError::Retryable(_) if o.attempt >= o.max_attempts => (JobStatus::Dead, 0),
+                    JobError::Retryable(_) => (JobStatus::Pending, backoff.delay(o.attempt).as_millis() as i64),
                 };
                 f_ids.push(o.id.as_str());
                 f_attempts.push(o.attempt);
@@ -371,21 +374,21 @@ async fn write_outcomes(pool: &PgPool, owner: &str, backoff: &Backoff, batch: &[
         }
     }
     if !done.is_empty() {
-        sqlx::query(
+        sqlx::query!(
             "update queue.jobs j
                 set status = 'done', finished_at = now(), updated_at = now(), lease_owner = null,
                     lease_expires_at = null
                from unnest($1::text[], $3::int4[]) as d(id, attempt)
               where j.id = d.id and j.attempts = d.attempt and j.lease_owner = $2 and j.status = 'running'",
+            &done as &[&str],
+            owner,
+            &done_attempts,
         )
-        .bind(&done)
-        .bind(owner)
-        .bind(&done_attempts)
         .execute(pool)
         .await?;
     }
     if !f_ids.is_empty() {
-        sqlx::query(
+        sqlx::query!(
             "update queue.jobs j
                 set status = f.status, last_error = f.err, updated_at = now(),
                     run_at = case when f.status = 'pending' then now() + f.delay_ms * interval '1 millisecond'
@@ -394,13 +397,13 @@ async fn write_outcomes(pool: &PgPool, owner: &str, backoff: &Backoff, batch: &[
                     lease_owner = null, lease_expires_at = null
                from unnest($1::text[], $2::text[], $3::int8[], $4::text[], $6::int4[]) as f(id, status, delay_ms, err, attempt)
               where j.id = f.id and j.attempts = f.attempt and j.lease_owner = $5 and j.status = 'running'",
+            &f_ids as &[&str],
+            &f_status as &[JobStatus],
+            &f_delay,
+            &f_err,
+            owner,
+            &f_attempts,
         )
-        .bind(&f_ids)
-        .bind(&f_status)
-        .bind(&f_delay)
-        .bind(&f_err)
-        .bind(owner)
-        .bind(&f_attempts)
         .execute(pool)
         .await?;
     }
@@ -412,15 +415,15 @@ async fn heartbeat_loop(pool: PgPool, owner: Arc<str>, lease: Duration) {
     let lease = chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(30));
     loop {
         tokio::time::sleep(every).await;
-        if let Err(e) = sqlx::query(
+        if let Err(e) = sqlx::query!(
             // Only leases still alive: a job whose lease ran out (this process lost the database
             // for longer than a lease, or gave up recording its outcome) belongs to the reaper
             // and runs again; extending it would keep it `running` for ever.
             "update queue.jobs set lease_expires_at = now() + $2
               where lease_owner = $1 and status = 'running' and lease_expires_at > now()",
+            &*owner,
+            lease as chrono::Duration,
         )
-        .bind(&*owner)
-        .bind(lease)
         .execute(&pool)
         .await
         {
@@ -431,7 +434,7 @@ async fn heartbeat_loop(pool: PgPool, owner: Arc<str>, lease: Duration) {
 
 /// Hands this owner's running jobs back without counting the interrupted attempt.
 async fn release(pool: &PgPool, owner: &str) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query(
+    let done = sqlx::query!(
         "with up as (
             update queue.jobs set status = 'pending', attempts = greatest(attempts - 1, 0), lease_owner = null,
                    lease_expires_at = null, updated_at = now()
@@ -439,9 +442,9 @@ async fn release(pool: &PgPool, owner: &str) -> Result<u64, sqlx::Error> {
          returning queue
          )
          select pg_notify($2, q) from (select distinct queue as q from up) s",
+        owner,
+        super::NOTIFY_CHANNEL,
     )
-    .bind(owner)
-    .bind(super::NOTIFY_CHANNEL)
     .execute(pool)
     .await?;
     Ok(done.rows_affected())
@@ -489,8 +492,7 @@ impl QueueRuntime {
         let mut wakers: HashMap<String, Vec<Arc<Notify>>> = HashMap::new();
         let mut workers = Vec::new();
         for queue in queues {
-            let concurrency: Option<i32> = sqlx::query_scalar("select concurrency from queue.queues where name = $1")
-                .bind(queue)
+            let concurrency = sqlx::query_scalar!("select concurrency from queue.queues where name = $1", queue)
                 .fetch_optional(pool)
                 .await?;
             let concurrency = usize::try_from(concurrency.unwrap_or(super::DEFAULT_CONCURRENCY)).unwrap_or(1);

@@ -1,5 +1,12 @@
-//! Assembling and running the gateway: services, migrations, CA, TLS and the HTTP router.
+//! Assembling and running the gateway: services, migrations, CA, TLS, the HTTP router and the
+//! background work ([`background`]).
+//!
+//! [`AppState`] is the one application value: built in one place ([`AppState::new`], used by
+//! `serve` and by the list bench), shared behind one `Arc`.
 
+pub mod background;
+
+use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,16 +18,27 @@ use crate::federation::ca::GatewayCa;
 use crate::sealing::SealingKey;
 use crate::services::Database;
 
-/// Shared state handed to every handler.
+/// Shared state handed to every handler: one `Arc` around [`App`], so a clone is a pointer copy.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<App>);
+
+impl Deref for AppState {
+    type Target = App;
+
+    fn deref(&self) -> &App {
+        &self.0
+    }
+}
+
+/// What the application is made of: the services it started and the state built on them.
+pub struct App {
     pub pool: PgPool,
     /// The peer-facing federation path's own pool (generic plans; see
     /// [`crate::store::peer_read_pool`]).
     pub peer_reads: PgPool,
     /// The guard's remembered decisions per grant (proposals the list statement confirms).
     pub grant_memo: crate::federation::guard::GrantMemo,
-    pub config: Arc<Config>,
+    pub config: Config,
     pub ca: Arc<GatewayCa>,
     pub sealing: SealingKey,
     /// Shared rate limiter (in process in tiers local/standalone; Valkey in federated).
@@ -33,18 +51,61 @@ pub struct AppState {
     pub valkey: Option<crate::services::valkey::Valkey>,
 }
 
+/// The started services and settings an [`AppState`] is built from.
+pub struct Services {
+    pub pool: PgPool,
+    /// See [`App::peer_reads`].
+    pub peer_reads: PgPool,
+    pub config: Config,
+    pub ca: Arc<GatewayCa>,
+    pub sealing: SealingKey,
+    pub valkey: Option<crate::services::valkey::Valkey>,
+}
+
+impl AppState {
+    /// Builds the application value and starts the federation audit writer, returned so that
+    /// the caller can wait for it to flush once the last state is dropped. The rate limiter
+    /// lives in Valkey when there is one, else in process.
+    pub fn new(services: Services) -> (Self, tokio::task::JoinHandle<()>) {
+        let Services { pool, peer_reads, config, ca, sealing, valkey } = services;
+        let limiter = match &valkey {
+            Some(v) => crate::ratelimit::RateLimiter::valkey(v.clone()),
+            None => crate::ratelimit::RateLimiter::in_memory(),
+        };
+        tracing::info!(backend = limiter.backend(), "rate limiter");
+        let (audit, audit_writer) = crate::federation::audit::AuditSink::start(pool.clone());
+        let app = App {
+            pool,
+            peer_reads,
+            grant_memo: Default::default(),
+            config,
+            ca,
+            sealing,
+            limiter,
+            audit,
+            breakers: Default::default(),
+            valkey,
+        };
+        (Self(Arc::new(app)), audit_writer)
+    }
+}
+
+impl axum::extract::FromRef<AppState> for crate::queue::routes::QueueState {
+    fn from_ref(state: &AppState) -> Self {
+        Self { pool: state.pool.clone() }
+    }
+}
+
 /// Runs `tessera serve` until SIGINT/SIGTERM.
 ///
 /// Start-up order (README, "Start-up"): everything that can be checked without starting a
-/// service is checked first — the settings (already resolved by [`Config`]), the sign-in throttle
-/// variables, the sealing key, the data-dir lock and the listen socket — so that a bad setting or
+/// service is checked first — the settings (already resolved by [`Config`]), the sealing key, the data-dir lock and the listen socket — so that a bad setting or
 /// a taken port stops start-up with one line naming the setting, before Valkey, Postgres, the CA
 /// or any worker has started. Only then do the services start.
 ///
 /// # Errors
 /// Anything that prevents start-up; the message names the failing piece.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
-    crate::admin::sessions::SignInThrottle::init_from_env().map_err(|e| crate::outcome::Usage(e.to_string()))?;
     // A configured key is checked before anything is created; a key file lives in the data dir.
     let sealing_error = |e: crate::sealing::SealingError| match (&e, config.sealing_key.is_some()) {
         (crate::sealing::SealingError::BadKey, true) => crate::config::ConfigError {
@@ -182,30 +243,19 @@ async fn run(
     record_expiry_gauges(&ca, &chain);
     let tls = crate::tls::server_config(&ca, chain, key)?;
 
-    let limiter = match &valkey {
-        Some(v) => crate::ratelimit::RateLimiter::valkey(v.clone()),
-        None => crate::ratelimit::RateLimiter::in_memory(),
-    };
-    tracing::info!(backend = limiter.backend(), "rate limiter");
-    let (audit, audit_writer) = crate::federation::audit::AuditSink::start(pool.clone());
-    let breakers = crate::federation::peer_client::Breakers::default();
-    let state = AppState {
+    let (state, audit_writer) = AppState::new(Services {
         pool: pool.clone(),
         peer_reads: crate::store::peer_read_pool(pool, 16),
-        grant_memo: Default::default(),
-        config: Arc::new(config.clone()),
+        config: config.clone(),
         ca,
         sealing,
-        limiter,
-        audit,
-        breakers,
         valkey,
-    };
+    });
     let app = crate::http::router(state.clone());
 
     // Queue workers (certificate renewal and clean-up are periodic jobs), the outbox drainer.
     // They stop as soon as the shutdown signal arrives, alongside the HTTP drain, not after it.
-    let background = crate::queue::background::BackgroundWork::start(&state).await?;
+    let background = background::BackgroundWork::start(&state).await?;
     let (stopping, mut stop_rx) = tokio::sync::watch::channel(false);
     let background = tokio::spawn(async move {
         let _ = stop_rx.changed().await;
