@@ -46,7 +46,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway: start services, apply migrations, serve HTTPS until SIGINT/SIGTERM.
-    Serve(ServerArgs),
+    Serve(Box<ServerArgs>),
     /// Apply pending database migrations and exit.
     Migrate,
     /// Check tier, services, pgvector, data dir and CA; exit 1 when any check is red.
@@ -156,7 +156,7 @@ pub fn main() -> ExitCode {
     // environment (and the TOML file), as the server would.
     let mut gateway = cli.gateway;
     gateway.server = match &cli.command {
-        Command::Serve(server) => server.clone(),
+        Command::Serve(server) => (**server).clone(),
         _ => match ServerArgs::from_env() {
             Ok(server) => server,
             Err(e) => {
