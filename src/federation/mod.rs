@@ -119,7 +119,7 @@ pub fn verbs() -> OpenApiRouter<AppState> {
 
 /// The peer-facing verbs behind the guard, as served. `list` has a guard of its own: its page
 /// statement confirms the guard's decision (see `guard`), so a list request costs one query.
-/// Layers do not change the OpenAPI document, which is built from [`verbs`].
+/// Layers do not change the OpenAPI document, which is built from [`verbs()`].
 pub fn guarded_verbs(state: &AppState) -> OpenApiRouter<AppState> {
     verbs::router().route_layer(axum::middleware::from_fn_with_state(state.clone(), guard::require_peer)).merge(
         verbs::list_router()
@@ -127,7 +127,7 @@ pub fn guarded_verbs(state: &AppState) -> OpenApiRouter<AppState> {
     )
 }
 
-/// Routes under `/api/federation` and the peer/grant admin routes, with `verbs` ([`verbs`] or
+/// Routes under `/api/federation` and the peer/grant admin routes, with `verbs` ([`verbs()`] or
 /// [`guarded_verbs`]): the guard wraps only the peer-facing verbs; enrollment, the CA and the
 /// CRL are public.
 pub fn router(verbs: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
