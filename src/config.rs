@@ -280,12 +280,6 @@ impl From<String> for RawNumber {
     }
 }
 
-impl From<&str> for RawNumber {
-    fn from(value: &str) -> Self {
-        Self(value.to_string())
-    }
-}
-
 impl<'de> Deserialize<'de> for RawNumber {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]

@@ -99,9 +99,10 @@ impl axum::extract::FromRef<AppState> for crate::queue::routes::QueueState {
 /// Runs `tessera serve` until SIGINT/SIGTERM.
 ///
 /// Start-up order (README, "Start-up"): everything that can be checked without starting a
-/// service is checked first — the settings (already resolved by [`Config`]), the sealing key, the data-dir lock and the listen socket — so that a bad setting or
-/// a taken port stops start-up with one line naming the setting, before Valkey, Postgres, the CA
-/// or any worker has started. Only then do the services start.
+/// service is checked first — the settings (already resolved by [`Config`], the sign-in throttle
+/// and queue tuning among them), the sealing key, the data-dir lock and the listen socket — so
+/// that a bad setting or a taken port stops start-up with one line naming the setting, before
+/// Valkey, Postgres, the CA or any worker has started. Only then do the services start.
 ///
 /// # Errors
 /// Anything that prevents start-up; the message names the failing piece.

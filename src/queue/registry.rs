@@ -100,3 +100,19 @@ impl Running {
         self.runtime.shutdown().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn periodic_jobs_run_on_the_maintenance_queue_and_each_queue_is_worked_once() {
+        let mut registry = Registry::new();
+        registry.periodic("a.cleanup", Duration::from_secs(300), |_job| async { Ok(()) });
+        registry.handler("diag", "diag.probe", |_job| async { Ok(()) });
+        registry.periodic("b.renew", Duration::from_secs(10), |_job| async { Ok(()) });
+        assert_eq!(registry.queues(), [schedule::QUEUE, "diag"]);
+        let kinds: Vec<&str> = registry.periodic_jobs().iter().map(|p| p.kind.as_str()).collect();
+        assert_eq!(kinds, ["a.cleanup", "b.renew"]);
+    }
+}
