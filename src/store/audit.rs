@@ -33,7 +33,7 @@ pub struct NewAuditRow {
     pub latency_ms: Option<f64>,
 }
 
-/// One audit row as read.
+/// One audit row.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuditRow {
