@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Gateway, GatewayOptions, TestDb, run_cli, seed_admin, wait_for_count};
+use common::{Gateway, GatewayOptions, TestDb, run_cli, seed_admin, tls, wait_for_count};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -42,13 +42,7 @@ impl Pair {
     }
 
     async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self.b.client.request(method, self.b.url(path)).bearer_auth(&self.token);
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        let r = req.send().await.unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
+        self.b.api().bearer(&self.token).call(method, path, body).await
     }
 
     async fn admin_post(&self, path: &str, body: Value) -> (u16, Value) {
@@ -133,15 +127,7 @@ fn p256() -> rcgen::KeyPair {
 }
 
 async fn redeem(b: &Gateway, token: &str, csr_pem: &str) -> (u16, Value) {
-    let r = b
-        .client
-        .post(b.url(&format!("/api/federation/enrollment/{token}")))
-        .json(&json!({"csrPem": csr_pem}))
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+    b.api().post(&format!("/api/federation/enrollment/{token}"), json!({"csrPem": csr_pem})).await
 }
 
 fn leaf_identity(cert_pem: &str) -> tessera::federation::identity::PeerIdentity {
@@ -674,10 +660,7 @@ impl Pair {
     }
 
     async fn list(&self, client: &reqwest::Client, resource: &str, body: Value) -> (u16, Value) {
-        let r =
-            client.post(self.b.url(&format!("/api/federation/v1/list/{resource}"))).json(&body).send().await.unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
+        common::http::Client::new(client, &self.b.base).post(&format!("/api/federation/v1/list/{resource}"), body).await
     }
 
     /// Follows cursors to the end; returns the ids in order.
@@ -1221,48 +1204,22 @@ async fn gateway_a_reads_from_b_with_tagged_rows_merges_and_fails_fast_when_b_is
     assert_eq!(calls("circuit_open"), Some(1.0), "{text}");
 }
 
-/// Sends one HTTP/1.1 request over a fresh TLS connection made with `config` and returns the
-/// status code and how the handshake went.
-async fn raw_get(port: u16, config: std::sync::Arc<rustls::ClientConfig>, path: &str) -> (u16, rustls::HandshakeKind) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let connector = tokio_rustls::TlsConnector::from(config);
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = connector.connect(name, tcp).await.unwrap();
-    let kind = tls.get_ref().1.handshake_kind().unwrap();
-    tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut response = Vec::new();
-    let _ = tls.read_to_end(&mut response).await;
-    let text = String::from_utf8_lossy(&response);
-    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    (status, kind)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_resumed_tls_session_still_gets_every_guard_check() {
-    use rustls_pki_types::pem::PemObject;
     let pair = Pair::new(vec![]).await;
     let grant = pair.enroll().await;
     let (identity, cert_pem) = pair.a_identity().await;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(rustls_pki_types::CertificateDer::from_pem_slice(&pair.b.ca_pem).unwrap()).unwrap();
-    let chain = vec![rustls_pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap()];
-    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(&identity).unwrap();
     // One client config, so its session cache lets the second connection resume.
-    let config = std::sync::Arc::new(
-        rustls::ClientConfig::builder().with_root_certificates(roots).with_client_auth_cert(chain, key).unwrap(),
-    );
-    let (status, kind) = raw_get(pair.b.port, config.clone(), "/api/federation/v1/capabilities").await;
+    let config = tls::client_config(&pair.b.ca_pem, Some((&identity, cert_pem.as_bytes())), &[]);
+    let (status, kind) = tls::raw_get(pair.b.port, config.clone(), "/api/federation/v1/capabilities").await;
     assert_eq!((status, kind), (200, rustls::HandshakeKind::Full));
-    let (status, kind) = raw_get(pair.b.port, config.clone(), "/api/federation/v1/capabilities").await;
+    let (status, kind) = tls::raw_get(pair.b.port, config.clone(), "/api/federation/v1/capabilities").await;
     assert_eq!((status, kind), (200, rustls::HandshakeKind::Resumed), "the session resumed and identity carried over");
 
     let (status, _) =
         pair.admin_post(&format!("/api/admin/grants/{grant}/revoke"), json!({"reason": "resumption test"})).await;
     assert_eq!(status, 200);
-    let (status, kind) = raw_get(pair.b.port, config, "/api/federation/v1/capabilities").await;
+    let (status, kind) = tls::raw_get(pair.b.port, config, "/api/federation/v1/capabilities").await;
     assert_eq!(kind, rustls::HandshakeKind::Resumed);
     assert_eq!(status, 403, "a resumed session is still checked against the database");
 }
@@ -1412,19 +1369,7 @@ async fn bench_list_runs_every_phase_over_mtls_and_refuses_a_database_with_data(
     ] {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
     }
-    let allowed = wait_for_count(
-        &db.pool,
-        "select count(*) from federation_audit_log where verb = 'list' and outcome = 'allowed' and grant_id <> $1",
-        Uuid::nil(),
-        1,
-    )
-    .await;
-    assert!(allowed >= 1, "the bench's list requests are audited");
-    let denied: i64 = sqlx::query_scalar("select count(*) from federation_audit_log where outcome <> 'allowed'")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    assert_eq!(denied, 0);
+    common::assert_bench_audited(&db.pool, "list").await;
 
     // One phase alone: only its line, and no summary that would need the others.
     let args = ["bench", "list", "--tasks", "3000", "--seconds", "1", "--concurrency", "2", "--phases", "ceiling"];
@@ -1581,12 +1526,7 @@ async fn only_the_current_certificate_may_renew() {
     let s1 = pair.mtls_client(&pair.a_identity().await.0);
     let renew = |client: &reqwest::Client| {
         let body = json!({"csrPem": csr(&p256(), rcgen::CertificateParams::default())});
-        let req = client.post(pair.b.url("/api/federation/v1/renew")).json(&body);
-        async move {
-            let r = req.send().await.unwrap();
-            let status = r.status().as_u16();
-            (status, r.json::<Value>().await.unwrap_or(Value::Null))
-        }
+        common::http::Client::new(client, &pair.b.base).post("/api/federation/v1/renew", body)
     };
     let new_key = p256();
     let r = s1
@@ -1661,30 +1601,8 @@ async fn short_lived_identity(pair: &Pair, grant: Uuid, secs: i64) -> (String, S
     (format!("{}{}", key.serialize_pem(), cert.pem()), cert.pem())
 }
 
-/// Like [`raw_get`], but a refused handshake or a closed connection is `None`.
-async fn try_raw_get(
-    port: u16,
-    config: std::sync::Arc<rustls::ClientConfig>,
-    path: &str,
-) -> Option<(u16, rustls::HandshakeKind)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let connector = tokio_rustls::TlsConnector::from(config);
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = connector.connect(name, tcp).await.ok()?;
-    let kind = tls.get_ref().1.handshake_kind()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    tls.write_all(request.as_bytes()).await.ok()?;
-    let mut response = Vec::new();
-    let _ = tls.read_to_end(&mut response).await;
-    let text = String::from_utf8_lossy(&response);
-    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok())?;
-    Some((status, kind))
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_expired_certificate_is_refused_on_a_kept_alive_connection_and_on_resumption() {
-    use rustls_pki_types::pem::PemObject;
     let pair = Pair::new(vec![]).await;
     let grant = pair.enroll().await;
     let (identity, cert_pem) = short_lived_identity(&pair, grant, 4).await;
@@ -1692,17 +1610,11 @@ async fn an_expired_certificate_is_refused_on_a_kept_alive_connection_and_on_res
     let caps = |c: &reqwest::Client| c.get(pair.b.url("/api/federation/v1/capabilities")).send();
     assert_eq!(caps(&kept_alive).await.unwrap().status(), 200);
 
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(rustls_pki_types::CertificateDer::from_pem_slice(&pair.b.ca_pem).unwrap()).unwrap();
-    let chain = vec![rustls_pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap()];
-    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(identity.as_bytes()).unwrap();
-    let config = std::sync::Arc::new(
-        rustls::ClientConfig::builder().with_root_certificates(roots).with_client_auth_cert(chain, key).unwrap(),
-    );
+    let config = tls::client_config(&pair.b.ca_pem, Some((identity.as_bytes(), cert_pem.as_bytes())), &[]);
     let path = "/api/federation/v1/capabilities";
-    assert_eq!(try_raw_get(pair.b.port, config.clone(), path).await, Some((200, rustls::HandshakeKind::Full)));
-    assert_eq!(try_raw_get(pair.b.port, config.clone(), path).await, Some((200, rustls::HandshakeKind::Resumed)));
-    assert_eq!(try_raw_get(pair.b.port, config.clone(), path).await, Some((200, rustls::HandshakeKind::Resumed)));
+    assert_eq!(tls::try_raw_get(pair.b.port, config.clone(), path).await, Some((200, rustls::HandshakeKind::Full)));
+    assert_eq!(tls::try_raw_get(pair.b.port, config.clone(), path).await, Some((200, rustls::HandshakeKind::Resumed)));
+    assert_eq!(tls::try_raw_get(pair.b.port, config.clone(), path).await, Some((200, rustls::HandshakeKind::Resumed)));
 
     tokio::time::sleep(Duration::from_secs(5)).await;
     // The same HTTP/2 connection, opened while the certificate was valid: refused per request.
@@ -1711,7 +1623,7 @@ async fn an_expired_certificate_is_refused_on_a_kept_alive_connection_and_on_res
     assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "unauthorized");
     // A resumption after notAfter is not honoured: the full handshake that follows refuses the
     // expired certificate.
-    let resumed = try_raw_get(pair.b.port, config, path).await;
+    let resumed = tls::try_raw_get(pair.b.port, config, path).await;
     assert!(
         resumed.is_none_or(|(status, kind)| status != 200 && kind != rustls::HandshakeKind::Resumed),
         "{resumed:?}"
@@ -2194,24 +2106,11 @@ async fn bench_audit_drops_old_days_under_write_load_and_refuses_real_audit_rows
     assert_eq!(code, 0, "{out}{err}");
     let dropped = out.lines().find(|l| l.contains("retention dropped")).unwrap_or_else(|| panic!("{out}"));
     assert!(dropped.contains(" 10 day partitions"), "days 91 to 100 are past a 90-day retention: {out}");
-    let before: i64 = out
-        .lines()
-        .find(|l| l.contains("rows before retention"))
-        .unwrap()
-        .split_whitespace()
-        .last()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let after: i64 = out
-        .lines()
-        .find(|l| l.contains("rows after retention"))
-        .unwrap()
-        .split_whitespace()
-        .last()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let figure = |label: &str| -> i64 {
+        let line = out.lines().find(|l| l.contains(label)).unwrap_or_else(|| panic!("no {label:?} in {out}"));
+        line.split_whitespace().last().unwrap().parse().unwrap()
+    };
+    let (before, after) = (figure("rows before retention"), figure("rows after retention"));
     assert!(after < before + 1_000_000 && before >= 20_000, "{out}");
     let oldest: chrono::DateTime<chrono::Utc> =
         sqlx::query_scalar("select min(at) from federation_audit_log").fetch_one(&db.pool).await.unwrap();
@@ -2543,16 +2442,8 @@ async fn the_reader_sees_refusals_failed_renewals_and_expiry_with_their_cause() 
     let pair = Pair::new(vec![]).await;
     let grant = pair.enroll().await;
     let (mut a, a_token) = start_a(&pair, &[("TESSERA_WEBHOOK_ALLOWED_CIDRS", "192.0.2.0/24")]).await;
-    let a_admin = |method: reqwest::Method, path: &str, body: Option<Value>| {
-        let mut req = a.client.request(method, a.url(path)).bearer_auth(&a_token);
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        async move {
-            let r = req.send().await.unwrap();
-            (r.status().as_u16(), r.json::<Value>().await.unwrap_or(Value::Null))
-        }
-    };
+    let a_admin =
+        |method: reqwest::Method, path: &str, body: Option<Value>| a.api().bearer(&a_token).call(method, path, body);
     // A receiver on A for both events (never reached; the delivery rows are what counts).
     let hook = json!({"url": "http://192.0.2.1:9/x", "secret": "s".repeat(32),
         "events": ["peer.certificate_expiring", "peer.renewal_failed"]});
@@ -3977,10 +3868,9 @@ async fn tesseras_peer_client_pages_a_server_answering_like_mosaic() {
 
 impl Pair {
     async fn search(&self, client: &reqwest::Client, resource: &str, body: Value) -> (u16, Value) {
-        let r =
-            client.post(self.b.url(&format!("/api/federation/v1/search/{resource}"))).json(&body).send().await.unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
+        common::http::Client::new(client, &self.b.base)
+            .post(&format!("/api/federation/v1/search/{resource}"), body)
+            .await
     }
 
     /// Follows a search's cursors to the end; returns the items in order.
@@ -4555,19 +4445,7 @@ async fn bench_search_runs_every_phase_over_mtls() {
     ] {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
     }
-    let allowed = wait_for_count(
-        &db.pool,
-        "select count(*) from federation_audit_log where verb = 'search' and outcome = 'allowed' and grant_id <> $1",
-        Uuid::nil(),
-        1,
-    )
-    .await;
-    assert!(allowed >= 1, "the bench's searches are audited");
-    let denied: i64 = sqlx::query_scalar("select count(*) from federation_audit_log where outcome <> 'allowed'")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    assert_eq!(denied, 0);
+    common::assert_bench_audited(&db.pool, "search").await;
     let insights: i64 = sqlx::query_scalar("select count(*) from insights where embedding is not null")
         .fetch_one(&db.pool)
         .await

@@ -125,17 +125,7 @@ async fn admin(
     token: Option<&str>,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let mut req = gw.client.request(method, gw.url(path));
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let r = req.send().await.expect("request");
-    let status = r.status().as_u16();
-    let text = r.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    gw.api().with(token.map_or(common::http::Auth::None, common::http::Auth::Token)).call(method, path, body).await
 }
 
 async fn register_webhook(gw: &Gateway, token: &str, url: &str, events: Value) -> Value {

@@ -97,7 +97,7 @@ async fn deliveries(
     limit: i64,
 ) -> Result<Vec<DeliveryView>, sqlx::Error> {
     // One statement for both reads, so the listed shape is written once.
-    let rows = sqlx::query_as!(
+    let mut rows = sqlx::query_as!(
         DeliveryView,
         "select d.id, d.event_id, d.endpoint_id, e.url, d.event, d.payload, d.status,
                 d.attempts, d.last_error, d.created_at, d.updated_at
@@ -110,13 +110,10 @@ async fn deliveries(
     )
     .fetch_all(db)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|mut v| {
-            v.url = crate::config::redact_url(&v.url);
-            v
-        })
-        .collect())
+    for v in &mut rows {
+        v.url = crate::config::redact_url(&v.url);
+    }
+    Ok(rows)
 }
 
 /// Dead deliveries, most recent first.

@@ -226,7 +226,7 @@ pub async fn create(
 /// # Errors
 /// Database errors.
 pub async fn list(db: impl sqlx::PgExecutor<'_>) -> Result<Vec<WebhookEndpoint>, sqlx::Error> {
-    let rows = sqlx::query_as!(
+    let mut rows = sqlx::query_as!(
         WebhookEndpoint,
         r#"select e.id, e.url, e.events, e.created_at,
                 (select count(*) from outbox.deliveries d where d.endpoint_id = e.id and d.status in ('pending', 'inflight')) as "pending!",
@@ -235,13 +235,10 @@ pub async fn list(db: impl sqlx::PgExecutor<'_>) -> Result<Vec<WebhookEndpoint>,
     )
     .fetch_all(db)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|mut r| {
-            r.url = crate::config::redact_url(&r.url);
-            r
-        })
-        .collect())
+    for r in &mut rows {
+        r.url = crate::config::redact_url(&r.url);
+    }
+    Ok(rows)
 }
 
 /// Deletes an endpoint and its undelivered rows; false when unknown.

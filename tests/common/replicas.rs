@@ -78,13 +78,7 @@ pub async fn admin_call(
     path: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let mut req = gw.client.request(method, gw.url(path)).bearer_auth(token);
-    if let Some(body) = body {
-        req = req.json(&body);
-    }
-    let r = req.send().await.expect("admin request");
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+    gw.api().bearer(token).call(method, path, body).await
 }
 
 /// Registers a peer named `name`, grants it `subject`'s data under `scope` (with an optional
