@@ -599,6 +599,23 @@ async fn tasks_in(pool: &sqlx::PgPool, project: Uuid, n: usize) -> Vec<Uuid> {
     ids
 }
 
+/// A member of gateway A's own data and their project (one id for both): rows that merged
+/// answers tag as local.
+async fn local_owner(pool: &sqlx::PgPool) -> Uuid {
+    let id = Uuid::new_v4();
+    sqlx::query("insert into users (id, email, name, role) values ($1, 'local@a.test', 'L', 'member')")
+        .bind(id)
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query("insert into projects (id, name, owner_user_id) values ($1, 'a', $1)")
+        .bind(id)
+        .execute(pool)
+        .await
+        .unwrap();
+    id
+}
+
 async fn world(pair: &Pair) -> World {
     let pool = &pair.b_db.pool;
     let other = Uuid::new_v4();
@@ -1137,24 +1154,8 @@ async fn gateway_a_reads_from_b_with_tagged_rows_merges_and_fails_fast_when_b_is
     assert!(err.contains("peer_not_found"), "{err}");
 
     // Gateway A's own API: local rows and B's rows merged, each tagged with its source.
-    let a = Gateway::start(GatewayOptions {
-        database_url: Some(pair.a_db.url.clone()),
-        data_dir: Some(pair.a_dir.path().to_path_buf()),
-        ..Default::default()
-    })
-    .await;
-    let (_, a_token) = seed_admin(&pair.a_db.pool, "admin@a.test").await;
-    let local_project = Uuid::new_v4();
-    sqlx::query("insert into users (id, email, name, role) values ($1, 'local@a.test', 'L', 'member')")
-        .bind(local_project)
-        .execute(&pair.a_db.pool)
-        .await
-        .unwrap();
-    sqlx::query("insert into projects (id, name, owner_user_id) values ($1, 'a', $1)")
-        .bind(local_project)
-        .execute(&pair.a_db.pool)
-        .await
-        .unwrap();
+    let (a, a_token) = start_a(&pair, &[]).await;
+    let local_project = local_owner(&pair.a_db.pool).await;
     tasks_in(&pair.a_db.pool, local_project, 3).await;
     let query = |source: &str| {
         let req = a
@@ -4336,25 +4337,8 @@ async fn merged_search_fuses_local_and_peer_results_and_lists_a_peer_that_is_dow
         tx.commit().await.unwrap();
     }
 
-    let a = Gateway::start(GatewayOptions {
-        database_url: Some(pair.a_db.url.clone()),
-        data_dir: Some(pair.a_dir.path().to_path_buf()),
-        env: vec![("TESSERA_SEARCH_PEER_TIMEOUT_MS".into(), "700".into())],
-        ..Default::default()
-    })
-    .await;
-    let (_, a_token) = seed_admin(&pair.a_db.pool, "admin@a.test").await;
-    let owner = Uuid::new_v4();
-    sqlx::query("insert into users (id, email, name, role) values ($1, 'local@a.test', 'L', 'member')")
-        .bind(owner)
-        .execute(&pair.a_db.pool)
-        .await
-        .unwrap();
-    sqlx::query("insert into projects (id, name, owner_user_id) values ($1, 'a', $1)")
-        .bind(owner)
-        .execute(&pair.a_db.pool)
-        .await
-        .unwrap();
+    let (a, a_token) = start_a(&pair, &[("TESSERA_SEARCH_PEER_TIMEOUT_MS", "700")]).await;
+    let owner = local_owner(&pair.a_db.pool).await;
     let local = tasks_in(&pair.a_db.pool, owner, 2).await;
     let search = |body: Value| {
         let req = a.client.post(a.url("/api/admin/federation/search")).bearer_auth(&a_token).json(&body);
