@@ -3117,6 +3117,24 @@ async fn one_federated_query_is_one_trace_across_both_gateways() {
     );
 }
 
+/// The fields of a task row on the wire, sorted.
+const TASK_KEYS: [&str; 14] = [
+    "_source",
+    "assignee",
+    "createdAt",
+    "description",
+    "dueDate",
+    "id",
+    "metadata",
+    "missionId",
+    "priority",
+    "projectId",
+    "status",
+    "tags",
+    "title",
+    "updatedAt",
+];
+
 fn keys(v: &Value) -> Vec<String> {
     let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
     k.sort();
@@ -3181,25 +3199,7 @@ async fn rows_carry_mosaics_fields_from_the_data_api_to_list_and_get() {
     let (_, client) = pair.enroll_with(json!({"resources": ["tasks", "notes", "memory"]})).await;
     let (_, page) = pair.list(&client, "tasks", json!({})).await;
     let t = &page["items"][0];
-    assert_eq!(
-        keys(t),
-        [
-            "_source",
-            "assignee",
-            "createdAt",
-            "description",
-            "dueDate",
-            "id",
-            "metadata",
-            "missionId",
-            "priority",
-            "projectId",
-            "status",
-            "tags",
-            "title",
-            "updatedAt"
-        ]
-    );
+    assert_eq!(keys(t), TASK_KEYS);
     assert_eq!((t["dueDate"].as_str(), t["metadata"].clone()), (Some("2027-01-02T03:04:05Z"), json!({"points": 3})));
     let (_, page) = pair.list(&client, "notes", json!({})).await;
     let n = &page["items"][0];
@@ -3508,25 +3508,7 @@ async fn a_client_written_from_the_protocol_document_pages_tessera() {
         let page: Value = r.json().await.unwrap();
         pages += 1;
         for item in page["items"].as_array().unwrap() {
-            assert_eq!(
-                keys(item),
-                [
-                    "_source",
-                    "assignee",
-                    "createdAt",
-                    "description",
-                    "dueDate",
-                    "id",
-                    "metadata",
-                    "missionId",
-                    "priority",
-                    "projectId",
-                    "status",
-                    "tags",
-                    "title",
-                    "updatedAt"
-                ]
-            );
+            assert_eq!(keys(item), TASK_KEYS);
             got.push(item["id"].as_str().unwrap().parse::<Uuid>().unwrap());
         }
         match page.get("nextCursor") {
