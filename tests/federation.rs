@@ -2306,6 +2306,17 @@ async fn scope_explain_agrees_with_what_list_returns_for_every_resource() {
 // The reader's side (gateway A): renewal that follows the certificate, status, metrics, events.
 
 /// Gateway A on the pair's database and data dir, with `env`, and an admin token for it.
+/// When A received its client certificate for B, and whether A has renewed it once `within`
+/// has passed (or as soon as it has).
+async fn received_then_renewed(pool: &sqlx::PgPool, within: Duration) -> (chrono::DateTime<chrono::Utc>, i64) {
+    let received = sqlx::query_scalar("select client_cert_received_at from federation_peers where name = 'gateway-b'")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let sql = "select count(*) from federation_peers where name = 'gateway-b' and last_renewed_at is not null";
+    (received, wait_count(pool, sql, 1, within).await)
+}
+
 async fn start_a(pair: &Pair, env: &[(&str, &str)]) -> (Gateway, String) {
     let a = Gateway::start(GatewayOptions {
         database_url: Some(pair.a_db.url.clone()),
@@ -2362,18 +2373,7 @@ async fn renewal_follows_the_certificate_lifetime_not_the_local_setting() {
     let (_, first) = pair.a_identity().await;
     let first_not_after = leaf_identity(&first).not_after;
     let (a, _) = start_a(&pair, &[("TESSERA_FEDERATION_CERT_TTL_SECS", "3600")]).await;
-    let received: chrono::DateTime<chrono::Utc> =
-        sqlx::query_scalar("select client_cert_received_at from federation_peers where name = 'gateway-b'")
-            .fetch_one(&pair.a_db.pool)
-            .await
-            .unwrap();
-    let renewed = wait_count(
-        &pair.a_db.pool,
-        "select count(*) from federation_peers where name = 'gateway-b' and last_renewed_at is not null",
-        1,
-        Duration::from_secs(70),
-    )
-    .await;
+    let (received, renewed) = received_then_renewed(&pair.a_db.pool, Duration::from_secs(70)).await;
     assert_eq!(renewed, 1, "renewed before expiry:\n{}", a.log());
     let (renewed_at, failures): (chrono::DateTime<chrono::Utc>, i32) =
         sqlx::query_as("select last_renewed_at, renewal_failures from federation_peers where name = 'gateway-b'")
@@ -2665,18 +2665,7 @@ async fn day_two_end_to_end_with_two_gateways_and_short_certificates() {
     let (code, out, err) = list();
     assert_ne!(code, 0, "the second call of the minute is over budget: {out}{err}");
     // ...and the running reader still renews, at about two thirds of the certificate's life.
-    let received: chrono::DateTime<chrono::Utc> =
-        sqlx::query_scalar("select client_cert_received_at from federation_peers where name = 'gateway-b'")
-            .fetch_one(&pair.a_db.pool)
-            .await
-            .unwrap();
-    let renewed = wait_count(
-        &pair.a_db.pool,
-        "select count(*) from federation_peers where name = 'gateway-b' and last_renewed_at is not null",
-        1,
-        Duration::from_secs(25),
-    )
-    .await;
+    let (received, renewed) = received_then_renewed(&pair.a_db.pool, Duration::from_secs(25)).await;
     assert_eq!(renewed, 1, "renewed under the rate limit:\n{}", a.log());
     let renewed_at: chrono::DateTime<chrono::Utc> =
         sqlx::query_scalar("select last_renewed_at from federation_peers where name = 'gateway-b'")
