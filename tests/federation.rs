@@ -90,12 +90,7 @@ impl Pair {
     }
 
     fn mtls_client(&self, identity_pem: &[u8]) -> reqwest::Client {
-        reqwest::Client::builder()
-            .tls_backend_rustls()
-            .tls_certs_only([reqwest::Certificate::from_pem(&self.b.ca_pem).unwrap()])
-            .identity(reqwest::Identity::from_pem(identity_pem).unwrap())
-            .build()
-            .unwrap()
+        common::mtls_client(&self.b.ca_pem, identity_pem).build().unwrap()
     }
 
     /// Enrolls A with a new tasks grant and returns the grant id.
@@ -1250,13 +1245,7 @@ async fn an_expired_client_certificate_fails_the_handshake() {
     // The caller learns why, from the TLS alert deep in the error chain, and what to do. The
     // peer client speaks HTTP/1.1 (over HTTP/2 hyper drops the connection's error and reports
     // only "channel closed").
-    let peer_like = reqwest::Client::builder()
-        .tls_backend_rustls()
-        .tls_certs_only([reqwest::Certificate::from_pem(&pair.b.ca_pem).unwrap()])
-        .identity(reqwest::Identity::from_pem(identity.as_bytes()).unwrap())
-        .http1_only()
-        .build()
-        .unwrap();
+    let peer_like = common::mtls_client(&pair.b.ca_pem, identity.as_bytes()).http1_only().build().unwrap();
     // Whether the server's alert or its closing of the socket reaches the client first is a race
     // on a loaded machine; the alert is what is classified, so a few attempts may be needed.
     let mut attempts = 0;
@@ -1749,12 +1738,7 @@ async fn handshake_failures_are_counted_and_logged_by_reason() {
 async fn oversized_headers_get_431_in_the_envelope() {
     let pair = Pair::new(vec![]).await;
     let huge = "x".repeat(2 << 20);
-    let h1 = reqwest::Client::builder()
-        .tls_backend_rustls()
-        .tls_certs_only([reqwest::Certificate::from_pem(&pair.b.ca_pem).unwrap()])
-        .http1_only()
-        .build()
-        .unwrap();
+    let h1 = common::trusting(&pair.b.ca_pem).http1_only().build().unwrap();
     for client in [&h1, &pair.b.client] {
         let r = client.get(pair.b.url("/healthz")).header("x-big", &huge).send().await.unwrap();
         assert_eq!(r.status(), 431);
@@ -3465,8 +3449,7 @@ async fn a_client_written_from_the_protocol_document_pages_tessera() {
     let ca_pem = unverified.get(format!("{origin}/api/federation/ca")).send().await.unwrap().text().await.unwrap();
     let ca_der = rustls_pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap();
     assert_eq!(hex::encode(sha2::Sha256::digest(ca_der.as_ref())), pin);
-    let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap();
-    let anonymous = reqwest::Client::builder().tls_backend_rustls().tls_certs_only([ca.clone()]).build().unwrap();
+    let anonymous = common::trusting(ca_pem.as_bytes()).build().unwrap();
     let key = p256();
     let redeem_url = format!("{origin}/api/federation/enrollment/{token}");
     let csr_pem = csr(&key, rcgen::CertificateParams::default());
@@ -3477,12 +3460,7 @@ async fn a_client_written_from_the_protocol_document_pages_tessera() {
     assert!(issued["certChainPem"].as_str().unwrap().starts_with(cert_pem));
     let mut identity = key.serialize_pem().into_bytes();
     identity.extend_from_slice(cert_pem.as_bytes());
-    let peer = reqwest::Client::builder()
-        .tls_backend_rustls()
-        .tls_certs_only([ca])
-        .identity(reqwest::Identity::from_pem(&identity).unwrap())
-        .build()
-        .unwrap();
+    let peer = common::mtls_client(ca_pem.as_bytes(), &identity).build().unwrap();
     let list_url = format!("{origin}/api/federation/v1/list/tasks");
 
     // Paging as a Mosaic peer does: limit as a string, no null fields, an unknown field, and

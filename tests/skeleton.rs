@@ -31,12 +31,7 @@ async fn serves_health_ca_and_envelopes_over_tls() {
     assert_eq!(pem.as_bytes(), gw.ca_pem.as_slice());
 
     // HTTP/1.1 works as well.
-    let h1 = reqwest::Client::builder()
-        .tls_backend_rustls()
-        .tls_certs_only([reqwest::Certificate::from_pem(&gw.ca_pem).unwrap()])
-        .http1_only()
-        .build()
-        .unwrap();
+    let h1 = common::trusting(&gw.ca_pem).http1_only().build().unwrap();
     let r = h1.get(gw.url("/healthz")).send().await.unwrap();
     assert_eq!(r.version(), reqwest::Version::HTTP_11);
     assert!(r.headers().contains_key("x-request-id"), "every response carries a request id");

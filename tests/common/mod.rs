@@ -289,15 +289,21 @@ fn data_dir_log(data_dir: &Path) -> PathBuf {
     data_dir.join("gateway.log")
 }
 
+/// A reqwest client builder (rustls) trusting only `ca_pem`: every client of the tests starts
+/// here, then adds what it tests (a client certificate, HTTP/1.1 only, a timeout).
+pub fn trusting(ca_pem: &[u8]) -> reqwest::ClientBuilder {
+    let ca = reqwest::Certificate::from_pem(ca_pem).expect("CA PEM");
+    reqwest::Client::builder().tls_backend_rustls().tls_certs_only([ca])
+}
+
 /// A reqwest client (HTTP/2 via ALPN) trusting only `ca_pem`.
 pub fn client_trusting(ca_pem: &[u8]) -> reqwest::Client {
-    let ca = reqwest::Certificate::from_pem(ca_pem).expect("CA PEM");
-    reqwest::Client::builder()
-        .tls_backend_rustls()
-        .tls_certs_only([ca])
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("client")
+    trusting(ca_pem).timeout(Duration::from_secs(30)).build().expect("client")
+}
+
+/// A client trusting only `ca_pem` and presenting `identity_pem` (key and certificate PEM).
+pub fn mtls_client(ca_pem: &[u8], identity_pem: &[u8]) -> reqwest::ClientBuilder {
+    trusting(ca_pem).identity(reqwest::Identity::from_pem(identity_pem).expect("identity PEM"))
 }
 
 /// Runs the tessera binary with `args` and `env`, returning (exit code, stdout, stderr).

@@ -120,13 +120,7 @@ pub async fn enroll_peer(
     let issued: Value = r.json().await.unwrap();
     let mut identity = key.serialize_pem().into_bytes();
     identity.extend_from_slice(issued["certPem"].as_str().unwrap().as_bytes());
-    let client = reqwest::Client::builder()
-        .tls_backend_rustls()
-        .tls_certs_only([reqwest::Certificate::from_pem(&gw.ca_pem).unwrap()])
-        .identity(reqwest::Identity::from_pem(&identity).unwrap())
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
+    let client = super::mtls_client(&gw.ca_pem, &identity).timeout(Duration::from_secs(30)).build().unwrap();
     EnrolledPeer { peer_id, grant_id, client }
 }
 
