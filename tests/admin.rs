@@ -5,6 +5,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::http::Auth;
 use common::{Gateway, GatewayOptions, TestDb, run_cli, seed_admin};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -27,33 +28,8 @@ async fn call(
     auth: Auth<'_>,
     body: Option<Value>,
 ) -> (StatusCode, Value, reqwest::header::HeaderMap) {
-    let mut req = gw.client.request(method, gw.url(path));
-    match auth {
-        Auth::None => {}
-        Auth::Token(t) => req = req.bearer_auth(t),
-        Auth::Cookie(c) => {
-            req = req.header("cookie", format!("tessera_session={c}"));
-            // As a same-origin page does: cookie writes without a JSON body carry this header.
-            if body.is_none() {
-                req = req.header("x-requested-with", "tessera-test");
-            }
-        }
-    }
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let r = req.send().await.expect("request");
-    let status = r.status();
-    let headers = r.headers().clone();
-    let text = r.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)), headers)
-}
-
-#[derive(Clone, Copy)]
-enum Auth<'a> {
-    None,
-    Token(&'a str),
-    Cookie(&'a str),
+    let r = gw.api().with(auth).send(method, path, body.as_ref()).await;
+    (r.status, r.body, r.headers)
 }
 
 async fn get(gw: &Gateway, path: &str, auth: Auth<'_>) -> (StatusCode, Value) {

@@ -17,10 +17,9 @@ use serde_json::{Value, json};
 const CAPABILITIES: &str = "/api/federation/v1/capabilities";
 
 async fn get_status(client: &reqwest::Client, url: &str) -> (u16, Option<String>, Value) {
-    let r = client.get(url).send().await.expect("request");
-    let status = r.status().as_u16();
-    let retry_after = r.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_string);
-    (status, retry_after, r.json().await.unwrap_or(Value::Null))
+    let r = common::http::Client::new(client, "").send(reqwest::Method::GET, url, None).await;
+    let retry_after = r.headers.get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_string);
+    (r.status.as_u16(), retry_after, r.body)
 }
 
 /// Polls the audit log (written in batches off the request path) until `sql` counts `want`.

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Gateway, GatewayOptions, TestDb, run_cli, seed_admin, wait_for_count};
+use common::{Gateway, GatewayOptions, TestDb, run_cli, seed_admin, tls, wait_for_count};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -42,13 +42,7 @@ impl Pair {
     }
 
     async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self.b.client.request(method, self.b.url(path)).bearer_auth(&self.token);
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        let r = req.send().await.unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
+        self.b.api().bearer(&self.token).call(method, path, body).await
     }
 
     async fn admin_post(&self, path: &str, body: Value) -> (u16, Value) {
@@ -96,12 +90,7 @@ impl Pair {
     }
 
     fn mtls_client(&self, identity_pem: &[u8]) -> reqwest::Client {
-        reqwest::Client::builder()
-            .tls_backend_rustls()
-            .tls_certs_only([reqwest::Certificate::from_pem(&self.b.ca_pem).unwrap()])
-            .identity(reqwest::Identity::from_pem(identity_pem).unwrap())
-            .build()
-            .unwrap()
+        common::mtls_client(&self.b.ca_pem, identity_pem).build().unwrap()
     }
 
     /// Enrolls A with a new tasks grant and returns the grant id.
@@ -133,15 +122,7 @@ fn p256() -> rcgen::KeyPair {
 }
 
 async fn redeem(b: &Gateway, token: &str, csr_pem: &str) -> (u16, Value) {
-    let r = b
-        .client
-        .post(b.url(&format!("/api/federation/enrollment/{token}")))
-        .json(&json!({"csrPem": csr_pem}))
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+    b.api().post(&format!("/api/federation/enrollment/{token}"), json!({"csrPem": csr_pem})).await
 }
 
 fn leaf_identity(cert_pem: &str) -> tessera::federation::identity::PeerIdentity {
@@ -613,6 +594,23 @@ async fn tasks_in(pool: &sqlx::PgPool, project: Uuid, n: usize) -> Vec<Uuid> {
     ids
 }
 
+/// A member of gateway A's own data and their project (one id for both): rows that merged
+/// answers tag as local.
+async fn local_owner(pool: &sqlx::PgPool) -> Uuid {
+    let id = Uuid::new_v4();
+    sqlx::query("insert into users (id, email, name, role) values ($1, 'local@a.test', 'L', 'member')")
+        .bind(id)
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query("insert into projects (id, name, owner_user_id) values ($1, 'a', $1)")
+        .bind(id)
+        .execute(pool)
+        .await
+        .unwrap();
+    id
+}
+
 async fn world(pair: &Pair) -> World {
     let pool = &pair.b_db.pool;
     let other = Uuid::new_v4();
@@ -674,10 +672,7 @@ impl Pair {
     }
 
     async fn list(&self, client: &reqwest::Client, resource: &str, body: Value) -> (u16, Value) {
-        let r =
-            client.post(self.b.url(&format!("/api/federation/v1/list/{resource}"))).json(&body).send().await.unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
+        common::http::Client::new(client, &self.b.base).post(&format!("/api/federation/v1/list/{resource}"), body).await
     }
 
     /// Follows cursors to the end; returns the ids in order.
@@ -1154,24 +1149,8 @@ async fn gateway_a_reads_from_b_with_tagged_rows_merges_and_fails_fast_when_b_is
     assert!(err.contains("peer_not_found"), "{err}");
 
     // Gateway A's own API: local rows and B's rows merged, each tagged with its source.
-    let a = Gateway::start(GatewayOptions {
-        database_url: Some(pair.a_db.url.clone()),
-        data_dir: Some(pair.a_dir.path().to_path_buf()),
-        ..Default::default()
-    })
-    .await;
-    let (_, a_token) = seed_admin(&pair.a_db.pool, "admin@a.test").await;
-    let local_project = Uuid::new_v4();
-    sqlx::query("insert into users (id, email, name, role) values ($1, 'local@a.test', 'L', 'member')")
-        .bind(local_project)
-        .execute(&pair.a_db.pool)
-        .await
-        .unwrap();
-    sqlx::query("insert into projects (id, name, owner_user_id) values ($1, 'a', $1)")
-        .bind(local_project)
-        .execute(&pair.a_db.pool)
-        .await
-        .unwrap();
+    let (a, a_token) = start_a(&pair, &[]).await;
+    let local_project = local_owner(&pair.a_db.pool).await;
     tasks_in(&pair.a_db.pool, local_project, 3).await;
     let query = |source: &str| {
         let req = a
@@ -1221,48 +1200,22 @@ async fn gateway_a_reads_from_b_with_tagged_rows_merges_and_fails_fast_when_b_is
     assert_eq!(calls("circuit_open"), Some(1.0), "{text}");
 }
 
-/// Sends one HTTP/1.1 request over a fresh TLS connection made with `config` and returns the
-/// status code and how the handshake went.
-async fn raw_get(port: u16, config: std::sync::Arc<rustls::ClientConfig>, path: &str) -> (u16, rustls::HandshakeKind) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let connector = tokio_rustls::TlsConnector::from(config);
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = connector.connect(name, tcp).await.unwrap();
-    let kind = tls.get_ref().1.handshake_kind().unwrap();
-    tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut response = Vec::new();
-    let _ = tls.read_to_end(&mut response).await;
-    let text = String::from_utf8_lossy(&response);
-    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    (status, kind)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_resumed_tls_session_still_gets_every_guard_check() {
-    use rustls_pki_types::pem::PemObject;
     let pair = Pair::new(vec![]).await;
     let grant = pair.enroll().await;
     let (identity, cert_pem) = pair.a_identity().await;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(rustls_pki_types::CertificateDer::from_pem_slice(&pair.b.ca_pem).unwrap()).unwrap();
-    let chain = vec![rustls_pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap()];
-    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(&identity).unwrap();
     // One client config, so its session cache lets the second connection resume.
-    let config = std::sync::Arc::new(
-        rustls::ClientConfig::builder().with_root_certificates(roots).with_client_auth_cert(chain, key).unwrap(),
-    );
-    let (status, kind) = raw_get(pair.b.port, config.clone(), "/api/federation/v1/capabilities").await;
+    let config = tls::client_config(&pair.b.ca_pem, Some((&identity, cert_pem.as_bytes())), &[]);
+    let (status, kind) = tls::raw_get(pair.b.port, config.clone(), "/api/federation/v1/capabilities").await;
     assert_eq!((status, kind), (200, rustls::HandshakeKind::Full));
-    let (status, kind) = raw_get(pair.b.port, config.clone(), "/api/federation/v1/capabilities").await;
+    let (status, kind) = tls::raw_get(pair.b.port, config.clone(), "/api/federation/v1/capabilities").await;
     assert_eq!((status, kind), (200, rustls::HandshakeKind::Resumed), "the session resumed and identity carried over");
 
     let (status, _) =
         pair.admin_post(&format!("/api/admin/grants/{grant}/revoke"), json!({"reason": "resumption test"})).await;
     assert_eq!(status, 200);
-    let (status, kind) = raw_get(pair.b.port, config, "/api/federation/v1/capabilities").await;
+    let (status, kind) = tls::raw_get(pair.b.port, config, "/api/federation/v1/capabilities").await;
     assert_eq!(kind, rustls::HandshakeKind::Resumed);
     assert_eq!(status, 403, "a resumed session is still checked against the database");
 }
@@ -1292,13 +1245,7 @@ async fn an_expired_client_certificate_fails_the_handshake() {
     // The caller learns why, from the TLS alert deep in the error chain, and what to do. The
     // peer client speaks HTTP/1.1 (over HTTP/2 hyper drops the connection's error and reports
     // only "channel closed").
-    let peer_like = reqwest::Client::builder()
-        .tls_backend_rustls()
-        .tls_certs_only([reqwest::Certificate::from_pem(&pair.b.ca_pem).unwrap()])
-        .identity(reqwest::Identity::from_pem(identity.as_bytes()).unwrap())
-        .http1_only()
-        .build()
-        .unwrap();
+    let peer_like = common::mtls_client(&pair.b.ca_pem, identity.as_bytes()).http1_only().build().unwrap();
     // Whether the server's alert or its closing of the socket reaches the client first is a race
     // on a loaded machine; the alert is what is classified, so a few attempts may be needed.
     let mut attempts = 0;
@@ -1412,19 +1359,7 @@ async fn bench_list_runs_every_phase_over_mtls_and_refuses_a_database_with_data(
     ] {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
     }
-    let allowed = wait_for_count(
-        &db.pool,
-        "select count(*) from federation_audit_log where verb = 'list' and outcome = 'allowed' and grant_id <> $1",
-        Uuid::nil(),
-        1,
-    )
-    .await;
-    assert!(allowed >= 1, "the bench's list requests are audited");
-    let denied: i64 = sqlx::query_scalar("select count(*) from federation_audit_log where outcome <> 'allowed'")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    assert_eq!(denied, 0);
+    common::assert_bench_audited(&db.pool, "list").await;
 
     // One phase alone: only its line, and no summary that would need the others.
     let args = ["bench", "list", "--tasks", "3000", "--seconds", "1", "--concurrency", "2", "--phases", "ceiling"];
@@ -1581,12 +1516,7 @@ async fn only_the_current_certificate_may_renew() {
     let s1 = pair.mtls_client(&pair.a_identity().await.0);
     let renew = |client: &reqwest::Client| {
         let body = json!({"csrPem": csr(&p256(), rcgen::CertificateParams::default())});
-        let req = client.post(pair.b.url("/api/federation/v1/renew")).json(&body);
-        async move {
-            let r = req.send().await.unwrap();
-            let status = r.status().as_u16();
-            (status, r.json::<Value>().await.unwrap_or(Value::Null))
-        }
+        common::http::Client::new(client, &pair.b.base).post("/api/federation/v1/renew", body)
     };
     let new_key = p256();
     let r = s1
@@ -1661,30 +1591,8 @@ async fn short_lived_identity(pair: &Pair, grant: Uuid, secs: i64) -> (String, S
     (format!("{}{}", key.serialize_pem(), cert.pem()), cert.pem())
 }
 
-/// Like [`raw_get`], but a refused handshake or a closed connection is `None`.
-async fn try_raw_get(
-    port: u16,
-    config: std::sync::Arc<rustls::ClientConfig>,
-    path: &str,
-) -> Option<(u16, rustls::HandshakeKind)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let connector = tokio_rustls::TlsConnector::from(config);
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = connector.connect(name, tcp).await.ok()?;
-    let kind = tls.get_ref().1.handshake_kind()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    tls.write_all(request.as_bytes()).await.ok()?;
-    let mut response = Vec::new();
-    let _ = tls.read_to_end(&mut response).await;
-    let text = String::from_utf8_lossy(&response);
-    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok())?;
-    Some((status, kind))
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_expired_certificate_is_refused_on_a_kept_alive_connection_and_on_resumption() {
-    use rustls_pki_types::pem::PemObject;
     let pair = Pair::new(vec![]).await;
     let grant = pair.enroll().await;
     let (identity, cert_pem) = short_lived_identity(&pair, grant, 4).await;
@@ -1692,17 +1600,11 @@ async fn an_expired_certificate_is_refused_on_a_kept_alive_connection_and_on_res
     let caps = |c: &reqwest::Client| c.get(pair.b.url("/api/federation/v1/capabilities")).send();
     assert_eq!(caps(&kept_alive).await.unwrap().status(), 200);
 
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(rustls_pki_types::CertificateDer::from_pem_slice(&pair.b.ca_pem).unwrap()).unwrap();
-    let chain = vec![rustls_pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap()];
-    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(identity.as_bytes()).unwrap();
-    let config = std::sync::Arc::new(
-        rustls::ClientConfig::builder().with_root_certificates(roots).with_client_auth_cert(chain, key).unwrap(),
-    );
+    let config = tls::client_config(&pair.b.ca_pem, Some((identity.as_bytes(), cert_pem.as_bytes())), &[]);
     let path = "/api/federation/v1/capabilities";
-    assert_eq!(try_raw_get(pair.b.port, config.clone(), path).await, Some((200, rustls::HandshakeKind::Full)));
-    assert_eq!(try_raw_get(pair.b.port, config.clone(), path).await, Some((200, rustls::HandshakeKind::Resumed)));
-    assert_eq!(try_raw_get(pair.b.port, config.clone(), path).await, Some((200, rustls::HandshakeKind::Resumed)));
+    assert_eq!(tls::try_raw_get(pair.b.port, config.clone(), path).await, Some((200, rustls::HandshakeKind::Full)));
+    assert_eq!(tls::try_raw_get(pair.b.port, config.clone(), path).await, Some((200, rustls::HandshakeKind::Resumed)));
+    assert_eq!(tls::try_raw_get(pair.b.port, config.clone(), path).await, Some((200, rustls::HandshakeKind::Resumed)));
 
     tokio::time::sleep(Duration::from_secs(5)).await;
     // The same HTTP/2 connection, opened while the certificate was valid: refused per request.
@@ -1711,7 +1613,7 @@ async fn an_expired_certificate_is_refused_on_a_kept_alive_connection_and_on_res
     assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "unauthorized");
     // A resumption after notAfter is not honoured: the full handshake that follows refuses the
     // expired certificate.
-    let resumed = try_raw_get(pair.b.port, config, path).await;
+    let resumed = tls::try_raw_get(pair.b.port, config, path).await;
     assert!(
         resumed.is_none_or(|(status, kind)| status != 200 && kind != rustls::HandshakeKind::Resumed),
         "{resumed:?}"
@@ -1836,12 +1738,7 @@ async fn handshake_failures_are_counted_and_logged_by_reason() {
 async fn oversized_headers_get_431_in_the_envelope() {
     let pair = Pair::new(vec![]).await;
     let huge = "x".repeat(2 << 20);
-    let h1 = reqwest::Client::builder()
-        .tls_backend_rustls()
-        .tls_certs_only([reqwest::Certificate::from_pem(&pair.b.ca_pem).unwrap()])
-        .http1_only()
-        .build()
-        .unwrap();
+    let h1 = common::trusting(&pair.b.ca_pem).http1_only().build().unwrap();
     for client in [&h1, &pair.b.client] {
         let r = client.get(pair.b.url("/healthz")).header("x-big", &huge).send().await.unwrap();
         assert_eq!(r.status(), 431);
@@ -2194,24 +2091,11 @@ async fn bench_audit_drops_old_days_under_write_load_and_refuses_real_audit_rows
     assert_eq!(code, 0, "{out}{err}");
     let dropped = out.lines().find(|l| l.contains("retention dropped")).unwrap_or_else(|| panic!("{out}"));
     assert!(dropped.contains(" 10 day partitions"), "days 91 to 100 are past a 90-day retention: {out}");
-    let before: i64 = out
-        .lines()
-        .find(|l| l.contains("rows before retention"))
-        .unwrap()
-        .split_whitespace()
-        .last()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let after: i64 = out
-        .lines()
-        .find(|l| l.contains("rows after retention"))
-        .unwrap()
-        .split_whitespace()
-        .last()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let figure = |label: &str| -> i64 {
+        let line = out.lines().find(|l| l.contains(label)).unwrap_or_else(|| panic!("no {label:?} in {out}"));
+        line.split_whitespace().last().unwrap().parse().unwrap()
+    };
+    let (before, after) = (figure("rows before retention"), figure("rows after retention"));
     assert!(after < before + 1_000_000 && before >= 20_000, "{out}");
     let oldest: chrono::DateTime<chrono::Utc> =
         sqlx::query_scalar("select min(at) from federation_audit_log").fetch_one(&db.pool).await.unwrap();
@@ -2406,6 +2290,17 @@ async fn scope_explain_agrees_with_what_list_returns_for_every_resource() {
 // The reader's side (gateway A): renewal that follows the certificate, status, metrics, events.
 
 /// Gateway A on the pair's database and data dir, with `env`, and an admin token for it.
+/// When A received its client certificate for B, and whether A has renewed it once `within`
+/// has passed (or as soon as it has).
+async fn received_then_renewed(pool: &sqlx::PgPool, within: Duration) -> (chrono::DateTime<chrono::Utc>, i64) {
+    let received = sqlx::query_scalar("select client_cert_received_at from federation_peers where name = 'gateway-b'")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let sql = "select count(*) from federation_peers where name = 'gateway-b' and last_renewed_at is not null";
+    (received, wait_count(pool, sql, 1, within).await)
+}
+
 async fn start_a(pair: &Pair, env: &[(&str, &str)]) -> (Gateway, String) {
     let a = Gateway::start(GatewayOptions {
         database_url: Some(pair.a_db.url.clone()),
@@ -2462,18 +2357,7 @@ async fn renewal_follows_the_certificate_lifetime_not_the_local_setting() {
     let (_, first) = pair.a_identity().await;
     let first_not_after = leaf_identity(&first).not_after;
     let (a, _) = start_a(&pair, &[("TESSERA_FEDERATION_CERT_TTL_SECS", "3600")]).await;
-    let received: chrono::DateTime<chrono::Utc> =
-        sqlx::query_scalar("select client_cert_received_at from federation_peers where name = 'gateway-b'")
-            .fetch_one(&pair.a_db.pool)
-            .await
-            .unwrap();
-    let renewed = wait_count(
-        &pair.a_db.pool,
-        "select count(*) from federation_peers where name = 'gateway-b' and last_renewed_at is not null",
-        1,
-        Duration::from_secs(70),
-    )
-    .await;
+    let (received, renewed) = received_then_renewed(&pair.a_db.pool, Duration::from_secs(70)).await;
     assert_eq!(renewed, 1, "renewed before expiry:\n{}", a.log());
     let (renewed_at, failures): (chrono::DateTime<chrono::Utc>, i32) =
         sqlx::query_as("select last_renewed_at, renewal_failures from federation_peers where name = 'gateway-b'")
@@ -2543,16 +2427,8 @@ async fn the_reader_sees_refusals_failed_renewals_and_expiry_with_their_cause() 
     let pair = Pair::new(vec![]).await;
     let grant = pair.enroll().await;
     let (mut a, a_token) = start_a(&pair, &[("TESSERA_WEBHOOK_ALLOWED_CIDRS", "192.0.2.0/24")]).await;
-    let a_admin = |method: reqwest::Method, path: &str, body: Option<Value>| {
-        let mut req = a.client.request(method, a.url(path)).bearer_auth(&a_token);
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        async move {
-            let r = req.send().await.unwrap();
-            (r.status().as_u16(), r.json::<Value>().await.unwrap_or(Value::Null))
-        }
-    };
+    let a_admin =
+        |method: reqwest::Method, path: &str, body: Option<Value>| a.api().bearer(&a_token).call(method, path, body);
     // A receiver on A for both events (never reached; the delivery rows are what counts).
     let hook = json!({"url": "http://192.0.2.1:9/x", "secret": "s".repeat(32),
         "events": ["peer.certificate_expiring", "peer.renewal_failed"]});
@@ -2773,18 +2649,7 @@ async fn day_two_end_to_end_with_two_gateways_and_short_certificates() {
     let (code, out, err) = list();
     assert_ne!(code, 0, "the second call of the minute is over budget: {out}{err}");
     // ...and the running reader still renews, at about two thirds of the certificate's life.
-    let received: chrono::DateTime<chrono::Utc> =
-        sqlx::query_scalar("select client_cert_received_at from federation_peers where name = 'gateway-b'")
-            .fetch_one(&pair.a_db.pool)
-            .await
-            .unwrap();
-    let renewed = wait_count(
-        &pair.a_db.pool,
-        "select count(*) from federation_peers where name = 'gateway-b' and last_renewed_at is not null",
-        1,
-        Duration::from_secs(25),
-    )
-    .await;
+    let (received, renewed) = received_then_renewed(&pair.a_db.pool, Duration::from_secs(25)).await;
     assert_eq!(renewed, 1, "renewed under the rate limit:\n{}", a.log());
     let renewed_at: chrono::DateTime<chrono::Utc> =
         sqlx::query_scalar("select last_renewed_at from federation_peers where name = 'gateway-b'")
@@ -3225,6 +3090,24 @@ async fn one_federated_query_is_one_trace_across_both_gateways() {
     );
 }
 
+/// The fields of a task row on the wire, sorted.
+const TASK_KEYS: [&str; 14] = [
+    "_source",
+    "assignee",
+    "createdAt",
+    "description",
+    "dueDate",
+    "id",
+    "metadata",
+    "missionId",
+    "priority",
+    "projectId",
+    "status",
+    "tags",
+    "title",
+    "updatedAt",
+];
+
 fn keys(v: &Value) -> Vec<String> {
     let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
     k.sort();
@@ -3289,25 +3172,7 @@ async fn rows_carry_mosaics_fields_from_the_data_api_to_list_and_get() {
     let (_, client) = pair.enroll_with(json!({"resources": ["tasks", "notes", "memory"]})).await;
     let (_, page) = pair.list(&client, "tasks", json!({})).await;
     let t = &page["items"][0];
-    assert_eq!(
-        keys(t),
-        [
-            "_source",
-            "assignee",
-            "createdAt",
-            "description",
-            "dueDate",
-            "id",
-            "metadata",
-            "missionId",
-            "priority",
-            "projectId",
-            "status",
-            "tags",
-            "title",
-            "updatedAt"
-        ]
-    );
+    assert_eq!(keys(t), TASK_KEYS);
     assert_eq!((t["dueDate"].as_str(), t["metadata"].clone()), (Some("2027-01-02T03:04:05Z"), json!({"points": 3})));
     let (_, page) = pair.list(&client, "notes", json!({})).await;
     let n = &page["items"][0];
@@ -3584,8 +3449,7 @@ async fn a_client_written_from_the_protocol_document_pages_tessera() {
     let ca_pem = unverified.get(format!("{origin}/api/federation/ca")).send().await.unwrap().text().await.unwrap();
     let ca_der = rustls_pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap();
     assert_eq!(hex::encode(sha2::Sha256::digest(ca_der.as_ref())), pin);
-    let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap();
-    let anonymous = reqwest::Client::builder().tls_backend_rustls().tls_certs_only([ca.clone()]).build().unwrap();
+    let anonymous = common::trusting(ca_pem.as_bytes()).build().unwrap();
     let key = p256();
     let redeem_url = format!("{origin}/api/federation/enrollment/{token}");
     let csr_pem = csr(&key, rcgen::CertificateParams::default());
@@ -3596,12 +3460,7 @@ async fn a_client_written_from_the_protocol_document_pages_tessera() {
     assert!(issued["certChainPem"].as_str().unwrap().starts_with(cert_pem));
     let mut identity = key.serialize_pem().into_bytes();
     identity.extend_from_slice(cert_pem.as_bytes());
-    let peer = reqwest::Client::builder()
-        .tls_backend_rustls()
-        .tls_certs_only([ca])
-        .identity(reqwest::Identity::from_pem(&identity).unwrap())
-        .build()
-        .unwrap();
+    let peer = common::mtls_client(ca_pem.as_bytes(), &identity).build().unwrap();
     let list_url = format!("{origin}/api/federation/v1/list/tasks");
 
     // Paging as a Mosaic peer does: limit as a string, no null fields, an unknown field, and
@@ -3616,25 +3475,7 @@ async fn a_client_written_from_the_protocol_document_pages_tessera() {
         let page: Value = r.json().await.unwrap();
         pages += 1;
         for item in page["items"].as_array().unwrap() {
-            assert_eq!(
-                keys(item),
-                [
-                    "_source",
-                    "assignee",
-                    "createdAt",
-                    "description",
-                    "dueDate",
-                    "id",
-                    "metadata",
-                    "missionId",
-                    "priority",
-                    "projectId",
-                    "status",
-                    "tags",
-                    "title",
-                    "updatedAt"
-                ]
-            );
+            assert_eq!(keys(item), TASK_KEYS);
             got.push(item["id"].as_str().unwrap().parse::<Uuid>().unwrap());
         }
         match page.get("nextCursor") {
@@ -3977,10 +3818,9 @@ async fn tesseras_peer_client_pages_a_server_answering_like_mosaic() {
 
 impl Pair {
     async fn search(&self, client: &reqwest::Client, resource: &str, body: Value) -> (u16, Value) {
-        let r =
-            client.post(self.b.url(&format!("/api/federation/v1/search/{resource}"))).json(&body).send().await.unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
+        common::http::Client::new(client, &self.b.base)
+            .post(&format!("/api/federation/v1/search/{resource}"), body)
+            .await
     }
 
     /// Follows a search's cursors to the end; returns the items in order.
@@ -4446,25 +4286,8 @@ async fn merged_search_fuses_local_and_peer_results_and_lists_a_peer_that_is_dow
         tx.commit().await.unwrap();
     }
 
-    let a = Gateway::start(GatewayOptions {
-        database_url: Some(pair.a_db.url.clone()),
-        data_dir: Some(pair.a_dir.path().to_path_buf()),
-        env: vec![("TESSERA_SEARCH_PEER_TIMEOUT_MS".into(), "700".into())],
-        ..Default::default()
-    })
-    .await;
-    let (_, a_token) = seed_admin(&pair.a_db.pool, "admin@a.test").await;
-    let owner = Uuid::new_v4();
-    sqlx::query("insert into users (id, email, name, role) values ($1, 'local@a.test', 'L', 'member')")
-        .bind(owner)
-        .execute(&pair.a_db.pool)
-        .await
-        .unwrap();
-    sqlx::query("insert into projects (id, name, owner_user_id) values ($1, 'a', $1)")
-        .bind(owner)
-        .execute(&pair.a_db.pool)
-        .await
-        .unwrap();
+    let (a, a_token) = start_a(&pair, &[("TESSERA_SEARCH_PEER_TIMEOUT_MS", "700")]).await;
+    let owner = local_owner(&pair.a_db.pool).await;
     let local = tasks_in(&pair.a_db.pool, owner, 2).await;
     let search = |body: Value| {
         let req = a.client.post(a.url("/api/admin/federation/search")).bearer_auth(&a_token).json(&body);
@@ -4555,19 +4378,7 @@ async fn bench_search_runs_every_phase_over_mtls() {
     ] {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
     }
-    let allowed = wait_for_count(
-        &db.pool,
-        "select count(*) from federation_audit_log where verb = 'search' and outcome = 'allowed' and grant_id <> $1",
-        Uuid::nil(),
-        1,
-    )
-    .await;
-    assert!(allowed >= 1, "the bench's searches are audited");
-    let denied: i64 = sqlx::query_scalar("select count(*) from federation_audit_log where outcome <> 'allowed'")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    assert_eq!(denied, 0);
+    common::assert_bench_audited(&db.pool, "search").await;
     let insights: i64 = sqlx::query_scalar("select count(*) from insights where embedding is not null")
         .fetch_one(&db.pool)
         .await

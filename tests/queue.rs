@@ -118,35 +118,12 @@ impl Receiver {
 // ---------------------------------------------------------------------------------------------
 // Helpers.
 
-async fn admin(
-    gw: &Gateway,
-    method: reqwest::Method,
-    path: &str,
-    token: Option<&str>,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut req = gw.client.request(method, gw.url(path));
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let r = req.send().await.expect("request");
-    let status = r.status().as_u16();
-    let text = r.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-}
-
 async fn register_webhook(gw: &Gateway, token: &str, url: &str, events: Value) -> Value {
-    let (s, body) = admin(
-        gw,
-        reqwest::Method::POST,
-        "/api/admin/webhooks",
-        Some(token),
-        Some(json!({"url": url, "secret": SECRET, "events": events})),
-    )
-    .await;
+    let (s, body) = gw
+        .api()
+        .bearer(token)
+        .post("/api/admin/webhooks", json!({"url": url, "secret": SECRET, "events": events}))
+        .await;
     assert_eq!(s, 201, "{body}");
     body
 }
@@ -568,37 +545,25 @@ async fn webhooks_are_signed_ordered_and_carry_the_feature_events_without_secret
     assert!(!raw.contains(SECRET) && raw.contains("v1:"), "{raw}");
 
     // token.created / token.revoked through the admin API.
-    let (s, created) =
-        admin(&gw, reqwest::Method::POST, "/api/admin/tokens", Some(&token), Some(json!({"label": "ci"}))).await;
+    let (s, created) = gw.api().bearer(&token).post("/api/admin/tokens", json!({"label": "ci"})).await;
     assert_eq!(s, 201);
     let plaintext = created["plaintext"].as_str().unwrap().to_string();
     let token_id = created["id"].as_str().unwrap().to_string();
-    let (s, _) =
-        admin(&gw, reqwest::Method::DELETE, &format!("/api/admin/tokens/{token_id}"), Some(&token), None).await;
+    let (s, _) = gw.api().bearer(&token).delete(&format!("/api/admin/tokens/{token_id}")).await;
     assert_eq!(s, 204);
     // grant.created / grant.revoked.
-    let (s, peer) =
-        admin(&gw, reqwest::Method::POST, "/api/admin/peers", Some(&token), Some(json!({"name": "peer-a"}))).await;
+    let (s, peer) = gw.api().bearer(&token).post("/api/admin/peers", json!({"name": "peer-a"})).await;
     assert_eq!(s, 201, "{peer}");
     let scope = json!({"resources": ["tasks"]});
-    let (s, grant) = admin(
-        &gw,
-        reqwest::Method::POST,
-        "/api/admin/grants",
-        Some(&token),
-        Some(json!({"peerId": peer["id"], "subjectUserId": admin_id, "scope": scope})),
-    )
-    .await;
+    let (s, grant) = gw
+        .api()
+        .bearer(&token)
+        .post("/api/admin/grants", json!({"peerId": peer["id"], "subjectUserId": admin_id, "scope": scope}))
+        .await;
     assert_eq!(s, 201, "{grant}");
     let grant_id = grant["id"].as_str().unwrap().to_string();
-    let (s, _) = admin(
-        &gw,
-        reqwest::Method::POST,
-        &format!("/api/admin/grants/{grant_id}/revoke"),
-        Some(&token),
-        Some(json!({"reason": "test"})),
-    )
-    .await;
+    let (s, _) =
+        gw.api().bearer(&token).post(&format!("/api/admin/grants/{grant_id}/revoke"), json!({"reason": "test"})).await;
     assert_eq!(s, 200);
     // enrollment.failed on a bad redemption.
     let r = gw
@@ -617,14 +582,14 @@ async fn webhooks_are_signed_ordered_and_carry_the_feature_events_without_secret
         .execute(&db.pool)
         .await
         .unwrap();
-    let (s, grant2) = admin(
-        &gw,
-        reqwest::Method::POST,
-        "/api/admin/grants",
-        Some(&token),
-        Some(json!({"peerId": peer["id"], "subjectUserId": member, "scope": {"resources": ["tasks"]}})),
-    )
-    .await;
+    let (s, grant2) = gw
+        .api()
+        .bearer(&token)
+        .post(
+            "/api/admin/grants",
+            json!({"peerId": peer["id"], "subjectUserId": member, "scope": {"resources": ["tasks"]}}),
+        )
+        .await;
     assert_eq!(s, 201, "{grant2}");
     sqlx::query("update users set disabled_at = now() where id = $1").bind(member).execute(&db.pool).await.unwrap();
 
@@ -703,7 +668,7 @@ async fn permanent_failures_go_dead_in_order_and_replay_delivers_them() {
         status.as_deref() == Some("dead")
     })
     .await;
-    let (s, dead) = admin(&gw, reqwest::Method::GET, "/api/admin/outbox/dead", Some(&token), None).await;
+    let (s, dead) = gw.api().bearer(&token).get("/api/admin/outbox/dead").await;
     assert_eq!(s, 200);
     let item = &dead["items"][0];
     assert_eq!(item["eventId"], doomed.to_string());
@@ -711,17 +676,21 @@ async fn permanent_failures_go_dead_in_order_and_replay_delivers_them() {
     assert_eq!(item["lastError"], "HTTP 410");
     receiver.answer.store(200, Ordering::SeqCst);
     let delivery_id = item["id"].as_str().unwrap().to_string();
-    let (s, replayed) =
-        admin(&gw, reqwest::Method::POST, &format!("/api/admin/outbox/dead/{delivery_id}/replay"), Some(&token), None)
-            .await;
+    let (s, replayed) = gw
+        .api()
+        .bearer(&token)
+        .call(reqwest::Method::POST, &format!("/api/admin/outbox/dead/{delivery_id}/replay"), None)
+        .await;
     assert_eq!(s, 200, "{replayed}");
     wait_for("the replayed delivery", Duration::from_secs(10), || async {
         receiver.keys().contains(&doomed.to_string())
     })
     .await;
-    let (s, body) =
-        admin(&gw, reqwest::Method::POST, &format!("/api/admin/outbox/dead/{delivery_id}/replay"), Some(&token), None)
-            .await;
+    let (s, body) = gw
+        .api()
+        .bearer(&token)
+        .call(reqwest::Method::POST, &format!("/api/admin/outbox/dead/{delivery_id}/replay"), None)
+        .await;
     assert_eq!((s, body["error"]["code"].as_str()), (409, Some("conflict")));
 }
 
@@ -763,11 +732,11 @@ async fn queue_and_webhook_admin_api_denies_outsiders_and_rejects_bad_input() {
         (M::POST, format!("/api/admin/outbox/dead/{delivery}/replay"), None),
     ];
     for (method, path, body) in &routes {
-        let (s, b) = admin(&gw, method.clone(), path, None, body.clone()).await;
+        let (s, b) = gw.api().call(method.clone(), path, body.clone()).await;
         assert_eq!((s, b["error"]["code"].as_str()), (401, Some("unauthorized")), "anonymous {method} {path}");
-        let (s, b) = admin(&gw, method.clone(), path, Some("tsr_not-a-token"), body.clone()).await;
+        let (s, b) = gw.api().bearer("tsr_not-a-token").call(method.clone(), path, body.clone()).await;
         assert_eq!(s, 401, "bad token {method} {path}: {b}");
-        let (s, b) = admin(&gw, method.clone(), path, Some(&member), body.clone()).await;
+        let (s, b) = gw.api().bearer(&member).call(method.clone(), path, body.clone()).await;
         assert_eq!((s, b["error"]["message"].as_str()), (403, Some("User is not an admin")), "member {method} {path}");
     }
     assert_eq!(count(&db.pool, "select count(*) from queue.queues where name = $1", "diag").await, 0);
@@ -804,50 +773,51 @@ async fn queue_and_webhook_admin_api_denies_outsiders_and_rejects_bad_input() {
         (M::GET, "/api/admin/outbox/dead?limit=9999", None, "limit"),
     ];
     for (method, path, body, field) in bad {
-        let (s, b) = admin(&gw, method.clone(), path, Some(&token), body).await;
+        let (s, b) = gw.api().bearer(&token).call(method.clone(), path, body).await;
         assert_eq!(s, 400, "{method} {path}: {b}");
         assert_eq!(b["error"]["code"], "invalid_request", "{b}");
         assert_eq!(b["error"]["details"]["field"], field, "{method} {path}: {b}");
     }
-    let (s, b) = admin(&gw, M::POST, "/api/admin/webhooks", Some(&token), Some(json!({"url": 1}))).await;
+    let (s, b) = gw.api().bearer(&token).post("/api/admin/webhooks", json!({"url": 1})).await;
     assert_eq!((s, b["error"]["code"].as_str()), (400, Some("invalid_request")));
-    let (s, _) = admin(&gw, M::POST, &format!("/api/admin/jobs/{job}/retry"), Some(&token), None).await;
+    let (s, _) = gw.api().bearer(&token).call(M::POST, &format!("/api/admin/jobs/{job}/retry"), None).await;
     assert_eq!(s, 404);
-    let (s, _) = admin(&gw, M::POST, &format!("/api/admin/outbox/dead/{delivery}/replay"), Some(&token), None).await;
+    let (s, _) =
+        gw.api().bearer(&token).call(M::POST, &format!("/api/admin/outbox/dead/{delivery}/replay"), None).await;
     assert_eq!(s, 404);
-    let (s, _) = admin(&gw, M::GET, "/api/admin/queues/never-used", Some(&token), None).await;
+    let (s, _) = gw.api().bearer(&token).get("/api/admin/queues/never-used").await;
     assert_eq!(s, 404);
 
     // The allowed paths do what they say.
     let id = enqueue(&db.pool, &NewJob::new("t-api", "diag.probe", json!({}))).await.unwrap().id;
-    let (s, b) = admin(&gw, M::POST, "/api/admin/queues/t-api/pause", Some(&token), None).await;
+    let (s, b) = gw.api().bearer(&token).call(M::POST, "/api/admin/queues/t-api/pause", None).await;
     assert_eq!((s, &b["paused"], &b["pending"]), (200, &json!(true), &json!(1)), "{b}");
-    let (s, b) = admin(&gw, M::GET, "/api/admin/queues/t-api/jobs?status=pending", Some(&token), None).await;
+    let (s, b) = gw.api().bearer(&token).get("/api/admin/queues/t-api/jobs?status=pending").await;
     assert_eq!((s, b["items"][0]["id"].as_str()), (200, Some(id.as_str())), "{b}");
-    let (s, b) =
-        admin(&gw, M::POST, "/api/admin/queues/t-api/drain", Some(&token), Some(json!({"confirm": true}))).await;
+    let (s, b) = gw.api().bearer(&token).post("/api/admin/queues/t-api/drain", json!({"confirm": true})).await;
     assert_eq!((s, &b["cancelled"]), (200, &json!(1)), "{b}");
-    let (s, b) = admin(&gw, M::POST, &format!("/api/admin/jobs/{id}/retry"), Some(&token), None).await;
+    let (s, b) = gw.api().bearer(&token).call(M::POST, &format!("/api/admin/jobs/{id}/retry"), None).await;
     assert_eq!((s, b["status"].as_str()), (200, Some("pending")), "{b}");
-    let (s, b) = admin(&gw, M::POST, "/api/admin/queues/t-api/resume", Some(&token), None).await;
+    let (s, b) = gw.api().bearer(&token).call(M::POST, "/api/admin/queues/t-api/resume", None).await;
     assert_eq!((s, &b["paused"]), (200, &json!(false)), "{b}");
-    let (s, b) =
-        admin(&gw, M::PUT, "/api/admin/queues/t-api/concurrency", Some(&token), Some(json!({"concurrency": 7}))).await;
+    let (s, b) = gw
+        .api()
+        .bearer(&token)
+        .call(M::PUT, "/api/admin/queues/t-api/concurrency", Some(json!({"concurrency": 7})))
+        .await;
     assert_eq!((s, &b["concurrency"]), (200, &json!(7)), "{b}");
     let (code, _, err) = run_cli(&["queue", "concurrency", "t-api", "9"], &cli_env(&db));
     assert_eq!(code, 0, "{err}");
     let (_, out, _) = run_cli(&["queue", "stats", "t-api", "--json"], &cli_env(&db));
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap()[0]["concurrency"], 9);
-    let (s, b) = admin(&gw, M::GET, "/api/admin/queues", Some(&token), None).await;
+    let (s, b) = gw.api().bearer(&token).get("/api/admin/queues").await;
     assert_eq!(s, 200);
     assert!(b["items"].as_array().unwrap().iter().any(|q| q["name"] == "t-api"), "{b}");
     let hook = register_webhook(&gw, &token, "http://127.0.0.1:9/h", json!(["grant.created"])).await;
     assert_eq!(hook["url"], "http://127.0.0.1:9/h");
-    let (s, b) = admin(&gw, M::GET, "/api/admin/webhooks", Some(&token), None).await;
+    let (s, b) = gw.api().bearer(&token).get("/api/admin/webhooks").await;
     assert_eq!((s, b["items"].as_array().map(Vec::len)), (200, Some(1)));
-    let (s, _) =
-        admin(&gw, M::DELETE, &format!("/api/admin/webhooks/{}", hook["id"].as_str().unwrap()), Some(&token), None)
-            .await;
+    let (s, _) = gw.api().bearer(&token).delete(&format!("/api/admin/webhooks/{}", hook["id"].as_str().unwrap())).await;
     assert_eq!(s, 204);
 }
 
@@ -863,7 +833,7 @@ fn strict_env() -> Vec<(String, String)> {
 
 async fn register_status(gw: &Gateway, token: &str, url: &str) -> (u16, Value) {
     let body = json!({"url": url, "secret": SECRET, "events": ["*"]});
-    admin(gw, reqwest::Method::POST, "/api/admin/webhooks", Some(token), Some(body)).await
+    gw.api().bearer(token).post("/api/admin/webhooks", body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1019,11 +989,9 @@ async fn raw_call(
     if let Some((content_type, bytes)) = body {
         req = req.header("content-type", content_type).body(bytes);
     }
-    let r = req.send().await.expect("request");
-    let status = r.status().as_u16();
-    let set_cookie = r.headers().get("set-cookie").map(|v| v.to_str().unwrap().to_string());
-    let text = r.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)), set_cookie)
+    let r = common::http::Reply::read(req.send().await.expect("request")).await;
+    let set_cookie = r.headers.get("set-cookie").map(|v| v.to_str().unwrap().to_string());
+    (r.status.as_u16(), r.body, set_cookie)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1033,7 +1001,7 @@ async fn cookie_sessions_refuse_cross_site_writes_and_tokens_are_unaffected() {
         Gateway::start(GatewayOptions { database_url: Some(db.url.clone()), env: fast_env(), ..Default::default() })
             .await;
     let setup = json!({"email": "ada@example.test", "name": "Ada", "password": PASSWORD});
-    let (s, b) = admin(&gw, reqwest::Method::POST, "/api/bootstrap/setup", None, Some(setup)).await;
+    let (s, b) = gw.api().post("/api/bootstrap/setup", setup).await;
     assert_eq!(s, 201, "{b}");
     let token = b["token"]["plaintext"].as_str().unwrap().to_string();
     let credentials = r#"{"email": "ada@example.test", "password": "correct horse battery"}"#;
@@ -1208,24 +1176,17 @@ async fn enrollment_emits_grant_activated_peer_enrolled_and_enrollment_failed() 
     let (_db, receiver, gw, admin_id, token) = webhook_setup().await;
     register_webhook(&gw, &token, &receiver.url, json!(["grant.activated", "peer.enrolled", "enrollment.failed"]))
         .await;
-    let (_, peer) =
-        admin(&gw, reqwest::Method::POST, "/api/admin/peers", Some(&token), Some(json!({"name": "peer-b"}))).await;
-    let (_, grant) = admin(
-        &gw,
-        reqwest::Method::POST,
-        "/api/admin/grants",
-        Some(&token),
-        Some(json!({"peerId": peer["id"], "subjectUserId": admin_id, "scope": {"resources": ["tasks"]}})),
-    )
-    .await;
-    let (s, minted) = admin(
-        &gw,
-        reqwest::Method::POST,
-        "/api/federation/enrollment/tokens",
-        Some(&token),
-        Some(json!({"grantId": grant["id"]})),
-    )
-    .await;
+    let (_, peer) = gw.api().bearer(&token).post("/api/admin/peers", json!({"name": "peer-b"})).await;
+    let (_, grant) = gw
+        .api()
+        .bearer(&token)
+        .post(
+            "/api/admin/grants",
+            json!({"peerId": peer["id"], "subjectUserId": admin_id, "scope": {"resources": ["tasks"]}}),
+        )
+        .await;
+    let (s, minted) =
+        gw.api().bearer(&token).post("/api/federation/enrollment/tokens", json!({"grantId": grant["id"]})).await;
     assert_eq!(s, 201, "{minted}");
     let enrollment_token = minted["token"].as_str().unwrap().to_string();
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Gateway, GatewayOptions, TestDb, postmasters_for, run_cli};
+use common::{Gateway, GatewayOptions, TestDb, postmasters_for, run_cli, tls};
 
 #[tokio::test]
 async fn serves_health_ca_and_envelopes_over_tls() {
@@ -31,25 +31,18 @@ async fn serves_health_ca_and_envelopes_over_tls() {
     assert_eq!(pem.as_bytes(), gw.ca_pem.as_slice());
 
     // HTTP/1.1 works as well.
-    let h1 = reqwest::Client::builder()
-        .tls_backend_rustls()
-        .tls_certs_only([reqwest::Certificate::from_pem(&gw.ca_pem).unwrap()])
-        .http1_only()
-        .build()
-        .unwrap();
+    let h1 = common::trusting(&gw.ca_pem).http1_only().build().unwrap();
     let r = h1.get(gw.url("/healthz")).send().await.unwrap();
     assert_eq!(r.version(), reqwest::Version::HTTP_11);
     assert!(r.headers().contains_key("x-request-id"), "every response carries a request id");
 
     // Unknown route and wrong method: the JSON envelope, not an empty body.
-    let r = gw.client.get(gw.url("/no/such/route")).send().await.unwrap();
-    assert_eq!(r.status(), 404);
-    let body: serde_json::Value = r.json().await.unwrap();
+    let (status, body) = gw.api().get("/no/such/route").await;
+    assert_eq!(status, 404);
     assert_eq!(body["error"]["code"], "not_found");
     assert!(body["error"]["message"].is_string());
-    let r = gw.client.delete(gw.url("/healthz")).send().await.unwrap();
-    assert_eq!(r.status(), 405);
-    let body: serde_json::Value = r.json().await.unwrap();
+    let (status, body) = gw.api().delete("/healthz").await;
+    assert_eq!(status, 405);
     assert_eq!(body["error"]["code"], "invalid_request");
 
     // The OpenAPI document is served and is the committed one.
@@ -384,15 +377,6 @@ async fn closed_within<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, within: 
     }
 }
 
-fn tls_connector(ca_pem: &[u8], alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(rustls_pki_types::CertificateDer::from_pem_slice(ca_pem).unwrap()).unwrap();
-    let mut config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_connections_are_closed_and_a_flood_cannot_starve_the_gateway() {
     use tokio::io::AsyncWriteExt;
@@ -416,10 +400,10 @@ async fn idle_connections_are_closed_and_a_flood_cannot_starve_the_gateway() {
     // A TCP connection that never starts TLS: the handshake timeout closes it.
     let mut silent = TcpStream::connect(addr).await.unwrap();
     // A TLS connection that sends nothing after the handshake (HTTP/1.1).
-    let h1 = tls_connector(&gw.ca_pem, &[b"http/1.1"]);
+    let h1 = tls::connector(tls::client_config(&gw.ca_pem, None, &[b"http/1.1"]));
     let mut idle_h1 = h1.connect(name(), TcpStream::connect(addr).await.unwrap()).await.unwrap();
     // An HTTP/2 connection idle after its preface and SETTINGS.
-    let h2 = tls_connector(&gw.ca_pem, &[b"h2"]);
+    let h2 = tls::connector(tls::client_config(&gw.ca_pem, None, &[b"h2"]));
     let mut idle_h2 = h2.connect(name(), TcpStream::connect(addr).await.unwrap()).await.unwrap();
     idle_h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").await.unwrap();
     // A half-sent preface.

@@ -62,7 +62,7 @@ pub struct SetupResponse {
 #[utoipa::path(get, path = "/api/bootstrap/status", tag = "admin",
     responses((status = 200, description = "Status", body = BootstrapStatus)))]
 pub async fn status(State(state): State<AppState>) -> Result<Json<BootstrapStatus>, ApiError> {
-    let any: bool = sqlx::query_scalar("select exists (select 1 from users)").fetch_one(&state.pool).await?;
+    let any = any_user(&state.pool).await?;
     Ok(Json(BootstrapStatus { needs_setup: !any }))
 }
 
@@ -95,22 +95,23 @@ pub async fn setup(pool: &PgPool, req: SetupRequest) -> Result<SetupResponse, Ap
     let password_hash = super::passwords::hash(req.password).await?;
 
     let mut tx = pool.begin().await?;
-    sqlx::query("select pg_advisory_xact_lock($1)").bind(SETUP_LOCK).execute(&mut *tx).await?;
-    let any: bool = sqlx::query_scalar("select exists (select 1 from users)").fetch_one(&mut *tx).await?;
+    sqlx::query!("select pg_advisory_xact_lock($1)", SETUP_LOCK).execute(&mut *tx).await?;
+    let any = any_user(&mut *tx).await?;
     if any {
         return Err(ApiError::conflict("Setup is already done; sign in with an existing admin instead"));
     }
     let user = records::create_user(&mut tx, new).await?;
-    sqlx::query("update users set password_hash = $2 where id = $1")
-        .bind(user.id)
-        .bind(password_hash)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query!("update users set password_hash = $2 where id = $1", user.id, password_hash).execute(&mut *tx).await?;
     let (token, secret) = mint_token(&mut *tx, user.id, "bootstrap", None).await?;
     super::tokens::token_created(&mut tx, &token).await?;
     tx.commit().await?;
     tracing::info!(user_id = %user.id, "first admin created");
     Ok(SetupResponse { user, token: TokenCreated::new(token, &secret) })
+}
+
+/// Whether any user exists yet.
+async fn any_user(db: impl sqlx::PgExecutor<'_>) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar!(r#"select exists (select 1 from users) as "any!""#).fetch_one(db).await
 }
 
 pub fn router() -> OpenApiRouter<AppState> {

@@ -67,7 +67,7 @@ pub fn hashes_match(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// An admin token as listed (never with its plaintext).
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AdminToken {
     pub id: Uuid,
@@ -93,16 +93,17 @@ pub async fn mint_token(
     expires_at: Option<DateTime<Utc>>,
 ) -> Result<(AdminToken, Secret), sqlx::Error> {
     let secret = Secret::generate(TOKEN_PREFIX);
-    let token = sqlx::query_as::<_, AdminToken>(
+    let token = sqlx::query_as!(
+        AdminToken,
         "insert into admin_tokens (id, user_id, label, token_hash, expires_at)
          values ($1, $2, $3, $4, $5)
          returning id, user_id, label, scope, expires_at, last_used_at, created_at, revoked_at",
+        Uuid::now_v7(),
+        user_id,
+        label,
+        secret.hash(),
+        expires_at
     )
-    .bind(Uuid::now_v7())
-    .bind(user_id)
-    .bind(label)
-    .bind(secret.hash())
-    .bind(expires_at)
     .fetch_one(db)
     .await?;
     Ok((token, secret))

@@ -47,7 +47,6 @@ pub struct AdminUser {
     pub credential: Credential,
 }
 
-#[derive(sqlx::FromRow)]
 struct CredentialRow {
     id: Uuid,
     user_id: Uuid,
@@ -98,22 +97,23 @@ fn invalid() -> ApiError {
 
 async fn authenticate_token(state: &AppState, secret: &Secret) -> Result<Caller, ApiError> {
     let hash = secret.hash();
-    let row: Option<CredentialRow> = sqlx::query_as(
+    let row = sqlx::query_as!(
+        CredentialRow,
         "select t.id, t.user_id, t.token_hash, t.expires_at, t.revoked_at, t.last_used_at, u.role, u.disabled_at
          from admin_tokens t join users u on u.id = t.user_id
          where t.token_hash = $1",
+        hash
     )
-    .bind(&hash)
     .fetch_optional(&state.pool)
     .await?;
     let row = check(row, &hash)?;
     let stale = row.last_used_at.is_none_or(|t| Utc::now() - t > chrono::Duration::seconds(60));
     if stale {
-        sqlx::query(
+        sqlx::query!(
             "update admin_tokens set last_used_at = now()
              where id = $1 and (last_used_at is null or last_used_at < now() - interval '60 seconds')",
+            row.id
         )
-        .bind(row.id)
         .execute(&state.pool)
         .await?;
     }
@@ -122,13 +122,14 @@ async fn authenticate_token(state: &AppState, secret: &Secret) -> Result<Caller,
 
 async fn authenticate_session(state: &AppState, secret: &Secret) -> Result<Caller, ApiError> {
     let hash = secret.hash();
-    let row: Option<CredentialRow> = sqlx::query_as(
-        "select s.id, s.user_id, s.token_hash, s.expires_at, s.revoked_at, null::timestamptz as last_used_at,
-                u.role, u.disabled_at
+    let row = sqlx::query_as!(
+        CredentialRow,
+        r#"select s.id, s.user_id, s.token_hash, s.expires_at as "expires_at?", s.revoked_at,
+                null::timestamptz as last_used_at, u.role, u.disabled_at
          from sessions s join users u on u.id = s.user_id
-         where s.token_hash = $1",
+         where s.token_hash = $1"#,
+        hash
     )
-    .bind(&hash)
     .fetch_optional(&state.pool)
     .await?;
     let row = check(row, &hash)?;

@@ -73,7 +73,7 @@ pub struct SignInRequest {
     pub password: Secret,
 }
 
-#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionUser {
     pub id: Uuid,
@@ -82,7 +82,7 @@ pub struct SessionUser {
     pub role: String,
 }
 
-#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionSummary {
     pub id: Uuid,
@@ -140,7 +140,6 @@ fn session_cookie(value: &str, max_age_secs: i64) -> HeaderValue {
     HeaderValue::from_str(&cookie).unwrap_or_else(|_| HeaderValue::from_static("tessera_session=; Max-Age=0"))
 }
 
-#[derive(sqlx::FromRow)]
 struct SignInRow {
     id: Uuid,
     email: String,
@@ -198,11 +197,13 @@ pub async fn sign_in(
         return Err(e);
     }
 
-    let row: Option<SignInRow> =
-        sqlx::query_as("select id, email, name, role, password_hash, disabled_at from users where lower(email) = $1")
-            .bind(&email)
-            .fetch_optional(&state.pool)
-            .await?;
+    let row = sqlx::query_as!(
+        SignInRow,
+        "select id, email, name, role, password_hash, disabled_at from users where lower(email) = $1",
+        email
+    )
+    .fetch_optional(&state.pool)
+    .await?;
     let phc = row.as_ref().and_then(|r| r.password_hash.clone());
     let password_ok = super::passwords::verify(body.password, phc).await;
     let row = match row {
@@ -219,17 +220,18 @@ pub async fn sign_in(
     let secret = Secret::generate(SESSION_PREFIX);
     let user_agent =
         headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(|s| s.chars().take(300).collect::<String>());
-    let session = sqlx::query_as::<_, SessionSummary>(
+    let session = sqlx::query_as!(
+        SessionSummary,
         "insert into sessions (id, user_id, token_hash, expires_at, user_agent, client_addr)
          values ($1, $2, $3, now() + make_interval(days => $4), $5, $6)
          returning id, created_at, expires_at, user_agent, client_addr",
+        Uuid::now_v7(),
+        row.id,
+        secret.hash(),
+        i32::try_from(SESSION_DAYS).unwrap_or(7),
+        user_agent,
+        ip,
     )
-    .bind(Uuid::now_v7())
-    .bind(row.id)
-    .bind(secret.hash())
-    .bind(i32::try_from(SESSION_DAYS).unwrap_or(7))
-    .bind(user_agent)
-    .bind(&ip)
     .fetch_one(&state.pool)
     .await?;
     tracing::info!(user_id = %row.id, session_id = %session.id, "signed in");
@@ -252,8 +254,7 @@ pub async fn sign_out(caller: Caller, State(state): State<AppState>) -> Result<R
         // A well-formed request with a credential this route does not serve: refused, not malformed.
         return Err(ApiError::forbidden("sign-out ends a session; revoke a token with DELETE /api/admin/tokens/{id}"));
     };
-    sqlx::query("update sessions set revoked_at = now() where id = $1 and revoked_at is null")
-        .bind(id)
+    sqlx::query!("update sessions set revoked_at = now() where id = $1 and revoked_at is null", id)
         .execute(&state.pool)
         .await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
@@ -269,8 +270,7 @@ pub async fn sign_out(caller: Caller, State(state): State<AppState>) -> Result<R
     ),
     security(("bearer" = []), ("session" = [])))]
 pub async fn current(caller: Caller, State(state): State<AppState>) -> Result<Json<CurrentSession>, ApiError> {
-    let user = sqlx::query_as::<_, SessionUser>("select id, email, name, role from users where id = $1")
-        .bind(caller.user_id)
+    let user = sqlx::query_as!(SessionUser, "select id, email, name, role from users where id = $1", caller.user_id)
         .fetch_one(&state.pool)
         .await?;
     let credential = match caller.credential {
@@ -288,12 +288,13 @@ pub async fn current(caller: Caller, State(state): State<AppState>) -> Result<Js
     ),
     security(("bearer" = []), ("session" = [])))]
 pub async fn list(caller: Caller, State(state): State<AppState>) -> Result<Json<SessionList>, ApiError> {
-    let items = sqlx::query_as::<_, SessionSummary>(
+    let items = sqlx::query_as!(
+        SessionSummary,
         "select id, created_at, expires_at, user_agent, client_addr from sessions
          where user_id = $1 and revoked_at is null and expires_at > now()
          order by created_at desc, id desc",
+        caller.user_id
     )
-    .bind(caller.user_id)
     .fetch_all(&state.pool)
     .await?;
     Ok(Json(SessionList { items }))
@@ -314,12 +315,13 @@ pub async fn revoke(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
 ) -> Result<StatusCode, ApiError> {
-    let done =
-        sqlx::query("update sessions set revoked_at = now() where id = $1 and user_id = $2 and revoked_at is null")
-            .bind(id)
-            .bind(caller.user_id)
-            .execute(&state.pool)
-            .await?;
+    let done = sqlx::query!(
+        "update sessions set revoked_at = now() where id = $1 and user_id = $2 and revoked_at is null",
+        id,
+        caller.user_id
+    )
+    .execute(&state.pool)
+    .await?;
     if done.rows_affected() == 0 {
         return Err(ApiError::not_found("No active session of yours with this id"));
     }

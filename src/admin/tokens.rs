@@ -120,12 +120,13 @@ pub async fn create(
     ),
     security(("bearer" = []), ("session" = [])))]
 pub async fn list(admin: AdminUser, State(state): State<AppState>) -> Result<Json<TokenList>, ApiError> {
-    let items = sqlx::query_as::<_, AdminToken>(
+    let items = sqlx::query_as!(
+        AdminToken,
         "select id, user_id, label, scope, expires_at, last_used_at, created_at, revoked_at
          from admin_tokens where user_id = $1 and revoked_at is null
          order by created_at desc, id desc",
+        admin.user_id
     )
-    .bind(admin.user_id)
     .fetch_all(&state.pool)
     .await?;
     Ok(Json(TokenList { items }))
@@ -147,12 +148,13 @@ pub async fn revoke(
     Path(id): Path<Uuid>,
 ) -> Result<StatusCode, ApiError> {
     let mut tx = state.pool.begin().await?;
-    let done =
-        sqlx::query("update admin_tokens set revoked_at = now() where id = $1 and user_id = $2 and revoked_at is null")
-            .bind(id)
-            .bind(admin.user_id)
-            .execute(&mut *tx)
-            .await?;
+    let done = sqlx::query!(
+        "update admin_tokens set revoked_at = now() where id = $1 and user_id = $2 and revoked_at is null",
+        id,
+        admin.user_id
+    )
+    .execute(&mut *tx)
+    .await?;
     if done.rows_affected() == 0 {
         return Err(ApiError::not_found("No active token of yours with this id"));
     }

@@ -21,6 +21,7 @@ use clap::Args;
 use crate::config::Config;
 use crate::federation::audit::{AuditEntry, write_batch};
 use crate::services::Database;
+use crate::store::audit as audit_log;
 
 #[derive(Debug, Args)]
 pub struct AuditBench {
@@ -54,9 +55,7 @@ pub async fn run(config: &Config, args: &AuditBench) -> anyhow::Result<()> {
 
 async fn bench(pool: &sqlx::PgPool, args: &AuditBench) -> anyhow::Result<()> {
     crate::store::migrate(pool).await?;
-    let foreign: bool = sqlx::query_scalar("select exists (select 1 from federation_audit_log where verb <> 'bench')")
-        .fetch_one(pool)
-        .await?;
+    let foreign = audit_log::holds_other_verbs(pool, "bench").await?;
     anyhow::ensure!(
         !foreign,
         "this database's audit log holds real rows; run the bench on a data dir of its own (--data-dir .tessera-bench-audit)"
@@ -77,37 +76,19 @@ async fn bench(pool: &sqlx::PgPool, args: &AuditBench) -> anyhow::Result<()> {
 
 /// Creates the day partitions of the seeded span, then inserts the rows that are missing.
 async fn seed(pool: &sqlx::PgPool, args: &AuditBench) -> anyhow::Result<()> {
-    sqlx::query("truncate federation_audit_log").execute(pool).await?;
-    let have = 0i64;
+    audit_log::truncate(pool).await?;
     let want = i64::try_from(args.rows).unwrap_or(i64::MAX);
-    sqlx::query(
-        "select federation_audit_ensure_day(((now() at time zone 'UTC')::date - d)) from generate_series(0, $1::int) d",
-    )
-    .bind(i32::try_from(args.days).unwrap_or(i32::MAX))
-    .execute(pool)
-    .await?;
+    audit_log::ensure_days_back(pool, i32::try_from(args.days).unwrap_or(i32::MAX)).await?;
     let started = Instant::now();
-    let (mut done, chunk) = (have, 1_000_000i64);
+    let (mut done, chunk) = (0i64, 1_000_000i64);
     let span_secs = i64::from(args.days) * 86_400;
     while done < want {
         let n = chunk.min(want - done);
-        // Row i of the whole seed sits at a fixed point of the span, oldest first.
-        sqlx::query(
-            "insert into federation_audit_log (at, verb, resource, outcome, grant_id, rows, bytes_out, latency_ms, reason)
-             select now() - make_interval(secs => $3 - (i * $3 / $4)), 'bench', 'tasks', 'allowed',
-                    '00000000-0000-7000-8000-000000000001', 20, 4096, 1.5, 'bench seed'
-               from generate_series($1, $2) i",
-        )
-        .bind(done)
-        .bind(done + n - 1)
-        .bind(span_secs as f64)
-        .bind(want as f64)
-        .execute(pool)
-        .await?;
+        audit_log::seed_bench_rows(pool, done, done + n - 1, span_secs as f64, want as f64).await?;
         done += n;
         eprintln!("seeded {done} of {want} rows ({:.0} s)", started.elapsed().as_secs_f64());
     }
-    sqlx::query("analyze federation_audit_log").execute(pool).await?;
+    audit_log::analyze(pool).await?;
     Ok(())
 }
 
@@ -119,7 +100,7 @@ struct Phase {
 }
 
 async fn measure(pool: &sqlx::PgPool, args: &AuditBench, retention: Option<u32>) -> anyhow::Result<Phase> {
-    let count = || sqlx::query_scalar::<_, i64>("select count(*) from federation_audit_log").fetch_one(pool);
+    let count = || audit_log::count(pool);
     let rows_before = count().await?;
     let written = Arc::new(AtomicU64::new(0));
     let until = Instant::now() + Duration::from_secs(args.seconds);

@@ -120,12 +120,11 @@ pub async fn diagnose(config: &Config) -> Report {
 
     match &pool {
         Some(pool) => {
-            let version: Option<String> =
-                sqlx::query_scalar("select extversion from pg_extension where extname = 'vector'")
-                    .fetch_optional(pool)
-                    .await
-                    .ok()
-                    .flatten();
+            let version = sqlx::query_scalar!("select extversion from pg_extension where extname = 'vector'")
+                .fetch_optional(pool)
+                .await
+                .ok()
+                .flatten();
             checks.push(match version {
                 Some(v) => check("pgvector", Health::Green, format!("installed, version {v}")),
                 None => match crate::store::require_pgvector(pool).await {
@@ -198,8 +197,7 @@ fn data_dir_check(config: &Config) -> Check {
 }
 
 async fn ca_check(pool: &sqlx::PgPool) -> Check {
-    let row: Result<Option<chrono::DateTime<chrono::Utc>>, _> =
-        sqlx::query_scalar("select not_after from gateway_ca where id = 1").fetch_optional(pool).await;
+    let row = sqlx::query_scalar!("select not_after from gateway_ca where id = 1").fetch_optional(pool).await;
     match row {
         Ok(Some(not_after)) => {
             let days = (not_after - chrono::Utc::now()).num_days();

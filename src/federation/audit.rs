@@ -25,10 +25,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use sqlx::{PgExecutor, PgPool};
 use tokio::sync::mpsc;
 use uuid::Uuid;
+
+use crate::store::audit::{self as store, NewAuditRow};
 
 const BUFFER: usize = 16_384;
 /// Length bounds, in characters, of the texts an audit row stores.
@@ -56,33 +58,14 @@ pub struct AuditEntry<'a> {
     pub latency_ms: Option<f64>,
 }
 
-/// Writes one audit row.
+/// Writes one audit row, in `db`'s transaction when it is one.
 ///
 /// # Errors
 /// Database errors.
 pub async fn record(db: impl PgExecutor<'_>, e: &AuditEntry<'_>) -> Result<(), sqlx::Error> {
-    let row = Pending::from_entry(e);
+    let row = pending(e);
     let _ = REQUEST_AUDITED.try_with(|audited| audited.set(true));
-    sqlx::query(
-        "insert into federation_audit_log
-            (grant_id, peer_id, subject_user_id, verb, resource, query_hash, outcome, deny_code, reason, rows, bytes_out, latency_ms)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-    )
-    .bind(row.grant_id)
-    .bind(row.peer_id)
-    .bind(row.subject_user_id)
-    .bind(row.verb)
-    .bind(row.resource)
-    .bind(row.query_hash)
-    .bind(row.outcome)
-    .bind(row.deny_code)
-    .bind(row.reason)
-    .bind(row.rows)
-    .bind(row.bytes_out)
-    .bind(row.latency_ms)
-    .execute(db)
-    .await?;
-    Ok(())
+    store::insert(db, &row).await
 }
 
 /// Days of partitions created ahead of today by [`maintain`].
@@ -98,48 +81,14 @@ pub const PARTITIONS_AHEAD_DAYS: i32 = 7;
 /// Database errors (a lock timeout included).
 pub async fn maintain(pool: &PgPool, retention_days: u32) -> Result<(i32, i32), sqlx::Error> {
     let retention = i32::try_from(retention_days).unwrap_or(i32::MAX);
-    let mut tx = pool.begin().await?;
-    sqlx::query("set local lock_timeout = '1s'").execute(&mut *tx).await?;
-    let created: i32 = sqlx::query_scalar("select federation_audit_prepare($1, $2)")
-        .bind(retention)
-        .bind(PARTITIONS_AHEAD_DAYS)
-        .fetch_one(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    let expired: Vec<String> =
-        sqlx::query_scalar("select federation_audit_expired_days($1)").bind(retention).fetch_all(pool).await?;
-    // All drops in one short transaction: each is a catalogue change of a few milliseconds,
-    // and one commit (one WAL flush) for all of them kept the whole drop of 30 days at about a
-    // tenth of a second in `tessera bench audit`, where a transaction per day took about one.
-    let mut tx = pool.begin().await?;
-    sqlx::query("set local lock_timeout = '1s'").execute(&mut *tx).await?;
-    for part in &expired {
-        sqlx::query("select federation_audit_drop_day($1)").bind(part).execute(&mut *tx).await?;
-    }
-    tx.commit().await?;
+    let created = store::create_partitions(pool, retention, PARTITIONS_AHEAD_DAYS).await?;
+    let expired = store::expired_days(pool, retention).await?;
+    store::drop_days(pool, &expired).await?;
     let dropped = i32::try_from(expired.len()).unwrap_or(i32::MAX);
     if created > 0 || dropped > 0 {
         tracing::info!(created, dropped, retention_days, "audit log partitions maintained");
     }
     Ok((created, dropped))
-}
-
-/// An owned audit row waiting in the buffer.
-#[derive(Debug, Clone)]
-struct Pending {
-    at: DateTime<Utc>,
-    grant_id: Option<Uuid>,
-    peer_id: Option<Uuid>,
-    subject_user_id: Option<Uuid>,
-    verb: String,
-    resource: Option<String>,
-    query_hash: Option<String>,
-    outcome: String,
-    deny_code: Option<String>,
-    reason: Option<String>,
-    rows: Option<i32>,
-    bytes_out: Option<i64>,
-    latency_ms: Option<f64>,
 }
 
 /// Makes `text` storable: NUL bytes become U+FFFD and the text is cut to `max` characters
@@ -154,49 +103,49 @@ pub fn clean(text: &str, max: usize) -> String {
     out
 }
 
-impl Pending {
-    fn from_entry(e: &AuditEntry<'_>) -> Self {
-        let short = |s: &str| clean(s, MAX_SHORT);
-        Self {
-            at: Utc::now(),
-            grant_id: e.grant_id,
-            peer_id: e.peer_id,
-            subject_user_id: e.subject_user_id,
-            verb: short(e.verb),
-            resource: e.resource.map(short),
-            query_hash: e.query_hash.as_deref().map(|q| clean(q, 2 * MAX_SHORT)),
-            outcome: short(e.outcome),
-            deny_code: e.deny_code.map(short),
-            reason: e.reason.as_deref().map(|r| clean(r, MAX_REASON)),
-            rows: e.rows,
-            bytes_out: e.bytes_out,
-            latency_ms: e.latency_ms,
-        }
+/// The row of `e`, its texts cleaned.
+fn pending(e: &AuditEntry<'_>) -> NewAuditRow {
+    let short = |s: &str| clean(s, MAX_SHORT);
+    NewAuditRow {
+        at: Utc::now(),
+        grant_id: e.grant_id,
+        peer_id: e.peer_id,
+        subject_user_id: e.subject_user_id,
+        verb: short(e.verb),
+        resource: e.resource.map(short),
+        query_hash: e.query_hash.as_deref().map(|q| clean(q, 2 * MAX_SHORT)),
+        outcome: short(e.outcome),
+        deny_code: e.deny_code.map(short),
+        reason: e.reason.as_deref().map(|r| clean(r, MAX_REASON)),
+        rows: e.rows,
+        bytes_out: e.bytes_out,
+        latency_ms: e.latency_ms,
     }
+}
 
-    fn gap(lost: u64, cause: &str) -> Self {
-        Self {
-            at: Utc::now(),
-            grant_id: None,
-            peer_id: None,
-            subject_user_id: None,
-            verb: "audit".into(),
-            resource: None,
-            query_hash: None,
-            outcome: "gap".into(),
-            deny_code: None,
-            reason: Some(clean(&format!("{lost} audit rows lost: {cause}"), MAX_REASON)),
-            rows: i32::try_from(lost).ok(),
-            bytes_out: None,
-            latency_ms: None,
-        }
+/// The `gap` row recording that `lost` rows could not be stored, and why.
+fn gap(lost: u64, cause: &str) -> NewAuditRow {
+    NewAuditRow {
+        at: Utc::now(),
+        grant_id: None,
+        peer_id: None,
+        subject_user_id: None,
+        verb: "audit".into(),
+        resource: None,
+        query_hash: None,
+        outcome: "gap".into(),
+        deny_code: None,
+        reason: Some(clean(&format!("{lost} audit rows lost: {cause}"), MAX_REASON)),
+        rows: i32::try_from(lost).ok(),
+        bytes_out: None,
+        latency_ms: None,
     }
 }
 
 /// The per-request audit writer (cheap to clone).
 #[derive(Debug, Clone)]
 pub struct AuditSink {
-    tx: mpsc::Sender<Pending>,
+    tx: mpsc::Sender<NewAuditRow>,
     dropped: Arc<AtomicU64>,
 }
 
@@ -213,7 +162,7 @@ impl AuditSink {
     /// Queues a row without waiting. A full buffer drops the row and counts it.
     pub fn submit(&self, e: &AuditEntry<'_>) {
         let _ = REQUEST_AUDITED.try_with(|audited| audited.set(true));
-        let row = Pending::from_entry(e);
+        let row = pending(e);
         // The audit step of the request's trace (the batch write itself runs later, elsewhere).
         let _span = tracing::debug_span!(
             "federation.audit",
@@ -240,7 +189,7 @@ impl AuditSink {
     }
 }
 
-async fn writer(pool: PgPool, mut rx: mpsc::Receiver<Pending>, dropped: Arc<AtomicU64>) {
+async fn writer(pool: PgPool, mut rx: mpsc::Receiver<NewAuditRow>, dropped: Arc<AtomicU64>) {
     let mut batch = Vec::with_capacity(BATCH);
     // Rows the last write could not store, and why: a gap row in the next batch.
     let mut unwritten: Option<(u64, String)> = None;
@@ -265,10 +214,10 @@ async fn writer(pool: PgPool, mut rx: mpsc::Receiver<Pending>, dropped: Arc<Atom
         }
         let lost = dropped.swap(0, Ordering::Relaxed);
         if lost > 0 {
-            batch.push(Pending::gap(lost, "buffer full"));
+            batch.push(gap(lost, "buffer full"));
         }
         if let Some((n, cause)) = unwritten.take() {
-            batch.push(Pending::gap(n, &cause));
+            batch.push(gap(n, &cause));
         }
         if !batch.is_empty() {
             let started = std::time::Instant::now();
@@ -282,7 +231,7 @@ async fn writer(pool: PgPool, mut rx: mpsc::Receiver<Pending>, dropped: Arc<Atom
         // Record a loss at once; only if even that fails (no database) does it wait for the
         // next batch.
         if let Some((n, cause)) = unwritten.take()
-            && insert_batch(&pool, &[Pending::gap(n, &cause)]).await.is_err()
+            && store::insert_batch(&pool, &[gap(n, &cause)]).await.is_err()
         {
             unwritten = Some((n, cause));
         }
@@ -294,8 +243,8 @@ async fn writer(pool: PgPool, mut rx: mpsc::Receiver<Pending>, dropped: Arc<Atom
 
 /// Writes `rows` in one statement; on a data error, row by row. Returns how many rows could not
 /// be stored and the database's cause, for a gap row.
-async fn write(pool: &PgPool, rows: &[Pending]) -> Option<(u64, String)> {
-    let e = match insert_batch(pool, rows).await {
+async fn write(pool: &PgPool, rows: &[NewAuditRow]) -> Option<(u64, String)> {
+    let e = match store::insert_batch(pool, rows).await {
         Ok(()) => return None,
         Err(e) => e,
     };
@@ -308,7 +257,7 @@ async fn write(pool: &PgPool, rows: &[Pending]) -> Option<(u64, String)> {
     let mut failed = 0u64;
     let mut cause = String::new();
     for row in rows {
-        if let Err(e) = insert_batch(pool, std::slice::from_ref(row)).await {
+        if let Err(e) = store::insert_batch(pool, std::slice::from_ref(row)).await {
             tracing::error!(error = %e, verb = %row.verb, outcome = %row.outcome, "could not write a federation audit row");
             failed += 1;
             cause = e.to_string();
@@ -323,8 +272,8 @@ async fn write(pool: &PgPool, rows: &[Pending]) -> Option<(u64, String)> {
 /// # Errors
 /// Database errors.
 pub async fn write_batch(pool: &PgPool, entries: &[AuditEntry<'_>]) -> Result<(), sqlx::Error> {
-    let rows: Vec<Pending> = entries.iter().map(Pending::from_entry).collect();
-    insert_batch(pool, &rows).await
+    let rows: Vec<NewAuditRow> = entries.iter().map(pending).collect();
+    store::insert_batch(pool, &rows).await
 }
 
 tokio::task_local! {
@@ -340,34 +289,4 @@ pub async fn tracking_audit<F: std::future::Future>(fut: F) -> (F::Output, bool)
             (out, REQUEST_AUDITED.with(std::cell::Cell::get))
         })
         .await
-}
-
-async fn insert_batch(pool: &PgPool, rows: &[Pending]) -> Result<(), sqlx::Error> {
-    macro_rules! col {
-        ($f:ident) => {
-            rows.iter().map(|r| r.$f.clone()).collect::<Vec<_>>()
-        };
-    }
-    sqlx::query(
-        "insert into federation_audit_log
-            (at, grant_id, peer_id, subject_user_id, verb, resource, query_hash, outcome, deny_code, reason, rows, bytes_out, latency_ms)
-         select * from unnest($1::timestamptz[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text[],
-                              $8::text[], $9::text[], $10::text[], $11::int[], $12::bigint[], $13::float8[])",
-    )
-    .bind(col!(at))
-    .bind(col!(grant_id))
-    .bind(col!(peer_id))
-    .bind(col!(subject_user_id))
-    .bind(col!(verb))
-    .bind(col!(resource))
-    .bind(col!(query_hash))
-    .bind(col!(outcome))
-    .bind(col!(deny_code))
-    .bind(col!(reason))
-    .bind(col!(rows))
-    .bind(col!(bytes_out))
-    .bind(col!(latency_ms))
-    .execute(pool)
-    .await?;
-    Ok(())
 }

@@ -18,6 +18,7 @@ use crate::admin::guard::AdminUser;
 use crate::app::AppState;
 use crate::http::error::{ApiError, ErrorEnvelope};
 use crate::http::extract::{Json, Query};
+use crate::store::audit as store;
 
 /// Rows per page at most, and by default.
 pub const MAX_LIMIT: i64 = 1000;
@@ -48,26 +49,7 @@ pub struct AuditFilter {
     pub cursor: Option<String>,
 }
 
-/// One audit row.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
-#[serde(rename_all = "camelCase")]
-pub struct AuditRow {
-    pub id: i64,
-    pub at: DateTime<Utc>,
-    pub grant_id: Option<Uuid>,
-    pub peer_id: Option<Uuid>,
-    pub subject_user_id: Option<Uuid>,
-    pub verb: String,
-    pub resource: Option<String>,
-    pub query_hash: Option<String>,
-    pub outcome: String,
-    pub deny_code: Option<String>,
-    /// The internal reason (never sent to the peer).
-    pub reason: Option<String>,
-    pub rows: Option<i32>,
-    pub bytes_out: Option<i64>,
-    pub latency_ms: Option<f64>,
-}
+pub use crate::store::audit::AuditRow;
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct AuditPage {
@@ -112,39 +94,20 @@ pub async fn page(db: &sqlx::PgPool, filter: &AuditFilter) -> Result<AuditPage, 
         Some(Some(position)) => Some(position),
         Some(None) => return Err(ApiError::invalid_field("cursor", "cursor is not a nextCursor of this route")),
     };
-    // Every filter is a bound parameter, and an absent one is `$n is null`: one static
-    // statement, planned once.
-    let mut rows: Vec<AuditRow> = sqlx::query_as(
-        "select id, at, grant_id, peer_id, subject_user_id, verb, resource, query_hash, outcome, deny_code, reason,
-                rows, bytes_out, latency_ms
-           from federation_audit_log
-          where ($1::uuid is null or peer_id = $1)
-            and ($2::uuid is null or grant_id = $2)
-            and ($3::uuid is null or subject_user_id = $3)
-            and ($4::text is null or verb = $4)
-            and ($5::text is null or resource = $5)
-            and ($6::text is null or outcome = $6)
-            and ($7::text is null or deny_code = $7)
-            and ($8::timestamptz is null or at >= $8)
-            and ($9::timestamptz is null or at < $9)
-            and ($10::timestamptz is null or (at, id) < ($10, $11))
-          order by at desc, id desc
-          limit $12",
-    )
-    .bind(filter.peer_id)
-    .bind(filter.grant_id)
-    .bind(filter.subject_user_id)
-    .bind(&filter.verb)
-    .bind(&filter.resource)
-    .bind(&filter.outcome)
-    .bind(&filter.deny_code)
-    .bind(filter.from)
-    .bind(filter.to)
-    .bind(after.map(|(at, _)| at))
-    .bind(after.map_or(0, |(_, id)| id))
-    .bind(limit + 1)
-    .fetch_all(db)
-    .await?;
+    let query = store::PageQuery {
+        peer_id: filter.peer_id,
+        grant_id: filter.grant_id,
+        subject_user_id: filter.subject_user_id,
+        verb: filter.verb.as_deref(),
+        resource: filter.resource.as_deref(),
+        outcome: filter.outcome.as_deref(),
+        deny_code: filter.deny_code.as_deref(),
+        from: filter.from,
+        to: filter.to,
+        after,
+        limit: limit + 1,
+    };
+    let mut rows = store::page(db, &query).await?;
     let more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
     rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
     let next_cursor = if more { rows.last().map(encode_cursor) } else { None };

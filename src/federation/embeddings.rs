@@ -127,11 +127,15 @@ pub async fn fill_missing(pool: &PgPool, settings: &SearchSettings) -> anyhow::R
     }
     let mut filled = 0;
     for _ in 0..BATCHES_PER_RUN {
-        let rows: Vec<(Uuid, String)> =
-            sqlx::query_as("select id, content from insights where embedding is null order by created_at, id limit $1")
-                .bind(BATCH)
-                .fetch_all(pool)
-                .await?;
+        let rows: Vec<(Uuid, String)> = sqlx::query!(
+            "select id, content from insights where embedding is null order by created_at, id limit $1",
+            BATCH
+        )
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .map(|r| (r.id, r.content))
+        .collect();
         if rows.is_empty() {
             break;
         }
@@ -139,6 +143,8 @@ pub async fn fill_missing(pool: &PgPool, settings: &SearchSettings) -> anyhow::R
         let vectors = embed(settings, &texts).await?;
         let ids: Vec<Uuid> = rows.iter().map(|(id, _)| *id).collect();
         let vectors: Vec<pgvector::Vector> = vectors.into_iter().map(pgvector::Vector::from).collect();
+        // Unchecked: it binds pgvector values, whose type OID differs per database (offline data
+        // described against one would not hold for another).
         sqlx::query(
             "update insights i set embedding = u.e from unnest($1::uuid[], $2::vector[]) u(id, e)
              where i.id = u.id and i.embedding is null",

@@ -40,7 +40,7 @@ pub async fn healthz() -> Json<Health> {
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Readiness>, ApiError> {
     let mut checks = std::collections::BTreeMap::new();
     let mut ready = true;
-    match sqlx::query_scalar::<_, i32>("select 1").fetch_one(&state.pool).await {
+    match sqlx::query_scalar!("select 1 as one").fetch_one(&state.pool).await {
         Ok(_) => {
             checks.insert("database".to_string(), "ok".to_string());
             match crate::store::migrations_applied(&state.pool).await {

@@ -124,26 +124,28 @@ async fn sample_once(pool: &sqlx::PgPool, peer_reads: &sqlx::PgPool) -> Result<(
         drop(probe);
         metrics::gauge!(POOL_ACQUIRE_WAIT_SECONDS, "pool" => name).set(waited.as_secs_f64());
     }
-    let queues: Vec<(String, i64, f64)> = sqlx::query_as(
-        "select queue, count(*) filter (where status = 'pending'),
-                coalesce(extract(epoch from now() - min(run_at) filter (where status = 'pending' and run_at <= now())), 0)::float8
-           from queue.jobs group by queue",
+    let queues = sqlx::query!(
+        r#"select queue, count(*) filter (where status = 'pending') as "depth!",
+                coalesce(extract(epoch from now() - min(run_at) filter (where status = 'pending' and run_at <= now())), 0)::float8 as "oldest!"
+           from queue.jobs group by queue"#,
     )
     .fetch_all(pool)
     .await?;
-    for (queue, depth, oldest) in queues {
+    for q in queues {
+        let (queue, depth, oldest) = (q.queue, q.depth, q.oldest);
         metrics::gauge!(QUEUE_DEPTH, "queue" => queue.clone()).set(depth as f64);
         metrics::gauge!(QUEUE_OLDEST_SECONDS, "queue" => queue).set(oldest);
     }
-    let outbox: Vec<(uuid::Uuid, i64, i64)> = sqlx::query_as(
-        "select e.id, count(d.id) filter (where d.status in ('pending', 'inflight')),
-                count(d.id) filter (where d.status = 'dead')
+    let outbox = sqlx::query!(
+        r#"select e.id, count(d.id) filter (where d.status in ('pending', 'inflight')) as "pending!",
+                count(d.id) filter (where d.status = 'dead') as "dead!"
            from outbox.webhook_endpoints e left join outbox.deliveries d on d.endpoint_id = e.id
-          group by e.id",
+          group by e.id"#,
     )
     .fetch_all(pool)
     .await?;
-    for (endpoint, pending, dead) in outbox {
+    for o in outbox {
+        let (endpoint, pending, dead) = (o.id, o.pending, o.dead);
         metrics::gauge!(OUTBOX_PENDING, "endpoint" => endpoint.to_string()).set(pending as f64);
         metrics::gauge!(OUTBOX_DEAD, "endpoint" => endpoint.to_string()).set(dead as f64);
     }

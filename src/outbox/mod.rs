@@ -60,7 +60,7 @@ pub async fn emit_event<'e, E: sqlx::PgExecutor<'e>>(
     payload: &serde_json::Value,
 ) -> Result<Uuid, sqlx::Error> {
     // `outbox.emit` (a SQL function, so that triggers emit exactly the same way).
-    sqlx::query_scalar("select outbox.emit($1, $2)").bind(event).bind(payload).fetch_one(executor).await
+    sqlx::query_scalar!(r#"select outbox.emit($1, $2) as "id!""#, event, payload).fetch_one(executor).await
 }
 
 /// Like [`emit_event`], for call sites with no transaction to join whose own operation must not
@@ -72,7 +72,7 @@ pub async fn emit_event_logged(pool: &PgPool, event: &str, payload: &serde_json:
 }
 
 /// A delivery as listed in the dead letters.
-#[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeliveryView {
     pub id: Uuid,
@@ -90,13 +90,30 @@ pub struct DeliveryView {
     pub updated_at: DateTime<Utc>,
 }
 
-const DELIVERY_SELECT: &str = "select d.id, d.event_id, d.endpoint_id, e.url, d.event, d.payload, d.status, \
-     d.attempts, d.last_error, d.created_at, d.updated_at
-     from outbox.deliveries d join outbox.webhook_endpoints e on e.id = d.endpoint_id";
-
-fn redact(mut v: DeliveryView) -> DeliveryView {
-    v.url = crate::config::redact_url(&v.url);
-    v
+/// The delivery `id`, or (with no id) the `limit` most recent dead deliveries; URLs redacted.
+async fn deliveries(
+    db: impl sqlx::PgExecutor<'_>,
+    id: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<DeliveryView>, sqlx::Error> {
+    // One statement for both reads, so the listed shape is written once.
+    let mut rows = sqlx::query_as!(
+        DeliveryView,
+        "select d.id, d.event_id, d.endpoint_id, e.url, d.event, d.payload, d.status,
+                d.attempts, d.last_error, d.created_at, d.updated_at
+           from outbox.deliveries d join outbox.webhook_endpoints e on e.id = d.endpoint_id
+          where ($1::uuid is null and d.status = 'dead') or d.id = $1
+          order by d.updated_at desc, d.id
+          limit $2",
+        id,
+        limit
+    )
+    .fetch_all(db)
+    .await?;
+    for v in &mut rows {
+        v.url = crate::config::redact_url(&v.url);
+    }
+    Ok(rows)
 }
 
 /// Dead deliveries, most recent first.
@@ -104,9 +121,7 @@ fn redact(mut v: DeliveryView) -> DeliveryView {
 /// # Errors
 /// Database errors.
 pub async fn dead_letters(db: impl sqlx::PgExecutor<'_>, limit: i64) -> Result<Vec<DeliveryView>, sqlx::Error> {
-    let sql = format!("{DELIVERY_SELECT} where d.status = 'dead' order by d.updated_at desc, d.id limit $1");
-    let rows = sqlx::query_as::<_, DeliveryView>(sqlx::AssertSqlSafe(sql)).bind(limit).fetch_all(db).await?;
-    Ok(rows.into_iter().map(redact).collect())
+    deliveries(db, None, limit).await
 }
 
 /// Puts a dead delivery back to `pending` with a fresh attempt count; `None` unless it was dead.
@@ -114,24 +129,22 @@ pub async fn dead_letters(db: impl sqlx::PgExecutor<'_>, limit: i64) -> Result<V
 /// # Errors
 /// Database errors.
 pub async fn replay(db: &PgPool, id: Uuid) -> Result<Option<DeliveryView>, sqlx::Error> {
-    let done = sqlx::query(
+    let done = sqlx::query!(
         "with up as (
             update outbox.deliveries set status = 'pending', attempts = 0, next_attempt_at = now(),
                    last_error = null, updated_at = now()
              where id = $1 and status = 'dead' returning id
          )
          select pg_notify($2, '') from up",
+        id,
+        NOTIFY_CHANNEL
     )
-    .bind(id)
-    .bind(NOTIFY_CHANNEL)
     .execute(db)
     .await?;
     if done.rows_affected() == 0 {
         return Ok(None);
     }
-    let sql = format!("{DELIVERY_SELECT} where d.id = $1");
-    let row = sqlx::query_as::<_, DeliveryView>(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(db).await?;
-    Ok(row.map(redact))
+    Ok(deliveries(db, Some(id), 1).await?.pop())
 }
 
 /// Whether a delivery exists at all (to tell 404 from 409 on replay).
@@ -139,11 +152,10 @@ pub async fn replay(db: &PgPool, id: Uuid) -> Result<Option<DeliveryView>, sqlx:
 /// # Errors
 /// Database errors.
 pub async fn delivery_status(db: &PgPool, id: Uuid) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar("select status from outbox.deliveries where id = $1").bind(id).fetch_optional(db).await
+    sqlx::query_scalar!("select status from outbox.deliveries where id = $1", id).fetch_optional(db).await
 }
 
 /// A claimed head of an endpoint's line.
-#[derive(sqlx::FromRow)]
 struct Head {
     id: Uuid,
     event_id: Uuid,
@@ -196,12 +208,12 @@ impl OutboxRuntime {
         let opts = (*pool.connect_options()).clone().options([("synchronous_commit", "off")]);
         let fast = crate::store::pool_options(2).connect_lazy_with(opts);
         let owner = format!("{node_id}/outbox");
-        let back = sqlx::query(
+        let back = sqlx::query!(
             "update outbox.deliveries set status = 'pending', lease_owner = null, lease_expires_at = null,
                     next_attempt_at = now(), updated_at = now()
               where status = 'inflight' and lease_owner = $1",
+            owner
         )
-        .bind(&owner)
         .execute(pool)
         .await?
         .rows_affected();
@@ -323,8 +335,12 @@ impl Drainer {
     /// Claims the due head of each endpoint's line (at most 64 endpoints per round, longest
     /// waiting first, so no endpoint starves behind the first 64).
     async fn claim(&self) -> Result<Vec<Head>, sqlx::Error> {
-        sqlx::query_as::<_, Head>(
-            "with heads as (
+        // The lease outlives the request timeout, so a slow receiver is not sent a duplicate.
+        let lease =
+            chrono::Duration::from_std(self.settings.outbox_timeout * 2 + Duration::from_secs(5)).unwrap_or_default();
+        sqlx::query_as!(
+            Head,
+            r#"with heads as (
                 select h.id, e.url, e.secret_sealed
                   from outbox.webhook_endpoints e
                   cross join lateral (
@@ -345,11 +361,11 @@ impl Drainer {
               where d.id = heads.id
                 and (d.status = 'pending' or (d.status = 'inflight' and d.lease_expires_at < now()))
           returning d.id, d.event_id, d.endpoint_id, d.event, d.payload, d.attempts, d.created_at,
-                    heads.url, heads.secret_sealed",
+                    heads.url as "url!", heads.secret_sealed as "secret_sealed!""#,
+            self.owner,
+            // A chrono duration, which sqlx encodes as an interval; the check expects its own type.
+            lease as _
         )
-        .bind(&self.owner)
-        // The lease outlives the request timeout, so a slow receiver is not sent a duplicate.
-        .bind(chrono::Duration::from_std(self.settings.outbox_timeout * 2 + Duration::from_secs(5)).unwrap_or_default())
         .fetch_all(&self.pool)
         .await
     }
@@ -436,31 +452,31 @@ impl Drainer {
             }
         }
         if !done.is_empty() {
-            sqlx::query(
+            sqlx::query!(
                 "update outbox.deliveries
                     set status = 'done', delivered_at = now(), updated_at = now(), last_error = null,
                         lease_owner = null, lease_expires_at = null
                   where id = any($1) and lease_owner = $2 and status = 'inflight'",
+                &done,
+                self.owner
             )
-            .bind(&done)
-            .bind(&self.owner)
             .execute(&self.pool)
             .await?;
         }
         if !ids.is_empty() {
-            sqlx::query(
+            sqlx::query!(
                 "update outbox.deliveries d
                     set status = f.status, last_error = f.err, updated_at = now(),
                         next_attempt_at = now() + f.delay_ms * interval '1 millisecond',
                         lease_owner = null, lease_expires_at = null
                    from unnest($1::uuid[], $2::text[], $3::int8[], $4::text[]) as f(id, status, delay_ms, err)
                   where d.id = f.id and d.lease_owner = $5 and d.status = 'inflight'",
+                &ids,
+                &statuses as &[&str],
+                &delays,
+                &errors,
+                self.owner
             )
-            .bind(&ids)
-            .bind(&statuses)
-            .bind(&delays)
-            .bind(&errors)
-            .bind(&self.owner)
             .execute(&self.pool)
             .await?;
         }

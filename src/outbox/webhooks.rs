@@ -143,7 +143,7 @@ impl std::fmt::Debug for CreateWebhook {
 }
 
 /// A registered endpoint (never with its secret).
-#[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WebhookEndpoint {
     pub id: Uuid,
@@ -206,14 +206,15 @@ pub async fn create(
     events.dedup();
     let id = Uuid::now_v7();
     let sealed = sealing.seal(&secret_context(id), body.secret.as_bytes());
-    let mut row = sqlx::query_as::<_, WebhookEndpoint>(
-        "insert into outbox.webhook_endpoints (id, url, secret_sealed, events) values ($1, $2, $3, $4)
-         returning id, url, events, created_at, 0::int8 as pending, 0::int8 as dead",
+    let mut row = sqlx::query_as!(
+        WebhookEndpoint,
+        r#"insert into outbox.webhook_endpoints (id, url, secret_sealed, events) values ($1, $2, $3, $4)
+         returning id, url, events, created_at, 0::int8 as "pending!", 0::int8 as "dead!""#,
+        id,
+        url,
+        sealed,
+        &events
     )
-    .bind(id)
-    .bind(url)
-    .bind(sealed)
-    .bind(&events)
     .fetch_one(db)
     .await?;
     row.url = crate::config::redact_url(&row.url);
@@ -225,21 +226,19 @@ pub async fn create(
 /// # Errors
 /// Database errors.
 pub async fn list(db: impl sqlx::PgExecutor<'_>) -> Result<Vec<WebhookEndpoint>, sqlx::Error> {
-    let rows = sqlx::query_as::<_, WebhookEndpoint>(
-        "select e.id, e.url, e.events, e.created_at,
-                (select count(*) from outbox.deliveries d where d.endpoint_id = e.id and d.status in ('pending', 'inflight')) as pending,
-                (select count(*) from outbox.deliveries d where d.endpoint_id = e.id and d.status = 'dead') as dead
-           from outbox.webhook_endpoints e order by e.created_at, e.id",
+    let mut rows = sqlx::query_as!(
+        WebhookEndpoint,
+        r#"select e.id, e.url, e.events, e.created_at,
+                (select count(*) from outbox.deliveries d where d.endpoint_id = e.id and d.status in ('pending', 'inflight')) as "pending!",
+                (select count(*) from outbox.deliveries d where d.endpoint_id = e.id and d.status = 'dead') as "dead!"
+           from outbox.webhook_endpoints e order by e.created_at, e.id"#,
     )
     .fetch_all(db)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|mut r| {
-            r.url = crate::config::redact_url(&r.url);
-            r
-        })
-        .collect())
+    for r in &mut rows {
+        r.url = crate::config::redact_url(&r.url);
+    }
+    Ok(rows)
 }
 
 /// Deletes an endpoint and its undelivered rows; false when unknown.
@@ -247,7 +246,7 @@ pub async fn list(db: impl sqlx::PgExecutor<'_>) -> Result<Vec<WebhookEndpoint>,
 /// # Errors
 /// Database errors.
 pub async fn delete(db: impl sqlx::PgExecutor<'_>, id: Uuid) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query("delete from outbox.webhook_endpoints where id = $1").bind(id).execute(db).await?;
+    let done = sqlx::query!("delete from outbox.webhook_endpoints where id = $1", id).execute(db).await?;
     Ok(done.rows_affected() == 1)
 }
 

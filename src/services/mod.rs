@@ -72,12 +72,12 @@ impl Database {
 async fn ensure_database(pg: &EmbeddedPostgres, name: &str) -> anyhow::Result<()> {
     use sqlx::Connection;
     let mut conn = sqlx::PgConnection::connect_with(&pg.connect_options("postgres")).await?;
-    let exists: bool = sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
-        .bind(name)
-        .fetch_one(&mut conn)
-        .await?;
+    let exists =
+        sqlx::query_scalar!(r#"select exists (select 1 from pg_database where datname = $1) as "exists!""#, name)
+            .fetch_one(&mut conn)
+            .await?;
     if !exists {
-        // Identifier comes from a constant, never from input.
+        // Dynamic: a database name cannot be a bind parameter; it comes from a constant, never input.
         let sql = format!("create database \"{name}\"");
         match sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await {
             Ok(_) => {}

@@ -8,11 +8,11 @@ use sqlx::PgExecutor;
 /// # Errors
 /// The database write fails.
 pub async fn record(db: impl PgExecutor<'_>, url: &str) -> sqlx::Result<()> {
-    sqlx::query(
+    sqlx::query!(
         "insert into gateway_public_url (id, url, recorded_at) values (1, $1, now())
          on conflict (id) do update set url = excluded.url, recorded_at = excluded.recorded_at",
+        url
     )
-    .bind(url)
     .execute(db)
     .await
     .map(|_| ())
@@ -23,5 +23,5 @@ pub async fn record(db: impl PgExecutor<'_>, url: &str) -> sqlx::Result<()> {
 /// # Errors
 /// The database read fails.
 pub async fn current(db: impl PgExecutor<'_>) -> sqlx::Result<Option<String>> {
-    sqlx::query_scalar("select url from gateway_public_url where id = 1").fetch_optional(db).await
+    sqlx::query_scalar!("select url from gateway_public_url where id = 1").fetch_optional(db).await
 }

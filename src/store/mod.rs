@@ -7,6 +7,7 @@
 //! `impl PgExecutor<'_>` or `&mut PgConnection`, so the caller owns the transaction.
 
 pub mod advertised_url;
+pub mod audit;
 pub mod constraint;
 pub mod demo;
 pub mod rows;

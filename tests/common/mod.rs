@@ -10,7 +10,9 @@
 
 #![allow(dead_code, reason = "each test binary uses a different part of the harness")]
 
+pub mod http;
 pub mod replicas;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -235,6 +237,11 @@ impl Gateway {
         format!("{}{path}", self.base)
     }
 
+    /// JSON calls on this gateway through its client, with no credential until given one.
+    pub fn api(&self) -> http::Client<'_> {
+        http::Client::new(&self.client, &self.base)
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(data_dir_log(&self.data_dir)).unwrap_or_default()
     }
@@ -282,15 +289,21 @@ fn data_dir_log(data_dir: &Path) -> PathBuf {
     data_dir.join("gateway.log")
 }
 
+/// A reqwest client builder (rustls) trusting only `ca_pem`: every client of the tests starts
+/// here, then adds what it tests (a client certificate, HTTP/1.1 only, a timeout).
+pub fn trusting(ca_pem: &[u8]) -> reqwest::ClientBuilder {
+    let ca = reqwest::Certificate::from_pem(ca_pem).expect("CA PEM");
+    reqwest::Client::builder().tls_backend_rustls().tls_certs_only([ca])
+}
+
 /// A reqwest client (HTTP/2 via ALPN) trusting only `ca_pem`.
 pub fn client_trusting(ca_pem: &[u8]) -> reqwest::Client {
-    let ca = reqwest::Certificate::from_pem(ca_pem).expect("CA PEM");
-    reqwest::Client::builder()
-        .tls_backend_rustls()
-        .tls_certs_only([ca])
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("client")
+    trusting(ca_pem).timeout(Duration::from_secs(30)).build().expect("client")
+}
+
+/// A client trusting only `ca_pem` and presenting `identity_pem` (key and certificate PEM).
+pub fn mtls_client(ca_pem: &[u8], identity_pem: &[u8]) -> reqwest::ClientBuilder {
+    trusting(ca_pem).identity(reqwest::Identity::from_pem(identity_pem).expect("identity PEM"))
 }
 
 /// Runs the tessera binary with `args` and `env`, returning (exit code, stdout, stderr).
@@ -362,4 +375,31 @@ pub async fn wait_for_count(pool: &sqlx::PgPool, sql: &'static str, grant: uuid:
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The tail of every bench smoke test: the bench's `verb` requests reached the verb and its
+/// audit (allowed rows of a real grant, waited for since the writer batches them off the
+/// request path), and none was refused.
+pub async fn assert_bench_audited(pool: &sqlx::PgPool, verb: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let allowed = loop {
+        let n: i64 = sqlx::query_scalar(
+            "select count(*) from federation_audit_log where verb = $1 and outcome = 'allowed' and grant_id <> $2",
+        )
+        .bind(verb)
+        .bind(uuid::Uuid::nil())
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if n >= 1 || Instant::now() > deadline {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(allowed >= 1, "the bench's {verb} requests are audited");
+    let denied: i64 = sqlx::query_scalar("select count(*) from federation_audit_log where outcome <> 'allowed'")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(denied, 0, "the bench's requests are all allowed");
 }

@@ -78,13 +78,7 @@ pub async fn admin_call(
     path: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let mut req = gw.client.request(method, gw.url(path)).bearer_auth(token);
-    if let Some(body) = body {
-        req = req.json(&body);
-    }
-    let r = req.send().await.expect("admin request");
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+    gw.api().bearer(token).call(method, path, body).await
 }
 
 /// Registers a peer named `name`, grants it `subject`'s data under `scope` (with an optional
@@ -126,13 +120,7 @@ pub async fn enroll_peer(
     let issued: Value = r.json().await.unwrap();
     let mut identity = key.serialize_pem().into_bytes();
     identity.extend_from_slice(issued["certPem"].as_str().unwrap().as_bytes());
-    let client = reqwest::Client::builder()
-        .tls_backend_rustls()
-        .tls_certs_only([reqwest::Certificate::from_pem(&gw.ca_pem).unwrap()])
-        .identity(reqwest::Identity::from_pem(&identity).unwrap())
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
+    let client = super::mtls_client(&gw.ca_pem, &identity).timeout(Duration::from_secs(30)).build().unwrap();
     EnrolledPeer { peer_id, grant_id, client }
 }
 
