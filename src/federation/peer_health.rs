@@ -19,6 +19,7 @@ use crate::admin::guard::AdminUser;
 use crate::app::AppState;
 use crate::http::error::{ApiError, ErrorEnvelope};
 use crate::http::extract::{Json, Path};
+pub use crate::store::grants::GrantCertificate;
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -41,16 +42,6 @@ pub struct InboundHealth {
     pub denials_by_code: BTreeMap<String, i64>,
     pub rate_limited_last_hour: i64,
     pub certificates: Vec<GrantCertificate>,
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
-#[serde(rename_all = "camelCase")]
-pub struct GrantCertificate {
-    pub grant_id: Uuid,
-    pub status: String,
-    pub serial: Option<String>,
-    pub not_after: Option<DateTime<Utc>>,
-    pub renewed_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -96,13 +87,7 @@ pub async fn inbound(pool: &sqlx::PgPool, peer_id: Uuid) -> Result<InboundHealth
     .bind(peer_id)
     .fetch_all(pool)
     .await?;
-    let certificates: Vec<GrantCertificate> = sqlx::query_as(
-        "select id as grant_id, status, current_serial as serial, cert_not_after as not_after, renewed_at
-           from federation_grants where peer_id = $1 order by created_at, id",
-    )
-    .bind(peer_id)
-    .fetch_all(pool)
-    .await?;
+    let certificates = crate::store::grants::certificates_of_peer(pool, peer_id).await?;
     Ok(InboundHealth {
         last_request_at,
         requests_last_hour: requests,
@@ -124,7 +109,7 @@ pub async fn peer_health(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
 ) -> Result<Json<PeerHealth>, ApiError> {
-    let peer = super::peers::find(&state.pool, id).await?.ok_or_else(|| ApiError::not_found("No such peer"))?;
+    let peer = super::peers::find(&state.pool, id).await?.ok_or(super::peers::PeerError::NotFound)?;
     let inbound = inbound(&state.pool, id).await?;
     let outbound = match &peer.reader {
         Some(reader) => {
