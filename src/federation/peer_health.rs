@@ -62,31 +62,36 @@ pub struct OutboundHealth {
 /// # Errors
 /// Database errors.
 pub async fn inbound(pool: &sqlx::PgPool, peer_id: Uuid) -> Result<InboundHealth, sqlx::Error> {
-    let (requests, denied, rate_limited): (i64, i64, i64) = sqlx::query_as(
-        "select count(*), count(*) filter (where outcome = 'denied'), count(*) filter (where deny_code = 'rate_limited')
-           from federation_audit_log
-          where peer_id = $1 and at > now() - interval '1 hour'
-            and verb in ('list', 'get', 'search', 'capabilities', 'renew', 'unknown')",
+    let counts = sqlx::query!(
+        r#"select count(*) as "requests!", count(*) filter (where outcome = 'denied') as "denied!",
+                  count(*) filter (where deny_code = 'rate_limited') as "rate_limited!"
+             from federation_audit_log
+            where peer_id = $1 and at > now() - interval '1 hour'
+              and verb in ('list', 'get', 'search', 'capabilities', 'renew', 'unknown')"#,
+        peer_id
     )
-    .bind(peer_id)
     .fetch_one(pool)
     .await?;
-    let last_request_at: Option<DateTime<Utc>> = sqlx::query_scalar(
+    let (requests, denied, rate_limited) = (counts.requests, counts.denied, counts.rate_limited);
+    let last_request_at: Option<DateTime<Utc>> = sqlx::query_scalar!(
         "select at from federation_audit_log
           where peer_id = $1 and verb in ('list', 'get', 'search', 'capabilities', 'renew', 'unknown')
           order by at desc limit 1",
+        peer_id
     )
-    .bind(peer_id)
     .fetch_optional(pool)
     .await?;
-    let denials: Vec<(String, i64)> = sqlx::query_as(
-        "select coalesce(deny_code, 'unknown'), count(*) from federation_audit_log
-          where peer_id = $1 and at > now() - interval '1 hour' and outcome = 'denied'
-          group by 1 order by 1",
+    let denials: Vec<(String, i64)> = sqlx::query!(
+        r#"select coalesce(deny_code, 'unknown') as "code!", count(*) as "count!" from federation_audit_log
+            where peer_id = $1 and at > now() - interval '1 hour' and outcome = 'denied'
+            group by 1 order by 1"#,
+        peer_id
     )
-    .bind(peer_id)
     .fetch_all(pool)
-    .await?;
+    .await?
+    .into_iter()
+    .map(|r| (r.code, r.count))
+    .collect();
     let certificates = crate::store::grants::certificates_of_peer(pool, peer_id).await?;
     Ok(InboundHealth {
         last_request_at,
