@@ -3,9 +3,10 @@
 //! These commands run on the gateway's machine and work on its database directly (the same
 //! service functions the admin API calls), like `tessera migrate`: an operator setting up trust
 //! has the data dir at hand, and the embedded cluster is reused when the gateway is running.
-//! Rejections (unknown peer, invalid scope, wrong state) exit 3 with the reason. One exception to
-//! "the database only": `peer health` also asks the running gateway (admin API, like `tessera
-//! audit`) for the circuit breaker and call latencies, which live in that process only.
+//! Rejections (unknown peer, invalid scope, wrong state) exit 3 with the reason; a database
+//! failure exits 1 with the database's own message (domain errors become a [`CliError`]). One
+//! exception to "the database only": `peer health` also asks the running gateway (admin API, like
+//! `tessera audit`) for the circuit breaker and call latencies, which live in that process only.
 
 use std::process::ExitCode;
 

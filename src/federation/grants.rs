@@ -407,3 +407,34 @@ pub async fn revoke_grant(
     tx.commit().await?;
     Ok(Json(grant))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_spelled_as_stored() {
+        for status in GrantStatus::ALL {
+            assert_eq!(GrantStatus::parse(status.as_str()), Some(status));
+            assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
+        }
+        assert_eq!(GrantStatus::parse("Active"), None);
+    }
+
+    #[test]
+    fn the_grant_state_rule_checks_status_then_expiry_then_peer() {
+        let now = Utc::now();
+        let past = Some(now - chrono::Duration::seconds(1));
+        let of = |status, expires_at, peer| GrantRefusal::of(status, expires_at, peer, now);
+        assert_eq!(of(GrantStatus::Active, None, PeerState::Active), None);
+        assert_eq!(of(GrantStatus::Active, Some(now + chrono::Duration::hours(1)), PeerState::Active), None);
+        let revoked = of(GrantStatus::Revoked, past, PeerState::Suspended).unwrap();
+        assert_eq!(
+            (revoked.reason(), revoked.to_string().as_str()),
+            ("grant is not active", "grant is not active (revoked)")
+        );
+        assert_eq!(of(GrantStatus::Active, past, PeerState::Suspended), Some(GrantRefusal::Expired));
+        let peer = of(GrantStatus::Active, None, PeerState::Degraded).unwrap();
+        assert_eq!((peer.reason(), peer.to_string().as_str()), ("peer is not active", "peer is not active (degraded)"));
+    }
+}

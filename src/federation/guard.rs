@@ -526,18 +526,19 @@ impl Denial {
 
     /// Logs the denial, writes its audit row and answers the request.
     fn respond(self, state: &AppState, path: &str) -> Response {
-        let grant_id = self.identity().map(|i| i.grant_id);
         match &self {
             Self::NoCertificate | Self::BadIdentity(_) => {
                 tracing::info!(code = self.code(), reason = %self.reason(), "federation request refused before the grant");
             }
-            Self::Refused { reason, .. } => tracing::warn!(grant_id = ?grant_id, reason, "federation request denied"),
-            Self::ScopeUnreadable { error, .. } => {
-                tracing::error!(grant_id = ?grant_id, error = %error, "stored grant scope does not parse");
+            Self::Refused { identity, reason, .. } => {
+                tracing::warn!(grant_id = %identity.grant_id, reason, "federation request denied");
             }
-            Self::OverBudget { limit, retry_after, .. } => {
+            Self::ScopeUnreadable { identity, error, .. } => {
+                tracing::error!(grant_id = %identity.grant_id, error = %error, "stored grant scope does not parse");
+            }
+            Self::OverBudget { identity, limit, retry_after, .. } => {
                 let retry_after_secs = retry_after.as_millis().div_ceil(1000).max(1);
-                tracing::info!(grant_id = ?grant_id, limit, retry_after_secs, "federation rate limit exceeded");
+                tracing::info!(grant_id = %identity.grant_id, limit, retry_after_secs, "federation rate limit exceeded");
             }
             _ => {}
         }
