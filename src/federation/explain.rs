@@ -190,13 +190,21 @@ pub async fn explain_scope(
     State(state): State<AppState>,
     Json(body): Json<ExplainScope>,
 ) -> Result<Json<Explanation>, ApiError> {
+    Ok(Json(explain_unsaved(&state.pool, &body).await?))
+}
+
+/// Explains a scope for a peer and subject as a new grant would hold it.
+///
+/// # Errors
+/// An invalid scope; an unknown peer or subject; database errors.
+pub async fn explain_unsaved(pool: &sqlx::PgPool, body: &ExplainScope) -> Result<Explanation, ExplainError> {
     let scope = GrantScope::parse(&body.scope).map_err(ExplainError::InvalidScope)?;
-    let peer_state = crate::store::peers::state(&state.pool, body.peer_id).await?.ok_or(ExplainError::UnknownPeer)?;
-    if !crate::store::grants::subject_exists(&state.pool, body.subject_user_id).await? {
-        return Err(ExplainError::UnknownSubject.into());
+    let peer_state = crate::store::peers::state(pool, body.peer_id).await?.ok_or(ExplainError::UnknownPeer)?;
+    if !crate::store::grants::subject_exists(pool, body.subject_user_id).await? {
+        return Err(ExplainError::UnknownSubject);
     }
     // A new grant starts pending and becomes active at enrollment; only the peer can refuse now.
     let grant_denial =
         matches!(peer_state, PeerState::Suspended | PeerState::Revoked).then(|| format!("peer is {peer_state}"));
-    Ok(Json(explain(&state.pool, &scope, body.subject_user_id, grant_denial).await?))
+    explain(pool, &scope, body.subject_user_id, grant_denial).await
 }
