@@ -4722,7 +4722,10 @@ async fn cli_grant_create_prints_the_database_cause_of_a_failure() {
     let create =
         ["grant", "create", "--peer", "cli-peer", "--user", "subject@cli.test", "--scope", scope.to_str().unwrap()];
 
-    // A refusal: the domain's message, exit 3.
+    // Refusals: the domain's message, exit 3.
+    let (code, _, err) = run_cli(&["peer", "create", "CLI-peer"], &env);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("a peer named 'CLI-peer' already exists (field name)"), "{err}");
     let (code, _, err) = run_cli(
         &["grant", "create", "--peer", "nobody", "--user", "subject@cli.test", "--scope", scope.to_str().unwrap()],
         &env,
