@@ -4508,3 +4508,61 @@ async fn runbook_runs_as_written_on_two_gateways() {
     assert_eq!(revoked, "revoked");
     a.stop();
 }
+
+/// A CLI command whose domain call hits a database failure prints the database's cause and exits
+/// 1 (the command could not run), never the HTTP envelope's "Internal server error" with the
+/// refusal code 3; a refusal from the same command still exits 3 with the domain's message.
+#[tokio::test]
+async fn cli_grant_create_prints_the_database_cause_of_a_failure() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (user, peer) = (Uuid::now_v7(), Uuid::now_v7());
+    sqlx::query("insert into users (id, email, name, role) values ($1, 'subject@cli.test', 'Subject', 'member')")
+        .bind(user)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("insert into federation_peers (id, name) values ($1, 'cli-peer')")
+        .bind(peer)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let scope = dir.path().join("scope.json");
+    std::fs::write(&scope, json!({"resources": ["tasks"]}).to_string()).unwrap();
+    let env = [("DATABASE_URL", db.url.as_str()), ("TESSERA_DATA_DIR", dir.path().to_str().unwrap())];
+    let create =
+        ["grant", "create", "--peer", "cli-peer", "--user", "subject@cli.test", "--scope", scope.to_str().unwrap()];
+
+    // Refusals: the domain's message, exit 3.
+    let (code, _, err) = run_cli(&["peer", "create", "CLI-peer"], &env);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("a peer named 'CLI-peer' already exists (field name)"), "{err}");
+    let (code, _, err) = run_cli(
+        &["grant", "create", "--peer", "nobody", "--user", "subject@cli.test", "--scope", scope.to_str().unwrap()],
+        &env,
+    );
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("no peer 'nobody'"), "{err}");
+
+    // The database breaks under the grant insert.
+    sqlx::raw_sql(
+        "create function cli_test_fire() returns trigger language plpgsql as $$
+         begin raise exception 'disk on fire'; end $$;
+         create trigger cli_test_fire before insert on federation_grants for each row execute function cli_test_fire();",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let (code, out, err) = run_cli(&create, &env);
+    assert_eq!(code, 1, "a database failure is 'could not run': {out}{err}");
+    assert!(err.contains("disk on fire"), "the cause is printed: {err}");
+    assert!(!err.contains("Internal server error"), "{err}");
+    let grants: i64 = sqlx::query_scalar("select count(*) from federation_grants").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(grants, 0);
+
+    // Repaired, the same command works.
+    sqlx::raw_sql("drop trigger cli_test_fire on federation_grants").execute(&db.pool).await.unwrap();
+    let (code, out, err) = run_cli(&create, &env);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("peer=cli-peer") && out.contains("status=pending"), "{out}");
+}

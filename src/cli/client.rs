@@ -52,6 +52,16 @@ impl CliError {
     }
 }
 
+/// The message, so a `CliError` can travel as the cause of an `anyhow::Error` to `main`, which
+/// prints it and exits with its code ([`Exit::for_error`]).
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for CliError {}
+
 /// The CLI's saved credentials, for one gateway.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -37,6 +37,9 @@ impl Exit {
     /// usage errors, a transport failure is trust or unreachable by its cause, the rest 1.
     pub fn for_error(e: &anyhow::Error) -> Exit {
         for cause in e.chain() {
+            if let Some(cli) = cause.downcast_ref::<super::client::CliError>() {
+                return cli.exit;
+            }
             if cause.downcast_ref::<crate::config::ConfigError>().is_some()
                 || cause.downcast_ref::<UsageError>().is_some()
             {
@@ -79,6 +82,22 @@ impl<E: crate::error::DomainError> From<E> for super::client::CliError {
                 Self::new(Exit::Refused, message)
             }
         }
+    }
+}
+
+/// An error from code that does not classify itself (a setting, a file, a transport): its exit
+/// code by its cause ([`Exit::for_error`]), its whole context chain as the message.
+impl From<anyhow::Error> for super::client::CliError {
+    fn from(e: anyhow::Error) -> Self {
+        Self::new(Exit::for_error(&e), super::describe(&e))
+    }
+}
+
+/// A database failure outside any domain (a lookup the command makes itself): exit 1 with the
+/// database's own message.
+impl From<sqlx::Error> for super::client::CliError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::new(Exit::Unreachable, format!("database: {e}"))
     }
 }
 

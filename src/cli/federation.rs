@@ -3,19 +3,20 @@
 //! These commands run on the gateway's machine and work on its database directly (the same
 //! service functions the admin API calls), like `tessera migrate`: an operator setting up trust
 //! has the data dir at hand, and the embedded cluster is reused when the gateway is running.
-//! Rejections (unknown peer, invalid scope, wrong state) exit 3 with the reason. One exception to
-//! "the database only": `peer health` also asks the running gateway (admin API, like `tessera
-//! audit`) for the circuit breaker and call latencies, which live in that process only.
+//! Rejections (unknown peer, invalid scope, wrong state) exit 3 with the reason; a database
+//! failure exits 1 with the database's own message (domain errors become a [`CliError`]). One
+//! exception to "the database only": `peer health` also asks the running gateway (admin API, like
+//! `tessera audit`) for the circuit breaker and call latencies, which live in that process only.
 
 use std::process::ExitCode;
 
 use clap::Subcommand;
 use uuid::Uuid;
 
+use super::client::CliError;
 use super::exit::{Exit, UsageError};
 use crate::config::Config;
 use crate::federation::{client, enrollment, grants, peers};
-use crate::http::error::ApiError;
 use crate::sealing::SealingKey;
 use crate::services::Database;
 
@@ -175,26 +176,28 @@ async fn advertised_url(pool: &sqlx::PgPool, config: &Config) -> anyhow::Result<
     })
 }
 
-fn print<T: serde::Serialize>(json: bool, value: &T, text: impl FnOnce(&T) -> String) -> anyhow::Result<()> {
+fn print<T: serde::Serialize>(json: bool, value: &T, text: impl FnOnce(&T) -> String) -> Result<(), CliError> {
     if json {
-        println!("{}", serde_json::to_string_pretty(value)?);
+        println!("{}", serde_json::to_string_pretty(value).map_err(anyhow::Error::from)?);
     } else {
         println!("{}", text(value));
     }
     Ok(())
 }
 
-/// Maps a rejection to exit code 3 with its message; other errors propagate (exit 1).
-fn rejected(e: ApiError) -> anyhow::Result<ExitCode> {
-    eprintln!("rejected ({}): {}", e.status().as_u16(), e.message());
-    Ok(Exit::Refused.into())
-}
-
-async fn resolve_peer(pool: &sqlx::PgPool, peer: &str) -> anyhow::Result<Option<peers::Peer>> {
-    Ok(match Uuid::parse_str(peer) {
-        Ok(id) => peers::find(pool, id).await?,
-        Err(_) => peers::find_by_name(pool, peer).await?,
-    })
+/// Runs a command on the gateway's database: opens and migrates it, runs `command`, closes it.
+/// A failure reaches `main` as a [`CliError`], which prints it and exits with its code (a
+/// refusal 3 with the domain's message, a database failure 1 with the database's).
+async fn on_database<F>(config: &Config, command: F) -> anyhow::Result<ExitCode>
+where
+    F: AsyncFnOnce(&sqlx::PgPool) -> Result<(), CliError>,
+{
+    let db = Database::open(config, 2).await?;
+    crate::store::migrate(&db.pool).await?;
+    let result = command(&db.pool).await;
+    db.close().await;
+    result?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// One line per peer. For a peer we call, the state column shows where we stand now
@@ -203,10 +206,7 @@ async fn resolve_peer(pool: &sqlx::PgPool, peer: &str) -> anyhow::Result<Option<
 fn peer_line(p: &peers::Peer) -> String {
     let time = |t: Option<chrono::DateTime<chrono::Utc>>| t.map_or_else(|| "-".to_string(), |t| t.to_rfc3339());
     let status = match &p.reader {
-        Some(r)
-            if matches!(p.state.as_str(), "active" | "degraded")
-                && r.status != crate::federation::peer_status::ReaderStatus::Ok =>
-        {
+        Some(r) if p.state.is_callable() && r.status != crate::federation::peer_status::ReaderStatus::Ok => {
             r.status.as_str()
         }
         _ => p.state.as_str(),
@@ -294,24 +294,16 @@ struct GrantView {
 }
 
 /// Looks up the peer and subject names of `all` in two queries.
-async fn named(pool: &sqlx::PgPool, all: Vec<grants::Grant>) -> anyhow::Result<Vec<GrantView>> {
+async fn named(pool: &sqlx::PgPool, all: Vec<grants::Grant>) -> Result<Vec<GrantView>, CliError> {
     let peer_ids: Vec<Uuid> = all.iter().map(|g| g.peer_id).collect();
     let user_ids: Vec<Uuid> = all.iter().filter_map(|g| g.subject_user_id).collect();
     let peers: std::collections::HashMap<Uuid, String> =
-        sqlx::query_as("select id, name from federation_peers where id = any($1)")
-            .bind(&peer_ids)
-            .fetch_all(pool)
-            .await?
-            .into_iter()
-            .collect();
-    let users: std::collections::HashMap<Uuid, (String, String)> =
-        sqlx::query_as::<_, (Uuid, String, String)>("select id, email, name from users where id = any($1)")
-            .bind(&user_ids)
-            .fetch_all(pool)
-            .await?
-            .into_iter()
-            .map(|(id, email, name)| (id, (email, name)))
-            .collect();
+        crate::store::peers::names(pool, &peer_ids).await?.into_iter().collect();
+    let users: std::collections::HashMap<Uuid, (String, String)> = crate::store::grants::subject_names(pool, &user_ids)
+        .await?
+        .into_iter()
+        .map(|(id, email, name)| (id, (email, name)))
+        .collect();
     Ok(all
         .into_iter()
         .map(|grant| {
@@ -324,6 +316,11 @@ async fn named(pool: &sqlx::PgPool, all: Vec<grants::Grant>) -> anyhow::Result<V
             }
         })
         .collect())
+}
+
+/// One grant, with its names.
+async fn named_one(pool: &sqlx::PgPool, grant: grants::Grant) -> Result<GrantView, CliError> {
+    Ok(named(pool, vec![grant]).await?.remove(0))
 }
 
 fn grant_line(v: &GrantView) -> String {
@@ -341,19 +338,13 @@ fn grant_line(v: &GrantView) -> String {
 }
 
 pub async fn peer(config: &Config, cmd: PeerCommand) -> anyhow::Result<ExitCode> {
-    let db = Database::open(config, 2).await?;
-    crate::store::migrate(&db.pool).await?;
-    let result = peer_inner(config, &db.pool, cmd).await;
-    db.close().await;
-    result
+    on_database(config, async |pool| peer_inner(config, pool, cmd).await).await
 }
 
-async fn peer_inner(config: &Config, pool: &sqlx::PgPool, cmd: PeerCommand) -> anyhow::Result<ExitCode> {
+async fn peer_inner(config: &Config, pool: &sqlx::PgPool, cmd: PeerCommand) -> Result<(), CliError> {
     match cmd {
         PeerCommand::Health { peer, json, client } => {
-            let Some(p) = resolve_peer(pool, &peer).await? else {
-                return rejected(ApiError::not_found(format!("no peer '{peer}'")));
-            };
+            let p = peers::resolve(pool, &peer).await?;
             let inbound = crate::federation::peer_health::inbound(pool, p.id).await?;
             let live = match &p.reader {
                 Some(_) => Some(live_outbound(config, &client, p.id).await),
@@ -396,26 +387,19 @@ async fn peer_inner(config: &Config, pool: &sqlx::PgPool, cmd: PeerCommand) -> a
             })?;
         }
         PeerCommand::Create { name, endpoint, json } => {
-            if let Err(e) = peers::validate_name(&name) {
-                return rejected(e);
-            }
-            match peers::insert(pool, &name, endpoint.as_deref()).await {
-                Ok(p) => print(json, &p, peer_line)?,
-                Err(e) => return rejected(e),
-            }
+            let p = peers::create(pool, &name, endpoint.as_deref()).await?;
+            print(json, &p, peer_line)?;
         }
         PeerCommand::List { json } => {
             let all = peers::list(pool).await?;
             print(json, &all, |all| all.iter().map(peer_line).collect::<Vec<_>>().join("\n"))?;
         }
-        PeerCommand::Show { peer, json } => match resolve_peer(pool, &peer).await? {
-            Some(p) => print(json, &p, peer_detail)?,
-            None => return rejected(ApiError::not_found(format!("no peer '{peer}'"))),
-        },
+        PeerCommand::Show { peer, json } => print(json, &peers::resolve(pool, &peer).await?, peer_detail)?,
         PeerCommand::Add { enrollment_url, name, ca_fingerprint, json } => {
             let mut url = client::parse_enrollment_url(&enrollment_url)?;
             url.pin = Some(enrollment_pin(&url, &enrollment_url, name.as_deref(), ca_fingerprint.as_deref()).await?);
-            let sealing = SealingKey::load(config.sealing_key.as_ref(), &config.data_dir)?;
+            let sealing =
+                SealingKey::load(config.sealing_key.as_ref(), &config.data_dir).map_err(anyhow::Error::from)?;
             let opts = client::AddPeer { url: &url, name: name.as_deref(), oids: &config.federation.oids };
             let enrolled = client::add_peer(pool, &sealing, &opts).await?;
             print(json, &enrolled, |e| match &e.replaced {
@@ -437,7 +421,7 @@ async fn peer_inner(config: &Config, pool: &sqlx::PgPool, cmd: PeerCommand) -> a
             })?;
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// Single-quotes `s` for a POSIX shell.
@@ -570,82 +554,68 @@ async fn live_outbound(
 }
 
 pub async fn grant(config: &Config, cmd: GrantCommand) -> anyhow::Result<ExitCode> {
-    let db = Database::open(config, 2).await?;
-    crate::store::migrate(&db.pool).await?;
-    let result = grant_inner(config, &db.pool, cmd).await;
-    db.close().await;
-    result
+    on_database(config, async |pool| grant_inner(config, pool, cmd).await).await
 }
 
-async fn grant_inner(config: &Config, pool: &sqlx::PgPool, cmd: GrantCommand) -> anyhow::Result<ExitCode> {
+/// The CA and the URL an enrollment token is minted with.
+async fn minting(
+    config: &Config,
+    pool: &sqlx::PgPool,
+) -> anyhow::Result<(std::sync::Arc<crate::federation::ca::GatewayCa>, String)> {
+    let sealing = SealingKey::load(config.sealing_key.as_ref(), &config.data_dir)?;
+    let ca = crate::federation::ca::GatewayCa::load_or_create(pool, &sealing).await?;
+    Ok((ca, advertised_url(pool, config).await?))
+}
+
+async fn grant_inner(config: &Config, pool: &sqlx::PgPool, cmd: GrantCommand) -> Result<(), CliError> {
     match cmd {
         GrantCommand::Create { peer, user, scope, expires_at, rate_per_minute, json } => {
-            let Some(peer) = resolve_peer(pool, &peer).await? else {
-                return rejected(ApiError::not_found(format!("no peer '{peer}'")));
-            };
-            let user_id: Option<Uuid> = match Uuid::parse_str(&user) {
+            let peer = peers::resolve(pool, &peer).await?;
+            let subject = match Uuid::parse_str(&user) {
                 Ok(id) => Some(id),
-                Err(_) => {
-                    sqlx::query_scalar("select id from users where lower(email) = lower($1)")
-                        .bind(&user)
-                        .fetch_optional(pool)
-                        .await?
-                }
+                Err(_) => crate::store::grants::subject_by_email(pool, &user).await?,
             };
-            let Some(subject_user_id) = user_id else {
-                return rejected(ApiError::not_found(format!("no user '{user}'")));
+            let Some(subject_user_id) = subject else {
+                return Err(CliError::new(Exit::Refused, format!("no user '{user}'")));
             };
             let text = std::fs::read_to_string(&scope)
-                .map_err(|e| UsageError(format!("--scope: cannot read {}: {e}", scope.display())))?;
+                .map_err(|e| UsageError(format!("--scope: cannot read {}: {e}", scope.display())))
+                .map_err(anyhow::Error::from)?;
             let scope: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| UsageError(format!("--scope: {} is not JSON: {e}", scope.display())))?;
+                .map_err(|e| UsageError(format!("--scope: {} is not JSON: {e}", scope.display())))
+                .map_err(anyhow::Error::from)?;
             let body = grants::CreateGrant { peer_id: peer.id, subject_user_id, scope, expires_at, rate_per_minute };
             let mut tx = pool.begin().await?;
-            match grants::create(&mut tx, &body).await {
-                Ok(g) => {
-                    tx.commit().await?;
-                    let view = named(pool, vec![g]).await?;
-                    print(json, &view[0], grant_line)?;
-                }
-                Err(e) => return rejected(e),
-            }
+            let g = grants::create(&mut tx, &body).await?;
+            tx.commit().await?;
+            print(json, &named_one(pool, g).await?, grant_line)?;
         }
         GrantCommand::List { peer, status, json } => {
             let peer_id = match peer {
-                Some(p) => match resolve_peer(pool, &p).await? {
-                    Some(p) => Some(p.id),
-                    None => return rejected(ApiError::not_found(format!("no peer '{p}'"))),
-                },
+                Some(p) => Some(peers::resolve(pool, &p).await?.id),
                 None => None,
             };
             let all = named(pool, grants::list(pool, &grants::GrantFilter { peer_id, status }).await?).await?;
             print(json, &all, |all| all.iter().map(grant_line).collect::<Vec<_>>().join("\n"))?;
         }
-        GrantCommand::Show { id, json } => match grants::find(pool, id).await? {
-            Some(g) => print(json, &named(pool, vec![g]).await?[0], grant_line)?,
-            None => return rejected(ApiError::not_found("no such grant")),
-        },
+        GrantCommand::Show { id, json } => {
+            let g = grants::find(pool, id).await?.ok_or(grants::GrantError::NotFound)?;
+            print(json, &named_one(pool, g).await?, grant_line)?;
+        }
         GrantCommand::Revoke { id, reason, json } => {
             let mut tx = pool.begin().await?;
-            match grants::revoke(&mut tx, id, &reason).await {
-                Ok(g) => {
-                    tx.commit().await?;
-                    print(json, &named(pool, vec![g]).await?[0], grant_line)?;
-                }
-                Err(e) => return rejected(e),
-            }
+            let g = grants::revoke(&mut tx, id, &reason).await?;
+            tx.commit().await?;
+            print(json, &named_one(pool, g).await?, grant_line)?;
         }
         GrantCommand::Token { id, ttl, json } => {
-            let sealing = SealingKey::load(config.sealing_key.as_ref(), &config.data_dir)?;
-            let ca = crate::federation::ca::GatewayCa::load_or_create(pool, &sealing).await?;
-            let public_url = advertised_url(pool, config).await?;
-            match enrollment::mint(pool, &public_url, &ca, id, ttl).await {
-                Ok(t) => print(json, &t, |t| t.enrollment_url.clone())?,
-                Err(e) => return rejected(e),
-            }
+            let (ca, public_url) = minting(config, pool).await?;
+            let t = enrollment::mint(pool, &public_url, &ca, id, ttl).await?;
+            print(json, &t, |t| t.enrollment_url.clone())?;
         }
-        GrantCommand::Explain { id, json } => match crate::federation::explain::explain_saved(pool, id).await {
-            Ok(e) => print(json, &e, |e| {
+        GrantCommand::Explain { id, json } => {
+            let e = crate::federation::explain::explain_saved(pool, id).await?;
+            print(json, &e, |e| {
                 let mut lines = Vec::new();
                 if let Some(d) = &e.grant_denial {
                     lines.push(format!("the grant itself is refused: {d}"));
@@ -671,20 +641,15 @@ async fn grant_inner(config: &Config, pool: &sqlx::PgPool, cmd: GrantCommand) ->
                     });
                 }
                 lines.join("\n")
-            })?,
-            Err(e) => return rejected(e),
-        },
+            })?;
+        }
         GrantCommand::Reenroll { id, ttl, json } => {
-            let sealing = SealingKey::load(config.sealing_key.as_ref(), &config.data_dir)?;
-            let ca = crate::federation::ca::GatewayCa::load_or_create(pool, &sealing).await?;
-            let public_url = advertised_url(pool, config).await?;
-            match enrollment::mint_reenrollment(pool, &public_url, &ca, id, ttl).await {
-                Ok(t) => print(json, &t, |t| t.enrollment_url.clone())?,
-                Err(e) => return rejected(e),
-            }
+            let (ca, public_url) = minting(config, pool).await?;
+            let t = enrollment::mint_reenrollment(pool, &public_url, &ca, id, ttl).await?;
+            print(json, &t, |t| t.enrollment_url.clone())?;
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 #[derive(Debug, Subcommand)]
@@ -902,7 +867,10 @@ async fn federation_inner(
                         lines.join("\n")
                     })?;
                 }
-                Err(e) => return rejected(e),
+                Err(e) => {
+                    eprintln!("rejected ({}): {}", e.status().as_u16(), e.message());
+                    return Ok(Exit::Refused.into());
+                }
             }
         }
     }

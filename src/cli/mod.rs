@@ -287,7 +287,7 @@ fn command_name(command: &Command) -> &'static str {
 
 /// The error's context chain, with a failed HTTPS call told by its cause (trust, refused,
 /// timeout, DNS...) instead of reqwest's "error sending request for url (...)".
-fn describe(e: &anyhow::Error) -> String {
+pub(crate) fn describe(e: &anyhow::Error) -> String {
     let mut parts = Vec::new();
     for cause in e.chain() {
         if cause.downcast_ref::<reqwest::Error>().is_some() {

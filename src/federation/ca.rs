@@ -55,13 +55,13 @@ impl GatewayCa {
         }
         let (cert_pem, key, not_after) = generate_ca()?;
         let sealed = sealing.seal(SEAL_CONTEXT, key.serialize_pem().as_bytes());
-        sqlx::query(
+        sqlx::query!(
             "insert into gateway_ca (id, cert_pem, sealed_key, not_after) values (1, $1, $2, $3)
              on conflict (id) do nothing",
+            &cert_pem,
+            &sealed,
+            not_after,
         )
-        .bind(&cert_pem)
-        .bind(&sealed)
-        .bind(not_after)
         .execute(pool)
         .await
         .context("cannot store the gateway CA")?;
@@ -82,12 +82,12 @@ impl GatewayCa {
     }
 
     async fn load(pool: &PgPool, sealing: &SealingKey) -> anyhow::Result<Option<Self>> {
-        let row: Option<(String, String, DateTime<Utc>)> =
-            sqlx::query_as("select cert_pem, sealed_key, not_after from gateway_ca where id = 1")
-                .fetch_optional(pool)
-                .await
-                .context("cannot read the gateway CA")?;
-        let Some((cert_pem, sealed_key, not_after)) = row else { return Ok(None) };
+        let row = sqlx::query!("select cert_pem, sealed_key, not_after from gateway_ca where id = 1")
+            .fetch_optional(pool)
+            .await
+            .context("cannot read the gateway CA")?;
+        let Some(row) = row else { return Ok(None) };
+        let (cert_pem, sealed_key, not_after) = (row.cert_pem, row.sealed_key, row.not_after);
         let key_pem = sealing
             .open(SEAL_CONTEXT, &sealed_key)
             .context("cannot unseal the gateway CA key; TESSERA_SEALING_KEY (or sealing.key) must match the one used at first boot")?;

@@ -237,13 +237,14 @@ pub async fn add_peer(pool: &PgPool, sealing: &SealingKey, opts: &AddPeer<'_>) -
     // The same gateway (its CA, whatever address it was reached at) and grant as a peer we
     // already hold: a re-enrollment. That row keeps its name and gets the new certificate; what
     // it replaces is reported.
-    let known: Option<(Uuid, String, Option<String>)> = sqlx::query_as(
+    let known: Option<(Uuid, String, Option<String>)> = sqlx::query!(
         "select id, name, client_cert_pem from federation_peers where ca_fingerprint = $1 and remote_grant_id = $2",
+        &fingerprint,
+        identity.grant_id,
     )
-    .bind(&fingerprint)
-    .bind(identity.grant_id)
     .fetch_optional(pool)
-    .await?;
+    .await?
+    .map(|r| (r.id, r.name, r.client_cert_pem));
     let replaced = known.as_ref().and_then(|(_, _, pem)| pem.as_deref()).and_then(|pem| {
         let der = CertificateDer::from_pem_slice(pem.as_bytes()).ok()?;
         let old = parse_issued(der.as_ref(), opts.oids).ok()?;
@@ -251,19 +252,19 @@ pub async fn add_peer(pool: &PgPool, sealing: &SealingKey, opts: &AddPeer<'_>) -
     });
     let (id, name) = match known {
         Some((id, name, _)) => {
-            sqlx::query(
+            sqlx::query!(
                 "update federation_peers set
                     state = 'active', pinned_ca_pem = $2, ca_fingerprint = $3, client_cert_pem = $4,
                     sealed_client_key = $5, client_cert_not_after = $6, endpoint_url = $7, updated_at = now()
                  where id = $1",
+                id,
+                &ca_pem,
+                &fingerprint,
+                &issued.cert_pem,
+                &sealed_key,
+                identity.not_after,
+                &url.origin,
             )
-            .bind(id)
-            .bind(&ca_pem)
-            .bind(&fingerprint)
-            .bind(&issued.cert_pem)
-            .bind(&sealed_key)
-            .bind(identity.not_after)
-            .bind(&url.origin)
             .execute(pool)
             .await
             .context("could not store the peer")?;
@@ -271,7 +272,7 @@ pub async fn add_peer(pool: &PgPool, sealing: &SealingKey, opts: &AddPeer<'_>) -
         }
         None => {
             let name = opts.name.unwrap_or(&url.host).to_string();
-            let id: Uuid = sqlx::query_scalar(
+            let id: Uuid = sqlx::query_scalar!(
                 "insert into federation_peers
                     (id, name, state, endpoint_url, remote_grant_id, pinned_ca_pem, ca_fingerprint, client_cert_pem,
                      sealed_client_key, client_cert_not_after)
@@ -282,16 +283,16 @@ pub async fn add_peer(pool: &PgPool, sealing: &SealingKey, opts: &AddPeer<'_>) -
                     client_cert_pem = excluded.client_cert_pem, sealed_client_key = excluded.sealed_client_key,
                     client_cert_not_after = excluded.client_cert_not_after, updated_at = now()
                  returning id",
+                Uuid::now_v7(),
+                &name,
+                &url.origin,
+                identity.grant_id,
+                &ca_pem,
+                &fingerprint,
+                &issued.cert_pem,
+                &sealed_key,
+                identity.not_after,
             )
-            .bind(Uuid::now_v7())
-            .bind(&name)
-            .bind(&url.origin)
-            .bind(identity.grant_id)
-            .bind(&ca_pem)
-            .bind(&fingerprint)
-            .bind(&issued.cert_pem)
-            .bind(&sealed_key)
-            .bind(identity.not_after)
             .fetch_one(pool)
             .await
             .context("could not store the peer")?;
@@ -354,16 +355,17 @@ pub struct OutboundPeer {
 /// # Errors
 /// Unknown peer, a peer without credentials, or a key that does not unseal.
 pub async fn outbound_peer(pool: &PgPool, sealing: &SealingKey, name: &str) -> anyhow::Result<Option<OutboundPeer>> {
-    type Row =
-        (Uuid, String, String, Option<String>, Option<String>, Option<String>, Option<DateTime<Utc>>, Option<String>);
-    let row: Option<Row> = sqlx::query_as(
-        "select id, name, state, endpoint_url, pinned_ca_pem, client_cert_pem, client_cert_not_after, sealed_client_key
+    let row = sqlx::query!(
+        "select id, name, endpoint_url, pinned_ca_pem, client_cert_pem, client_cert_not_after, sealed_client_key
          from federation_peers where lower(name) = lower($1)",
+        name
     )
-    .bind(name)
     .fetch_optional(pool)
     .await?;
-    let Some((id, name, _state, endpoint, ca, cert, not_after, sealed)) = row else { return Ok(None) };
+    let Some(row) = row else { return Ok(None) };
+    let (id, name, not_after) = (row.id, row.name, row.client_cert_not_after);
+    let (endpoint, ca, cert, sealed) =
+        (row.endpoint_url, row.pinned_ca_pem, row.client_cert_pem, row.sealed_client_key);
     let (Some(endpoint_url), Some(ca), Some(cert), Some(sealed)) = (endpoint, ca, cert, sealed) else {
         bail!("peer '{name}' has no client credentials; enroll with `tessera peer add <enrollment-url>`");
     };
@@ -464,19 +466,19 @@ pub async fn renew_with(
     let received_at = Utc::now();
     let renew_at = super::peer_status::CertLife::new(&facts, Some(received_at)).renew_point_jittered();
     // A renewal is also a successful call: it ends a refusal streak and a failure streak.
-    sqlx::query(
+    sqlx::query!(
         "update federation_peers
             set client_cert_pem = $2, sealed_client_key = $3, client_cert_not_after = $4,
                 client_cert_received_at = $5, renew_at = $6, renewal_failures = 0, renewal_lease_until = null,
                 last_renewed_at = $5, last_success_at = $5, refusing_since = null, updated_at = now()
           where id = $1",
+        peer.id,
+        &issued.cert_pem,
+        sealing.seal(CLIENT_KEY_CONTEXT, key.serialize_pem().as_bytes()),
+        facts.not_after,
+        received_at,
+        renew_at,
     )
-    .bind(peer.id)
-    .bind(&issued.cert_pem)
-    .bind(sealing.seal(CLIENT_KEY_CONTEXT, key.serialize_pem().as_bytes()))
-    .bind(facts.not_after)
-    .bind(received_at)
-    .bind(renew_at)
     .execute(pool)
     .await
     .map_err(|e| RenewalFailure::other(format!("could not store the renewed certificate: {e}")))?;
@@ -516,17 +518,23 @@ pub async fn renew_due(pool: &PgPool, sealing: &SealingKey, within: Duration) ->
     let deadline = tokio::time::Instant::now() + within;
     for _ in 0..MAX_RENEWALS_PER_PASS {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let next: Result<Option<(Uuid, DateTime<Utc>)>, _> = sqlx::query_as(
-            "select id, renew_at from federation_peers
-              where state in ('active', 'degraded') and client_cert_pem is not null
-                and client_cert_not_after > now() and renew_at <= now() + $1
-                and (renewal_lease_until is null or renewal_lease_until < now())
-              order by renew_at limit 1",
+        // Postgres intervals hold microseconds.
+        let within = sqlx::postgres::types::PgInterval {
+            months: 0,
+            days: 0,
+            microseconds: i64::try_from(left.as_micros()).unwrap_or(i64::MAX),
+        };
+        let next: Result<Option<(Uuid, DateTime<Utc>)>, _> = sqlx::query!(
+            r#"select id, renew_at as "renew_at!" from federation_peers
+                where state in ('active', 'degraded') and client_cert_pem is not null
+                  and client_cert_not_after > now() and renew_at <= now() + $1
+                  and (renewal_lease_until is null or renewal_lease_until < now())
+                order by renew_at limit 1"#,
+            within
         )
-        // Postgres intervals hold microseconds; a nanosecond part fails to encode.
-        .bind(chrono::Duration::microseconds(i64::try_from(left.as_micros()).unwrap_or(i64::MAX)))
         .fetch_optional(pool)
-        .await;
+        .await
+        .map(|row| row.map(|r| (r.id, r.renew_at)));
         let (id, due) = match next {
             Ok(Some(next)) => next,
             Ok(None) => break,
@@ -554,17 +562,18 @@ pub async fn renew_due(pool: &PgPool, sealing: &SealingKey, within: Duration) ->
 /// Claims one due peer and renews it: `Some(true)` renewed, `Some(false)` failed (recorded),
 /// `None` when another job holds it or it is no longer due.
 async fn renew_claimed(pool: &PgPool, sealing: &SealingKey, id: Uuid) -> Result<Option<bool>, sqlx::Error> {
-    let claimed: Option<(String, i32, DateTime<Utc>)> = sqlx::query_as(
-        "update federation_peers set renewal_lease_until = now() + make_interval(secs => $2)
-          where id = $1 and renew_at <= now() and client_cert_not_after > now()
-            and (renewal_lease_until is null or renewal_lease_until < now())
-          returning name, renewal_failures, client_cert_not_after",
+    let claimed = sqlx::query!(
+        r#"update federation_peers set renewal_lease_until = now() + make_interval(secs => $2)
+            where id = $1 and renew_at <= now() and client_cert_not_after > now()
+              and (renewal_lease_until is null or renewal_lease_until < now())
+            returning name, renewal_failures, client_cert_not_after as "not_after!""#,
+        id,
+        RENEWAL_LEASE_SECS,
     )
-    .bind(id)
-    .bind(RENEWAL_LEASE_SECS)
     .fetch_optional(pool)
     .await?;
-    let Some((name, failures, not_after)) = claimed else { return Ok(None) };
+    let Some(claimed) = claimed else { return Ok(None) };
+    let (name, failures, not_after) = (claimed.name, claimed.renewal_failures, claimed.not_after);
     let label = super::peer_status::peer_label(&name);
     let result = match outbound_peer(pool, sealing, &name).await {
         Ok(Some(peer)) => renew_with(pool, sealing, &peer).await,
@@ -603,18 +612,18 @@ async fn record_renewal_failure(
     let retry = super::peer_status::retry_at(failures, Utc::now(), not_after);
     tracing::warn!(peer = %name, failures, retry_at = %retry, cause = %failure.cause, "certificate renewal failed");
     let mut tx = pool.begin().await?;
-    sqlx::query(
+    sqlx::query!(
         "update federation_peers
             set renewal_failures = $2, renew_at = $3, renewal_lease_until = null,
                 last_error = $4, last_error_at = now(),
                 refusing_since = case when $5 then coalesce(refusing_since, now()) else refusing_since end
           where id = $1",
+        id,
+        failures,
+        retry,
+        &failure.cause,
+        failure.refused,
     )
-    .bind(id)
-    .bind(failures)
-    .bind(retry)
-    .bind(&failure.cause)
-    .bind(failure.refused)
     .execute(&mut *tx)
     .await?;
     let payload = serde_json::json!({
@@ -638,13 +647,13 @@ pub const CERTIFICATE_EXPIRING_EVENT: &str = "peer.certificate_expiring";
 /// Gives every client certificate stored since the last pass (by `peer add`, or any path that
 /// left the schedule empty) its renewal moment.
 async fn schedule_new_certificates(pool: &PgPool) -> Result<(), sqlx::Error> {
-    let rows: Vec<(Uuid, String, Option<DateTime<Utc>>)> = sqlx::query_as(
-        "select id, client_cert_pem, client_cert_received_at from federation_peers
-          where client_cert_pem is not null and renew_at is null",
+    let rows = sqlx::query!(
+        r#"select id, client_cert_pem as "pem!", client_cert_received_at from federation_peers
+            where client_cert_pem is not null and renew_at is null"#
     )
     .fetch_all(pool)
     .await?;
-    for (id, pem, received_at) in rows {
+    for (id, pem, received_at) in rows.into_iter().map(|r| (r.id, r.pem, r.client_cert_received_at)) {
         let facts = match super::peer_status::cert_facts(&pem) {
             Ok(f) => f,
             Err(e) => {
@@ -654,12 +663,12 @@ async fn schedule_new_certificates(pool: &PgPool) -> Result<(), sqlx::Error> {
         };
         let renew_at = super::peer_status::CertLife::new(&facts, received_at).renew_point_jittered();
         // Only if the certificate is still the one read: a concurrent renewal wins.
-        sqlx::query(
+        sqlx::query!(
             "update federation_peers set renew_at = $2 where id = $1 and client_cert_pem = $3 and renew_at is null",
+            id,
+            renew_at,
+            &pem,
         )
-        .bind(id)
-        .bind(renew_at)
-        .bind(&pem)
         .execute(pool)
         .await?;
     }
@@ -669,28 +678,29 @@ async fn schedule_new_certificates(pool: &PgPool) -> Result<(), sqlx::Error> {
 /// Emits `peer.certificate_expiring` once per certificate that entered the last sixth of its
 /// life, in the transaction that marks it announced. Returns how many it announced.
 async fn announce_expiring(pool: &PgPool) -> Result<u32, sqlx::Error> {
-    type Row = (Uuid, String, String, Option<DateTime<Utc>>, i32, Option<String>);
-    let rows: Vec<Row> = sqlx::query_as(
-        "select id, name, client_cert_pem, client_cert_received_at, renewal_failures, last_error
-           from federation_peers
-          where client_cert_pem is not null and expiring_notified_at is null and state in ('active', 'degraded')",
+    let rows = sqlx::query!(
+        r#"select id, name, client_cert_pem as "pem!", client_cert_received_at, renewal_failures, last_error
+             from federation_peers
+            where client_cert_pem is not null and expiring_notified_at is null and state in ('active', 'degraded')"#
     )
     .fetch_all(pool)
     .await?;
     let mut announced = 0;
     let now = Utc::now();
-    for (id, name, pem, received_at, failures, last_error) in rows {
+    for row in rows {
+        let (id, name, pem, received_at) = (row.id, row.name, row.pem, row.client_cert_received_at);
+        let (failures, last_error) = (row.renewal_failures, row.last_error);
         let Ok(facts) = super::peer_status::cert_facts(&pem) else { continue };
         if now < super::peer_status::CertLife::new(&facts, received_at).expiring_from() {
             continue;
         }
         let mut tx = pool.begin().await?;
-        let marked = sqlx::query(
+        let marked = sqlx::query!(
             "update federation_peers set expiring_notified_at = now()
               where id = $1 and client_cert_pem = $2 and expiring_notified_at is null",
+            id,
+            &pem,
         )
-        .bind(id)
-        .bind(&pem)
         .execute(&mut *tx)
         .await?
         .rows_affected();

@@ -18,11 +18,14 @@ use uuid::Uuid;
 use super::audit::{self, AuditEntry};
 use super::ca::{ClientCertRequest, ClientCertificate};
 use super::csr::verified_public_key;
+use super::grants::GrantStatus;
 use crate::admin::credentials::Secret;
 use crate::admin::guard::AdminUser;
 use crate::app::AppState;
+use crate::error::{DomainError, Fault};
 use crate::http::error::{ApiError, ErrorEnvelope};
 use crate::http::extract::{Json, Path};
+use crate::store;
 
 /// Longest allowed enrollment-token lifetime.
 pub const MAX_TOKEN_TTL_SECS: i64 = 900;
@@ -62,6 +65,57 @@ pub struct IssuedCertificate {
     pub cert_chain_pem: String,
 }
 
+/// Why minting, redeeming or renewing was refused, or could not be done.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollmentError {
+    #[error("ttlSeconds must be between 1 and {MAX_TOKEN_TTL_SECS}")]
+    InvalidTtl,
+    #[error("No such grant")]
+    UnknownGrant,
+    #[error(
+        "grant is active; to replace its certificate (for example after it expired) mint a re-enrollment \
+         token: `tessera grant reenroll <grant>` or POST /api/admin/grants/{{id}}/reenroll"
+    )]
+    AlreadyActive,
+    #[error("grant is {0}; enrollment tokens are only issued for pending grants")]
+    NotPending(GrantStatus),
+    #[error("grant is {0}; re-enrollment tokens are only issued for active grants")]
+    NotActive(GrantStatus),
+    /// The CSR does not parse or its signature does not verify.
+    #[error("{0}")]
+    InvalidCsr(String),
+    #[error("Unknown enrollment token")]
+    UnknownToken,
+    #[error("This enrollment token was already used or has expired")]
+    TokenSpent,
+    #[error("The grant for this token no longer exists")]
+    GrantGone,
+    #[error("The grant for this token is no longer {0}")]
+    GrantNoLonger(GrantStatus),
+    /// A renewal from a certificate that a renewal already superseded (see [`renew`]).
+    #[error("{}", super::guard::FORBIDDEN_MESSAGE)]
+    Superseded,
+    #[error("the certificate could not be issued")]
+    Issue(#[source] anyhow::Error),
+    #[error("the enrollment store failed")]
+    Database(#[from] sqlx::Error),
+}
+
+impl DomainError for EnrollmentError {
+    fn fault(&self) -> Fault {
+        match self {
+            Self::InvalidTtl => Fault::invalid("ttlSeconds"),
+            Self::UnknownGrant => Fault::not_found("grantId"),
+            Self::AlreadyActive | Self::NotPending(_) | Self::NotActive(_) => Fault::Conflict { field: None },
+            Self::InvalidCsr(_) => Fault::invalid("csrPem"),
+            Self::UnknownToken => Fault::NotFound { field: None },
+            Self::TokenSpent | Self::GrantGone | Self::GrantNoLonger(_) => Fault::Gone,
+            Self::Superseded => Fault::Forbidden,
+            Self::Issue(_) | Self::Database(_) => Fault::Internal,
+        }
+    }
+}
+
 /// 32 random bytes as 64 lowercase hex characters.
 fn new_token() -> Secret {
     let mut bytes = [0u8; 32];
@@ -72,14 +126,14 @@ fn new_token() -> Secret {
 /// Mints an enrollment token for a pending grant.
 ///
 /// # Errors
-/// 400 for a bad TTL, 404 for an unknown grant, 409 unless the grant is pending.
+/// A bad TTL, an unknown grant, a grant that is not pending.
 pub async fn mint(
     pool: &sqlx::PgPool,
     public_url: &str,
     ca: &super::ca::GatewayCa,
     grant_id: Uuid,
     ttl_seconds: Option<i64>,
-) -> Result<EnrollmentToken, ApiError> {
+) -> Result<EnrollmentToken, EnrollmentError> {
     mint_for(pool, public_url, ca, grant_id, ttl_seconds, TokenKind::Enroll).await
 }
 
@@ -88,14 +142,14 @@ pub async fn mint(
 /// expired while it was away). Single-use and short-lived like any enrollment token.
 ///
 /// # Errors
-/// 400 for a bad TTL, 404 for an unknown grant, 409 unless the grant is active.
+/// A bad TTL, an unknown grant, a grant that is not active.
 pub async fn mint_reenrollment(
     pool: &sqlx::PgPool,
     public_url: &str,
     ca: &super::ca::GatewayCa,
     grant_id: Uuid,
     ttl_seconds: Option<i64>,
-) -> Result<EnrollmentToken, ApiError> {
+) -> Result<EnrollmentToken, EnrollmentError> {
     mint_for(pool, public_url, ca, grant_id, ttl_seconds, TokenKind::Reenroll).await
 }
 
@@ -114,48 +168,30 @@ async fn mint_for(
     grant_id: Uuid,
     ttl_seconds: Option<i64>,
     kind: TokenKind,
-) -> Result<EnrollmentToken, ApiError> {
+) -> Result<EnrollmentToken, EnrollmentError> {
     let ttl = ttl_seconds.unwrap_or(MAX_TOKEN_TTL_SECS);
     if !(1..=MAX_TOKEN_TTL_SECS).contains(&ttl) {
-        return Err(ApiError::invalid_field(
-            "ttlSeconds",
-            format!("ttlSeconds must be between 1 and {MAX_TOKEN_TTL_SECS}"),
-        ));
+        return Err(EnrollmentError::InvalidTtl);
     }
-    let grant = super::grants::find(pool, grant_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("No such grant").with_details(serde_json::json!({"field": "grantId"})))?;
-    match (kind, grant.status.as_str()) {
-        (TokenKind::Enroll, "pending") | (TokenKind::Reenroll, "active") => {}
-        (TokenKind::Enroll, "active") => {
-            return Err(ApiError::conflict(
-                "grant is active; to replace its certificate (for example after it expired) mint a re-enrollment \
-                 token: `tessera grant reenroll <grant>` or POST /api/admin/grants/{id}/reenroll",
-            ));
-        }
-        (TokenKind::Enroll, status) => {
-            return Err(ApiError::conflict(format!(
-                "grant is {status}; enrollment tokens are only issued for pending grants"
-            )));
-        }
-        (TokenKind::Reenroll, status) => {
-            return Err(ApiError::conflict(format!(
-                "grant is {status}; re-enrollment tokens are only issued for active grants"
-            )));
-        }
+    let grant = store::grants::find(pool, grant_id).await?.ok_or(EnrollmentError::UnknownGrant)?;
+    match (kind, grant.status) {
+        (TokenKind::Enroll, GrantStatus::Pending) | (TokenKind::Reenroll, GrantStatus::Active) => {}
+        (TokenKind::Enroll, GrantStatus::Active) => return Err(EnrollmentError::AlreadyActive),
+        (TokenKind::Enroll, status) => return Err(EnrollmentError::NotPending(status)),
+        (TokenKind::Reenroll, status) => return Err(EnrollmentError::NotActive(status)),
     }
     let token = new_token();
     let expires_at = Utc::now() + Duration::seconds(ttl);
-    sqlx::query(
+    sqlx::query!(
         "insert into federation_enrollment_tokens (id, token_hash, grant_id, peer_id, expires_at, reenroll)
          values ($1, $2, $3, $4, $5, $6)",
+        Uuid::now_v7(),
+        &token.hash(),
+        grant.id,
+        grant.peer_id,
+        expires_at,
+        kind == TokenKind::Reenroll,
     )
-    .bind(Uuid::now_v7())
-    .bind(token.hash())
-    .bind(grant.id)
-    .bind(grant.peer_id)
-    .bind(expires_at)
-    .bind(kind == TokenKind::Reenroll)
     .execute(pool)
     .await?;
     let enrollment_url =
@@ -226,89 +262,81 @@ pub async fn redeem(
     if let Some(axum::Extension(connection)) = connection {
         redeem_budget(&state, connection.remote_addr.ip()).await?;
     }
-    let hash = Secret::from_plaintext(token).hash();
-    let public_key = match verified_public_key(&body.csr_pem) {
+    Ok(Json(redeem_token(&state, &token, &body.csr_pem).await?))
+}
+
+/// Redeems `token` for a client certificate on its grant: the claim, the issued certificate,
+/// the grant's activation and the peer's update commit together, or nothing does.
+///
+/// # Errors
+/// A bad CSR; an unknown, used or expired token; a grant no longer in the state the token was
+/// minted for; the certificate or the database failing.
+pub async fn redeem_token(state: &AppState, token: &str, csr_pem: &str) -> Result<IssuedCertificate, EnrollmentError> {
+    let hash = Secret::from_plaintext(token.to_string()).hash();
+    let public_key = match verified_public_key(csr_pem) {
         Ok(k) => k,
         Err(e) => {
-            enrollment_failed(&state, "invalid_csr", None).await;
-            return Err(ApiError::invalid_field("csrPem", e.to_string()));
+            enrollment_failed(state, "invalid_csr", None).await;
+            return Err(EnrollmentError::InvalidCsr(e.to_string()));
         }
     };
 
     let mut tx = state.pool.begin().await?;
     // The claim comes first: concurrent redeemers serialise on this row and all but one see
     // `used_at` set.
-    let claimed: Option<(Uuid, Uuid, Uuid, bool)> = sqlx::query_as(
+    let claimed = sqlx::query!(
         "update federation_enrollment_tokens set used_at = now()
          where token_hash = $1 and used_at is null and expires_at > now()
-         returning id, grant_id, peer_id, reenroll",
+         returning grant_id, peer_id, reenroll",
+        &hash,
     )
-    .bind(&hash)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some((_, grant_id, peer_id, reenroll)) = claimed else {
-        let known: Option<(Uuid, Uuid)> =
-            sqlx::query_as("select grant_id, peer_id from federation_enrollment_tokens where token_hash = $1")
-                .bind(&hash)
+    let Some(claimed) = claimed else {
+        let known =
+            sqlx::query!("select grant_id, peer_id from federation_enrollment_tokens where token_hash = $1", &hash)
                 .fetch_optional(&mut *tx)
                 .await?;
         drop(tx);
         return Err(match known {
-            Some(ids) => {
-                enrollment_failed(&state, "token_used_or_expired", Some(ids)).await;
-                ApiError::gone("This enrollment token was already used or has expired")
+            Some(k) => {
+                enrollment_failed(state, "token_used_or_expired", Some((k.grant_id, k.peer_id))).await;
+                EnrollmentError::TokenSpent
             }
             None => {
                 metrics::counter!(UNKNOWN_TOKENS_METRIC).increment(1);
-                enrollment_failed(&state, "unknown_token", None).await;
-                ApiError::not_found("Unknown enrollment token")
+                enrollment_failed(state, "unknown_token", None).await;
+                EnrollmentError::UnknownToken
             }
         });
     };
+    let (grant_id, peer_id, reenroll) = (claimed.grant_id, claimed.peer_id, claimed.reenroll);
 
-    let row: Option<(String, Option<Uuid>, String, Option<String>)> = sqlx::query_as(
-        "select case when g.status = 'active' and g.expires_at <= now() then 'expired' else g.status end,
-                g.subject_user_id, p.name, g.current_serial
-         from federation_grants g join federation_peers p on p.id = g.peer_id
-         where g.id = $1 and p.id = $2 for update of g, p",
-    )
-    .bind(grant_id)
-    .bind(peer_id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some((status, subject, peer_name, superseded)) = row else {
+    let Some(target) = store::grants::lock_for_enrollment(&mut tx, grant_id, peer_id).await? else {
         drop(tx);
-        enrollment_failed(&state, "grant_missing", Some((grant_id, peer_id))).await;
-        return Err(ApiError::gone("The grant for this token no longer exists"));
+        enrollment_failed(state, "grant_missing", Some((grant_id, peer_id))).await;
+        return Err(EnrollmentError::GrantGone);
     };
-    let wanted = if reenroll { "active" } else { "pending" };
-    let subject = match (status.as_str(), subject) {
-        (s, Some(subject)) if s == wanted => subject,
+    let wanted = if reenroll { GrantStatus::Active } else { GrantStatus::Pending };
+    let subject = match target.subject_user_id {
+        Some(subject) if target.status == wanted => subject,
         _ => {
             // Nothing is issued; the token stays unused (the transaction rolls back) but can
             // never succeed while the grant is not in the state the token was minted for.
             drop(tx);
-            enrollment_failed(&state, &format!("grant_not_{wanted}"), Some((grant_id, peer_id))).await;
-            return Err(ApiError::gone(format!("The grant for this token is no longer {wanted}")));
+            enrollment_failed(state, &format!("grant_not_{wanted}"), Some((grant_id, peer_id))).await;
+            return Err(EnrollmentError::GrantNoLonger(wanted));
         }
     };
+    let (peer_name, superseded) = (target.peer_name, target.current_serial);
 
     let holder = Holder { peer_id, grant_id, subject_user_id: subject, peer_name: &peer_name };
     let (verb, outcome) = if reenroll { ("reenroll", "reenrolled") } else { ("enroll", "enrolled") };
-    let cert = issue_recorded(&mut tx, &state, &public_key, &holder, verb, outcome).await?;
+    let cert = issue_recorded(&mut tx, state, &public_key, &holder, verb, outcome).await?;
     // The new certificate is the grant's only valid one: a re-enrollment supersedes the old
     // serial at once, with no grace (its holder was away, or lost the key).
-    sqlx::query(
-        "update federation_grants set status = 'active', activated_at = coalesce(activated_at, now()),
-                current_serial = $2, cert_not_after = $3, previous_serial = null, previous_serial_grace_until = null
-         where id = $1",
-    )
-    .bind(grant_id)
-    .bind(&cert.serial)
-    .bind(cert.not_after)
-    .execute(&mut *tx)
-    .await?;
-    record_latest_certificate(&mut tx, peer_id, &cert).await?;
+    store::grants::activate(&mut tx, grant_id, &cert.serial, cert.not_after).await?;
+    store::peers::record_issued_certificate(&mut tx, peer_id, &cert.serial, cert.not_after).await?;
     if reenroll {
         crate::outbox::emit_event(
             &mut *tx,
@@ -337,26 +365,7 @@ pub async fn redeem(
         .await?;
     }
     tx.commit().await?;
-    Ok(Json(chain(&state, cert)))
-}
-
-/// The peer row remembers the certificate issued to it last (display only: the guard checks
-/// each grant's own serial).
-async fn record_latest_certificate(
-    conn: &mut PgConnection,
-    peer_id: Uuid,
-    cert: &ClientCertificate,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "update federation_peers set state = 'active', current_serial = $2, cert_not_after = $3, updated_at = now()
-         where id = $1",
-    )
-    .bind(peer_id)
-    .bind(&cert.serial)
-    .bind(cert.not_after)
-    .execute(conn)
-    .await?;
-    Ok(())
+    Ok(chain(state, cert))
 }
 
 /// Records `enrollment.failed`. A failed redemption has no transaction of its own to join (it
@@ -407,25 +416,28 @@ async fn issue_recorded(
     holder: &Holder<'_>,
     verb: &str,
     outcome: &str,
-) -> Result<ClientCertificate, ApiError> {
-    let cert = state.ca.issue_client_cert(
-        public_key,
-        &ClientCertRequest {
-            peer_name: holder.peer_name,
-            grant_id: holder.grant_id,
-            subject_user_id: holder.subject_user_id,
-            oids: &state.config.federation.oids,
-            ttl: state.config.federation.cert_ttl,
-        },
-    )?;
-    sqlx::query(
+) -> Result<ClientCertificate, EnrollmentError> {
+    let cert = state
+        .ca
+        .issue_client_cert(
+            public_key,
+            &ClientCertRequest {
+                peer_name: holder.peer_name,
+                grant_id: holder.grant_id,
+                subject_user_id: holder.subject_user_id,
+                oids: &state.config.federation.oids,
+                ttl: state.config.federation.cert_ttl,
+            },
+        )
+        .map_err(EnrollmentError::Issue)?;
+    sqlx::query!(
         "insert into federation_issued_certs (serial, peer_id, grant_id, not_before, not_after) values ($1, $2, $3, $4, $5)",
+        &cert.serial,
+        holder.peer_id,
+        holder.grant_id,
+        cert.not_before,
+        cert.not_after,
     )
-    .bind(&cert.serial)
-    .bind(holder.peer_id)
-    .bind(holder.grant_id)
-    .bind(cert.not_before)
-    .bind(cert.not_after)
     .execute(&mut *conn)
     .await?;
     let entry = AuditEntry {
@@ -446,22 +458,16 @@ async fn issue_recorded(
 /// guard has checked the caller.
 ///
 /// # Errors
-/// 400 for a bad CSR; database errors.
+/// A bad CSR; a superseded certificate ([`EnrollmentError::Superseded`], audited and
+/// announced); the certificate or the database failing.
 pub async fn renew(
     state: &AppState,
     ctx: &super::FederationContext,
     csr_pem: &str,
-) -> Result<IssuedCertificate, ApiError> {
-    let public_key = verified_public_key(csr_pem).map_err(|e| ApiError::invalid_field("csrPem", e.to_string()))?;
+) -> Result<IssuedCertificate, EnrollmentError> {
+    let public_key = verified_public_key(csr_pem).map_err(|e| EnrollmentError::InvalidCsr(e.to_string()))?;
     let mut tx = state.pool.begin().await?;
-    let (peer_name, current_serial): (String, Option<String>) = sqlx::query_as(
-        "select p.name, g.current_serial
-           from federation_grants g join federation_peers p on p.id = g.peer_id
-          where g.id = $1 for update of g",
-    )
-    .bind(ctx.grant_id)
-    .fetch_one(&mut *tx)
-    .await?;
+    let (peer_name, current_serial) = store::grants::lock_for_renewal(&mut tx, ctx.grant_id).await?;
     if current_serial.as_deref() != Some(ctx.serial.as_str()) {
         // The guard let a superseded serial through because it is inside its renewal grace,
         // which is for reads in flight, not for renewing: a renewal from it would hand whoever
@@ -469,7 +475,7 @@ pub async fn renew(
         // from an old serial most likely holds a copy of the key, so the event is announced.
         refuse_superseded(&mut tx, ctx, &peer_name).await?;
         tx.commit().await?;
-        return Err(ApiError::forbidden(super::guard::FORBIDDEN_MESSAGE));
+        return Err(EnrollmentError::Superseded);
     }
     let holder = Holder {
         peer_id: ctx.peer_id,
@@ -479,19 +485,8 @@ pub async fn renew(
     };
     let cert = issue_recorded(&mut tx, state, &public_key, &holder, "renew", "renewed").await?;
     let grace = Duration::from_std(state.config.federation.renew_grace).unwrap_or_else(|_| Duration::seconds(60));
-    sqlx::query(
-        "update federation_grants
-            set previous_serial = current_serial, previous_serial_grace_until = now() + $3,
-                current_serial = $2, cert_not_after = $4, renewed_at = now()
-          where id = $1",
-    )
-    .bind(ctx.grant_id)
-    .bind(&cert.serial)
-    .bind(grace)
-    .bind(cert.not_after)
-    .execute(&mut *tx)
-    .await?;
-    record_latest_certificate(&mut tx, ctx.peer_id, &cert).await?;
+    store::grants::renewed(&mut tx, ctx.grant_id, &cert.serial, cert.not_after, grace).await?;
+    store::peers::record_issued_certificate(&mut tx, ctx.peer_id, &cert.serial, cert.not_after).await?;
     tx.commit().await?;
     Ok(chain(state, cert))
 }
@@ -548,11 +543,15 @@ async fn refuse_superseded(
 #[utoipa::path(get, path = "/api/federation/crl", tag = "federation",
     responses((status = 200, description = "DER-encoded X.509 CRL", content_type = "application/pkix-crl", body = Vec<u8>)))]
 pub async fn crl(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let revoked: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
-        "select serial, revoked_at from federation_issued_certs where revoked_at is not null order by revoked_at, serial",
+    let revoked: Vec<(String, DateTime<Utc>)> = sqlx::query!(
+        r#"select serial, revoked_at as "revoked_at!" from federation_issued_certs
+            where revoked_at is not null order by revoked_at, serial"#
     )
     .fetch_all(&state.pool)
-    .await?;
+    .await?
+    .into_iter()
+    .map(|r| (r.serial, r.revoked_at))
+    .collect();
     // A CRL number that grows with every revocation, so relying parties can order CRLs.
     let number = revoked.iter().map(|(_, at)| at.timestamp_micros()).max().unwrap_or(0).max(0);
     let der = state.ca.crl_der(&revoked, u64::try_from(number).unwrap_or(0))?;

@@ -7,16 +7,19 @@
 //! rows the peer would see now. Never the rows themselves. `tessera grant explain` prints it.
 
 use axum::extract::State;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::scope::{GrantScope, KNOWN_RESOURCES, evaluate};
+use super::grants::GrantRefusal;
+use super::scope::{GrantScope, KNOWN_RESOURCES, ScopeError, evaluate};
 use crate::admin::guard::AdminUser;
 use crate::app::AppState;
+use crate::error::{DomainError, Fault};
 use crate::http::error::{ApiError, ErrorEnvelope};
 use crate::http::extract::{Json, Path};
+use crate::store::peers::PeerState;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -58,28 +61,43 @@ pub struct ResourceExplanation {
     pub visible_rows: i64,
 }
 
+/// Why explain was refused, or could not be done.
+#[derive(Debug, thiserror::Error)]
+pub enum ExplainError {
+    #[error("No such grant")]
+    UnknownGrant,
+    #[error("No such peer")]
+    UnknownPeer,
+    #[error("No such user")]
+    UnknownSubject,
+    #[error("{0}")]
+    InvalidScope(ScopeError),
+    #[error("stored grant scope does not parse")]
+    StoredScope(#[source] serde_json::Error),
+    #[error("explain could not read the database")]
+    Database(#[from] sqlx::Error),
+}
+
+impl DomainError for ExplainError {
+    fn fault(&self) -> Fault {
+        match self {
+            Self::UnknownGrant => Fault::NotFound { field: None },
+            Self::UnknownPeer => Fault::not_found("peerId"),
+            Self::UnknownSubject => Fault::not_found("subjectUserId"),
+            Self::InvalidScope(_) => Fault::invalid("scope"),
+            Self::StoredScope(_) | Self::Database(_) => Fault::Internal,
+        }
+    }
+}
+
 /// What explain needs to know besides the scope.
 struct Subject {
     /// `None` when the subject is missing or disabled.
     teams: Option<Vec<Uuid>>,
 }
 
-async fn subject(pool: &sqlx::PgPool, user: Uuid) -> Result<Subject, ApiError> {
-    let active: Option<bool> = sqlx::query_scalar("select disabled_at is null from users where id = $1")
-        .bind(user)
-        .fetch_optional(pool)
-        .await?;
-    let teams = if active == Some(true) {
-        Some(
-            sqlx::query_scalar("select team_id from team_members where user_id = $1 order by team_id")
-                .bind(user)
-                .fetch_all(pool)
-                .await?,
-        )
-    } else {
-        None
-    };
-    Ok(Subject { teams })
+async fn subject(pool: &sqlx::PgPool, user: Uuid) -> Result<Subject, sqlx::Error> {
+    Ok(Subject { teams: crate::store::grants::subject_teams(pool, user).await? })
 }
 
 /// Explains `scope` for `subject_user_id`, with `grant_denial` (from the grant and peer state)
@@ -92,7 +110,7 @@ async fn explain(
     scope: &GrantScope,
     subject_user_id: Uuid,
     grant_denial: Option<String>,
-) -> Result<Explanation, ApiError> {
+) -> Result<Explanation, ExplainError> {
     let subject = subject(pool, subject_user_id).await?;
     let mut resources = Vec::new();
     for resource in KNOWN_RESOURCES {
@@ -149,31 +167,13 @@ pub async fn explain_grant(
 /// Explains a saved grant (the admin route and `tessera grant explain`).
 ///
 /// # Errors
-/// 404 for an unknown grant; database errors.
-pub async fn explain_saved(pool: &sqlx::PgPool, id: Uuid) -> Result<Explanation, ApiError> {
-    /// Grant status, expiry, subject, scope, and the peer's state.
-    type GrantRow = (String, Option<DateTime<Utc>>, Option<Uuid>, serde_json::Value, String);
-    let row: Option<GrantRow> = sqlx::query_as(
-        "select g.status, g.expires_at, g.subject_user_id, g.scope, p.state
-           from federation_grants g join federation_peers p on p.id = g.peer_id where g.id = $1",
-    )
-    .bind(id)
-    .fetch_optional(pool)
-    .await?;
-    let (status, expires_at, subject, scope, peer_state) = row.ok_or_else(|| ApiError::not_found("No such grant"))?;
-    let scope: GrantScope = serde_json::from_value(scope)
-        .map_err(|e| ApiError::internal(anyhow::anyhow!("stored grant scope does not parse: {e}")))?;
-    // The guard's own order of checks (see `guard::denial`).
-    let grant_denial = if status != "active" {
-        Some(format!("grant is not active ({status})"))
-    } else if expires_at.is_some_and(|e| e <= Utc::now()) {
-        Some("grant has expired".to_string())
-    } else if peer_state != "active" {
-        Some(format!("peer is not active ({peer_state})"))
-    } else {
-        None
-    };
-    match subject {
+/// An unknown grant; a stored scope that no longer parses; database errors.
+pub async fn explain_saved(pool: &sqlx::PgPool, id: Uuid) -> Result<Explanation, ExplainError> {
+    let grant = crate::store::grants::check(pool, id).await?.ok_or(ExplainError::UnknownGrant)?;
+    let scope: GrantScope = serde_json::from_value(grant.scope).map_err(ExplainError::StoredScope)?;
+    let grant_denial =
+        GrantRefusal::of(grant.status, grant.expires_at, grant.peer_state, Utc::now()).map(|r| r.to_string());
+    match grant.subject_user_id {
         Some(subject) => explain(pool, &scope, subject, grant_denial).await,
         None => explain(pool, &scope, Uuid::nil(), Some("the subject user was deleted".into())).await,
     }
@@ -190,21 +190,21 @@ pub async fn explain_scope(
     State(state): State<AppState>,
     Json(body): Json<ExplainScope>,
 ) -> Result<Json<Explanation>, ApiError> {
-    let scope = GrantScope::parse(&body.scope).map_err(|e| ApiError::invalid_field("scope", e.to_string()))?;
-    let peer_state: Option<String> = sqlx::query_scalar("select state from federation_peers where id = $1")
-        .bind(body.peer_id)
-        .fetch_optional(&state.pool)
-        .await?;
-    let peer_state = peer_state
-        .ok_or_else(|| ApiError::not_found("No such peer").with_details(serde_json::json!({"field": "peerId"})))?;
-    let known: bool = sqlx::query_scalar("select exists (select 1 from users where id = $1)")
-        .bind(body.subject_user_id)
-        .fetch_one(&state.pool)
-        .await?;
-    if !known {
-        return Err(ApiError::not_found("No such user").with_details(serde_json::json!({"field": "subjectUserId"})));
+    Ok(Json(explain_unsaved(&state.pool, &body).await?))
+}
+
+/// Explains a scope for a peer and subject as a new grant would hold it.
+///
+/// # Errors
+/// An invalid scope; an unknown peer or subject; database errors.
+pub async fn explain_unsaved(pool: &sqlx::PgPool, body: &ExplainScope) -> Result<Explanation, ExplainError> {
+    let scope = GrantScope::parse(&body.scope).map_err(ExplainError::InvalidScope)?;
+    let peer_state = crate::store::peers::state(pool, body.peer_id).await?.ok_or(ExplainError::UnknownPeer)?;
+    if !crate::store::grants::subject_exists(pool, body.subject_user_id).await? {
+        return Err(ExplainError::UnknownSubject);
     }
     // A new grant starts pending and becomes active at enrollment; only the peer can refuse now.
-    let grant_denial = matches!(peer_state.as_str(), "suspended" | "revoked").then(|| format!("peer is {peer_state}"));
-    Ok(Json(explain(&state.pool, &scope, body.subject_user_id, grant_denial).await?))
+    let grant_denial =
+        matches!(peer_state, PeerState::Suspended | PeerState::Revoked).then(|| format!("peer is {peer_state}"));
+    explain(pool, &scope, body.subject_user_id, grant_denial).await
 }

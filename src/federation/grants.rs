@@ -7,40 +7,21 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sqlx::{PgConnection, PgExecutor};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::audit::{self, AuditEntry};
-use super::scope::GrantScope;
+use super::scope::{GrantScope, ScopeError};
 use crate::admin::guard::AdminUser;
 use crate::app::AppState;
+use crate::error::{DomainError, Fault};
 use crate::http::error::{ApiError, ErrorEnvelope};
 use crate::http::extract::{Json, Path, Query};
-
-#[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
-#[serde(rename_all = "camelCase")]
-pub struct Grant {
-    pub id: Uuid,
-    pub peer_id: Uuid,
-    pub subject_user_id: Option<Uuid>,
-    #[schema(value_type = Object)]
-    pub scope: serde_json::Value,
-    pub scope_version: i32,
-    /// pending, active, revoked, expired
-    pub status: String,
-    pub expires_at: Option<DateTime<Utc>>,
-    pub created_at: DateTime<Utc>,
-    pub activated_at: Option<DateTime<Utc>>,
-    pub revoked_at: Option<DateTime<Utc>>,
-    pub revoke_reason: Option<String>,
-    /// Federation requests per minute for this grant; null means the gateway default.
-    pub rate_per_minute: Option<i32>,
-}
-
-const GRANT_COLUMNS: &str = "id, peer_id, subject_user_id, scope, scope_version, status, expires_at, created_at, \
-     activated_at, revoked_at, revoke_reason, rate_per_minute";
+use crate::store;
+pub use crate::store::grants::{Grant, GrantStatus};
+use crate::store::peers::PeerState;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -63,7 +44,7 @@ pub struct UpdateGrant {
     #[schema(value_type = Option<GrantScope>)]
     pub scope: Option<serde_json::Value>,
     /// A status transition; `active` comes only from enrollment, `revoked` is final.
-    #[schema(pattern = "^(pending|active|expired|revoked)$")]
+    #[schema(value_type = Option<GrantStatus>)]
     pub status: Option<String>,
     #[schema(max_length = 1000)]
     pub reason: Option<String>,
@@ -88,76 +69,171 @@ pub struct RevokeGrant {
 #[serde(rename_all = "camelCase")]
 pub struct GrantFilter {
     pub peer_id: Option<Uuid>,
-    #[param(pattern = "^(pending|active|expired|revoked)$")]
+    /// Only grants in this status.
+    #[param(value_type = Option<GrantStatus>)]
     pub status: Option<String>,
 }
 
-/// The statuses a grant can be in.
-pub const STATUSES: [&str; 4] = ["pending", "active", "expired", "revoked"];
+impl GrantFilter {
+    /// The status asked for.
+    ///
+    /// # Errors
+    /// [`GrantError::UnknownStatusFilter`].
+    pub fn status(&self) -> Result<Option<GrantStatus>, GrantError> {
+        self.status.as_deref().map(|s| GrantStatus::parse(s).ok_or(GrantError::UnknownStatusFilter)).transpose()
+    }
+}
+
+/// Why a grant refuses every request in its stored state, before any certificate is looked at.
+/// The guard ([`super::guard`]) and explain ([`super::explain`]) both ask this one function, in
+/// this order, so they cannot disagree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantRefusal {
+    NotActive(GrantStatus),
+    Expired,
+    PeerNotActive(PeerState),
+}
+
+impl GrantRefusal {
+    /// The refusal of a grant in `status`, expiring at `expires_at`, whose peer is in `peer_state`.
+    pub fn of(
+        status: GrantStatus,
+        expires_at: Option<DateTime<Utc>>,
+        peer_state: PeerState,
+        now: DateTime<Utc>,
+    ) -> Option<Self> {
+        if status != GrantStatus::Active {
+            Some(Self::NotActive(status))
+        } else if expires_at.is_some_and(|e| e <= now) {
+            Some(Self::Expired)
+        } else if peer_state != PeerState::Active {
+            Some(Self::PeerNotActive(peer_state))
+        } else {
+            None
+        }
+    }
+
+    /// The guard's audit reason: the rule, not the state.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::NotActive(_) => "grant is not active",
+            Self::Expired => "grant has expired",
+            Self::PeerNotActive(_) => "peer is not active",
+        }
+    }
+}
+
+/// Explain's words: the rule and the state.
+impl std::fmt::Display for GrantRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NotActive(status) => write!(f, "grant is not active ({status})"),
+            Self::Expired => f.write_str("grant has expired"),
+            Self::PeerNotActive(state) => write!(f, "peer is not active ({state})"),
+        }
+    }
+}
 
 /// Longest revoke reason kept (characters): it is free text from an admin, stored as `text`.
 const MAX_REASON: usize = 1000;
 
-fn check_reason(reason: &str) -> Result<(), ApiError> {
+/// Why a grant operation was refused, or could not be done.
+#[derive(Debug, thiserror::Error)]
+pub enum GrantError {
+    #[error("No such grant")]
+    NotFound,
+    #[error("No such peer")]
+    UnknownPeer,
+    #[error("No such user")]
+    UnknownSubject,
+    #[error("invalid scope: {0}")]
+    InvalidScope(ScopeError),
+    #[error("expiresAt must be in the future")]
+    ExpiryNotInFuture,
+    #[error("ratePerMinute must be between 1 and 1000000")]
+    InvalidRate,
+    #[error("reason must not be empty")]
+    EmptyReason,
+    #[error("reason must have at most {MAX_REASON} characters")]
+    ReasonTooLong,
+    #[error("status must be one of pending, active, expired, revoked")]
+    UnknownStatusFilter,
+    #[error("unknown status '{0}'")]
+    UnknownStatus(String),
+    #[error("grant is {0}; only pending or active grants can be revoked")]
+    NotRevocable(GrantStatus),
+    #[error("grant is {0}; a grant becomes active only when its peer redeems an enrollment token")]
+    ActiveOnlyByEnrollment(GrantStatus),
+    #[error("grant is {from}; it cannot become {to}")]
+    Transition { from: GrantStatus, to: GrantStatus },
+    #[error("grant is {0}; its scope can no longer change")]
+    ScopeFrozen(GrantStatus),
+    #[error("the grant store failed")]
+    Database(#[from] sqlx::Error),
+}
+
+impl DomainError for GrantError {
+    fn fault(&self) -> Fault {
+        match self {
+            Self::NotFound => Fault::NotFound { field: None },
+            Self::UnknownPeer => Fault::not_found("peerId"),
+            Self::UnknownSubject => Fault::not_found("subjectUserId"),
+            Self::InvalidScope(e) => Fault::invalid(&e.field),
+            Self::ExpiryNotInFuture => Fault::invalid("expiresAt"),
+            Self::InvalidRate => Fault::invalid("ratePerMinute"),
+            Self::EmptyReason | Self::ReasonTooLong => Fault::invalid("reason"),
+            Self::UnknownStatusFilter | Self::UnknownStatus(_) => Fault::invalid("status"),
+            Self::NotRevocable(_)
+            | Self::ActiveOnlyByEnrollment(_)
+            | Self::Transition { .. }
+            | Self::ScopeFrozen(_) => Fault::Conflict { field: None },
+            Self::Database(_) => Fault::Internal,
+        }
+    }
+}
+
+fn check_reason(reason: &str) -> Result<(), GrantError> {
     if reason.chars().count() > MAX_REASON {
-        return Err(ApiError::invalid_field("reason", format!("reason must have at most {MAX_REASON} characters")));
+        return Err(GrantError::ReasonTooLong);
     }
     Ok(())
 }
 
-fn check_rate(rate: Option<i32>) -> Result<(), ApiError> {
+fn check_rate(rate: Option<i32>) -> Result<(), GrantError> {
     match rate {
-        Some(r) if !(1..=1_000_000).contains(&r) => {
-            Err(ApiError::invalid_field("ratePerMinute", "ratePerMinute must be between 1 and 1000000"))
-        }
+        Some(r) if !(1..=1_000_000).contains(&r) => Err(GrantError::InvalidRate),
         _ => Ok(()),
     }
 }
 
-fn scope_error(e: super::scope::ScopeError) -> ApiError {
-    ApiError::invalid_request(format!("invalid scope: {e}")).with_details(serde_json::json!({"field": e.field}))
+/// A scope document validated and in its stored form.
+fn checked_scope(scope: &serde_json::Value) -> Result<serde_json::Value, GrantError> {
+    let scope = GrantScope::parse(scope).map_err(GrantError::InvalidScope)?;
+    Ok(serde_json::to_value(&scope).expect("a parsed scope serialises"))
 }
 
 /// # Errors
 /// Database errors.
-pub async fn find(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Grant>, sqlx::Error> {
-    let sql = format!("select {GRANT_COLUMNS} from federation_grants where id = $1");
-    sqlx::query_as::<_, Grant>(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(db).await
+pub async fn find(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Grant>, GrantError> {
+    Ok(store::grants::find(db, id).await?)
 }
 
 /// Loads a grant with a row lock, for a transition inside `conn`'s transaction.
-async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Grant, ApiError> {
-    let sql = format!("select {GRANT_COLUMNS} from federation_grants where id = $1 for update");
-    sqlx::query_as::<_, Grant>(sqlx::AssertSqlSafe(sql))
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await?
-        .ok_or_else(|| ApiError::not_found("No such grant"))
+async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Grant, GrantError> {
+    store::grants::lock(conn, id).await?.ok_or(GrantError::NotFound)
 }
 
 /// Revokes a grant and every certificate issued under it, with an audit row, in `conn`'s
 /// transaction.
 ///
 /// # Errors
-/// 404 for an unknown grant; 409 unless it is pending or active.
-pub async fn revoke(conn: &mut PgConnection, id: Uuid, reason: &str) -> Result<Grant, ApiError> {
+/// Unknown grant; not pending or active; database errors.
+pub async fn revoke(conn: &mut PgConnection, id: Uuid, reason: &str) -> Result<Grant, GrantError> {
     let grant = lock(conn, id).await?;
-    if !matches!(grant.status.as_str(), "pending" | "active") {
-        return Err(ApiError::conflict(format!(
-            "grant is {}; only pending or active grants can be revoked",
-            grant.status
-        )));
+    if !grant.status.is_open() {
+        return Err(GrantError::NotRevocable(grant.status));
     }
-    let sql = format!(
-        "update federation_grants set status = 'revoked', revoked_at = now(), revoke_reason = $2
-         where id = $1 returning {GRANT_COLUMNS}"
-    );
-    let grant =
-        sqlx::query_as::<_, Grant>(sqlx::AssertSqlSafe(sql)).bind(id).bind(reason).fetch_one(&mut *conn).await?;
-    sqlx::query("update federation_issued_certs set revoked_at = now() where grant_id = $1 and revoked_at is null")
-        .bind(id)
-        .execute(&mut *conn)
-        .await?;
+    let grant = store::grants::set_revoked(conn, id, reason).await?;
     audit::record(
         &mut *conn,
         &AuditEntry {
@@ -179,35 +255,27 @@ pub async fn revoke(conn: &mut PgConnection, id: Uuid, reason: &str) -> Result<G
 /// in `conn`'s transaction.
 ///
 /// # Errors
-/// 400 for an invalid scope or expiry; 404 naming `peerId` or `subjectUserId` when unknown.
-pub async fn create(conn: &mut PgConnection, body: &CreateGrant) -> Result<Grant, ApiError> {
-    let scope = GrantScope::parse(&body.scope).map_err(scope_error)?;
+/// An invalid scope, expiry or rate; an unknown peer or subject; database errors.
+pub async fn create(conn: &mut PgConnection, body: &CreateGrant) -> Result<Grant, GrantError> {
+    let scope = checked_scope(&body.scope)?;
     if body.expires_at.is_some_and(|e| e <= Utc::now()) {
-        return Err(ApiError::invalid_field("expiresAt", "expiresAt must be in the future"));
+        return Err(GrantError::ExpiryNotInFuture);
     }
     check_rate(body.rate_per_minute)?;
-    let sql = format!(
-        "insert into federation_grants (id, peer_id, subject_user_id, scope, expires_at, rate_per_minute)
-         values ($1, $2, $3, $4, $5, $6) returning {GRANT_COLUMNS}"
-    );
-    let grant = sqlx::query_as::<_, Grant>(sqlx::AssertSqlSafe(sql))
-        .bind(Uuid::now_v7())
-        .bind(body.peer_id)
-        .bind(body.subject_user_id)
-        .bind(serde_json::to_value(&scope).map_err(anyhow::Error::from)?)
-        .bind(body.expires_at)
-        .bind(body.rate_per_minute)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(|e| match e {
-            sqlx::Error::Database(d) if d.constraint() == Some("federation_grants_peer_id_fkey") => {
-                ApiError::not_found("No such peer").with_details(serde_json::json!({"field": "peerId"}))
-            }
-            sqlx::Error::Database(d) if d.constraint() == Some("federation_grants_subject_user_id_fkey") => {
-                ApiError::not_found("No such user").with_details(serde_json::json!({"field": "subjectUserId"}))
-            }
-            other => other.into(),
-        })?;
+    let new = store::grants::NewGrant {
+        peer_id: body.peer_id,
+        subject_user_id: body.subject_user_id,
+        scope: &scope,
+        expires_at: body.expires_at,
+        rate_per_minute: body.rate_per_minute,
+    };
+    let grant = store::grants::insert(conn, &new).await.map_err(|e| {
+        match store::constraint::violation(&e).as_ref().and_then(|v| v.field()) {
+            Some("peerId") => GrantError::UnknownPeer,
+            Some("subjectUserId") => GrantError::UnknownSubject,
+            _ => GrantError::Database(e),
+        }
+    })?;
     crate::outbox::emit_event(
         &mut *conn,
         "grant.created",
@@ -218,6 +286,50 @@ pub async fn create(conn: &mut PgConnection, body: &CreateGrant) -> Result<Grant
     )
     .await?;
     Ok(grant)
+}
+
+/// Applies an admin's edit: a status transition (checked), a new scope, a new rate, in `conn`'s
+/// transaction.
+///
+/// # Errors
+/// Unknown grant; an invalid field; a transition or edit the grant's status refuses.
+pub async fn update(conn: &mut PgConnection, id: Uuid, body: &UpdateGrant) -> Result<Grant, GrantError> {
+    if let Some(reason) = &body.reason {
+        check_reason(reason)?;
+    }
+    let grant = lock(conn, id).await?;
+    let wanted = match body.status.as_deref() {
+        None => None,
+        Some(s) => Some(GrantStatus::parse(s).ok_or_else(|| GrantError::UnknownStatus(s.to_string()))?),
+    };
+    let mut grant = match wanted {
+        None => grant,
+        Some(s) if s == grant.status => grant,
+        Some(GrantStatus::Revoked) => revoke(conn, id, body.reason.as_deref().unwrap_or("revoked by admin")).await?,
+        Some(GrantStatus::Active) => return Err(GrantError::ActiveOnlyByEnrollment(grant.status)),
+        Some(GrantStatus::Expired) if grant.status.is_open() => store::grants::set_expired(conn, id).await?,
+        Some(to) => return Err(GrantError::Transition { from: grant.status, to }),
+    };
+    if let Some(scope) = &body.scope {
+        if !grant.status.is_open() {
+            return Err(GrantError::ScopeFrozen(grant.status));
+        }
+        grant = store::grants::set_scope(conn, id, &checked_scope(scope)?).await?;
+    }
+    if let Some(rate) = body.rate_per_minute {
+        check_rate(Some(rate))?;
+        grant = store::grants::set_rate(conn, id, rate).await?;
+    }
+    Ok(grant)
+}
+
+/// Grants, optionally filtered by peer and status, oldest first.
+///
+/// # Errors
+/// An unknown status; database errors.
+pub async fn list(db: impl PgExecutor<'_>, filter: &GrantFilter) -> Result<Vec<Grant>, GrantError> {
+    let status = filter.status()?;
+    Ok(store::grants::list(db, filter.peer_id, status).await?)
 }
 
 /// Create a grant (status `pending`).
@@ -237,19 +349,6 @@ pub async fn create_grant(
     Ok((StatusCode::CREATED, Json(grant)))
 }
 
-/// Grants, optionally filtered by peer and status, oldest first.
-///
-/// # Errors
-/// Database errors.
-pub async fn list(db: impl PgExecutor<'_>, filter: &GrantFilter) -> Result<Vec<Grant>, sqlx::Error> {
-    let sql = format!(
-        "select {GRANT_COLUMNS} from federation_grants
-         where ($1::uuid is null or peer_id = $1) and ($2::text is null or status = $2)
-         order by created_at, id"
-    );
-    sqlx::query_as::<_, Grant>(sqlx::AssertSqlSafe(sql)).bind(filter.peer_id).bind(&filter.status).fetch_all(db).await
-}
-
 /// List grants, optionally by peer and status.
 #[utoipa::path(get, path = "/api/admin/grants", tag = "admin", params(GrantFilter),
     responses((status = 200, body = Vec<Grant>), (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope)))]
@@ -258,11 +357,6 @@ pub async fn list_grants(
     State(state): State<AppState>,
     Query(filter): Query<GrantFilter>,
 ) -> Result<Json<Vec<Grant>>, ApiError> {
-    if let Some(status) = &filter.status
-        && !STATUSES.contains(&status.as_str())
-    {
-        return Err(ApiError::invalid_field("status", format!("status must be one of {}", STATUSES.join(", "))));
-    }
     Ok(Json(list(&state.pool, &filter).await?))
 }
 
@@ -274,7 +368,7 @@ pub async fn show_grant(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
 ) -> Result<Json<Grant>, ApiError> {
-    find(&state.pool, id).await?.map(Json).ok_or_else(|| ApiError::not_found("No such grant"))
+    Ok(Json(find(&state.pool, id).await?.ok_or(GrantError::NotFound)?))
 }
 
 /// Edit a grant's scope, or move it to another status (checked; invalid transitions are 409).
@@ -289,50 +383,8 @@ pub async fn update_grant(
     Path(id): Path<Uuid>,
     Json(body): Json<UpdateGrant>,
 ) -> Result<Json<Grant>, ApiError> {
-    if let Some(reason) = &body.reason {
-        check_reason(reason)?;
-    }
     let mut tx = state.pool.begin().await?;
-    let grant = lock(&mut tx, id).await?;
-    let mut grant = match body.status.as_deref() {
-        None => grant,
-        Some(s) if s == grant.status => grant,
-        Some("revoked") => revoke(&mut tx, id, body.reason.as_deref().unwrap_or("revoked by admin")).await?,
-        Some("active") => {
-            return Err(ApiError::conflict(format!(
-                "grant is {}; a grant becomes active only when its peer redeems an enrollment token",
-                grant.status
-            )));
-        }
-        Some("expired") if grant.status == "active" || grant.status == "pending" => {
-            let sql =
-                format!("update federation_grants set status = 'expired' where id = $1 returning {GRANT_COLUMNS}");
-            sqlx::query_as::<_, Grant>(sqlx::AssertSqlSafe(sql)).bind(id).fetch_one(&mut *tx).await?
-        }
-        Some(s @ ("pending" | "expired")) => {
-            return Err(ApiError::conflict(format!("grant is {}; it cannot become {s}", grant.status)));
-        }
-        Some(other) => return Err(ApiError::invalid_field("status", format!("unknown status '{other}'"))),
-    };
-    if let Some(scope) = &body.scope {
-        if !matches!(grant.status.as_str(), "pending" | "active") {
-            return Err(ApiError::conflict(format!("grant is {}; its scope can no longer change", grant.status)));
-        }
-        let scope = GrantScope::parse(scope).map_err(scope_error)?;
-        let sql = format!(
-            "update federation_grants set scope = $2, scope_version = scope_version + 1 where id = $1 returning {GRANT_COLUMNS}"
-        );
-        grant = sqlx::query_as::<_, Grant>(sqlx::AssertSqlSafe(sql))
-            .bind(id)
-            .bind(serde_json::to_value(&scope).map_err(anyhow::Error::from)?)
-            .fetch_one(&mut *tx)
-            .await?;
-    }
-    if let Some(rate) = body.rate_per_minute {
-        check_rate(Some(rate))?;
-        let sql = format!("update federation_grants set rate_per_minute = $2 where id = $1 returning {GRANT_COLUMNS}");
-        grant = sqlx::query_as::<_, Grant>(sqlx::AssertSqlSafe(sql)).bind(id).bind(rate).fetch_one(&mut *tx).await?;
-    }
+    let grant = update(&mut tx, id, &body).await?;
     tx.commit().await?;
     Ok(Json(grant))
 }
@@ -347,11 +399,42 @@ pub async fn revoke_grant(
     Json(body): Json<RevokeGrant>,
 ) -> Result<Json<Grant>, ApiError> {
     if body.reason.trim().is_empty() {
-        return Err(ApiError::invalid_field("reason", "reason must not be empty"));
+        return Err(GrantError::EmptyReason.into());
     }
     check_reason(body.reason.trim())?;
     let mut tx = state.pool.begin().await?;
     let grant = revoke(&mut tx, id, body.reason.trim()).await?;
     tx.commit().await?;
     Ok(Json(grant))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_spelled_as_stored() {
+        for status in GrantStatus::ALL {
+            assert_eq!(GrantStatus::parse(status.as_str()), Some(status));
+            assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
+        }
+        assert_eq!(GrantStatus::parse("Active"), None);
+    }
+
+    #[test]
+    fn the_grant_state_rule_checks_status_then_expiry_then_peer() {
+        let now = Utc::now();
+        let past = Some(now - chrono::Duration::seconds(1));
+        let of = |status, expires_at, peer| GrantRefusal::of(status, expires_at, peer, now);
+        assert_eq!(of(GrantStatus::Active, None, PeerState::Active), None);
+        assert_eq!(of(GrantStatus::Active, Some(now + chrono::Duration::hours(1)), PeerState::Active), None);
+        let revoked = of(GrantStatus::Revoked, past, PeerState::Suspended).unwrap();
+        assert_eq!(
+            (revoked.reason(), revoked.to_string().as_str()),
+            ("grant is not active", "grant is not active (revoked)")
+        );
+        assert_eq!(of(GrantStatus::Active, past, PeerState::Suspended), Some(GrantRefusal::Expired));
+        let peer = of(GrantStatus::Active, None, PeerState::Degraded).unwrap();
+        assert_eq!((peer.reason(), peer.to_string().as_str()), ("peer is not active", "peer is not active (degraded)"));
+    }
 }

@@ -54,28 +54,12 @@ use super::identity::PeerIdentity;
 use super::scope::GrantScope;
 use crate::app::AppState;
 use crate::http::error::ApiError;
-use crate::ratelimit::Decision;
+use crate::ratelimit::{Decision, RateLimitError};
+use crate::store::grants::GrantCheck;
 use crate::tls::ConnectionInfo;
 
 /// The one message every federation 403 carries.
 pub const FORBIDDEN_MESSAGE: &str = "Access denied";
-
-#[derive(sqlx::FromRow, Clone)]
-struct GrantPeerRow {
-    status: String,
-    expires_at: Option<DateTime<Utc>>,
-    subject_user_id: Option<Uuid>,
-    scope: serde_json::Value,
-    scope_version: i32,
-    peer_id: Uuid,
-    peer_state: String,
-    current_serial: Option<String>,
-    previous_serial: Option<String>,
-    previous_serial_grace_until: Option<DateTime<Utc>>,
-    subject_active: bool,
-    subject_teams: Vec<Uuid>,
-    rate_per_minute: Option<i32>,
-}
 
 /// Counter: guard decisions by where they came from, `source` = `database` (the grant was
 /// read) or `remembered` (proposed from memory, for the page statement to confirm).
@@ -99,7 +83,7 @@ pub const RENEW_PER_MINUTE: u32 = 6;
 pub struct GrantMemo(Arc<Mutex<HashMap<Uuid, Arc<Remembered>>>>);
 
 struct Remembered {
-    row: GrantPeerRow,
+    row: GrantCheck,
     ctx: FederationContext,
 }
 
@@ -111,7 +95,7 @@ impl GrantMemo {
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&grant_id).cloned()
     }
 
-    fn remember(&self, grant_id: Uuid, decided: Option<(&GrantPeerRow, &FederationContext)>) {
+    fn remember(&self, grant_id: Uuid, decided: Option<(&GrantCheck, &FederationContext)>) {
         let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         match decided {
             Some((row, ctx)) => {
@@ -174,7 +158,7 @@ impl Confirmation {
             .bind(self.subject_teams.clone())
     }
 
-    fn of(identity: &PeerIdentity, row: &GrantPeerRow) -> Self {
+    fn of(identity: &PeerIdentity, row: &GrantCheck) -> Self {
         Self {
             identity: identity.clone(),
             scope: row.scope.clone(),
@@ -263,23 +247,16 @@ async fn guard(state: AppState, mut req: Request, may_remember: bool) -> Result<
                 Err(response) => return Err(*response),
             };
             let limit = if renewal { RENEW_PER_MINUTE } else { rate_limit(&state, &row) };
-            match state.limiter.hit(&key, limit, RATE_WINDOW).await {
-                Ok(Decision::Allowed { .. }) => {}
+            let peer_id = ctx.peer_id;
+            let denial = match state.limiter.hit(&key, limit, RATE_WINDOW).await {
+                Ok(Decision::Allowed { .. }) => None,
                 Ok(Decision::Denied { retry_after }) => {
-                    return Err(over_budget(&state, &identity, ctx.peer_id, limit, retry_after, &path).await);
+                    Some(Denial::OverBudget { identity, peer_id, limit, retry_after })
                 }
-                Err(e) => {
-                    deny_audit(
-                        &state,
-                        Some(identity.grant_id),
-                        Some(ctx.peer_id),
-                        Some(identity.subject_user_id),
-                        "limiter_unavailable",
-                        e.to_string(),
-                        &path,
-                    );
-                    return Err(ApiError::from(e).into_response());
-                }
+                Err(error) => Some(Denial::LimiterUnavailable { identity, peer_id, error }),
+            };
+            if let Some(denial) = denial {
+                return Err(denial.respond(&state, &path));
             }
             ListContext { ctx, unconfirmed: None }
         }
@@ -306,15 +283,7 @@ pub struct ListContext {
 /// Writes the audit row of a request whose remembered decision could not be confirmed because
 /// the database failed (the guard writes the same row when its own read fails).
 pub fn audit_database_failure(state: &AppState, identity: &PeerIdentity, path: &str) {
-    deny_audit(
-        state,
-        Some(identity.grant_id),
-        None,
-        Some(identity.subject_user_id),
-        "internal",
-        "the grant could not be read".to_string(),
-        path,
-    );
+    Denial::GrantUnreadable { identity: identity.clone(), error: None }.audit(state, path);
 }
 
 /// The identity the accept loop parsed from the client certificate, or the 401.
@@ -323,57 +292,25 @@ pub fn audit_database_failure(state: &AppState, identity: &PeerIdentity, path: &
 /// at a full handshake, so a keep-alive connection, or a TLS session resumed from a ticket,
 /// would otherwise outlive the certificate it was opened with.
 fn peer_identity(state: &AppState, req: &Request) -> Result<PeerIdentity, Box<Response>> {
-    let path = req.uri().path();
-    let unauthorized = |code: &'static str, reason: String, message: &str| {
-        tracing::info!(code, %reason, "federation request refused before the grant");
-        deny_audit(state, None, None, None, code, reason, path);
-        Err(Box::new(ApiError::unauthorized(message).into_response()))
-    };
-    match req.extensions().get::<ConnectionInfo>().and_then(|c| c.peer_identity.clone()) {
+    let denial = match req.extensions().get::<ConnectionInfo>().and_then(|c| c.peer_identity.clone()) {
         Some(Ok(identity)) => {
             let now = Utc::now();
-            let refused = if identity.not_after <= now {
-                Some(("certificate_expired", "The client certificate has expired; renew or re-enroll"))
+            if identity.not_after <= now {
+                Denial::CertificateExpired(identity)
             } else if identity.not_before > now {
-                Some(("certificate_not_yet_valid", "The client certificate is not valid yet"))
+                Denial::CertificateNotYetValid(identity)
             } else {
-                None
-            };
-            match refused {
-                None => Ok(identity),
-                Some((code, message)) => {
-                    let reason = format!(
-                        "serial {} valid from {} to {}",
-                        identity.serial, identity.not_before, identity.not_after
-                    );
-                    deny_audit(
-                        state,
-                        Some(identity.grant_id),
-                        None,
-                        Some(identity.subject_user_id),
-                        code,
-                        reason,
-                        path,
-                    );
-                    Err(Box::new(ApiError::unauthorized(message).into_response()))
-                }
+                return Ok(identity);
             }
         }
-        Some(Err(e)) => unauthorized(
-            "identity",
-            e.to_string(),
-            "A client certificate with grant and subject extensions is required",
-        ),
-        None => unauthorized(
-            "no_certificate",
-            "no client certificate".to_string(),
-            "A client certificate issued at enrollment is required",
-        ),
-    }
+        Some(Err(e)) => Denial::BadIdentity(e.to_string()),
+        None => Denial::NoCertificate,
+    };
+    Err(Box::new(denial.respond(state, req.uri().path())))
 }
 
 /// The grant's budget per window: its own `rate_per_minute`, else the configured default.
-fn rate_limit(state: &AppState, row: &GrantPeerRow) -> u32 {
+fn rate_limit(state: &AppState, row: &GrantCheck) -> u32 {
     row.rate_per_minute
         .and_then(|r| u32::try_from(r).ok())
         .filter(|r| *r > 0)
@@ -399,28 +336,14 @@ async fn authorise_row(
     state: &AppState,
     identity: &PeerIdentity,
     path: &str,
-) -> Result<(FederationContext, GrantPeerRow), Box<Response>> {
+) -> Result<(FederationContext, GrantCheck), Box<Response>> {
     metrics::counter!(DECISIONS_METRIC, "source" => "database").increment(1);
-    let row: Result<Option<GrantPeerRow>, sqlx::Error> = sqlx::query_as(
-        "select g.status, g.expires_at, g.subject_user_id, g.scope, g.scope_version, g.peer_id,
-                p.state as peer_state, g.current_serial, g.previous_serial, g.previous_serial_grace_until,
-                coalesce(u.disabled_at is null, false) as subject_active,
-                array(select m.team_id from team_members m where m.user_id = g.subject_user_id order by m.team_id) as subject_teams,
-                g.rate_per_minute
-         from federation_grants g
-         join federation_peers p on p.id = g.peer_id
-         left join users u on u.id = g.subject_user_id
-         where g.id = $1",
-    )
-    .bind(identity.grant_id)
-    .fetch_optional(&state.peer_reads)
-    .await;
-    let row = match row {
+    let row = match crate::store::grants::check(&state.peer_reads, identity.grant_id).await {
         Ok(row) => row,
-        Err(e) => {
+        Err(error) => {
             // One audit row per request, this one too (it is written once the database is back).
-            audit_database_failure(state, identity, path);
-            return Err(Box::new(ApiError::from(e).into_response()));
+            let denial = Denial::GrantUnreadable { identity: identity.clone(), error: Some(error) };
+            return Err(Box::new(denial.respond(state, path)));
         }
     };
     let reason = match &row {
@@ -429,18 +352,9 @@ async fn authorise_row(
     };
     if let Some(reason) = reason {
         state.grant_memo.remember(identity.grant_id, None);
-        tracing::warn!(grant_id = %identity.grant_id, reason, "federation request denied");
         let peer_id = row.as_ref().map(|r| r.peer_id);
-        deny_audit(
-            state,
-            Some(identity.grant_id),
-            peer_id,
-            Some(identity.subject_user_id),
-            "guard",
-            reason.to_string(),
-            path,
-        );
-        return Err(Box::new(ApiError::forbidden(FORBIDDEN_MESSAGE).into_response()));
+        let denial = Denial::Refused { identity: identity.clone(), peer_id, reason };
+        return Err(Box::new(denial.respond(state, path)));
     }
     let row = row.expect("a missing row is a denial");
     let ctx = context(state, identity, &row, path)?;
@@ -449,15 +363,9 @@ async fn authorise_row(
 }
 
 /// The guard's rules on one grant/peer row; `None` when the request may go on.
-fn denial(r: &GrantPeerRow, identity: &PeerIdentity, now: DateTime<Utc>) -> Option<&'static str> {
-    if r.status != "active" {
-        return Some("grant is not active");
-    }
-    if r.expires_at.is_some_and(|e| e <= now) {
-        return Some("grant has expired");
-    }
-    if r.peer_state != "active" {
-        return Some("peer is not active");
+fn denial(r: &GrantCheck, identity: &PeerIdentity, now: DateTime<Utc>) -> Option<&'static str> {
+    if let Some(refusal) = super::grants::GrantRefusal::of(r.status, r.expires_at, r.peer_state, now) {
+        return Some(refusal.reason());
     }
     if r.subject_user_id != Some(identity.subject_user_id) {
         return Some("certificate subject does not match the grant");
@@ -472,23 +380,15 @@ fn denial(r: &GrantPeerRow, identity: &PeerIdentity, now: DateTime<Utc>) -> Opti
 fn context(
     state: &AppState,
     identity: &PeerIdentity,
-    row: &GrantPeerRow,
+    row: &GrantCheck,
     path: &str,
 ) -> Result<FederationContext, Box<Response>> {
     let scope = match serde_json::from_value::<GrantScope>(row.scope.clone()) {
         Ok(scope) => scope,
         Err(e) => {
-            tracing::error!(grant_id = %identity.grant_id, error = %e, "stored grant scope does not parse");
-            deny_audit(
-                state,
-                Some(identity.grant_id),
-                Some(row.peer_id),
-                Some(identity.subject_user_id),
-                "scope_parse",
-                e.to_string(),
-                path,
-            );
-            return Err(Box::new(ApiError::forbidden(FORBIDDEN_MESSAGE).into_response()));
+            let denial =
+                Denial::ScopeUnreadable { identity: identity.clone(), peer_id: row.peer_id, error: e.to_string() };
+            return Err(Box::new(denial.respond(state, path)));
         }
     };
     Ok(FederationContext {
@@ -503,36 +403,10 @@ fn context(
     })
 }
 
-/// The one place where a request over its grant's budget is answered: 429 `rate_limited` with
-/// `Retry-After`, plus one denied audit row.
-///
-/// The `rate_limit.exceeded` webhook event is written at most once per grant and window (the
+/// Writes the `rate_limit.exceeded` webhook event at most once per grant and window (the
 /// limiter itself decides, so replicas agree in tier federated): a caller hammering past its
 /// budget must not turn every refused request into outbox rows. The event is written off the
 /// request path; it announces a condition, not a change, so there is no transaction to join.
-async fn over_budget(
-    state: &AppState,
-    identity: &PeerIdentity,
-    peer_id: Uuid,
-    limit: u32,
-    retry_after: std::time::Duration,
-    path: &str,
-) -> Response {
-    let retry_after_secs = retry_after.as_millis().div_ceil(1000).max(1);
-    tracing::info!(grant_id = %identity.grant_id, limit, retry_after_secs, "federation rate limit exceeded");
-    deny_audit(
-        state,
-        Some(identity.grant_id),
-        Some(peer_id),
-        Some(identity.subject_user_id),
-        "rate_limited",
-        format!("over {limit} requests per minute"),
-        path,
-    );
-    announce_exceeded(state, identity.grant_id, peer_id, limit);
-    ApiError::rate_limited(u64::try_from(retry_after_secs).unwrap_or(60)).into_response()
-}
-
 fn announce_exceeded(state: &AppState, grant_id: Uuid, peer_id: Uuid, limit: u32) {
     let (limiter, pool) = (state.limiter.clone(), state.pool.clone());
     tokio::spawn(async move {
@@ -551,25 +425,147 @@ fn announce_exceeded(state: &AppState, grant_id: Uuid, peer_id: Uuid, limit: u32
     });
 }
 
-/// Records a denial off the request path.
-fn deny_audit(
-    state: &AppState,
-    grant_id: Option<Uuid>,
-    peer_id: Option<Uuid>,
-    subject_user_id: Option<Uuid>,
-    deny_code: &'static str,
-    reason: String,
-    path: &str,
-) {
-    let verb = super::request_audit::verb_of(path);
-    state.audit.submit(&AuditEntry {
-        grant_id,
-        peer_id,
-        subject_user_id,
-        verb,
-        outcome: "denied",
-        deny_code: Some(deny_code),
-        reason: Some(reason),
-        ..Default::default()
-    });
+/// Why the guard refused a request. Each denial knows its audit row (written off the request
+/// path), its log line and its answer, so every refusal is audited the same way.
+///
+/// Every 403 carries [`FORBIDDEN_MESSAGE`]; the specific reason goes to the log and the audit row.
+enum Denial {
+    /// No client certificate on the connection (401).
+    NoCertificate,
+    /// A certificate whose grant or subject extensions are missing, duplicated or malformed (401).
+    BadIdentity(String),
+    /// The certificate's notAfter has passed (401).
+    CertificateExpired(PeerIdentity),
+    /// The certificate's notBefore is still ahead (401).
+    CertificateNotYetValid(PeerIdentity),
+    /// The grant, its peer, the serial or the subject refuse ([`denial`]), or there is no such
+    /// grant (403).
+    Refused { identity: PeerIdentity, peer_id: Option<Uuid>, reason: &'static str },
+    /// The stored scope no longer parses (403).
+    ScopeUnreadable { identity: PeerIdentity, peer_id: Uuid, error: String },
+    /// Over the grant's budget (429 with `Retry-After`, and `rate_limit.exceeded` at most once
+    /// per grant and window).
+    OverBudget { identity: PeerIdentity, peer_id: Uuid, limit: u32, retry_after: std::time::Duration },
+    /// The limiter could not count: fail closed (503).
+    LimiterUnavailable { identity: PeerIdentity, peer_id: Uuid, error: RateLimitError },
+    /// The grant could not be read (500). `error` is `None` when the caller answers itself
+    /// ([`audit_database_failure`]).
+    GrantUnreadable { identity: PeerIdentity, error: Option<sqlx::Error> },
+}
+
+impl Denial {
+    /// The audit row's deny code.
+    fn code(&self) -> &'static str {
+        match self {
+            Self::NoCertificate => "no_certificate",
+            Self::BadIdentity(_) => "identity",
+            Self::CertificateExpired(_) => "certificate_expired",
+            Self::CertificateNotYetValid(_) => "certificate_not_yet_valid",
+            Self::Refused { .. } => "guard",
+            Self::ScopeUnreadable { .. } => "scope_parse",
+            Self::OverBudget { .. } => "rate_limited",
+            Self::LimiterUnavailable { .. } => "limiter_unavailable",
+            Self::GrantUnreadable { .. } => "internal",
+        }
+    }
+
+    /// The certificate's identity, when it has one.
+    fn identity(&self) -> Option<&PeerIdentity> {
+        match self {
+            Self::NoCertificate | Self::BadIdentity(_) => None,
+            Self::CertificateExpired(identity)
+            | Self::CertificateNotYetValid(identity)
+            | Self::Refused { identity, .. }
+            | Self::ScopeUnreadable { identity, .. }
+            | Self::OverBudget { identity, .. }
+            | Self::LimiterUnavailable { identity, .. }
+            | Self::GrantUnreadable { identity, .. } => Some(identity),
+        }
+    }
+
+    fn peer_id(&self) -> Option<Uuid> {
+        match self {
+            Self::Refused { peer_id, .. } => *peer_id,
+            Self::ScopeUnreadable { peer_id, .. }
+            | Self::OverBudget { peer_id, .. }
+            | Self::LimiterUnavailable { peer_id, .. } => Some(*peer_id),
+            _ => None,
+        }
+    }
+
+    /// The internal reason the audit row keeps (never sent to the peer).
+    fn reason(&self) -> String {
+        match self {
+            Self::NoCertificate => "no client certificate".to_string(),
+            Self::BadIdentity(e) => e.clone(),
+            Self::CertificateExpired(identity) | Self::CertificateNotYetValid(identity) => {
+                format!("serial {} valid from {} to {}", identity.serial, identity.not_before, identity.not_after)
+            }
+            Self::Refused { reason, .. } => (*reason).to_string(),
+            Self::ScopeUnreadable { error, .. } => error.clone(),
+            Self::OverBudget { limit, .. } => format!("over {limit} requests per minute"),
+            Self::LimiterUnavailable { error, .. } => error.to_string(),
+            Self::GrantUnreadable { .. } => "the grant could not be read".to_string(),
+        }
+    }
+
+    /// Records the denial off the request path.
+    fn audit(&self, state: &AppState, path: &str) {
+        let identity = self.identity();
+        state.audit.submit(&AuditEntry {
+            grant_id: identity.map(|i| i.grant_id),
+            peer_id: self.peer_id(),
+            subject_user_id: identity.map(|i| i.subject_user_id),
+            verb: super::request_audit::verb_of(path),
+            outcome: "denied",
+            deny_code: Some(self.code()),
+            reason: Some(self.reason()),
+            ..Default::default()
+        });
+    }
+
+    /// Logs the denial, writes its audit row and answers the request.
+    fn respond(self, state: &AppState, path: &str) -> Response {
+        match &self {
+            Self::NoCertificate | Self::BadIdentity(_) => {
+                tracing::info!(code = self.code(), reason = %self.reason(), "federation request refused before the grant");
+            }
+            Self::Refused { identity, reason, .. } => {
+                tracing::warn!(grant_id = %identity.grant_id, reason, "federation request denied");
+            }
+            Self::ScopeUnreadable { identity, error, .. } => {
+                tracing::error!(grant_id = %identity.grant_id, error = %error, "stored grant scope does not parse");
+            }
+            Self::OverBudget { identity, limit, retry_after, .. } => {
+                let retry_after_secs = retry_after.as_millis().div_ceil(1000).max(1);
+                tracing::info!(grant_id = %identity.grant_id, limit, retry_after_secs, "federation rate limit exceeded");
+            }
+            _ => {}
+        }
+        self.audit(state, path);
+        let error = match self {
+            Self::NoCertificate => ApiError::unauthorized("A client certificate issued at enrollment is required"),
+            Self::BadIdentity(_) => {
+                ApiError::unauthorized("A client certificate with grant and subject extensions is required")
+            }
+            Self::CertificateExpired(_) => {
+                ApiError::unauthorized("The client certificate has expired; renew or re-enroll")
+            }
+            Self::CertificateNotYetValid(_) => ApiError::unauthorized("The client certificate is not valid yet"),
+            Self::Refused { .. } | Self::ScopeUnreadable { .. } => ApiError::forbidden(FORBIDDEN_MESSAGE),
+            Self::OverBudget { identity, peer_id, limit, retry_after } => {
+                // The `rate_limit.exceeded` event is written at most once per grant and window
+                // (see `announce_exceeded`).
+                announce_exceeded(state, identity.grant_id, peer_id, limit);
+                let retry_after_secs = retry_after.as_millis().div_ceil(1000).max(1);
+                ApiError::rate_limited(u64::try_from(retry_after_secs).unwrap_or(60))
+            }
+            Self::LimiterUnavailable { error, .. } => ApiError::from(error),
+            Self::GrantUnreadable { error, .. } => match error {
+                Some(e) => ApiError::from(e),
+                None => ApiError::internal(anyhow::anyhow!("the grant could not be read")),
+            },
+        };
+        error.into_response()
+    }
 }

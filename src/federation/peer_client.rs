@@ -181,15 +181,12 @@ pub struct PeerCaller {
 
 impl PeerCaller {
     async fn peer(&self, name: &str) -> Result<OutboundPeer, PeerError> {
-        let state: Option<String> =
-            sqlx::query_scalar("select state from federation_peers where lower(name) = lower($1)")
-                .bind(name)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(|e| PeerError::Misconfigured(name.into(), e.to_string()))?;
-        match state.as_deref() {
+        let state = crate::store::peers::state_by_name(&self.pool, name)
+            .await
+            .map_err(|e| PeerError::Misconfigured(name.into(), e.to_string()))?;
+        match state {
             None => return Err(PeerError::NotFound(name.into())),
-            Some("active" | "degraded") => {}
+            Some(state) if state.is_callable() => {}
             Some(_) => return Err(PeerError::Inactive(name.into())),
         }
         match outbound_peer(&self.pool, &self.sealing, name).await {

@@ -19,6 +19,7 @@ use crate::admin::guard::AdminUser;
 use crate::app::AppState;
 use crate::http::error::{ApiError, ErrorEnvelope};
 use crate::http::extract::{Json, Path};
+pub use crate::store::grants::GrantCertificate;
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -43,16 +44,6 @@ pub struct InboundHealth {
     pub certificates: Vec<GrantCertificate>,
 }
 
-#[derive(Debug, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
-#[serde(rename_all = "camelCase")]
-pub struct GrantCertificate {
-    pub grant_id: Uuid,
-    pub status: String,
-    pub serial: Option<String>,
-    pub not_after: Option<DateTime<Utc>>,
-    pub renewed_at: Option<DateTime<Utc>>,
-}
-
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OutboundHealth {
@@ -71,38 +62,37 @@ pub struct OutboundHealth {
 /// # Errors
 /// Database errors.
 pub async fn inbound(pool: &sqlx::PgPool, peer_id: Uuid) -> Result<InboundHealth, sqlx::Error> {
-    let (requests, denied, rate_limited): (i64, i64, i64) = sqlx::query_as(
-        "select count(*), count(*) filter (where outcome = 'denied'), count(*) filter (where deny_code = 'rate_limited')
-           from federation_audit_log
-          where peer_id = $1 and at > now() - interval '1 hour'
-            and verb in ('list', 'get', 'search', 'capabilities', 'renew', 'unknown')",
+    let counts = sqlx::query!(
+        r#"select count(*) as "requests!", count(*) filter (where outcome = 'denied') as "denied!",
+                  count(*) filter (where deny_code = 'rate_limited') as "rate_limited!"
+             from federation_audit_log
+            where peer_id = $1 and at > now() - interval '1 hour'
+              and verb in ('list', 'get', 'search', 'capabilities', 'renew', 'unknown')"#,
+        peer_id
     )
-    .bind(peer_id)
     .fetch_one(pool)
     .await?;
-    let last_request_at: Option<DateTime<Utc>> = sqlx::query_scalar(
+    let (requests, denied, rate_limited) = (counts.requests, counts.denied, counts.rate_limited);
+    let last_request_at: Option<DateTime<Utc>> = sqlx::query_scalar!(
         "select at from federation_audit_log
           where peer_id = $1 and verb in ('list', 'get', 'search', 'capabilities', 'renew', 'unknown')
           order by at desc limit 1",
+        peer_id
     )
-    .bind(peer_id)
     .fetch_optional(pool)
     .await?;
-    let denials: Vec<(String, i64)> = sqlx::query_as(
-        "select coalesce(deny_code, 'unknown'), count(*) from federation_audit_log
-          where peer_id = $1 and at > now() - interval '1 hour' and outcome = 'denied'
-          group by 1 order by 1",
+    let denials: Vec<(String, i64)> = sqlx::query!(
+        r#"select coalesce(deny_code, 'unknown') as "code!", count(*) as "count!" from federation_audit_log
+            where peer_id = $1 and at > now() - interval '1 hour' and outcome = 'denied'
+            group by 1 order by 1"#,
+        peer_id
     )
-    .bind(peer_id)
     .fetch_all(pool)
-    .await?;
-    let certificates: Vec<GrantCertificate> = sqlx::query_as(
-        "select id as grant_id, status, current_serial as serial, cert_not_after as not_after, renewed_at
-           from federation_grants where peer_id = $1 order by created_at, id",
-    )
-    .bind(peer_id)
-    .fetch_all(pool)
-    .await?;
+    .await?
+    .into_iter()
+    .map(|r| (r.code, r.count))
+    .collect();
+    let certificates = crate::store::grants::certificates_of_peer(pool, peer_id).await?;
     Ok(InboundHealth {
         last_request_at,
         requests_last_hour: requests,
@@ -124,7 +114,7 @@ pub async fn peer_health(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
 ) -> Result<Json<PeerHealth>, ApiError> {
-    let peer = super::peers::find(&state.pool, id).await?.ok_or_else(|| ApiError::not_found("No such peer"))?;
+    let peer = super::peers::find(&state.pool, id).await?.ok_or(super::peers::PeerError::NotFound)?;
     let inbound = inbound(&state.pool, id).await?;
     let outbound = match &peer.reader {
         Some(reader) => {

@@ -349,25 +349,25 @@ pub async fn record_call(pool: &PgPool, memo: &SuccessMemo, name: &str, outcome:
             if !memo.should_write(&label) {
                 return;
             }
-            sqlx::query(
+            sqlx::query!(
                 "update federation_peers set last_success_at = now(), refusing_since = null
                   where lower(name) = lower($1)",
+                name
             )
-            .bind(name)
             .execute(pool)
             .await
         }
         failed => {
             memo.forget(&label);
-            sqlx::query(
+            sqlx::query!(
                 "update federation_peers
                     set last_error = $2, last_error_at = now(),
                         refusing_since = case when $3 then coalesce(refusing_since, now()) else refusing_since end
                   where lower(name) = lower($1)",
+                name,
+                short_cause(cause.unwrap_or(failed.as_str())),
+                failed == CallOutcome::Refused,
             )
-            .bind(name)
-            .bind(short_cause(cause.unwrap_or(failed.as_str())))
-            .bind(failed == CallOutcome::Refused)
             .execute(pool)
             .await
         }
@@ -382,17 +382,17 @@ pub async fn record_call(pool: &PgPool, memo: &SuccessMemo, name: &str, outcome:
 /// # Errors
 /// Database errors.
 pub async fn refresh_expiry_gauges(pool: &PgPool) -> Result<(), sqlx::Error> {
-    let peers: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
-        "select name, client_cert_not_after from federation_peers
-          where client_cert_pem is not null and client_cert_not_after is not null",
+    let peers = sqlx::query!(
+        r#"select name, client_cert_not_after as "not_after!" from federation_peers
+            where client_cert_pem is not null and client_cert_not_after is not null"#
     )
     .fetch_all(pool)
     .await?;
-    for (name, not_after) in peers {
-        metrics::gauge!(PEER_CERT_EXPIRY_METRIC, "peer" => peer_label(&name)).set(not_after.timestamp() as f64);
+    for peer in peers {
+        metrics::gauge!(PEER_CERT_EXPIRY_METRIC, "peer" => peer_label(&peer.name))
+            .set(peer.not_after.timestamp() as f64);
     }
-    let ca: Option<DateTime<Utc>> =
-        sqlx::query_scalar("select not_after from gateway_ca where id = 1").fetch_optional(pool).await?;
+    let ca = sqlx::query_scalar!("select not_after from gateway_ca where id = 1").fetch_optional(pool).await?;
     if let Some(ca) = ca {
         metrics::gauge!(CA_EXPIRY_METRIC).set(ca.timestamp() as f64);
     }

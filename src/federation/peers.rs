@@ -9,11 +9,15 @@ use sqlx::PgExecutor;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::peer_status::{READER_COLUMNS, ReaderRow, ReaderView};
+use super::peer_status::{ReaderRow, ReaderView};
 use crate::admin::guard::AdminUser;
 use crate::app::AppState;
+use crate::error::{DomainError, Fault};
 use crate::http::error::{ApiError, ErrorEnvelope};
 use crate::http::extract::{Json, Path};
+use crate::store;
+use crate::store::constraint::Violation;
+pub use crate::store::peers::PeerState;
 
 /// A peer as the admin API shows it. Certificates are public; the sealed key never leaves.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -21,9 +25,8 @@ use crate::http::extract::{Json, Path};
 pub struct Peer {
     pub id: Uuid,
     pub name: String,
-    /// pending, active, degraded, suspended, revoked (the stored state; for a peer we call,
-    /// `reader.status` says whether calls can work now).
-    pub state: String,
+    /// The stored state; for a peer we call, `reader.status` says whether calls can work now.
+    pub state: PeerState,
     /// Role "calls us": the serial of its current client certificate.
     pub current_serial: Option<String>,
     pub cert_not_after: Option<DateTime<Utc>>,
@@ -39,27 +42,20 @@ pub struct Peer {
     pub updated_at: DateTime<Utc>,
 }
 
-/// A `federation_peers` row as the views read it.
-#[derive(Debug, sqlx::FromRow)]
-struct PeerRow {
-    id: Uuid,
-    name: String,
-    state: String,
-    current_serial: Option<String>,
-    cert_not_after: Option<DateTime<Utc>>,
-    endpoint_url: Option<String>,
-    remote_grant_id: Option<Uuid>,
-    ca_fingerprint: Option<String>,
-    client_cert_not_after: Option<DateTime<Utc>>,
-    #[sqlx(flatten)]
-    reader: ReaderRow,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-}
-
-impl From<PeerRow> for Peer {
-    fn from(r: PeerRow) -> Self {
-        let reader = ReaderView::from_row(&r.reader, r.client_cert_not_after, Utc::now());
+impl From<store::peers::PeerRow> for Peer {
+    fn from(r: store::peers::PeerRow) -> Self {
+        let reader_row = ReaderRow {
+            client_cert_pem: r.client_cert_pem,
+            client_cert_received_at: r.client_cert_received_at,
+            renew_at: r.renew_at,
+            renewal_failures: r.renewal_failures,
+            last_renewed_at: r.last_renewed_at,
+            last_success_at: r.last_success_at,
+            last_error: r.last_error,
+            last_error_at: r.last_error_at,
+            refusing_since: r.refusing_since,
+        };
+        let reader = ReaderView::from_row(&reader_row, r.client_cert_not_after, Utc::now());
         Self {
             id: r.id,
             name: r.name,
@@ -77,13 +73,6 @@ impl From<PeerRow> for Peer {
     }
 }
 
-fn peer_columns() -> String {
-    format!(
-        "id, name, state, current_serial, cert_not_after, endpoint_url, remote_grant_id, ca_fingerprint, \
-         client_cert_not_after, created_at, updated_at, {READER_COLUMNS}"
-    )
-}
-
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreatePeer {
@@ -95,66 +84,89 @@ pub struct CreatePeer {
     pub endpoint_url: Option<String>,
 }
 
+/// Why a peer operation was refused, or could not be done.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("No such peer")]
+    NotFound,
+    /// A peer named on the command line (by name or id) that does not exist.
+    #[error("no peer '{0}'")]
+    Unknown(String),
+    #[error("name must be 1-64 letters, digits, '.', '-' or '_'")]
+    InvalidName,
+    #[error("endpointUrl must start with https:// and have at most 2000 characters")]
+    InvalidEndpoint,
+    #[error("a peer named '{0}' already exists")]
+    NameTaken(String),
+    #[error("the peer store failed")]
+    Database(#[from] sqlx::Error),
+}
+
+impl DomainError for PeerError {
+    fn fault(&self) -> Fault {
+        match self {
+            Self::NotFound | Self::Unknown(_) => Fault::NotFound { field: None },
+            Self::InvalidName => Fault::invalid("name"),
+            Self::InvalidEndpoint => Fault::invalid("endpointUrl"),
+            Self::NameTaken(_) => Fault::conflict("name"),
+            Self::Database(_) => Fault::Internal,
+        }
+    }
+}
+
 /// Validates a peer name: 1..=64 chars of letters, digits, `.`, `-`, `_`.
 ///
 /// # Errors
-/// A 400 naming `name`.
-pub fn validate_name(name: &str) -> Result<(), ApiError> {
+/// [`PeerError::InvalidName`].
+pub fn validate_name(name: &str) -> Result<(), PeerError> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
-    if ok { Ok(()) } else { Err(ApiError::invalid_field("name", "name must be 1-64 letters, digits, '.', '-' or '_'")) }
+    if ok { Ok(()) } else { Err(PeerError::InvalidName) }
 }
 
-/// Inserts a peer in state `pending`.
+/// Validates the name and registers the peer in state `pending`.
 ///
 /// # Errors
-/// 409 when the name is taken.
-pub async fn insert(db: impl PgExecutor<'_>, name: &str, endpoint_url: Option<&str>) -> Result<Peer, ApiError> {
-    let sql = format!(
-        "insert into federation_peers (id, name, endpoint_url) values ($1, $2, $3) returning {}",
-        peer_columns()
-    );
-    sqlx::query_as::<_, PeerRow>(sqlx::AssertSqlSafe(sql))
-        .bind(Uuid::now_v7())
-        .bind(name)
-        .bind(endpoint_url)
-        .fetch_one(db)
-        .await
-        .map(Peer::from)
-        .map_err(|e| match e {
-            sqlx::Error::Database(d) if d.constraint() == Some("federation_peers_name_key") => {
-                ApiError::conflict(format!("a peer named '{name}' already exists"))
-                    .with_details(serde_json::json!({"field": "name"}))
-            }
-            other => other.into(),
-        })
+/// An invalid name or endpoint; the name is taken; database errors.
+pub async fn create(db: impl PgExecutor<'_>, name: &str, endpoint_url: Option<&str>) -> Result<Peer, PeerError> {
+    validate_name(name)?;
+    if let Some(url) = endpoint_url
+        && (!url.starts_with("https://") || url.len() > 2000)
+    {
+        return Err(PeerError::InvalidEndpoint);
+    }
+    match store::peers::insert(db, name, endpoint_url).await {
+        Ok(row) => Ok(row.into()),
+        Err(e) => match store::constraint::violation(&e) {
+            Some(Violation::Taken { field, .. }) if field == "name" => Err(PeerError::NameTaken(name.to_string())),
+            _ => Err(e.into()),
+        },
+    }
 }
 
 /// # Errors
 /// Database errors.
-pub async fn find(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Peer>, sqlx::Error> {
-    let sql = format!("select {} from federation_peers where id = $1", peer_columns());
-    Ok(sqlx::query_as::<_, PeerRow>(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(db).await?.map(Peer::from))
+pub async fn find(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Peer>, PeerError> {
+    Ok(store::peers::find(db, id).await?.map(Peer::from))
+}
+
+/// The peer `peer` names: an id, else a name (case-insensitively).
+///
+/// # Errors
+/// [`PeerError::Unknown`] when there is none; database errors.
+pub async fn resolve(db: impl PgExecutor<'_>, peer: &str) -> Result<Peer, PeerError> {
+    let row = match Uuid::parse_str(peer) {
+        Ok(id) => store::peers::find(db, id).await?,
+        Err(_) => store::peers::find_by_name(db, peer).await?,
+    };
+    row.map(Peer::from).ok_or_else(|| PeerError::Unknown(peer.to_string()))
 }
 
 /// # Errors
 /// Database errors.
-pub async fn find_by_name(db: impl PgExecutor<'_>, name: &str) -> Result<Option<Peer>, sqlx::Error> {
-    let sql = format!("select {} from federation_peers where lower(name) = lower($1)", peer_columns());
-    Ok(sqlx::query_as::<_, PeerRow>(sqlx::AssertSqlSafe(sql)).bind(name).fetch_optional(db).await?.map(Peer::from))
-}
-
-/// # Errors
-/// Database errors.
-pub async fn list(db: impl PgExecutor<'_>) -> Result<Vec<Peer>, sqlx::Error> {
-    let sql = format!("select {} from federation_peers order by created_at, id", peer_columns());
-    Ok(sqlx::query_as::<_, PeerRow>(sqlx::AssertSqlSafe(sql))
-        .fetch_all(db)
-        .await?
-        .into_iter()
-        .map(Peer::from)
-        .collect())
+pub async fn list(db: impl PgExecutor<'_>) -> Result<Vec<Peer>, PeerError> {
+    Ok(store::peers::list(db).await?.into_iter().map(Peer::from).collect())
 }
 
 /// Register a peer.
@@ -169,16 +181,7 @@ pub async fn create_peer(
     State(state): State<AppState>,
     Json(body): Json<CreatePeer>,
 ) -> Result<(StatusCode, Json<Peer>), ApiError> {
-    validate_name(&body.name)?;
-    if let Some(url) = &body.endpoint_url
-        && (!url.starts_with("https://") || url.len() > 2000)
-    {
-        return Err(ApiError::invalid_field(
-            "endpointUrl",
-            "endpointUrl must start with https:// and have at most 2000 characters",
-        ));
-    }
-    let peer = insert(&state.pool, &body.name, body.endpoint_url.as_deref()).await?;
+    let peer = create(&state.pool, &body.name, body.endpoint_url.as_deref()).await?;
     Ok((StatusCode::CREATED, Json(peer)))
 }
 
@@ -197,5 +200,5 @@ pub async fn show_peer(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
 ) -> Result<Json<Peer>, ApiError> {
-    find(&state.pool, id).await?.map(Json).ok_or_else(|| ApiError::not_found("No such peer"))
+    Ok(Json(find(&state.pool, id).await?.ok_or(PeerError::NotFound)?))
 }

@@ -10,6 +10,8 @@ pub mod advertised_url;
 pub mod audit;
 pub mod constraint;
 pub mod demo;
+pub mod grants;
+pub mod peers;
 pub mod rows;
 pub mod transfer;
 
