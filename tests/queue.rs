@@ -1110,7 +1110,7 @@ async fn two_replicas_schedule_each_periodic_slot_once() {
     tessera::queue::schedule::cleanup(&db.pool).await.unwrap();
     tessera::admin::cleanup_sessions(&db.pool).await.unwrap();
     tessera::federation::cleanup_enrollment_tokens(&db.pool).await.unwrap();
-    tessera::app::background::cleanup_deliveries(&db.pool).await.unwrap();
+    tessera::outbox::cleanup_deliveries(&db.pool).await.unwrap();
     drop((a, b));
 }
 

@@ -24,33 +24,8 @@ pub fn registry(state: &AppState) -> Registry {
     diag::register(&mut registry, pool.clone());
     crate::federation::register_jobs(&mut registry, pool, &state.sealing, &state.config);
     crate::admin::register_jobs(&mut registry, pool);
-    register_outbox_cleanup(&mut registry, pool.clone());
+    crate::outbox::register_jobs(&mut registry, pool);
     registry
-}
-
-/// Deletes delivered webhooks past retention (every [`schedule::CLEANUP_PERIOD`]).
-pub const OUTBOX_CLEANUP: &str = "outbox.cleanup";
-
-fn register_outbox_cleanup(registry: &mut Registry, pool: sqlx::PgPool) {
-    registry.periodic(OUTBOX_CLEANUP, schedule::CLEANUP_PERIOD, move |_job| {
-        let pool = pool.clone();
-        async move { cleanup_deliveries(&pool).await.map_err(crate::queue::JobError::retryable) }
-    });
-}
-
-/// Deletes delivered webhooks older than [`schedule::RETENTION_DAYS`] (kept for inspection
-/// until then).
-///
-/// # Errors
-/// Database errors.
-pub async fn cleanup_deliveries(pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
-    sqlx::query!(
-        "delete from outbox.deliveries where status = 'done' and delivered_at < now() - make_interval(days => $1)",
-        schedule::RETENTION_DAYS
-    )
-    .execute(pool)
-    .await?;
-    Ok(())
 }
 
 impl BackgroundWork {

@@ -483,3 +483,30 @@ impl Drainer {
         Ok(())
     }
 }
+
+/// Deletes delivered webhooks past retention (every [`crate::queue::schedule::CLEANUP_PERIOD`]).
+pub const OUTBOX_CLEANUP: &str = "outbox.cleanup";
+
+/// The outbox's periodic job, registered with the queue by the application.
+pub fn register_jobs(registry: &mut crate::queue::Registry, pool: &sqlx::PgPool) {
+    let pool = pool.clone();
+    registry.periodic(OUTBOX_CLEANUP, crate::queue::schedule::CLEANUP_PERIOD, move |_job| {
+        let pool = pool.clone();
+        async move { cleanup_deliveries(&pool).await.map_err(crate::queue::JobError::retryable) }
+    });
+}
+
+/// Deletes delivered webhooks older than [`crate::queue::schedule::RETENTION_DAYS`] (kept for
+/// inspection until then).
+///
+/// # Errors
+/// Database errors.
+pub async fn cleanup_deliveries(pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "delete from outbox.deliveries where status = 'done' and delivered_at < now() - make_interval(days => $1)",
+        crate::queue::schedule::RETENTION_DAYS
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}

@@ -21,7 +21,6 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::targets::WebhookTargets;
-use crate::http::error::ApiError;
 use crate::sealing::SealingKey;
 
 pub const SIGNATURE_HEADER: &str = "Tessera-Signature";
@@ -159,39 +158,65 @@ pub struct WebhookEndpoint {
 /// How long registration waits for the URL's host to resolve.
 const REGISTRATION_LOOKUP: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Why an endpoint was not registered.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    /// A field of the request is wrong; the message names the rule.
+    #[error("{message}")]
+    Invalid { field: &'static str, message: String },
+    #[error("the webhook store failed")]
+    Store(#[from] sqlx::Error),
+}
+
+impl WebhookError {
+    fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        Self::Invalid { field, message: message.into() }
+    }
+}
+
+impl crate::error::DomainError for WebhookError {
+    fn fault(&self) -> crate::error::Fault {
+        match self {
+            Self::Invalid { field, .. } => crate::error::Fault::invalid(field),
+            Self::Store(_) => crate::error::Fault::Internal,
+        }
+    }
+}
+
 /// Validates and stores an endpoint with its sealed secret.
 ///
 /// # Errors
-/// 400 naming the bad field (including a target that [`WebhookTargets`] refuses); database errors.
+/// [`WebhookError::Invalid`] naming the bad field (including a target that [`WebhookTargets`]
+/// refuses); database errors.
 pub async fn create(
     db: impl sqlx::PgExecutor<'_>,
     sealing: &SealingKey,
     targets: &WebhookTargets,
     body: &CreateWebhook,
-) -> Result<WebhookEndpoint, ApiError> {
+) -> Result<WebhookEndpoint, WebhookError> {
     let url = body.url.trim();
-    let parsed = reqwest::Url::parse(url).map_err(|_| ApiError::invalid_field("url", "url is not a valid URL"))?;
+    let parsed = reqwest::Url::parse(url).map_err(|_| WebhookError::invalid("url", "url is not a valid URL"))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none_or(str::is_empty) || url.len() > 2000 {
-        return Err(ApiError::invalid_field("url", "url must be an http:// or https:// URL with a host"));
+        return Err(WebhookError::invalid("url", "url must be an http:// or https:// URL with a host"));
     }
     // The URL is stored and listed in clear; credentials belong in the signing secret (or the
     // receiver's network policy), never in the URL.
     if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err(ApiError::invalid_field(
+        return Err(WebhookError::invalid(
             "url",
             "url must not carry a user name or password; receivers authenticate deliveries by their signature",
         ));
     }
     let secret_len = body.secret.chars().count();
     if !(16..=512).contains(&secret_len) {
-        return Err(ApiError::invalid_field("secret", "secret must have 16 to 512 characters"));
+        return Err(WebhookError::invalid("secret", "secret must have 16 to 512 characters"));
     }
     if body.events.is_empty() {
-        return Err(ApiError::invalid_field("events", "events must name at least one event (or \"*\")"));
+        return Err(WebhookError::invalid("events", "events must name at least one event (or \"*\")"));
     }
     for e in &body.events {
         if e != "*" && !EVENTS.contains(&e.as_str()) {
-            return Err(ApiError::invalid_field(
+            return Err(WebhookError::invalid(
                 "events",
                 format!("unknown event '{e}'; known: {} or *", EVENTS.join(", ")),
             ));
@@ -199,7 +224,7 @@ pub async fn create(
     }
     // Last, since it may wait on DNS. Every delivery checks again (the answer may change).
     if let Err(e) = targets.resolve(&parsed, REGISTRATION_LOOKUP).await {
-        return Err(ApiError::invalid_field("url", format!("url refused: {e}")));
+        return Err(WebhookError::invalid("url", format!("url refused: {e}")));
     }
     let mut events = body.events.clone();
     events.sort();
