@@ -62,43 +62,14 @@ pub struct OutboundHealth {
 /// # Errors
 /// Database errors.
 pub async fn inbound(pool: &sqlx::PgPool, peer_id: Uuid) -> Result<InboundHealth, sqlx::Error> {
-    let counts = sqlx::query!(
-        r#"select count(*) as "requests!", count(*) filter (where outcome = 'denied') as "denied!",
-                  count(*) filter (where deny_code = 'rate_limited') as "rate_limited!"
-             from federation_audit_log
-            where peer_id = $1 and at > now() - interval '1 hour'
-              and verb in ('list', 'get', 'search', 'capabilities', 'renew', 'unknown')"#,
-        peer_id
-    )
-    .fetch_one(pool)
-    .await?;
-    let (requests, denied, rate_limited) = (counts.requests, counts.denied, counts.rate_limited);
-    let last_request_at: Option<DateTime<Utc>> = sqlx::query_scalar!(
-        "select at from federation_audit_log
-          where peer_id = $1 and verb in ('list', 'get', 'search', 'capabilities', 'renew', 'unknown')
-          order by at desc limit 1",
-        peer_id
-    )
-    .fetch_optional(pool)
-    .await?;
-    let denials: Vec<(String, i64)> = sqlx::query!(
-        r#"select coalesce(deny_code, 'unknown') as "code!", count(*) as "count!" from federation_audit_log
-            where peer_id = $1 and at > now() - interval '1 hour' and outcome = 'denied'
-            group by 1 order by 1"#,
-        peer_id
-    )
-    .fetch_all(pool)
-    .await?
-    .into_iter()
-    .map(|r| (r.code, r.count))
-    .collect();
+    let traffic = crate::store::audit::peer_traffic(pool, peer_id).await?;
     let certificates = crate::store::grants::certificates_of_peer(pool, peer_id).await?;
     Ok(InboundHealth {
-        last_request_at,
-        requests_last_hour: requests,
-        denied_last_hour: denied,
-        denials_by_code: denials.into_iter().collect(),
-        rate_limited_last_hour: rate_limited,
+        last_request_at: traffic.last_request_at,
+        requests_last_hour: traffic.requests_last_hour,
+        denied_last_hour: traffic.denied_last_hour,
+        denials_by_code: traffic.denials_by_code,
+        rate_limited_last_hour: traffic.rate_limited_last_hour,
         certificates,
     })
 }

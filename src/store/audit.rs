@@ -294,3 +294,57 @@ pub async fn seed_bench_rows(
 pub async fn analyze(db: impl PgExecutor<'_>) -> Result<(), sqlx::Error> {
     sqlx::query!("analyze federation_audit_log").execute(db).await.map(|_| ())
 }
+
+/// A peer's requests as the audit log saw them: the last hour's counts and its latest request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerTraffic {
+    pub last_request_at: Option<DateTime<Utc>>,
+    pub requests_last_hour: i64,
+    pub denied_last_hour: i64,
+    pub rate_limited_last_hour: i64,
+    pub denials_by_code: std::collections::BTreeMap<String, i64>,
+}
+
+/// Reads [`PeerTraffic`] for `peer_id`: only the verbs a peer's own requests are audited under
+/// (the admin plane's rows are not its traffic).
+///
+/// # Errors
+/// Database errors.
+pub async fn peer_traffic(pool: &PgPool, peer_id: Uuid) -> Result<PeerTraffic, sqlx::Error> {
+    let counts = sqlx::query!(
+        r#"select count(*) as "requests!", count(*) filter (where outcome = 'denied') as "denied!",
+                  count(*) filter (where deny_code = 'rate_limited') as "rate_limited!"
+             from federation_audit_log
+            where peer_id = $1 and at > now() - interval '1 hour'
+              and verb in ('list', 'get', 'search', 'capabilities', 'renew', 'unknown')"#,
+        peer_id
+    )
+    .fetch_one(pool)
+    .await?;
+    let last_request_at = sqlx::query_scalar!(
+        "select at from federation_audit_log
+          where peer_id = $1 and verb in ('list', 'get', 'search', 'capabilities', 'renew', 'unknown')
+          order by at desc limit 1",
+        peer_id
+    )
+    .fetch_optional(pool)
+    .await?;
+    let denials_by_code = sqlx::query!(
+        r#"select coalesce(deny_code, 'unknown') as "code!", count(*) as "count!" from federation_audit_log
+            where peer_id = $1 and at > now() - interval '1 hour' and outcome = 'denied'
+            group by 1 order by 1"#,
+        peer_id
+    )
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(|r| (r.code, r.count))
+    .collect();
+    Ok(PeerTraffic {
+        last_request_at,
+        requests_last_hour: counts.requests,
+        denied_last_hour: counts.denied,
+        rate_limited_last_hour: counts.rate_limited,
+        denials_by_code,
+    })
+}
