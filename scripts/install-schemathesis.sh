@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the pinned schemathesis that the contract test runs against the committed OpenAPI document
-# (tests/skeleton.rs::openapi_contract_holds_under_schemathesis) into its own virtualenv, ./.schemathesis
+# (tests/gateway.rs::openapi_contract_holds_under_schemathesis) into its own virtualenv, ./.schemathesis
 # (ignored by git), from PyPI. Idempotent: returns at once when the pinned version is already there.
 # Prints the path of the `schemathesis` executable on stdout. Needs python3 (with venv or pip); no root.
 set -euo pipefail

@@ -1,7 +1,7 @@
 //! The answers every route shares, written into the OpenAPI document once.
 //!
 //! The document is checked against a running gateway by schemathesis (`--checks all`, see
-//! `tests/skeleton.rs::openapi_contract_holds_under_schemathesis`), so it must list every status a
+//! `tests/gateway.rs::openapi_contract_holds_under_schemathesis`), so it must list every status a
 //! route can answer. Some statuses do not come from a handler but from what every route shares,
 //! and writing them into each of the 70 annotations by hand is how they went missing before:
 //!

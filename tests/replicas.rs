@@ -1,4 +1,4 @@
-//! Tier federated (issue 7): fail-fast boot probes, several replicas on one Postgres + Valkey
+//! The federated tier: fail-fast boot probes, several replicas on one Postgres + Valkey
 //! (revocation, shared rate limits, shared sign-in throttle), Valkey outages, the compose file,
 //! and `storage migrate-tier`.
 //!

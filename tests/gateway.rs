@@ -1,4 +1,4 @@
-//! The walking skeleton, checked from outside: the real `tessera serve` binary over real TLS on
+//! The gateway as a whole, checked from outside: the real `tessera serve` binary over real TLS on
 //! real Postgres (embedded and external), crash recovery, the CLI.
 
 mod common;
