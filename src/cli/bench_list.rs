@@ -135,7 +135,7 @@ async fn run_on(config: &Config, pool: &sqlx::PgPool, args: &ListBench) -> anyho
 
     // What the subject sees, as the scope service would put it: the ceiling's query filter.
     let filter = Arc::new(QueryFilter {
-        resource: "tasks".into(),
+        resource: crate::rbac::Resource::Tasks,
         subject_user_id: subject,
         include_personal: true,
         team_ids: sqlx::query_scalar("select team_id from team_members where user_id = $1")
@@ -237,7 +237,7 @@ async fn run_on(config: &Config, pool: &sqlx::PgPool, args: &ListBench) -> anyho
             let (pool, filter, at) = (pool.clone(), filter.clone(), random_at());
             async move {
                 let n = i64::from(filter.limit) + 1;
-                crate::federation::verbs::read::tasks_query(&pool, &filter, (at, Uuid::max()), n).await?;
+                crate::federation::verbs::list::tasks_query(&pool, &filter, (at, Uuid::max()), n).await?;
                 Ok(())
             }
         })
@@ -377,7 +377,7 @@ fn sql_behind_tls_route(pool: sqlx::PgPool, filter: Arc<QueryFilter>) -> axum::R
         let micros: i64 = body.trim().parse().map_err(|e: std::num::ParseIntError| bad(e.to_string()))?;
         let at = DateTime::<Utc>::from_timestamp_micros(micros).ok_or_else(|| bad("out of range".into()))?;
         let rows =
-            crate::federation::verbs::read::tasks_query(&pool, &filter, (at, Uuid::max()), i64::from(filter.limit) + 1)
+            crate::federation::verbs::list::tasks_query(&pool, &filter, (at, Uuid::max()), i64::from(filter.limit) + 1)
                 .await
                 .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
         Ok(rows.to_string())

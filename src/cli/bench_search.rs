@@ -29,6 +29,7 @@ use crate::config::Config;
 use crate::federation::ca::GatewayCa;
 use crate::federation::scope::QueryFilter;
 use crate::federation::verbs::search::{self as verb, DIMENSION, Search, SearchMode, Visibility};
+use crate::rbac::Resource;
 use crate::sealing::SealingKey;
 use crate::services::Database;
 
@@ -164,8 +165,8 @@ async fn run_on(config: &Config, pool: &sqlx::PgPool, args: &SearchBench) -> any
     let server =
         BenchServer::start(pool, &ca, &sealing, bench_config, args.concurrency, |_| axum::Router::new()).await?;
     let client = Clients::connect(ca.cert_pem(), &identity_pem, server.port, args.concurrency).await?;
-    let filter = |resource: &str| QueryFilter {
-        resource: resource.into(),
+    let filter = |resource: Resource| QueryFilter {
+        resource,
         subject_user_id: subject,
         include_personal: true,
         team_ids: Vec::new(),
@@ -173,7 +174,7 @@ async fn run_on(config: &Config, pool: &sqlx::PgPool, args: &SearchBench) -> any
     };
     let teams: Vec<Uuid> =
         sqlx::query_scalar("select team_id from team_members where user_id = $1").bind(subject).fetch_all(pool).await?;
-    let tasks_filter = Arc::new(QueryFilter { team_ids: teams, ..filter("tasks") });
+    let tasks_filter = Arc::new(QueryFilter { team_ids: teams, ..filter(Resource::Tasks) });
     let per_project = (args.tasks / 50).max(1);
     let insights: i64 = sqlx::query_scalar("select count(*) from insights").fetch_one(pool).await?;
     println!(
@@ -221,7 +222,7 @@ async fn run_on(config: &Config, pool: &sqlx::PgPool, args: &SearchBench) -> any
     // Vector: recall of the HNSW top 20 against exact search.
     let mut rng = rand::rng();
     let queries: Vec<(usize, Vec<f32>)> = (0..args.recall_queries).map(|_| near(&centres, &mut rng, NOISE)).collect();
-    let memory = filter("memory");
+    let memory = filter(Resource::Memory);
     let (mut hits, mut total) = (0usize, 0usize);
     let started = Instant::now();
     for (_, q) in &queries {

@@ -9,8 +9,14 @@
 pub mod advertised_url;
 pub mod constraint;
 pub mod demo;
+pub mod memory;
+pub mod notes;
+pub mod projects;
 pub mod rows;
+pub mod tasks;
+pub mod teams;
 pub mod transfer;
+pub mod users;
 
 use std::time::Duration;
 
