@@ -38,9 +38,6 @@ pub enum RecordError {
     /// Both ids exist but disagree with each other as stored (409 naming the field).
     #[error("{message}")]
     Conflict { field: String, message: String },
-    /// The record named by the path does not exist (404).
-    #[error("{0}")]
-    NotFound(&'static str),
     /// A constraint refused the write (409 / 404 / 400 naming the field).
     #[error(transparent)]
     Violation(Violation),
@@ -71,7 +68,6 @@ impl DomainError for RecordError {
             Self::Invalid { field, .. } => Fault::invalid(field),
             Self::Missing { field } => Fault::not_found(field),
             Self::Conflict { field, .. } => Fault::conflict(field),
-            Self::NotFound(_) => Fault::NotFound { field: None },
             Self::Violation(v) => v.fault(),
             Self::Password(e) => e.fault(),
             Self::Database(_) => Fault::Internal,
