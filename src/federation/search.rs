@@ -89,7 +89,7 @@ async fn local(
     let mode = q.mode.map(|m| serde_json::Value::String(m.as_str().into()));
     let query = q.query.clone().map(serde_json::Value::String);
     let search = verb::validate(
-        &q.resource,
+        resource,
         query.as_ref(),
         q.vector.as_ref(),
         mode.as_ref(),
@@ -169,7 +169,7 @@ pub async fn run(
     // query is the caller's error, not a source's (mode support is per source).
     let query = q.query.clone().map(serde_json::Value::String);
     let mode = q.mode.map(|m| serde_json::Value::String(m.as_str().into()));
-    verb::validate("memory", query.as_ref(), q.vector.as_ref(), mode.as_ref(), true, true)?;
+    verb::validate(Resource::Memory, query.as_ref(), q.vector.as_ref(), mode.as_ref(), true, true)?;
 
     let peers: Vec<String> = match &sources {
         Sources::Local => Vec::new(),

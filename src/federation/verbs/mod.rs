@@ -22,6 +22,7 @@ use super::enrollment::{IssuedCertificate, RedeemRequest};
 use crate::app::AppState;
 use crate::http::error::{ApiError, ErrorEnvelope};
 use crate::http::extract::Json;
+use crate::rbac::Resource;
 
 /// Every verb but `list`; these run behind [`super::guard::require_peer`].
 pub fn router() -> OpenApiRouter<AppState> {
@@ -90,21 +91,18 @@ pub async fn capabilities(
     Extension(ctx): Extension<FederationContext>,
 ) -> Json<Capabilities> {
     let scope = &ctx.scope;
-    let resources: Vec<String> = scope
-        .resources
-        .iter()
-        .filter(|r| crate::rbac::Resource::parse(r).is_some_and(crate::rbac::Resource::readable))
-        .cloned()
-        .collect();
+    let resources: Vec<Resource> =
+        scope.resources.iter().filter_map(|r| Resource::parse(r)).filter(|r| r.readable()).collect();
     let model = state.config.search.embedding_model.clone();
+    let names: Vec<String> = resources.iter().map(|r| r.as_str().to_string()).collect();
     let search = SearchCapabilities {
-        resources: resources.clone(),
-        modes: resources.iter().map(|r| (r.clone(), search::modes_for(r, model.is_some()))).collect(),
+        resources: names.clone(),
+        modes: resources.iter().map(|r| (r.as_str().to_string(), search::modes_for(*r, model.is_some()))).collect(),
         embedding_dimension: model.as_ref().map(|_| search::DIMENSION as u32),
         embedding_model: model,
     };
     Json(Capabilities {
-        resources,
+        resources: names,
         excluded_resources: scope.excluded_resources.clone(),
         max_rows_per_query: scope.max_rows(),
         supported_verbs: SUPPORTED_VERBS.iter().map(|v| (*v).to_string()).collect(),

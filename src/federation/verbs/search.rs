@@ -143,8 +143,8 @@ impl Search {
 }
 
 /// The modes `resource` supports on a gateway with (or without) an embedding model.
-pub fn modes_for(resource: &str, embeddings: bool) -> Vec<SearchMode> {
-    if resource == "memory" && embeddings {
+pub fn modes_for(resource: Resource, embeddings: bool) -> Vec<SearchMode> {
+    if resource == Resource::Memory && embeddings {
         vec![SearchMode::Text, SearchMode::Vector, SearchMode::Hybrid]
     } else {
         vec![SearchMode::Text]
@@ -156,7 +156,7 @@ pub fn modes_for(resource: &str, embeddings: bool) -> Vec<SearchMode> {
 /// # Errors
 /// 400 naming `query`, `vector` or `mode`.
 pub fn validate(
-    resource: &str,
+    resource: Resource,
     query: Option<&serde_json::Value>,
     vector: Option<&serde_json::Value>,
     mode: Option<&serde_json::Value>,
@@ -462,7 +462,7 @@ pub async fn search(
     };
     let settings = &state.config.search;
     let mut search = validate(
-        &resource,
+        filter.resource,
         body.query.as_ref(),
         body.vector.as_ref(),
         body.mode.as_ref(),
@@ -549,27 +549,28 @@ mod tests {
             (json!("x"), None, Some(json!(3)), "mode"),
         ];
         for (q, vec, mode, want) in cases {
-            let e = validate("memory", Some(&q), vec.as_ref(), mode.as_ref(), true, false).unwrap_err();
+            let e = validate(Resource::Memory, Some(&q), vec.as_ref(), mode.as_ref(), true, false).unwrap_err();
             assert_eq!(field(&e), want, "{q} {vec:?} {mode:?}: {}", e.message());
         }
         // Vector modes: memory only, and only with a model.
-        let e = validate("tasks", Some(&json!("x")), Some(&v(DIMENSION)), None, true, false).unwrap_err();
+        let e = validate(Resource::Tasks, Some(&json!("x")), Some(&v(DIMENSION)), None, true, false).unwrap_err();
         assert_eq!(field(&e), "mode");
-        let e = validate("memory", Some(&json!("x")), Some(&v(DIMENSION)), None, false, false).unwrap_err();
+        let e = validate(Resource::Memory, Some(&json!("x")), Some(&v(DIMENSION)), None, false, false).unwrap_err();
         assert_eq!(field(&e), "mode");
         // Query text alone in vector mode needs a provider.
-        let e = validate("memory", Some(&json!("x")), None, Some(&json!("vector")), true, false).unwrap_err();
+        let e = validate(Resource::Memory, Some(&json!("x")), None, Some(&json!("vector")), true, false).unwrap_err();
         assert_eq!(field(&e), "vector");
-        let s = validate("memory", Some(&json!("x")), None, Some(&json!("vector")), true, true).unwrap();
+        let s = validate(Resource::Memory, Some(&json!("x")), None, Some(&json!("vector")), true, true).unwrap();
         assert!(s.needs_vector());
     }
 
     #[test]
     fn the_default_mode_follows_the_vector_and_the_hash_hides_the_text() {
-        let s = validate("memory", Some(&json!(" deploy ")), Some(&json!(vec![0.1; DIMENSION])), None, true, false)
-            .unwrap();
+        let s =
+            validate(Resource::Memory, Some(&json!(" deploy ")), Some(&json!(vec![0.1; DIMENSION])), None, true, false)
+                .unwrap();
         assert_eq!((s.mode, s.query.as_str()), (SearchMode::Hybrid, "deploy"));
-        let t = validate("tasks", Some(&json!("deploy")), None, None, false, false).unwrap();
+        let t = validate(Resource::Tasks, Some(&json!("deploy")), None, None, false, false).unwrap();
         assert_eq!(t.mode, SearchMode::Text);
         assert_ne!(s.hash(), t.hash());
         assert!(!t.hash().contains("deploy") && t.hash().len() == 64);
