@@ -1257,3 +1257,29 @@ async fn headless_bootstrap_and_import_work_on_the_database() {
     let (_, page) = get(&gw, "/api/admin/tasks", Auth::Token(token)).await;
     assert_eq!(page["items"][0]["createdAt"], "2025-05-05T05:05:05Z");
 }
+
+/// A database that fails under an import is not the input's fault: the CLI exits 1 and prints
+/// the database's own cause, instead of blaming the line with "Internal server error".
+#[tokio::test]
+async fn an_import_the_database_fails_prints_the_cause() {
+    let db = TestDb::new().await;
+    sqlx::query(
+        "create function refuse_teams() returns trigger language plpgsql as $$
+         begin raise exception 'the disk is on fire'; end $$",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query("create trigger refuse_teams before insert on teams for each row execute function refuse_teams()")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("teams.jsonl");
+    std::fs::write(&file, json!({"kind": "team", "name": "Ops"}).to_string()).unwrap();
+    let env = [("DATABASE_URL", db.url.as_str()), ("TESSERA_CONFIG_DIR", dir.path().to_str().unwrap())];
+    let (code, _, err) = run_cli(&["import", file.to_str().unwrap()], &env);
+    assert_eq!(code, 1, "a failing database is no usage error: {err}");
+    assert!(err.contains("the disk is on fire"), "the cause is printed: {err}");
+    assert!(!err.contains("Internal server error"), "{err}");
+}

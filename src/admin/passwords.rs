@@ -10,7 +10,28 @@ use argon2::Argon2;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 
 use super::credentials::Secret;
-use crate::http::error::ApiError;
+use crate::error::{DomainError, Fault};
+
+/// Why a password was refused or could not be hashed.
+#[derive(Debug, thiserror::Error)]
+pub enum PasswordError {
+    #[error("password must have at least {MIN_LEN} characters")]
+    TooShort,
+    #[error("password must have at most {MAX_LEN} characters")]
+    TooLong,
+    /// The blocking pool or argon2 failed.
+    #[error("password hashing failed: {0}")]
+    Hashing(String),
+}
+
+impl DomainError for PasswordError {
+    fn fault(&self) -> Fault {
+        match self {
+            Self::TooShort | Self::TooLong => Fault::invalid("password"),
+            Self::Hashing(_) => Fault::Internal,
+        }
+    }
+}
 
 /// Shortest password accepted on create.
 pub const MIN_LEN: usize = 8;
@@ -22,14 +43,14 @@ pub const MAX_LEN: usize = 256;
 /// Checks the length rules; the error names the field `password`.
 ///
 /// # Errors
-/// 400 naming `password`.
-pub fn validate(password: &Secret) -> Result<(), ApiError> {
+/// [`PasswordError::TooShort`] or [`PasswordError::TooLong`] (400 naming `password`).
+pub fn validate(password: &Secret) -> Result<(), PasswordError> {
     let n = password.expose().chars().count();
     if n < MIN_LEN {
-        return Err(ApiError::invalid_field("password", format!("password must have at least {MIN_LEN} characters")));
+        return Err(PasswordError::TooShort);
     }
     if n > MAX_LEN {
-        return Err(ApiError::invalid_field("password", format!("password must have at most {MAX_LEN} characters")));
+        return Err(PasswordError::TooLong);
     }
     Ok(())
 }
@@ -37,18 +58,18 @@ pub fn validate(password: &Secret) -> Result<(), ApiError> {
 /// An argon2id PHC string for `password`.
 ///
 /// # Errors
-/// Only internal failures (the blocking pool or the RNG).
-pub async fn hash(password: Secret) -> Result<String, ApiError> {
+/// [`PasswordError::Hashing`]: only internal failures (the blocking pool or the RNG).
+pub async fn hash(password: Secret) -> Result<String, PasswordError> {
     tokio::task::spawn_blocking(move || hash_blocking(&password))
         .await
-        .map_err(|e| ApiError::internal(anyhow::anyhow!("password hashing task failed: {e}")))?
+        .map_err(|e| PasswordError::Hashing(format!("the hashing task failed: {e}")))?
 }
 
-fn hash_blocking(password: &Secret) -> Result<String, ApiError> {
+fn hash_blocking(password: &Secret) -> Result<String, PasswordError> {
     Argon2::default()
         .hash_password(password.expose().as_bytes())
         .map(|h| h.to_string())
-        .map_err(|e| ApiError::internal(anyhow::anyhow!("argon2 hashing failed: {e}")))
+        .map_err(|e| PasswordError::Hashing(format!("argon2: {e}")))
 }
 
 /// Whether `password` matches `phc`. With no stored hash it still spends the same work and
@@ -91,7 +112,7 @@ mod tests {
     #[test]
     fn length_rules_name_the_field() {
         let e = validate(&Secret::from_plaintext("short")).unwrap_err();
-        assert_eq!(e.status(), 400);
+        assert_eq!(e.fault(), Fault::invalid("password"));
         assert!(validate(&Secret::from_plaintext("long enough")).is_ok());
     }
 }

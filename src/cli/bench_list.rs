@@ -135,11 +135,10 @@ async fn run_on(config: &Config, pool: &sqlx::PgPool, args: &ListBench) -> anyho
 
     // What the subject sees, as the scope service would put it: the ceiling's query filter.
     let filter = Arc::new(QueryFilter {
-        resource: "tasks".into(),
+        resource: crate::rbac::Resource::Tasks,
         subject_user_id: subject,
         include_personal: true,
-        team_ids: sqlx::query_scalar("select team_id from team_members where user_id = $1")
-            .bind(subject)
+        team_ids: sqlx::query_scalar!("select team_id from team_members where user_id = $1", subject)
             .fetch_all(pool)
             .await?,
         limit: args.limit,
@@ -154,32 +153,35 @@ async fn run_on(config: &Config, pool: &sqlx::PgPool, args: &ListBench) -> anyho
     let codec = CursorCodec::new(sealing.derive_key("federation-cursor-v1"));
 
     // Positions: the start of page 10 000, and random depths across the visible rows.
-    let visible: Vec<Uuid> = sqlx::query_scalar(
+    let visible = sqlx::query_scalar!(
         "select p.id from projects p where p.owner_user_id = $1
          or p.team_id in (select team_id from team_members where user_id = $1)",
+        subject
     )
-    .bind(subject)
     .fetch_all(pool)
     .await?;
-    let visible_rows: i64 = sqlx::query_scalar("select count(*) from tasks where project_id = any($1)")
-        .bind(&visible)
-        .fetch_one(pool)
-        .await?;
+    let visible_rows =
+        sqlx::query_scalar!(r#"select count(*) as "n!" from tasks where project_id = any($1)"#, &visible)
+            .fetch_one(pool)
+            .await?;
     // The cursor of page 10 000 is the last row of page 9 999 (with 200 000 visible rows and
     // limit 20, page 10 000 is the last page). On smaller data sets: the last full page.
     let deep_offset = (i64::from(args.limit) * 9_999 - 1).min(visible_rows - i64::from(args.limit) - 1).max(0);
-    let deep: (DateTime<Utc>, Uuid) = sqlx::query_as(
+    let deep = sqlx::query!(
         "select created_at, id from tasks where project_id = any($1) order by created_at desc, id desc offset $2 limit 1",
+        &visible,
+        deep_offset
     )
-    .bind(&visible)
-    .bind(deep_offset)
     .fetch_one(pool)
     .await?;
-    let (oldest, newest): (DateTime<Utc>, DateTime<Utc>) =
-        sqlx::query_as("select min(created_at), max(created_at) from tasks where project_id = any($1)")
-            .bind(&visible)
-            .fetch_one(pool)
-            .await?;
+    let deep: (DateTime<Utc>, Uuid) = (deep.created_at, deep.id);
+    let span = sqlx::query!(
+        r#"select min(created_at) as "oldest!", max(created_at) as "newest!" from tasks where project_id = any($1)"#,
+        &visible
+    )
+    .fetch_one(pool)
+    .await?;
+    let (oldest, newest) = (span.oldest, span.newest);
     println!(
         "data: {} tasks, {} visible to the subject in {} of 50 projects; limit {}, concurrency {}, {} s per phase",
         args.tasks,
@@ -237,7 +239,7 @@ async fn run_on(config: &Config, pool: &sqlx::PgPool, args: &ListBench) -> anyho
             let (pool, filter, at) = (pool.clone(), filter.clone(), random_at());
             async move {
                 let n = i64::from(filter.limit) + 1;
-                crate::federation::verbs::read::tasks_query(&pool, &filter, (at, Uuid::max()), n).await?;
+                crate::federation::verbs::list::tasks_query(&pool, &filter, (at, Uuid::max()), n).await?;
                 Ok(())
             }
         })
@@ -372,7 +374,7 @@ fn sql_behind_tls_route(pool: sqlx::PgPool, filter: Arc<QueryFilter>) -> axum::R
         let micros: i64 = body.trim().parse().map_err(|e: std::num::ParseIntError| bad(e.to_string()))?;
         let at = DateTime::<Utc>::from_timestamp_micros(micros).ok_or_else(|| bad("out of range".into()))?;
         let rows =
-            crate::federation::verbs::read::tasks_query(&pool, &filter, (at, Uuid::max()), i64::from(filter.limit) + 1)
+            crate::federation::verbs::list::tasks_query(&pool, &filter, (at, Uuid::max()), i64::from(filter.limit) + 1)
                 .await
                 .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
         Ok(rows.to_string())
@@ -496,9 +498,9 @@ where
 /// holds no user but the bench's own, so every grant and audit row here is the bench's.
 pub(super) async fn forget_earlier_runs(pool: &sqlx::PgPool) -> anyhow::Result<()> {
     let mut tx = pool.begin().await?;
-    sqlx::query("truncate federation_audit_log").execute(&mut *tx).await?;
-    sqlx::query("delete from federation_grants").execute(&mut *tx).await?;
-    sqlx::query("delete from federation_peers").execute(&mut *tx).await?;
+    sqlx::query!("truncate federation_audit_log").execute(&mut *tx).await?;
+    sqlx::query!("delete from federation_grants").execute(&mut *tx).await?;
+    sqlx::query!("delete from federation_peers").execute(&mut *tx).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -507,11 +509,13 @@ pub(super) async fn forget_earlier_runs(pool: &sqlx::PgPool) -> anyhow::Result<(
 pub(super) async fn seed(pool: &sqlx::PgPool, tasks: u32) -> anyhow::Result<Uuid> {
     // Only the bench's own two users may be here, on every run: `forget_earlier_runs` empties
     // the federation tables next.
-    let foreign: bool = sqlx::query_scalar("select exists (select 1 from users where email not in ($1, $2))")
-        .bind(SUBJECT_EMAIL)
-        .bind(OTHER_EMAIL)
-        .fetch_one(pool)
-        .await?;
+    let foreign = sqlx::query_scalar!(
+        r#"select exists (select 1 from users where email not in ($1, $2)) as "exists!""#,
+        SUBJECT_EMAIL,
+        OTHER_EMAIL
+    )
+    .fetch_one(pool)
+    .await?;
     if foreign {
         return Err(crate::outcome::Refused(
             "this database already holds data; run the bench on its own data dir \
@@ -520,10 +524,8 @@ pub(super) async fn seed(pool: &sqlx::PgPool, tasks: u32) -> anyhow::Result<Uuid
         )
         .into());
     }
-    if let Some(subject) = sqlx::query_scalar::<_, Uuid>("select id from users where email = $1")
-        .bind(SUBJECT_EMAIL)
-        .fetch_optional(pool)
-        .await?
+    if let Some(subject) =
+        sqlx::query_scalar!("select id from users where email = $1", SUBJECT_EMAIL).fetch_optional(pool).await?
     {
         return Ok(subject);
     }
@@ -532,32 +534,22 @@ pub(super) async fn seed(pool: &sqlx::PgPool, tasks: u32) -> anyhow::Result<Uuid
     let mut tx = pool.begin().await?;
     let subject = Uuid::now_v7();
     let other = Uuid::now_v7();
-    sqlx::query("insert into users (id, email, name, role) values ($1, $2, 'Bench Subject', 'member'), ($3, $4, 'Other', 'member')")
-        .bind(subject)
-        .bind(SUBJECT_EMAIL)
-        .bind(other)
-        .bind(OTHER_EMAIL)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query!(
+        "insert into users (id, email, name, role) values ($1, $2, 'Bench Subject', 'member'), ($3, $4, 'Other', 'member')",
+        subject,
+        SUBJECT_EMAIL,
+        other,
+        OTHER_EMAIL
+    )
+    .execute(&mut *tx)
+    .await?;
     // Teams 0 and 1 include the subject; 2..=9 do not.
     let teams: Vec<Uuid> = (0..10).map(|_| Uuid::now_v7()).collect();
     for (i, t) in teams.iter().enumerate() {
-        sqlx::query("insert into teams (id, name) values ($1, $2)")
-            .bind(t)
-            .bind(format!("bench team {i}"))
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("insert into team_members (team_id, user_id) values ($1, $2)")
-            .bind(t)
-            .bind(other)
-            .execute(&mut *tx)
-            .await?;
+        crate::store::teams::insert(&mut tx, *t, &format!("bench team {i}"), None).await?;
+        crate::store::teams::add_member(&mut tx, *t, other, None).await?;
         if i < 2 {
-            sqlx::query("insert into team_members (team_id, user_id) values ($1, $2)")
-                .bind(t)
-                .bind(subject)
-                .execute(&mut *tx)
-                .await?;
+            crate::store::teams::add_member(&mut tx, *t, subject, None).await?;
         }
     }
     // 50 projects: 2 personal of the subject, 4 per team for 10 teams (8 visible), 8 of another user.
@@ -569,36 +561,30 @@ pub(super) async fn seed(pool: &sqlx::PgPool, tasks: u32) -> anyhow::Result<Uuid
             _ => (Some(other), None),
         };
         let id = Uuid::now_v7();
-        sqlx::query("insert into projects (id, name, owner_user_id, team_id) values ($1, $2, $3, $4)")
-            .bind(id)
-            .bind(format!("bench project {i}"))
-            .bind(owner)
-            .bind(team)
-            .execute(&mut *tx)
-            .await?;
+        crate::store::projects::insert(&mut tx, id, &format!("bench project {i}"), (owner, team), None).await?;
         projects.push(id);
     }
     // Rows arrive as on a live gateway: in creation order, with the time-ordered (v7) ids the
     // data API mints, so heap and primary key follow time. Inserting project by project with
     // random ids would scatter every page's rows over the table, a layout no gateway has.
     let per_project = i64::from(tasks) / 50;
-    sqlx::query(
+    sqlx::query!(
         "insert into tasks (id, title, status, priority, project_id, created_at, updated_at)
          select uuidv7(ts - now()), 'bench task ' || g, 'todo', 'medium', p, ts, ts
          from (select p, g, now() - random() * interval '365 days' as ts
-               from unnest($1::uuid[]) p, generate_series(1, $2) g) s
+               from unnest($1::uuid[]) p, generate_series(1, $2::int8) g) s
          order by ts",
+        &projects,
+        per_project
     )
-    .bind(&projects)
-    .bind(per_project)
     .execute(&mut *tx)
     .await
     .context("seeding tasks")?;
     tx.commit().await?;
     // Vacuum sets the visibility map, as autovacuum would on a live gateway, so the list
     // query's per-project key scans are index-only.
-    sqlx::query("vacuum (analyze) tasks").execute(pool).await?;
-    sqlx::query("analyze").execute(pool).await?;
+    sqlx::query!("vacuum (analyze) tasks").execute(pool).await?;
+    sqlx::query!("analyze").execute(pool).await?;
     eprintln!("seeded in {:.1}s", started.elapsed().as_secs_f64());
     Ok(subject)
 }
@@ -629,23 +615,25 @@ pub(super) async fn enroll(
             ttl: Duration::from_secs(3600),
         },
     )?;
-    sqlx::query("insert into federation_peers (id, name, state, current_serial, cert_not_after) values ($1, $2, 'active', $3, $4)")
-        .bind(peer_id)
-        .bind(&name)
-        .bind(&cert.serial)
-        .bind(cert.not_after)
-        .execute(pool)
-        .await?;
-    sqlx::query(
+    sqlx::query!(
+        "insert into federation_peers (id, name, state, current_serial, cert_not_after) values ($1, $2, 'active', $3, $4)",
+        peer_id,
+        &name,
+        &cert.serial,
+        cert.not_after
+    )
+    .execute(pool)
+    .await?;
+    sqlx::query!(
         "insert into federation_grants (id, peer_id, subject_user_id, scope, status, activated_at, current_serial, cert_not_after)
          values ($1, $2, $3, $4, 'active', now(), $5, $6)",
+        grant_id,
+        peer_id,
+        subject,
+        scope,
+        &cert.serial,
+        cert.not_after
     )
-    .bind(grant_id)
-    .bind(peer_id)
-    .bind(subject)
-    .bind(scope)
-    .bind(&cert.serial)
-    .bind(cert.not_after)
     .execute(pool)
     .await?;
     let mut identity = key.serialize_pem().into_bytes();

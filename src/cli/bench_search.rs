@@ -29,6 +29,7 @@ use crate::config::Config;
 use crate::federation::ca::GatewayCa;
 use crate::federation::scope::QueryFilter;
 use crate::federation::verbs::search::{self as verb, DIMENSION, Search, SearchMode, Visibility};
+use crate::rbac::Resource;
 use crate::sealing::SealingKey;
 use crate::services::Database;
 
@@ -88,7 +89,7 @@ fn centres() -> Vec<Vec<f32>> {
 /// interrupted seed leaves neither rows nor a missing index behind.
 async fn seed_insights(pool: &sqlx::PgPool, subject: Uuid, n: u32, centres: &[Vec<f32>]) -> anyhow::Result<()> {
     // The content names the data set's version: a data set drawn differently is drawn again.
-    let have: i64 = sqlx::query_scalar("select count(*) from insights where content like 'bench insight v2 %'")
+    let have = sqlx::query_scalar!(r#"select count(*) as "n!" from insights where content like 'bench insight v2 %'"#)
         .fetch_one(pool)
         .await?;
     if have == i64::from(n) {
@@ -97,10 +98,12 @@ async fn seed_insights(pool: &sqlx::PgPool, subject: Uuid, n: u32, centres: &[Ve
     let started = Instant::now();
     eprintln!("seeding {n} insights with {DIMENSION}-dimension embeddings (first run only)...");
     let mut tx = pool.begin().await?;
-    sqlx::query("delete from insights").execute(&mut *tx).await?;
-    let definition: String =
-        sqlx::query_scalar("select pg_get_indexdef('insights_embedding_hnsw'::regclass)").fetch_one(&mut *tx).await?;
-    sqlx::query("drop index insights_embedding_hnsw").execute(&mut *tx).await?;
+    sqlx::query!("delete from insights").execute(&mut *tx).await?;
+    let definition =
+        sqlx::query_scalar!(r#"select pg_get_indexdef('insights_embedding_hnsw'::regclass) as "definition!""#)
+            .fetch_one(&mut *tx)
+            .await?;
+    sqlx::query!("drop index insights_embedding_hnsw").execute(&mut *tx).await?;
     let mut rng = rand::rng();
     let mut left = n as usize;
     while left > 0 {
@@ -115,6 +118,7 @@ async fn seed_insights(pool: &sqlx::PgPool, subject: Uuid, n: u32, centres: &[Ve
             contents.push(format!("bench insight v2 about topic{c} number {}", rng.random_range(0..1_000_000)));
             vectors.push(pgvector::Vector::from(v));
         }
+        // Unchecked: it binds pgvector `vector`s, whose OID differs per database.
         sqlx::query(
             "insert into insights (id, user_id, content, embedding, created_at)
              select id, $1, c, e, now() from unnest($2::uuid[], $3::text[], $4::vector[]) u(id, c, e)",
@@ -127,13 +131,14 @@ async fn seed_insights(pool: &sqlx::PgPool, subject: Uuid, n: u32, centres: &[Ve
         .await?;
     }
     eprintln!("inserted in {:.1}s; building the HNSW index...", started.elapsed().as_secs_f64());
-    sqlx::query("set local maintenance_work_mem = '1GB'").execute(&mut *tx).await?;
-    sqlx::query("set local max_parallel_maintenance_workers = 2").execute(&mut *tx).await?;
+    sqlx::query!("set local maintenance_work_mem = '1GB'").execute(&mut *tx).await?;
+    sqlx::query!("set local max_parallel_maintenance_workers = 2").execute(&mut *tx).await?;
+    // Dynamic: the index's own definition, as the catalog gave it above.
     sqlx::query(sqlx::AssertSqlSafe(definition)).execute(&mut *tx).await?;
     tx.commit().await?;
     // Statistics only: a vacuum would walk the whole HNSW graph (minutes here), and no insight
     // read is index-only.
-    sqlx::query("analyze insights").execute(pool).await?;
+    sqlx::query!("analyze insights").execute(pool).await?;
     eprintln!("seeded insights in {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
 }
@@ -164,18 +169,18 @@ async fn run_on(config: &Config, pool: &sqlx::PgPool, args: &SearchBench) -> any
     let server =
         BenchServer::start(pool, &ca, &sealing, bench_config, args.concurrency, |_| axum::Router::new()).await?;
     let client = Clients::connect(ca.cert_pem(), &identity_pem, server.port, args.concurrency).await?;
-    let filter = |resource: &str| QueryFilter {
-        resource: resource.into(),
+    let filter = |resource: Resource| QueryFilter {
+        resource,
         subject_user_id: subject,
         include_personal: true,
         team_ids: Vec::new(),
         limit: 20,
     };
-    let teams: Vec<Uuid> =
-        sqlx::query_scalar("select team_id from team_members where user_id = $1").bind(subject).fetch_all(pool).await?;
-    let tasks_filter = Arc::new(QueryFilter { team_ids: teams, ..filter("tasks") });
+    let teams =
+        sqlx::query_scalar!("select team_id from team_members where user_id = $1", subject).fetch_all(pool).await?;
+    let tasks_filter = Arc::new(QueryFilter { team_ids: teams, ..filter(Resource::Tasks) });
     let per_project = (args.tasks / 50).max(1);
-    let insights: i64 = sqlx::query_scalar("select count(*) from insights").fetch_one(pool).await?;
+    let insights = sqlx::query_scalar!(r#"select count(*) as "n!" from insights"#).fetch_one(pool).await?;
     println!(
         "data: {} tasks (200 000 visible at full size), {insights} insights with {DIMENSION}-dimension embeddings; \
          top 20, concurrency {}, {} s per phase",
@@ -221,14 +226,15 @@ async fn run_on(config: &Config, pool: &sqlx::PgPool, args: &SearchBench) -> any
     // Vector: recall of the HNSW top 20 against exact search.
     let mut rng = rand::rng();
     let queries: Vec<(usize, Vec<f32>)> = (0..args.recall_queries).map(|_| near(&centres, &mut rng, NOISE)).collect();
-    let memory = filter("memory");
+    let memory = filter(Resource::Memory);
     let (mut hits, mut total) = (0usize, 0usize);
     let started = Instant::now();
     for (_, q) in &queries {
         let s = Search { mode: SearchMode::Vector, query: String::new(), vector: Some(q.clone()) };
         let approx = verb::run(&server.peer_reads, &memory, Visibility::Grant, &s, 0, 20).await?;
         let mut tx = pool.begin().await?;
-        sqlx::query("set local enable_indexscan = off").execute(&mut *tx).await?;
+        sqlx::query!("set local enable_indexscan = off").execute(&mut *tx).await?;
+        // Unchecked: it binds a pgvector `vector`, whose OID differs per database.
         let exact: Vec<Uuid> = sqlx::query_scalar(
             "select id from insights where user_id = $1 and embedding is not null order by embedding <=> $2 limit 20",
         )
@@ -271,16 +277,16 @@ async fn run_on(config: &Config, pool: &sqlx::PgPool, args: &SearchBench) -> any
     measure("vector top-20 over mTLS       ", true, || http(MEMORY, pick(false), None)).await?;
     measure("hybrid top-20 over mTLS       ", true, || http(MEMORY, pick(true), None)).await?;
 
-    let sizes: Vec<(String, String)> = sqlx::query_as(
-        "select c.relname::text, pg_size_pretty(pg_relation_size(c.oid))
-         from pg_class c where c.relname in ('tasks_search', 'mission_tasks_search', 'insights_search',
-             'preferences_search', 'insights_embedding_hnsw', 'insights_missing_embedding')
-         order by pg_relation_size(c.oid) desc",
+    let sizes = sqlx::query!(
+        r#"select c.relname::text as "name!", pg_size_pretty(pg_relation_size(c.oid)) as "size!"
+           from pg_class c where c.relname in ('tasks_search', 'mission_tasks_search', 'insights_search',
+               'preferences_search', 'insights_embedding_hnsw', 'insights_missing_embedding')
+           order by pg_relation_size(c.oid) desc"#
     )
     .fetch_all(pool)
     .await?;
-    for (name, size) in sizes {
-        println!("index {name:<28} {size}");
+    for index in sizes {
+        println!("index {:<28} {}", index.name, index.size);
     }
     server.stop().await;
     Ok(())

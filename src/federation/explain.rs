@@ -133,7 +133,7 @@ async fn explain(
             match evaluate(scope, subject_user_id, subject.teams.as_deref(), resource, None) {
                 Ok(filter) => {
                     item.allowed = true;
-                    item.visible_rows = super::verbs::read::visible_count(pool, &filter).await?;
+                    item.visible_rows = super::verbs::visibility::visible_count(pool, &filter).await?;
                     item.team_ids = filter.team_ids;
                     item.include_personal = filter.include_personal;
                     item.row_cap = filter.limit;

@@ -30,7 +30,7 @@
 //! - on the next list request it replays the rules on that row in memory (expiry, serial,
 //!   subject), counts the rate limit, and hands the verb a context marked *unconfirmed*;
 //! - the verb's page statement re-reads the grant, peer, subject and team memberships in a CTE
-//!   ([`Confirmation::CTE`]) and returns rows only if the database still gives the same
+//!   ([`Confirmation::push_cte`]) and returns rows only if the database still gives the same
 //!   decision and the same scope inputs, all in one snapshot with the page itself;
 //! - no rows (a changed grant, or simply an empty page) sends the request through the full
 //!   read here ([`authorise`]), which denies or yields a fresh context for a second attempt.
@@ -115,7 +115,7 @@ impl GrantMemo {
 }
 
 /// What an unconfirmed context was decided from: the verb binds it into
-/// [`Confirmation::CTE`] so its own statement checks that the database still agrees.
+/// [`Confirmation::push_cte`] so its own statement checks that the database still agrees.
 #[derive(Debug)]
 pub struct Confirmation {
     identity: PeerIdentity,
@@ -126,37 +126,39 @@ pub struct Confirmation {
 }
 
 impl Confirmation {
-    /// A CTE named `grant_check` with one boolean column `ok`: true when the grant, its peer,
-    /// the certificate serial and subject still pass every rule of the guard, and scope, rate
-    /// and the subject's state and teams are what the context was built from. Parameters
-    /// `$7`..`$13` (the page queries use `$1`..`$6`). A missing grant gives no row, so
-    /// `where (select ok from grant_check)` filters everything out.
-    pub const CTE: &'static str = "grant_check as (
-        select g.status = 'active' and (g.expires_at is null or g.expires_at > now())
-           and p.state = 'active' and g.subject_user_id = $8
-           and (g.current_serial = $9 or (g.previous_serial = $9 and g.previous_serial_grace_until > now()))
-           and g.scope = $10 and g.rate_per_minute is not distinct from $11
-           and coalesce(u.disabled_at is null, false) = $12
-           and array(select m.team_id from team_members m where m.user_id = g.subject_user_id order by m.team_id) = $13
-           as ok
-        from federation_grants g
-        join federation_peers p on p.id = g.peer_id
-        left join users u on u.id = g.subject_user_id
-        where g.id = $7)";
-
-    /// Binds `$7`..`$13` of [`Self::CTE`] after the page's own parameters.
-    pub fn bind<'q, T>(
-        &self,
-        q: sqlx::query::QueryAs<'q, sqlx::Postgres, T, sqlx::postgres::PgArguments>,
-    ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, T, sqlx::postgres::PgArguments> {
-        q.bind(self.identity.grant_id)
-            .bind(self.identity.subject_user_id)
-            .bind(self.identity.serial.clone())
-            .bind(self.scope.clone())
-            .bind(self.rate_per_minute)
-            .bind(self.subject_active)
-            .bind(self.subject_teams.clone())
+    /// Pushes `with grant_check as (…)` onto a statement being built: a CTE with one boolean
+    /// column `ok`, true when the grant, its peer, the certificate serial and subject still pass
+    /// every rule of the guard, and scope, rate and the subject's state and teams are what the
+    /// context was built from. Its values are bound with `push_bind`, so their parameter numbers
+    /// follow whatever the statement bound before and after. A missing grant gives no row, so
+    /// [`Self::CHECK`] filters everything out.
+    pub fn push_cte(&self, qb: &mut sqlx::QueryBuilder<sqlx::Postgres>) {
+        let id = &self.identity;
+        qb.push("with grant_check as (select g.status = 'active' and (g.expires_at is null or g.expires_at > now())")
+            .push(" and p.state = 'active' and g.subject_user_id = ")
+            .push_bind(id.subject_user_id)
+            .push(" and (g.current_serial = ")
+            .push_bind(id.serial.clone())
+            .push(" or (g.previous_serial = ")
+            .push_bind(id.serial.clone())
+            .push(" and g.previous_serial_grace_until > now())) and g.scope = ")
+            .push_bind(self.scope.clone())
+            .push(" and g.rate_per_minute is not distinct from ")
+            .push_bind(self.rate_per_minute)
+            .push(" and coalesce(u.disabled_at is null, false) = ")
+            .push_bind(self.subject_active)
+            .push(" and array(select m.team_id from team_members m where m.user_id = g.subject_user_id order by m.team_id) = ")
+            .push_bind(self.subject_teams.clone())
+            .push(
+                " as ok from federation_grants g join federation_peers p on p.id = g.peer_id \
+                 left join users u on u.id = g.subject_user_id where g.id = ",
+            )
+            .push_bind(id.grant_id)
+            .push(") ");
     }
+
+    /// The condition that keeps a page's rows only when [`Self::push_cte`]'s grant checks out.
+    pub const CHECK: &'static str = "(select ok from grant_check)";
 
     fn of(identity: &PeerIdentity, row: &GrantCheck) -> Self {
         Self {
@@ -273,7 +275,7 @@ async fn guard(state: AppState, mut req: Request, may_remember: bool) -> Result<
 }
 
 /// What the list guard hands the list verb: the request context and, when it was decided from
-/// memory, what the page statement must confirm ([`Confirmation::CTE`]) before any answer.
+/// memory, what the page statement must confirm ([`Confirmation::push_cte`]) before any answer.
 #[derive(Debug, Clone)]
 pub struct ListContext {
     pub ctx: FederationContext,

@@ -12,7 +12,8 @@ use crate::admin::guard::AdminUser;
 use crate::app::AppState;
 use crate::http::error::{ApiError, ErrorEnvelope};
 use crate::http::extract::Json;
-use crate::store::rows::{self, INSIGHT_COLUMNS, NOTE_COLUMNS, PREFERENCE_COLUMNS, TASK_COLUMNS};
+use crate::rbac::Resource;
+use crate::store::rows;
 
 const MAX_LIMIT: u32 = 500;
 
@@ -65,40 +66,35 @@ fn parse_source(source: Option<&str>) -> Result<Sources, ApiError> {
 }
 
 /// This gateway's own rows of `resource`, newest first, in the shapes peers see (`store::rows`).
-async fn local_rows(pool: &sqlx::PgPool, resource: &str, limit: i64) -> Result<Vec<serde_json::Value>, sqlx::Error> {
-    async fn fetch<T>(pool: &sqlx::PgPool, sql: String, limit: i64) -> Result<Vec<serde_json::Value>, sqlx::Error>
-    where
-        T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Serialize + Send + Unpin,
-    {
-        let rows: Vec<T> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(limit).fetch_all(pool).await?;
-        Ok(rows.into_iter().map(rows::local_json).collect())
+async fn local_rows(
+    pool: &sqlx::PgPool,
+    resource: Resource,
+    limit: i64,
+) -> Result<Vec<serde_json::Value>, sqlx::Error> {
+    use crate::store::{memory, notes, tasks};
+    fn local<T: Serialize>(rows: Vec<T>) -> impl Iterator<Item = serde_json::Value> {
+        rows.into_iter().map(rows::local_json)
     }
-    let order = "order by created_at desc, id desc limit $1";
-    match resource {
-        "tasks" => fetch::<rows::Task>(pool, format!("select {TASK_COLUMNS} from tasks t {order}"), limit).await,
-        "notes" => {
-            fetch::<rows::Note>(
-                pool,
-                format!("select {NOTE_COLUMNS} from mission_tasks mt where mt.notes <> '' {order}"),
-                limit,
-            )
-            .await
-        }
+    Ok(match resource {
+        Resource::Tasks => local(tasks::page(pool, rows::before_all(), limit).await?).collect(),
+        Resource::Notes => local(notes::latest(pool, limit).await?).collect(),
         _ => {
-            let mut items =
-                fetch::<rows::Insight>(pool, format!("select {INSIGHT_COLUMNS} from insights i {order}"), limit)
-                    .await?;
-            items.extend(
-                fetch::<rows::Preference>(
-                    pool,
-                    format!("select {PREFERENCE_COLUMNS} from preferences p {order}"),
-                    limit,
-                )
-                .await?,
-            );
-            Ok(items)
+            let (insights, preferences) = memory::latest(pool, limit).await?;
+            local(insights).chain(local(preferences)).collect()
         }
-    }
+    })
+}
+
+/// The names of the peers this gateway can call now (a client certificate, active or degraded).
+///
+/// # Errors
+/// Database errors.
+pub async fn callable_peers(pool: &sqlx::PgPool) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar!(
+        "select name from federation_peers where client_cert_pem is not null and state in ('active', 'degraded') order by name"
+    )
+    .fetch_all(pool)
+    .await
 }
 
 fn created_at(v: &serde_json::Value) -> DateTime<Utc> {
@@ -110,9 +106,9 @@ fn created_at(v: &serde_json::Value) -> DateTime<Utc> {
 /// # Errors
 /// 400 for a bad resource, source or limit; database errors.
 pub async fn run(caller: &PeerCaller, q: &FederatedQuery) -> Result<FederatedResult, ApiError> {
-    if !super::verbs::READABLE_RESOURCES.contains(&q.resource.as_str()) {
+    let Some(resource) = Resource::parse(&q.resource).filter(|r| r.readable()) else {
         return Err(ApiError::invalid_field("resource", "resource must be tasks, notes or memory"));
-    }
+    };
     let limit = q.limit.unwrap_or(50);
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(ApiError::invalid_field("limit", format!("limit must be between 1 and {MAX_LIMIT}")));
@@ -121,16 +117,12 @@ pub async fn run(caller: &PeerCaller, q: &FederatedQuery) -> Result<FederatedRes
     let mut items = Vec::new();
     let mut errors = Vec::new();
     if matches!(sources, Sources::Local | Sources::All) {
-        items.extend(local_rows(&caller.pool, &q.resource, i64::from(limit)).await?);
+        items.extend(local_rows(&caller.pool, resource, i64::from(limit)).await?);
     }
     let peers: Vec<String> = match &sources {
         Sources::Local => Vec::new(),
         Sources::Peer(name) => vec![name.clone()],
-        Sources::All => sqlx::query_scalar(
-            "select name from federation_peers where client_cert_pem is not null and state in ('active', 'degraded') order by name",
-        )
-        .fetch_all(&caller.pool)
-        .await?,
+        Sources::All => callable_peers(&caller.pool).await?,
     };
     for peer in peers {
         match caller.list(&peer, &q.resource, Some(limit), None).await {

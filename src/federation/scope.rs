@@ -15,14 +15,16 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::rbac::Resource;
+
 /// Upper bound of `max_rows_per_query`.
 pub const MAX_ROWS_CAP: u32 = 10_000;
 /// `max_rows_per_query` when the scope does not set it.
 pub const DEFAULT_MAX_ROWS: u32 = 100;
 
-/// The resources a grant may name. `credentials` and `api_keys` are valid names (Mosaic scopes
-/// carry them) but native RBAC always denies them.
-pub const KNOWN_RESOURCES: [&str; 5] = ["tasks", "notes", "memory", "credentials", "api_keys"];
+/// The resources a grant may name ([`Resource::NAMES`]). `credentials` and `api_keys` are valid
+/// names (Mosaic scopes carry them) but native RBAC always denies them.
+pub const KNOWN_RESOURCES: [&str; 5] = Resource::NAMES;
 
 /// A grant's scope as stored (`federation_grants.scope`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -99,7 +101,7 @@ impl GrantScope {
             return Err(err("scope.resources", "must name at least one resource"));
         }
         for (i, r) in self.resources.iter().enumerate() {
-            if !KNOWN_RESOURCES.contains(&r.as_str()) {
+            if Resource::parse(r).is_none() {
                 return Err(err(
                     format!("scope.resources[{i}]"),
                     format!("unknown resource '{r}' (expected one of {})", KNOWN_RESOURCES.join(", ")),
@@ -110,7 +112,7 @@ impl GrantScope {
             }
         }
         for (i, r) in self.excluded_resources.iter().enumerate() {
-            if !KNOWN_RESOURCES.contains(&r.as_str()) {
+            if Resource::parse(r).is_none() {
                 return Err(err(format!("scope.excluded_resources[{i}]"), format!("unknown resource '{r}'")));
             }
             if self.resources.contains(r) {
@@ -196,7 +198,7 @@ fn deny(code: DenyCode, reason: impl Into<String>) -> Denial {
 /// The result of evaluation: exactly what the query may read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueryFilter {
-    pub resource: String,
+    pub resource: Resource,
     pub subject_user_id: Uuid,
     pub include_personal: bool,
     /// Subject's current teams ∩ the grant's `include_teams`.
@@ -240,23 +242,23 @@ impl GrantScope {
     ///
     /// # Errors
     /// The first stage that refuses.
-    pub fn check_resource(&self, resource: &str, limit: Option<&serde_json::Value>) -> Result<u32, Denial> {
-        if !KNOWN_RESOURCES.contains(&resource) {
+    pub fn check_resource(&self, name: &str, limit: Option<&serde_json::Value>) -> Result<(Resource, u32), Denial> {
+        let Some(resource) = Resource::parse(name) else {
             return Err(deny(
                 DenyCode::InvalidResource,
-                format!("{:?} is not a resource", super::audit::clean(resource, 64)),
+                format!("{:?} is not a resource", super::audit::clean(name, 64)),
             ));
-        }
-        if self.excluded_resources.iter().any(|r| r == resource) {
+        };
+        if self.excluded_resources.iter().any(|r| r == resource.as_str()) {
             return Err(deny(DenyCode::ResourceExcluded, format!("'{resource}' is excluded by the grant")));
         }
-        if !self.resources.iter().any(|r| r == resource) {
+        if !self.resources.iter().any(|r| r == resource.as_str()) {
             return Err(deny(DenyCode::ResourceNotGranted, format!("'{resource}' is not in the grant")));
         }
-        if crate::rbac::never_federated(resource) {
+        if resource.never_federated() {
             return Err(deny(DenyCode::NativeRbacDenied, format!("'{resource}' is never federated")));
         }
-        parse_limit(limit, self.max_rows())
+        Ok((resource, parse_limit(limit, self.max_rows())?))
     }
 }
 
@@ -308,19 +310,19 @@ fn evaluate_stages(
     resource: &str,
     limit: Option<&serde_json::Value>,
 ) -> Result<QueryFilter, Denial> {
-    let limit = scope.check_resource(resource, limit)?;
+    let (resource, limit) = scope.check_resource(resource, limit)?;
     let Some(teams) = subject_teams else {
         return Err(deny(DenyCode::NativeRbacDenied, "subject user is missing or disabled"));
     };
-    let filter = scope.filters.get(resource);
+    let filter = scope.filters.get(resource.as_str());
     let team_ids = match filter.and_then(|f| f.include_teams.as_ref()) {
         Some(allowed) => teams.iter().copied().filter(|t| allowed.contains(t)).collect(),
         None => teams.to_vec(),
     };
     let include_personal = filter.is_none_or(|f| f.include_personal);
     // Memory is personal only: teams never widen it.
-    let team_ids = if resource == "memory" { Vec::new() } else { team_ids };
-    Ok(QueryFilter { resource: resource.to_string(), subject_user_id, include_personal, team_ids, limit })
+    let team_ids = if resource == Resource::Memory { Vec::new() } else { team_ids };
+    Ok(QueryFilter { resource, subject_user_id, include_personal, team_ids, limit })
 }
 
 #[cfg(test)]
@@ -422,7 +424,7 @@ mod tests {
         assert_eq!(s.check_resource("memory", None).unwrap_err().code, DenyCode::ResourceNotGranted);
         assert_eq!(s.check_resource("credentials", None).unwrap_err().code, DenyCode::NativeRbacDenied);
         assert_eq!(s.check_resource("tasks", Some(&json!(0))).unwrap_err().code, DenyCode::InvalidLimit);
-        assert_eq!(s.check_resource("tasks", None), Ok(DEFAULT_MAX_ROWS));
+        assert_eq!(s.check_resource("tasks", None), Ok((Resource::Tasks, DEFAULT_MAX_ROWS)));
     }
 
     #[test]

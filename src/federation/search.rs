@@ -21,6 +21,7 @@ use crate::app::AppState;
 use crate::config::SearchSettings;
 use crate::http::error::{ApiError, ErrorEnvelope};
 use crate::http::extract::Json;
+use crate::rbac::Resource;
 
 const MAX_LIMIT: u32 = 500;
 
@@ -79,6 +80,7 @@ fn parse_source(source: Option<&str>) -> Result<Sources, ApiError> {
 /// The local part: every local row, ranked by the verb's statements.
 async fn local(
     pool: &sqlx::PgPool,
+    resource: Resource,
     settings: &SearchSettings,
     q: &FederatedSearch,
     limit: u32,
@@ -87,7 +89,7 @@ async fn local(
     let mode = q.mode.map(|m| serde_json::Value::String(m.as_str().into()));
     let query = q.query.clone().map(serde_json::Value::String);
     let search = verb::validate(
-        &q.resource,
+        resource,
         query.as_ref(),
         q.vector.as_ref(),
         mode.as_ref(),
@@ -100,7 +102,7 @@ async fn local(
         search.vector = Some(v.map_err(|e| fail("embeddings_unavailable", e.to_string()))?);
     }
     let everything = QueryFilter {
-        resource: q.resource.clone(),
+        resource,
         subject_user_id: uuid::Uuid::nil(),
         include_personal: true,
         team_ids: Vec::new(),
@@ -155,9 +157,9 @@ pub async fn run(
     settings: &SearchSettings,
     q: &FederatedSearch,
 ) -> Result<FederatedSearchResult, ApiError> {
-    if !super::verbs::READABLE_RESOURCES.contains(&q.resource.as_str()) {
+    let Some(resource) = Resource::parse(&q.resource).filter(|r| r.readable()) else {
         return Err(ApiError::invalid_field("resource", "resource must be tasks, notes or memory"));
-    }
+    };
     let limit = q.limit.unwrap_or(20);
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(ApiError::invalid_field("limit", format!("limit must be between 1 and {MAX_LIMIT}")));
@@ -167,16 +169,12 @@ pub async fn run(
     // query is the caller's error, not a source's (mode support is per source).
     let query = q.query.clone().map(serde_json::Value::String);
     let mode = q.mode.map(|m| serde_json::Value::String(m.as_str().into()));
-    verb::validate("memory", query.as_ref(), q.vector.as_ref(), mode.as_ref(), true, true)?;
+    verb::validate(Resource::Memory, query.as_ref(), q.vector.as_ref(), mode.as_ref(), true, true)?;
 
     let peers: Vec<String> = match &sources {
         Sources::Local => Vec::new(),
         Sources::Peer(name) => vec![name.clone()],
-        Sources::All | Sources::Peers => sqlx::query_scalar(
-            "select name from federation_peers where client_cert_pem is not null and state in ('active', 'degraded') order by name",
-        )
-        .fetch_all(&caller.pool)
-        .await?,
+        Sources::All | Sources::Peers => super::query::callable_peers(&caller.pool).await?,
     };
     let timeout = settings.peer_timeout;
     let mut calls = tokio::task::JoinSet::new();
@@ -200,7 +198,7 @@ pub async fn run(
     let mut lists = Vec::new();
     let mut errors = Vec::new();
     if matches!(sources, Sources::Local | Sources::All) {
-        match local(&caller.pool, settings, q, limit).await {
+        match local(&caller.pool, resource, settings, q, limit).await {
             Ok(items) => lists.push(items),
             Err(e) => errors.push(e),
         }

@@ -12,20 +12,23 @@ use anyhow::Context;
 use chrono::{DateTime, Duration, Utc};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::{Rng, RngExt};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 use uuid::Uuid;
+
+use super::{memory, projects, teams, users};
+use crate::rbac::Role;
 
 const BATCH: usize = 5_000;
 /// The marker user: its presence means the database was already seeded.
 pub const DEMO_ADMIN_EMAIL: &str = "ada@demo.tessera.test";
 
-const USERS: [(&str, &str, &str); 6] = [
-    ("Ada Lovelace", DEMO_ADMIN_EMAIL, "admin"),
-    ("Grace Hopper", "grace@demo.tessera.test", "member"),
-    ("Alan Turing", "alan@demo.tessera.test", "member"),
-    ("Margaret Hamilton", "margaret@demo.tessera.test", "member"),
-    ("Edsger Dijkstra", "edsger@demo.tessera.test", "member"),
-    ("Barbara Liskov", "barbara@demo.tessera.test", "member"),
+const USERS: [(&str, &str, Role); 6] = [
+    ("Ada Lovelace", DEMO_ADMIN_EMAIL, Role::Admin),
+    ("Grace Hopper", "grace@demo.tessera.test", Role::Member),
+    ("Alan Turing", "alan@demo.tessera.test", Role::Member),
+    ("Margaret Hamilton", "margaret@demo.tessera.test", Role::Member),
+    ("Edsger Dijkstra", "edsger@demo.tessera.test", Role::Member),
+    ("Barbara Liskov", "barbara@demo.tessera.test", Role::Member),
 ];
 /// Team name and the indexes (into `USERS`) of its members.
 const TEAMS: [(&str, &[usize]); 3] = [("Platform", &[0, 1, 2]), ("Research", &[0, 3, 4]), ("Design", &[1, 5])];
@@ -83,11 +86,13 @@ pub async fn seed(pool: &PgPool, tasks: u32, progress: bool) -> anyhow::Result<S
     let started = std::time::Instant::now();
     let mut tx = pool.begin().await?;
     // Serialise concurrent seeds; the marker check below then sees the winner's rows.
-    sqlx::query("select pg_advisory_xact_lock(7201)").execute(&mut *tx).await?;
-    let seeded: bool = sqlx::query_scalar("select exists (select 1 from users where lower(email) = $1)")
-        .bind(DEMO_ADMIN_EMAIL)
-        .fetch_one(&mut *tx)
-        .await?;
+    sqlx::query!("select pg_advisory_xact_lock(7201)").execute(&mut *tx).await?;
+    let seeded = sqlx::query_scalar!(
+        r#"select exists (select 1 from users where lower(email) = $1) as "exists!""#,
+        DEMO_ADMIN_EMAIL
+    )
+    .fetch_one(&mut *tx)
+    .await?;
     if seeded {
         return Err(crate::outcome::Refused(format!(
             "this database already holds the demo data set (user {DEMO_ADMIN_EMAIL} exists); seed a fresh data dir or database instead"
@@ -101,32 +106,24 @@ pub async fn seed(pool: &PgPool, tasks: u32, progress: bool) -> anyhow::Result<S
 
     let user_ids: Vec<Uuid> = USERS.iter().map(|_| Uuid::new_v4()).collect();
     for ((name, email, role), id) in USERS.iter().zip(&user_ids) {
-        sqlx::query("insert into users (id, email, name, role, created_at) values ($1, $2, $3, $4, $5)")
-            .bind(id)
-            .bind(email)
-            .bind(name)
-            .bind(role)
-            .bind(now - Duration::days(400))
-            .execute(&mut *tx)
-            .await?;
+        let user = users::Insert {
+            id: *id,
+            email: (*email).to_string(),
+            name: (*name).to_string(),
+            role: *role,
+            password_hash: None,
+            created_at: Some(now - Duration::days(400)),
+        };
+        users::insert(&mut tx, user).await?;
     }
     s.users = user_ids.len();
 
     let mut team_ids = Vec::new();
     for (name, members) in TEAMS {
         let team_id = Uuid::new_v4();
-        sqlx::query("insert into teams (id, name, created_at) values ($1, $2, $3)")
-            .bind(team_id)
-            .bind(name)
-            .bind(now - Duration::days(390))
-            .execute(&mut *tx)
-            .await?;
+        teams::insert(&mut tx, team_id, name, Some(now - Duration::days(390))).await?;
         for &m in members {
-            sqlx::query("insert into team_members (team_id, user_id) values ($1, $2)")
-                .bind(team_id)
-                .bind(user_ids[m])
-                .execute(&mut *tx)
-                .await?;
+            teams::add_member(&mut tx, team_id, user_ids[m], None).await?;
         }
         team_ids.push(team_id);
     }
@@ -136,13 +133,15 @@ pub async fn seed(pool: &PgPool, tasks: u32, progress: bool) -> anyhow::Result<S
     let mut projects: Vec<(Uuid, Option<usize>, Option<usize>)> = Vec::new();
     for (i, (name, _, _)) in USERS.iter().enumerate() {
         let id = Uuid::new_v4();
-        insert_project(&mut tx, id, &format!("{}'s notebook", first_name(name)), Some(user_ids[i]), None, now).await?;
+        let name = format!("{}'s notebook", first_name(name));
+        projects::insert(&mut tx, id, &name, (Some(user_ids[i]), None), Some(now - Duration::days(385))).await?;
         projects.push((id, Some(i), None));
     }
     for (t, (team, _)) in TEAMS.iter().enumerate() {
         for suffix in ["roadmap", "operations"] {
             let id = Uuid::new_v4();
-            insert_project(&mut tx, id, &format!("{team} {suffix}"), None, Some(team_ids[t]), now).await?;
+            let name = format!("{team} {suffix}");
+            projects::insert(&mut tx, id, &name, (None, Some(team_ids[t])), Some(now - Duration::days(385))).await?;
             projects.push((id, None, Some(t)));
         }
     }
@@ -158,14 +157,9 @@ pub async fn seed(pool: &PgPool, tasks: u32, progress: bool) -> anyhow::Result<S
         };
         for n in 1..=2 {
             let id = Uuid::new_v4();
-            sqlx::query("insert into missions (id, name, project_id, user_id, created_at) values ($1, $2, $3, $4, $5)")
-                .bind(id)
-                .bind(format!("Mission {n}"))
-                .bind(project_id)
-                .bind(workers.first().map(|&w| user_ids[w]))
-                .bind(now - Duration::days(380))
-                .execute(&mut *tx)
-                .await?;
+            let lead = workers.first().map(|&w| user_ids[w]);
+            let at = Some(now - Duration::days(380));
+            projects::insert_mission(&mut tx, id, &format!("Mission {n}"), (*project_id, lead), at).await?;
             missions.push((id, *project_id, workers.clone()));
         }
     }
@@ -193,28 +187,28 @@ pub async fn seed(pool: &PgPool, tasks: u32, progress: bool) -> anyhow::Result<S
                 VERBS[rng.random_range(0..VERBS.len())],
                 THINGS[rng.random_range(0..THINGS.len())]
             ));
-            statuses.push(STATUSES[rng.random_range(0..STATUSES.len())]);
-            priorities.push(PRIORITIES[rng.random_range(0..PRIORITIES.len())]);
+            statuses.push(STATUSES[rng.random_range(0..STATUSES.len())].to_string());
+            priorities.push(PRIORITIES[rng.random_range(0..PRIORITIES.len())].to_string());
             project_col.push(*project_id);
             // About a third of tasks hang directly off the project, the rest off a mission.
             mission_col.push(if rng.random_range(0..3) == 0 { None } else { Some(*mission_id) });
             created.push(random_time(&mut rng, now));
             task_ids.push((id, m));
         }
-        sqlx::query(
+        sqlx::query!(
             "insert into tasks (id, title, status, priority, project_id, mission_id, created_at, updated_at, tags, due_date)
              select id, title, status, priority, project_id, mission_id, created_at, created_at, array[priority],
                     case when status <> 'done' then created_at + interval '14 days' end
              from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::uuid[], $6::uuid[], $7::timestamptz[])
                   as t(id, title, status, priority, project_id, mission_id, created_at)",
+            &ids,
+            &titles,
+            &statuses,
+            &priorities,
+            &project_col,
+            &mission_col as &[Option<Uuid>],
+            &created,
         )
-        .bind(&ids)
-        .bind(&titles)
-        .bind(&statuses)
-        .bind(&priorities)
-        .bind(&project_col)
-        .bind(&mission_col)
-        .bind(&created)
         .execute(&mut *tx)
         .await
         .context("inserting tasks")?;
@@ -244,17 +238,17 @@ pub async fn seed(pool: &PgPool, tasks: u32, progress: bool) -> anyhow::Result<S
     }
     for chunk in (0..ids.len()).collect::<Vec<_>>().chunks(BATCH) {
         let r = chunk[0]..chunk[chunk.len() - 1] + 1;
-        sqlx::query(
+        sqlx::query!(
             "insert into mission_tasks (id, mission_id, user_id, task_id, notes, created_at, updated_at)
              select *, c from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::timestamptz[])
                   as n(id, mission_id, user_id, task_id, notes, c)",
+            &ids[r.clone()],
+            &mission_col[r.clone()],
+            &user_col[r.clone()],
+            &task_col[r.clone()],
+            &notes[r.clone()],
+            &created[r],
         )
-        .bind(&ids[r.clone()])
-        .bind(&mission_col[r.clone()])
-        .bind(&user_col[r.clone()])
-        .bind(&task_col[r.clone()])
-        .bind(&notes[r.clone()])
-        .bind(&created[r])
         .execute(&mut *tx)
         .await
         .context("inserting notes")?;
@@ -268,23 +262,22 @@ pub async fn seed(pool: &PgPool, tasks: u32, progress: bool) -> anyhow::Result<S
         for i in 0..n {
             let u = (chunk_start + i) % USERS.len();
             let embedding: Vec<f32> = (0..384).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-            sqlx::query(
-                "insert into insights (id, user_id, content, category, embedding, created_at, updated_at)
-                 values ($1, $2, $3, $4, $5, $6, $6)",
-            )
-            .bind(Uuid::new_v4())
-            .bind(user_ids[u])
-            .bind(format!(
-                "{} learned something about {}",
-                first_name(USERS[u].0),
-                THINGS[rng.random_range(0..THINGS.len())]
-            ))
-            .bind(["engineering", "process", "people"][rng.random_range(0..3)])
-            .bind(pgvector::Vector::from(embedding))
-            .bind(random_time(&mut rng, now))
-            .execute(&mut *tx)
-            .await
-            .context("inserting insights")?;
+            let insight = memory::InsightInsert {
+                id: Uuid::new_v4(),
+                user_id: user_ids[u],
+                content: format!(
+                    "{} learned something about {}",
+                    first_name(USERS[u].0),
+                    THINGS[rng.random_range(0..THINGS.len())]
+                ),
+                category: Some(["engineering", "process", "people"][rng.random_range(0..3)].to_string()),
+                embedding: Some(pgvector::Vector::from(embedding)),
+                source: "agent".into(),
+                relevance_score: 1.0,
+                metadata: None,
+                created_at: Some(random_time(&mut rng, now)),
+            };
+            memory::insert_insight(&mut tx, insight).await.context("inserting insights")?;
         }
     }
     s.insights = insight_count;
@@ -295,17 +288,17 @@ pub async fn seed(pool: &PgPool, tasks: u32, progress: bool) -> anyhow::Result<S
             ("timezone", serde_json::json!("UTC")),
             ("digest", serde_json::json!({"daily": u % 2 == 0})),
         ] {
-            sqlx::query(
-                "insert into preferences (id, user_id, key, value, category, created_at, updated_at, source)
-                 values ($1, $2, $3, $4, 'ui', $5, $5, 'user')",
-            )
-            .bind(Uuid::new_v4())
-            .bind(id)
-            .bind(key)
-            .bind(value)
-            .bind(random_time(&mut rng, now))
-            .execute(&mut *tx)
-            .await?;
+            let preference = memory::PreferenceInsert {
+                id: Uuid::new_v4(),
+                user_id: *id,
+                key: key.into(),
+                value,
+                category: Some("ui".into()),
+                source: Some("user".into()),
+                mutable: None,
+                created_at: Some(random_time(&mut rng, now)),
+            };
+            memory::insert_preference(&mut tx, preference).await?;
             s.preferences += 1;
         }
     }
@@ -313,25 +306,6 @@ pub async fn seed(pool: &PgPool, tasks: u32, progress: bool) -> anyhow::Result<S
     tx.commit().await?;
     s.elapsed = started.elapsed();
     Ok(s)
-}
-
-async fn insert_project(
-    tx: &mut PgConnection,
-    id: Uuid,
-    name: &str,
-    owner: Option<Uuid>,
-    team: Option<Uuid>,
-    now: DateTime<Utc>,
-) -> anyhow::Result<()> {
-    sqlx::query("insert into projects (id, name, owner_user_id, team_id, created_at) values ($1, $2, $3, $4, $5)")
-        .bind(id)
-        .bind(name)
-        .bind(owner)
-        .bind(team)
-        .bind(now - Duration::days(385))
-        .execute(tx)
-        .await?;
-    Ok(())
 }
 
 fn first_name(full: &str) -> &str {

@@ -1,19 +1,29 @@
-//! Database access: the pool, the start-up checks and the embedded migrations.
+//! Database access: the pool, the start-up checks, the embedded migrations, and one module per
+//! aggregate that owns its rows and queries (`users`, `teams`, `projects`, `tasks`, `notes`,
+//! `memory`, `peers`, `grants`, `audit`), plus the row shapes peers see (`rows`), constraint
+//! violations in the caller's terms (`constraint`), the demo seed and the tier move (`transfer`).
 //!
-//! SQL lives with the code that needs it (`store::<aggregate>` modules). Queries use sqlx's
-//! run-time checked API (`query_as` with `FromRow`) rather than the compile-time macros, so the
-//! crate builds on a machine with no database and no committed `.sqlx/` cache; every query is
-//! exercised by the integration tests against real Postgres instead. Data functions take
-//! `impl PgExecutor<'_>` or `&mut PgConnection`, so the caller owns the transaction.
-
+//! Static SQL goes through sqlx's compile-time checked macros (`query!`, `query_as!`,
+//! `query_scalar!`). Builds read the committed `.sqlx/` offline data, so building needs no
+//! database; `scripts/sqlx.sh` re-describes every query against a freshly migrated schema, and
+//! `make lint` fails when `.sqlx/` is stale. SQL built at run time (`QueryBuilder`, or
+//! `AssertSqlSafe` over a `format!`) is kept where the statement's shape depends on its input,
+//! each with a comment saying why. Data functions take `impl PgExecutor<'_>` or
+//! `&mut PgConnection`, so the caller owns the transaction.
 pub mod advertised_url;
 pub mod audit;
 pub mod constraint;
 pub mod demo;
 pub mod grants;
+pub mod memory;
+pub mod notes;
 pub mod peers;
+pub mod projects;
 pub mod rows;
+pub mod tasks;
+pub mod teams;
 pub mod transfer;
+pub mod users;
 
 use std::time::Duration;
 

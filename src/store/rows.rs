@@ -16,8 +16,11 @@
 //! `category`, as Mosaic sets them; a reader tells the two apart by `key`. Every row served by
 //! this gateway also carries `"_source": "local"` ([`Sourced`]).
 //!
-//! The column lists use fixed table aliases: `t` (tasks), `mt` (mission_tasks), `i` (insights)
-//! and `p` (preferences).
+//! The aggregates' modules (`store::tasks`, `store::notes`, `store::memory`) read these shapes
+//! with checked queries; the federation read path composes its scoped statements from the
+//! column lists below.
+//!
+//! The column lists use fixed table aliases: `t` (tasks) and `mt` (mission_tasks).
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -30,14 +33,6 @@ pub const TASK_COLUMNS: &str = "t.id, t.title, t.description, t.status, t.priori
 /// Columns of [`Note`], for `from mission_tasks mt`. Notes are mission tasks with non-empty notes.
 pub const NOTE_COLUMNS: &str =
     "mt.id, mt.mission_id, mt.task_id, mt.status, mt.notes as content, mt.created_at, mt.updated_at";
-
-/// Columns of [`Insight`], for `from insights i`.
-pub const INSIGHT_COLUMNS: &str =
-    "i.id, i.source as kind, i.content, i.category, i.relevance_score, i.metadata, i.created_at, i.updated_at";
-
-/// Columns of [`Preference`], for `from preferences p`.
-pub const PREFERENCE_COLUMNS: &str =
-    "p.id, p.category as kind, p.key, p.value, p.source, p.mutable, p.created_at, p.updated_at";
 
 /// A task, as peers and the local data API see it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -102,6 +97,12 @@ pub struct Preference {
     pub mutable: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// The keyset bound before every row (`created_at desc, id desc` order): where a first page
+/// starts. Postgres 'infinity' does not fit chrono; the end of year 9999 is later than any row.
+pub fn before_all() -> (DateTime<Utc>, Uuid) {
+    (DateTime::<Utc>::from_timestamp(253_402_300_799, 0).unwrap_or_default(), Uuid::max())
 }
 
 /// A row tagged with where it comes from: `"_source": "local"` for this gateway's own rows.

@@ -83,30 +83,35 @@ struct TableInfo {
 /// # Errors
 /// The catalog cannot be read, or the foreign keys form a cycle.
 pub async fn tables_in_fk_order(pool: &PgPool) -> anyhow::Result<Vec<String>> {
-    let tables: Vec<String> = sqlx::query_scalar(
-        "select case when n.nspname = 'public' then c.relname::text else n.nspname || '.' || c.relname end
-         from pg_class c join pg_namespace n on n.oid = c.relnamespace
-         where n.nspname = any($1) and c.relkind in ('r', 'p') and not (n.nspname || '.' || c.relname = any($2))
-           and not c.relispartition
-         order by n.nspname <> 'public', n.nspname, c.relname",
+    // Catalog names are of type `name`; compared as text so the parameters are text arrays.
+    let tables = sqlx::query_scalar!(
+        r#"select case when n.nspname = 'public' then c.relname::text else n.nspname || '.' || c.relname end as "table!"
+           from pg_class c join pg_namespace n on n.oid = c.relnamespace
+           where n.nspname::text = any($1::text[]) and c.relkind in ('r', 'p')
+             and not (n.nspname || '.' || c.relname = any($2::text[]))
+             and not c.relispartition
+           order by n.nspname <> 'public', n.nspname, c.relname"#,
+        &SCHEMAS[..] as &[&str],
+        &SKIPPED[..] as &[&str],
     )
-    .bind(&SCHEMAS[..])
-    .bind(&SKIPPED[..])
     .fetch_all(pool)
     .await?;
-    let edges: Vec<(String, String)> = sqlx::query_as(
-        "select case when cn.nspname = 'public' then child.relname::text else cn.nspname || '.' || child.relname end,
-                case when pn.nspname = 'public' then parent.relname::text else pn.nspname || '.' || parent.relname end
-         from pg_constraint k
-         join pg_class child on child.oid = k.conrelid
-         join pg_namespace cn on cn.oid = child.relnamespace
-         join pg_class parent on parent.oid = k.confrelid
-         join pg_namespace pn on pn.oid = parent.relnamespace
-         where k.contype = 'f' and cn.nspname = any($1)",
+    let edges: Vec<(String, String)> = sqlx::query!(
+        r#"select case when cn.nspname = 'public' then child.relname::text else cn.nspname || '.' || child.relname end as "child!",
+                  case when pn.nspname = 'public' then parent.relname::text else pn.nspname || '.' || parent.relname end as "parent!"
+           from pg_constraint k
+           join pg_class child on child.oid = k.conrelid
+           join pg_namespace cn on cn.oid = child.relnamespace
+           join pg_class parent on parent.oid = k.confrelid
+           join pg_namespace pn on pn.oid = parent.relnamespace
+           where k.contype = 'f' and cn.nspname::text = any($1::text[])"#,
+        &SCHEMAS[..] as &[&str],
     )
-    .bind(&SCHEMAS[..])
     .fetch_all(pool)
-    .await?;
+    .await?
+    .into_iter()
+    .map(|r| (r.child, r.parent))
+    .collect();
     topological(&tables, &edges)
 }
 
@@ -144,22 +149,28 @@ fn topological(tables: &[String], edges: &[(String, String)]) -> anyhow::Result<
 }
 
 async fn table_info(pool: &PgPool, table: &str) -> anyhow::Result<TableInfo> {
-    let columns: Vec<(String, bool)> = sqlx::query_as(
-        "select column_name::text, is_identity = 'YES' from information_schema.columns
-         where table_schema = $1 and table_name = $2 and is_generated = 'NEVER'
-         order by ordinal_position",
+    let (schema, name) = split(table);
+    // information_schema's columns are domains over text; compared as text.
+    let columns: Vec<(String, bool)> = sqlx::query!(
+        r#"select column_name::text as "column!", is_identity::text = 'YES' as "identity!"
+           from information_schema.columns
+           where table_schema::text = $1::text and table_name::text = $2::text and is_generated::text = 'NEVER'
+           order by ordinal_position"#,
+        schema,
+        name,
     )
-    .bind(split(table).0)
-    .bind(split(table).1)
     .fetch_all(pool)
-    .await?;
-    let primary_key: Vec<String> = sqlx::query_scalar(
-        "select a.attname::text from pg_index i
-         join pg_attribute a on a.attrelid = i.indrelid and a.attnum = any(i.indkey)
-         where i.indrelid = $1::regclass and i.indisprimary
-         order by array_position(i.indkey::int2[], a.attnum)",
+    .await?
+    .into_iter()
+    .map(|r| (r.column, r.identity))
+    .collect();
+    let primary_key = sqlx::query_scalar!(
+        r#"select a.attname::text as "column!" from pg_index i
+           join pg_attribute a on a.attrelid = i.indrelid and a.attnum = any(i.indkey)
+           where i.indrelid = $1::text::regclass and i.indisprimary
+           order by array_position(i.indkey::int2[], a.attnum)"#,
+        quote(table),
     )
-    .bind(quote(table))
     .fetch_all(pool)
     .await?;
     if primary_key.is_empty() {
@@ -204,14 +215,15 @@ fn upsert_sql(t: &TableInfo) -> String {
 }
 
 async fn count(pool: &PgPool, table: &str) -> anyhow::Result<i64> {
+    // Dynamic: the table is an identifier from the catalog (quoted), which cannot be bound.
     let sql = format!("select count(*) from {}", quote(table));
     Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(pool).await?)
 }
 
 /// Rows in `table` on the target, 0 when the table does not exist yet.
 async fn count_if_exists(pool: &PgPool, table: &str) -> anyhow::Result<i64> {
-    let exists: bool =
-        sqlx::query_scalar("select to_regclass($1) is not null").bind(quote(table)).fetch_one(pool).await?;
+    let exists =
+        sqlx::query_scalar!(r#"select to_regclass($1) is not null as "exists!""#, quote(table)).fetch_one(pool).await?;
     if exists { count(pool, table).await } else { Ok(0) }
 }
 
@@ -298,11 +310,13 @@ async fn copy_table(
     let mut changed = 0u64;
     // A server-side cursor streams the source in batches without holding the table in memory.
     let mut read = source.begin().await?;
+    // Dynamic: the table and its key columns are identifiers from the catalog (quoted).
     sqlx::query(sqlx::AssertSqlSafe(format!("declare tessera_copy no scroll cursor for {select}")))
         .execute(&mut *read)
         .await?;
     let mut tx = target.begin().await?;
     loop {
+        // `fetch` takes its count as a literal, not a parameter (a constant here).
         let mut batch: Vec<serde_json::Value> =
             sqlx::query_scalar(sqlx::AssertSqlSafe(format!("fetch {BATCH} from tessera_copy")))
                 .fetch_all(&mut *read)
@@ -316,7 +330,8 @@ async fn copy_table(
     }
     read.rollback().await?;
     for column in &info.identity {
-        // Later inserts on the target must not collide with the copied ids.
+        // Later inserts on the target must not collide with the copied ids. Dynamic: table and
+        // column are identifiers from the catalog (quoted).
         let sql = format!(
             "select setval(pg_get_serial_sequence($1, $2), greatest(coalesce((select max({col}) from {table}), 0), 1), \
              (select count(*) > 0 from {table}))",
@@ -334,6 +349,7 @@ async fn flush(tx: &mut sqlx::PgConnection, upsert: &str, batch: &mut Vec<serde_
         return Ok(0);
     }
     let rows = serde_json::Value::Array(std::mem::take(batch));
+    // Dynamic: the upsert names the table's columns, read from the catalog ([`upsert_sql`]).
     let done = sqlx::query(sqlx::AssertSqlSafe(upsert.to_string())).bind(rows).execute(&mut *tx).await?;
     Ok(done.rows_affected())
 }

@@ -106,7 +106,12 @@ pub async fn import(pool: &PgPool, input: impl BufRead) -> Result<BTreeMap<&'sta
             ImportRecord::Insight(r) => records::create_insight(conn, r).await.map(drop),
             ImportRecord::Preference(r) => records::create_preference(conn, r).await.map(drop),
         };
-        result.map_err(|e| ImportError::Line { line: line_no, message: format!("{kind}: {}", e.message()) })?;
+        match result {
+            Ok(()) => {}
+            // A database failure is no fault of the line: it is reported with its cause.
+            Err(RecordError::Database(e)) => return Err(ImportError::Database(e)),
+            Err(e) => return Err(ImportError::Line { line: line_no, message: format!("{kind}: {e}") }),
+        }
         *counts.entry(kind).or_insert(0) += 1;
     }
     tx.commit().await?;

@@ -2,34 +2,94 @@
 //!
 //! Every create accepts an optional `id` and `createdAt` so that imports and backfills can keep
 //! the identities and history of another system; both default to a fresh UUIDv7 and `now()`.
-//! Validation errors name the field; constraint violations are mapped by [`super::db_error`].
+//! Validation errors name the field; constraint violations are mapped by
+//! [`crate::store::constraint::violation`]. The rows and their SQL live in the `store` aggregates.
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sqlx::PgConnection;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{Keyed, db_error};
+use super::Keyed;
 use crate::admin::credentials::Secret;
-use crate::admin::passwords;
-use crate::http::error::ApiError;
+use crate::admin::passwords::{self, PasswordError};
+use crate::error::{DomainError, Fault};
+use crate::rbac::Role;
+use crate::store::constraint::{Violation, violation};
+pub use crate::store::memory::{Insight, Preference};
+pub use crate::store::notes::MissionTask;
+pub use crate::store::projects::{Mission, Project};
+/// A task: the one shape peers see too (`store::rows`).
+pub use crate::store::tasks::Task;
+pub use crate::store::teams::{Team, TeamMember};
+pub use crate::store::users::User;
+use crate::store::{memory, notes, projects, tasks, teams, users};
+
+/// Why a record was not created. The messages and fields are the data API's wire answers.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// A field breaks a rule (400 naming it).
+    #[error("{message}")]
+    Invalid { field: String, message: String },
+    /// A field refers to a record that does not exist (404 naming it).
+    #[error("{field} refers to a record that does not exist")]
+    Missing { field: String },
+    /// Both ids exist but disagree with each other as stored (409 naming the field).
+    #[error("{message}")]
+    Conflict { field: String, message: String },
+    /// A constraint refused the write (409 / 404 / 400 naming the field).
+    #[error(transparent)]
+    Violation(Violation),
+    #[error(transparent)]
+    Password(#[from] PasswordError),
+    #[error("the record could not be stored")]
+    Database(#[source] sqlx::Error),
+}
+
+impl RecordError {
+    fn invalid(field: &str, message: impl Into<String>) -> Self {
+        Self::Invalid { field: field.to_owned(), message: message.into() }
+    }
+}
+
+impl From<sqlx::Error> for RecordError {
+    fn from(e: sqlx::Error) -> Self {
+        match violation(&e) {
+            Some(v) => Self::Violation(v),
+            None => Self::Database(e),
+        }
+    }
+}
+
+impl DomainError for RecordError {
+    fn fault(&self) -> Fault {
+        match self {
+            Self::Invalid { field, .. } => Fault::invalid(field),
+            Self::Missing { field } => Fault::not_found(field),
+            Self::Conflict { field, .. } => Fault::conflict(field),
+            Self::Violation(v) => v.fault(),
+            Self::Password(e) => e.fault(),
+            Self::Database(_) => Fault::Internal,
+        }
+    }
+}
 
 /// Length of an insight embedding (`vector(384)`).
 pub const EMBEDDING_DIMS: usize = 384;
 
-fn text(field: &str, value: &str, max: usize) -> Result<String, ApiError> {
+fn text(field: &str, value: &str, max: usize) -> Result<String, RecordError> {
     let v = value.trim();
     if v.is_empty() {
-        return Err(ApiError::invalid_field(field, format!("{field} must not be empty")));
+        return Err(RecordError::invalid(field, format!("{field} must not be empty")));
     }
     if v.chars().count() > max {
-        return Err(ApiError::invalid_field(field, format!("{field} must have at most {max} characters")));
+        return Err(RecordError::invalid(field, format!("{field} must have at most {max} characters")));
     }
     Ok(v.to_string())
 }
 
-fn optional_text(field: &str, value: Option<&str>, max: usize) -> Result<Option<String>, ApiError> {
+fn optional_text(field: &str, value: Option<&str>, max: usize) -> Result<Option<String>, RecordError> {
     value.map(|v| text(field, v, max)).transpose()
 }
 
@@ -39,12 +99,12 @@ pub const MAX_EMAIL_CHARS: usize = 254;
 /// A trimmed, plausible email address (one `@`, no spaces).
 ///
 /// # Errors
-/// 400 naming `email`.
-pub fn email(value: &str) -> Result<String, ApiError> {
+/// [`RecordError::Invalid`] naming `email`.
+pub fn email(value: &str) -> Result<String, RecordError> {
     let v = text("email", value, MAX_EMAIL_CHARS)?;
     let plausible =
         v.split('@').count() == 2 && !v.starts_with('@') && !v.ends_with('@') && !v.chars().any(char::is_whitespace);
-    if plausible { Ok(v) } else { Err(ApiError::invalid_field("email", "email is not a valid address")) }
+    if plausible { Ok(v) } else { Err(RecordError::invalid("email", "email is not a valid address")) }
 }
 
 fn id_or_new(id: Option<Uuid>) -> Uuid {
@@ -63,18 +123,6 @@ macro_rules! keyed_by {
 
 // ---------------------------------------------------------------- users
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct User {
-    pub id: Uuid,
-    pub email: String,
-    pub name: String,
-    /// `admin` or `member`.
-    pub role: String,
-    /// Set when the user was disabled: no sign-in, every credential refused.
-    pub disabled_at: Option<DateTime<Utc>>,
-    pub created_at: DateTime<Utc>,
-}
 keyed_by!(User, id);
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -103,17 +151,13 @@ pub struct NewUser {
     pub created_at: Option<DateTime<Utc>>,
 }
 
-pub const LIST_USERS: &str = "select id, email, name, role, disabled_at, created_at from users
-     where (created_at, id) < ($1, $2) order by created_at desc, id desc limit $3";
-
 /// # Errors
 /// 400 on a bad field, 409 for a taken email or id.
-pub async fn create_user(conn: &mut PgConnection, new: NewUser) -> Result<User, ApiError> {
+pub async fn create_user(conn: &mut PgConnection, new: NewUser) -> Result<User, RecordError> {
     let email = email(&new.email)?;
     let name = text("name", &new.name, 200)?;
-    if !matches!(new.role.as_str(), "admin" | "member") {
-        return Err(ApiError::invalid_field("role", "role must be \"admin\" or \"member\""));
-    }
+    let role =
+        Role::parse(&new.role).ok_or_else(|| RecordError::invalid("role", "role must be \"admin\" or \"member\""))?;
     let password_hash = match new.password {
         Some(pw) => {
             passwords::validate(&pw)?;
@@ -121,31 +165,12 @@ pub async fn create_user(conn: &mut PgConnection, new: NewUser) -> Result<User, 
         }
         None => None,
     };
-    sqlx::query_as::<_, User>(
-        "insert into users (id, email, name, role, password_hash, created_at)
-         values ($1, $2, $3, $4, $5, coalesce($6, now()))
-         returning id, email, name, role, disabled_at, created_at",
-    )
-    .bind(id_or_new(new.id))
-    .bind(email)
-    .bind(name)
-    .bind(new.role)
-    .bind(password_hash)
-    .bind(new.created_at)
-    .fetch_one(conn)
-    .await
-    .map_err(db_error)
+    let new = users::Insert { id: id_or_new(new.id), email, name, role, password_hash, created_at: new.created_at };
+    Ok(users::insert(conn, new).await?)
 }
 
 // ---------------------------------------------------------------- teams and members
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Team {
-    pub id: Uuid,
-    pub name: String,
-    pub created_at: DateTime<Utc>,
-}
 keyed_by!(Team, id);
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -161,32 +186,13 @@ pub struct NewTeam {
     pub created_at: Option<DateTime<Utc>>,
 }
 
-pub const LIST_TEAMS: &str = "select id, name, created_at from teams
-     where (created_at, id) < ($1, $2) order by created_at desc, id desc limit $3";
-
 /// # Errors
 /// 400 on a bad field, 409 for a taken name or id.
-pub async fn create_team(conn: &mut PgConnection, new: NewTeam) -> Result<Team, ApiError> {
+pub async fn create_team(conn: &mut PgConnection, new: NewTeam) -> Result<Team, RecordError> {
     let name = text("name", &new.name, 200)?;
-    sqlx::query_as::<_, Team>(
-        "insert into teams (id, name, created_at) values ($1, $2, coalesce($3, now()))
-         returning id, name, created_at",
-    )
-    .bind(id_or_new(new.id))
-    .bind(name)
-    .bind(new.created_at)
-    .fetch_one(conn)
-    .await
-    .map_err(db_error)
+    Ok(teams::insert(conn, id_or_new(new.id), &name, new.created_at).await?)
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct TeamMember {
-    pub team_id: Uuid,
-    pub user_id: Uuid,
-    pub created_at: DateTime<Utc>,
-}
 keyed_by!(TeamMember, user_id);
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -196,42 +202,20 @@ pub struct NewTeamMember {
     pub created_at: Option<DateTime<Utc>>,
 }
 
-pub const LIST_TEAM_MEMBERS: &str = "select team_id, user_id, created_at from team_members
-     where team_id = $4 and (created_at, user_id) < ($1, $2) order by created_at desc, user_id desc limit $3";
-
 /// # Errors
 /// 404 for an unknown team or user, 409 when already a member.
 pub async fn add_team_member(
     conn: &mut PgConnection,
     team_id: Uuid,
     new: NewTeamMember,
-) -> Result<TeamMember, ApiError> {
-    sqlx::query_as::<_, TeamMember>(
-        "insert into team_members (team_id, user_id, created_at) values ($1, $2, coalesce($3, now()))
-         returning team_id, user_id, created_at",
-    )
-    .bind(team_id)
-    .bind(new.user_id)
-    .bind(new.created_at)
-    .fetch_one(conn)
-    .await
-    .map_err(db_error)
+) -> Result<TeamMember, RecordError> {
+    Ok(teams::add_member(conn, team_id, new.user_id, new.created_at).await?)
 }
 
 // ---------------------------------------------------------------- projects and missions
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Project {
-    pub id: Uuid,
-    pub name: String,
-    /// Set for a personal project.
-    pub owner_user_id: Option<Uuid>,
-    /// Set for a team project.
-    pub team_id: Option<Uuid>,
-    pub created_at: DateTime<Utc>,
-}
 keyed_by!(Project, id);
+keyed_by!(Mission, id);
 
 /// Exactly one of `ownerUserId` (personal) and `teamId` (team).
 #[derive(Debug, Deserialize, ToSchema)]
@@ -249,44 +233,19 @@ pub struct NewProject {
     pub created_at: Option<DateTime<Utc>>,
 }
 
-pub const LIST_PROJECTS: &str = "select id, name, owner_user_id, team_id, created_at from projects
-     where (created_at, id) < ($1, $2) order by created_at desc, id desc limit $3";
-
 /// # Errors
 /// 400 unless exactly one owner is given; 404 for an unknown owner or team.
-pub async fn create_project(conn: &mut PgConnection, new: NewProject) -> Result<Project, ApiError> {
+pub async fn create_project(conn: &mut PgConnection, new: NewProject) -> Result<Project, RecordError> {
     let name = text("name", &new.name, 200)?;
     if new.owner_user_id.is_some() == new.team_id.is_some() {
-        return Err(ApiError::invalid_field(
+        return Err(RecordError::invalid(
             "ownerUserId",
             "give exactly one of ownerUserId (personal project) and teamId (team project)",
         ));
     }
-    sqlx::query_as::<_, Project>(
-        "insert into projects (id, name, owner_user_id, team_id, created_at)
-         values ($1, $2, $3, $4, coalesce($5, now()))
-         returning id, name, owner_user_id, team_id, created_at",
-    )
-    .bind(id_or_new(new.id))
-    .bind(name)
-    .bind(new.owner_user_id)
-    .bind(new.team_id)
-    .bind(new.created_at)
-    .fetch_one(conn)
-    .await
-    .map_err(db_error)
+    let owner = (new.owner_user_id, new.team_id);
+    Ok(projects::insert(conn, id_or_new(new.id), &name, owner, new.created_at).await?)
 }
-
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Mission {
-    pub id: Uuid,
-    pub name: String,
-    pub project_id: Uuid,
-    pub user_id: Option<Uuid>,
-    pub created_at: DateTime<Utc>,
-}
-keyed_by!(Mission, id);
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -303,33 +262,18 @@ pub struct NewMission {
     pub created_at: Option<DateTime<Utc>>,
 }
 
-pub const LIST_MISSIONS: &str = "select id, name, project_id, user_id, created_at from missions
-     where (created_at, id) < ($1, $2) order by created_at desc, id desc limit $3";
-
 /// # Errors
 /// 400 on a bad field; 404 for an unknown project or user.
-pub async fn create_mission(conn: &mut PgConnection, new: NewMission) -> Result<Mission, ApiError> {
+pub async fn create_mission(conn: &mut PgConnection, new: NewMission) -> Result<Mission, RecordError> {
     let name = text("name", &new.name, 200)?;
-    sqlx::query_as::<_, Mission>(
-        "insert into missions (id, name, project_id, user_id, created_at)
-         values ($1, $2, $3, $4, coalesce($5, now()))
-         returning id, name, project_id, user_id, created_at",
-    )
-    .bind(id_or_new(new.id))
-    .bind(name)
-    .bind(new.project_id)
-    .bind(new.user_id)
-    .bind(new.created_at)
-    .fetch_one(conn)
-    .await
-    .map_err(db_error)
+    let owner = (new.project_id, new.user_id);
+    Ok(projects::insert_mission(conn, id_or_new(new.id), &name, owner, new.created_at).await?)
 }
 
 // ---------------------------------------------------------------- tasks and notes
 
-/// A task: the one shape peers see too (`store::rows`).
-pub use crate::store::rows::Task;
 keyed_by!(Task, id);
+keyed_by!(MissionTask, id);
 
 /// At least one of `projectId` and `missionId`; with only `missionId`, the task joins the
 /// mission's project.
@@ -378,40 +322,36 @@ pub struct NewTask {
     pub created_at: Option<DateTime<Utc>>,
 }
 
-pub const LIST_TASKS: &str = "select t.id, t.title, t.description, t.status, t.priority, t.project_id, t.mission_id, \
-     t.assignee, t.tags, t.due_date, t.metadata, t.created_at, t.updated_at
-     from tasks t where (t.created_at, t.id) < ($1, $2) order by t.created_at desc, t.id desc limit $3";
-
 /// At most this many bytes of JSON in a `metadata` object.
 pub const MAX_METADATA_BYTES: usize = 65_536;
 
-fn metadata(value: Option<serde_json::Value>) -> Result<Option<serde_json::Value>, ApiError> {
+fn metadata(value: Option<serde_json::Value>) -> Result<Option<serde_json::Value>, RecordError> {
     match value {
         None | Some(serde_json::Value::Null) => Ok(None),
         Some(v @ serde_json::Value::Object(_)) if v.to_string().len() <= MAX_METADATA_BYTES => Ok(Some(v)),
-        Some(serde_json::Value::Object(_)) => Err(ApiError::invalid_field(
+        Some(serde_json::Value::Object(_)) => Err(RecordError::invalid(
             "metadata",
             format!("metadata must be at most {MAX_METADATA_BYTES} bytes of JSON"),
         )),
-        Some(_) => Err(ApiError::invalid_field("metadata", "metadata must be a JSON object")),
+        Some(_) => Err(RecordError::invalid("metadata", "metadata must be a JSON object")),
     }
 }
 
-fn tags(value: Option<Vec<String>>) -> Result<Vec<String>, ApiError> {
+fn tags(value: Option<Vec<String>>) -> Result<Vec<String>, RecordError> {
     let tags = value.unwrap_or_default();
     if tags.len() > 50 {
-        return Err(ApiError::invalid_field("tags", "tags must have at most 50 entries"));
+        return Err(RecordError::invalid("tags", "tags must have at most 50 entries"));
     }
     tags.iter().enumerate().map(|(i, t)| text(&format!("tags[{i}]"), t, 100)).collect()
 }
 
 /// # Errors
 /// 400 on a bad field or a mission of another project; 404 for an unknown project or mission.
-pub async fn create_task(conn: &mut PgConnection, new: NewTask) -> Result<Task, ApiError> {
+pub async fn create_task(conn: &mut PgConnection, new: NewTask) -> Result<Task, RecordError> {
     let title = text("title", &new.title, 500)?;
     let description = new.description.filter(|d| !d.trim().is_empty());
     if description.as_ref().is_some_and(|d| d.chars().count() > 100_000) {
-        return Err(ApiError::invalid_field("description", "description must have at most 100000 characters"));
+        return Err(RecordError::invalid("description", "description must have at most 100000 characters"));
     }
     let status = optional_text("status", new.status.as_deref(), 64)?.unwrap_or_else(|| "todo".into());
     let priority = optional_text("priority", new.priority.as_deref(), 64)?.unwrap_or_else(|| "medium".into());
@@ -421,63 +361,36 @@ pub async fn create_task(conn: &mut PgConnection, new: NewTask) -> Result<Task, 
     // Visibility is decided by project_id alone (DESIGN §4), so a mission's task takes its project.
     let project_id = match new.mission_id {
         Some(mission_id) => {
-            let mission_project: Option<Uuid> = sqlx::query_scalar("select project_id from missions where id = $1")
-                .bind(mission_id)
-                .fetch_optional(&mut *conn)
-                .await?;
-            let mission_project = mission_project.ok_or_else(|| {
-                ApiError::not_found("missionId refers to a record that does not exist")
-                    .with_details(serde_json::json!({ "field": "missionId" }))
-            })?;
+            let mission_project = projects::project_of_mission(conn, mission_id)
+                .await?
+                .ok_or_else(|| RecordError::Missing { field: "missionId".into() })?;
             if new.project_id.is_some_and(|p| p != mission_project) {
                 // Both ids are well formed and exist; they disagree with each other as stored.
-                return Err(ApiError::conflict("projectId differs from the project of missionId")
-                    .with_details(serde_json::json!({ "field": "projectId" })));
+                return Err(RecordError::Conflict {
+                    field: "projectId".into(),
+                    message: "projectId differs from the project of missionId".into(),
+                });
             }
             mission_project
         }
-        None => {
-            new.project_id.ok_or_else(|| ApiError::invalid_field("projectId", "give projectId, missionId or both"))?
-        }
+        None => new.project_id.ok_or_else(|| RecordError::invalid("projectId", "give projectId, missionId or both"))?,
     };
-    sqlx::query_as::<_, Task>(
-        "insert into tasks as t (id, title, description, status, priority, project_id, mission_id, created_at, updated_at,
-                                 assignee, tags, due_date, metadata)
-         values ($1, $2, $3, $4, $5, $6, $7, coalesce($8, now()), coalesce($8, now()), $9, $10, $11, $12)
-         returning t.id, t.title, t.description, t.status, t.priority, t.project_id, t.mission_id,
-                   t.assignee, t.tags, t.due_date, t.metadata, t.created_at, t.updated_at",
-    )
-    .bind(id_or_new(new.id))
-    .bind(title)
-    .bind(description)
-    .bind(status)
-    .bind(priority)
-    .bind(project_id)
-    .bind(new.mission_id)
-    .bind(new.created_at)
-    .bind(assignee)
-    .bind(tags)
-    .bind(new.due_date)
-    .bind(metadata.map(sqlx::types::Json))
-    .fetch_one(conn)
-    .await
-    .map_err(db_error)
+    let new = tasks::Insert {
+        id: id_or_new(new.id),
+        title,
+        description,
+        status,
+        priority,
+        project_id,
+        mission_id: new.mission_id,
+        assignee,
+        tags,
+        due_date: new.due_date,
+        metadata,
+        created_at: new.created_at,
+    };
+    Ok(tasks::insert(conn, new).await?)
 }
-
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct MissionTask {
-    pub id: Uuid,
-    pub mission_id: Uuid,
-    pub user_id: Uuid,
-    pub task_id: Option<Uuid>,
-    /// The note text (the column `notes`; `content` on the wire, as in Mosaic).
-    pub content: String,
-    pub status: String,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-keyed_by!(MissionTask, id);
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -500,54 +413,29 @@ pub struct NewMissionTask {
     pub created_at: Option<DateTime<Utc>>,
 }
 
-pub const LIST_MISSION_TASKS: &str =
-    "select id, mission_id, user_id, task_id, notes as content, status, created_at, updated_at
-     from mission_tasks where (created_at, id) < ($1, $2) order by created_at desc, id desc limit $3";
-
 /// # Errors
 /// 400 on a bad field; 404 for an unknown mission, user or task.
-pub async fn create_mission_task(conn: &mut PgConnection, new: NewMissionTask) -> Result<MissionTask, ApiError> {
+pub async fn create_mission_task(conn: &mut PgConnection, new: NewMissionTask) -> Result<MissionTask, RecordError> {
     if new.content.chars().count() > 100_000 {
-        return Err(ApiError::invalid_field("content", "content must have at most 100000 characters"));
+        return Err(RecordError::invalid("content", "content must have at most 100000 characters"));
     }
     let status = optional_text("status", new.status.as_deref(), 64)?.unwrap_or_else(|| "open".into());
-    sqlx::query_as::<_, MissionTask>(
-        "insert into mission_tasks (id, mission_id, user_id, task_id, notes, status, created_at, updated_at)
-         values ($1, $2, $3, $4, $5, $6, coalesce($7, now()), coalesce($7, now()))
-         returning id, mission_id, user_id, task_id, notes as content, status, created_at, updated_at",
-    )
-    .bind(id_or_new(new.id))
-    .bind(new.mission_id)
-    .bind(new.user_id)
-    .bind(new.task_id)
-    .bind(new.content)
-    .bind(status)
-    .bind(new.created_at)
-    .fetch_one(conn)
-    .await
-    .map_err(db_error)
+    let new = notes::Insert {
+        id: id_or_new(new.id),
+        mission_id: new.mission_id,
+        user_id: new.user_id,
+        task_id: new.task_id,
+        content: new.content,
+        status,
+        created_at: new.created_at,
+    };
+    Ok(notes::insert(conn, new).await?)
 }
 
 // ---------------------------------------------------------------- memory
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Insight {
-    pub id: Uuid,
-    pub user_id: Uuid,
-    pub content: String,
-    pub category: Option<String>,
-    /// Where the insight comes from (`agent` by default); peers see it as `kind`.
-    pub source: String,
-    pub relevance_score: f32,
-    #[schema(value_type = Option<Object>)]
-    pub metadata: Option<serde_json::Value>,
-    /// Whether an embedding is stored (the 384 numbers are not echoed back).
-    pub has_embedding: bool,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
 keyed_by!(Insight, id);
+keyed_by!(Preference, id);
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -584,72 +472,42 @@ pub struct NewInsight {
     pub created_at: Option<DateTime<Utc>>,
 }
 
-const INSIGHT_RECORD: &str = "id, user_id, content, category, source, relevance_score, metadata, \
-     embedding is not null as has_embedding, created_at, updated_at";
-
-pub const LIST_INSIGHTS: &str =
-    "select id, user_id, content, category, source, relevance_score, metadata, embedding is not null as has_embedding,
-            created_at, updated_at
-     from insights where (created_at, id) < ($1, $2) order by created_at desc, id desc limit $3";
-
 /// # Errors
 /// 400 on a bad field or embedding; 404 for an unknown user.
-pub async fn create_insight(conn: &mut PgConnection, new: NewInsight) -> Result<Insight, ApiError> {
+pub async fn create_insight(conn: &mut PgConnection, new: NewInsight) -> Result<Insight, RecordError> {
     let content = text("content", &new.content, 100_000)?;
     let category = optional_text("category", new.category.as_deref(), 200)?;
     let source = optional_text("source", new.source.as_deref(), 64)?.unwrap_or_else(|| "agent".into());
-    let relevance = new.relevance_score.unwrap_or(1.0);
-    if !relevance.is_finite() {
-        return Err(ApiError::invalid_field("relevanceScore", "relevanceScore must be a finite number"));
+    let relevance_score = new.relevance_score.unwrap_or(1.0);
+    if !relevance_score.is_finite() {
+        return Err(RecordError::invalid("relevanceScore", "relevanceScore must be a finite number"));
     }
     let metadata = metadata(new.metadata)?;
     let embedding = match new.embedding {
         Some(v) if v.len() != EMBEDDING_DIMS => {
-            return Err(ApiError::invalid_field(
+            return Err(RecordError::invalid(
                 "embedding",
                 format!("embedding must have {EMBEDDING_DIMS} numbers, not {}", v.len()),
             ));
         }
         Some(v) if v.iter().any(|x| !x.is_finite()) => {
-            return Err(ApiError::invalid_field("embedding", "embedding must hold finite numbers"));
+            return Err(RecordError::invalid("embedding", "embedding must hold finite numbers"));
         }
         other => other.map(pgvector::Vector::from),
     };
-    sqlx::query_as::<_, Insight>(sqlx::AssertSqlSafe(format!(
-        "insert into insights (id, user_id, content, category, embedding, created_at, updated_at, source, relevance_score, metadata)
-         values ($1, $2, $3, $4, $5, coalesce($6, now()), coalesce($6, now()), $7, $8, $9)
-         returning {INSIGHT_RECORD}"
-    )))
-    .bind(id_or_new(new.id))
-    .bind(new.user_id)
-    .bind(content)
-    .bind(category)
-    .bind(embedding)
-    .bind(new.created_at)
-    .bind(source)
-    .bind(relevance)
-    .bind(metadata.map(sqlx::types::Json))
-    .fetch_one(conn)
-    .await
-    .map_err(db_error)
+    let new = memory::InsightInsert {
+        id: id_or_new(new.id),
+        user_id: new.user_id,
+        content,
+        category,
+        embedding,
+        source,
+        relevance_score,
+        metadata,
+        created_at: new.created_at,
+    };
+    Ok(memory::insert_insight(conn, new).await?)
 }
-
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Preference {
-    pub id: Uuid,
-    pub user_id: Uuid,
-    pub key: String,
-    #[schema(value_type = Object)]
-    pub value: serde_json::Value,
-    pub category: Option<String>,
-    pub source: Option<String>,
-    /// Whether the preference may be changed (default true).
-    pub mutable: bool,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-keyed_by!(Preference, id);
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -683,31 +541,23 @@ pub struct NewPreference {
     pub created_at: Option<DateTime<Utc>>,
 }
 
-pub const LIST_PREFERENCES: &str = "select id, user_id, key, value, category, source, mutable, created_at, updated_at
-     from preferences where (created_at, id) < ($1, $2) order by created_at desc, id desc limit $3";
-
 /// # Errors
 /// 400 on a bad field; 404 for an unknown user; 409 when the user already has this key.
-pub async fn create_preference(conn: &mut PgConnection, new: NewPreference) -> Result<Preference, ApiError> {
+pub async fn create_preference(conn: &mut PgConnection, new: NewPreference) -> Result<Preference, RecordError> {
     let key = text("key", &new.key, 200)?;
     let category = optional_text("category", new.category.as_deref(), 200)?;
     let source = optional_text("source", new.source.as_deref(), 64)?;
-    sqlx::query_as::<_, Preference>(
-        "insert into preferences (id, user_id, key, value, category, created_at, updated_at, source, mutable)
-         values ($1, $2, $3, $4, $5, coalesce($6, now()), coalesce($6, now()), $7, coalesce($8, true))
-         returning id, user_id, key, value, category, source, mutable, created_at, updated_at",
-    )
-    .bind(id_or_new(new.id))
-    .bind(new.user_id)
-    .bind(key)
-    .bind(sqlx::types::Json(new.value))
-    .bind(category)
-    .bind(new.created_at)
-    .bind(source)
-    .bind(new.mutable)
-    .fetch_one(conn)
-    .await
-    .map_err(db_error)
+    let new = memory::PreferenceInsert {
+        id: id_or_new(new.id),
+        user_id: new.user_id,
+        key,
+        value: new.value,
+        category,
+        source,
+        mutable: new.mutable,
+        created_at: new.created_at,
+    };
+    Ok(memory::insert_preference(conn, new).await?)
 }
 
 #[cfg(test)]
@@ -718,7 +568,7 @@ mod tests {
     fn emails_are_trimmed_and_checked() {
         assert_eq!(email("  ada@example.org ").unwrap(), "ada@example.org");
         for bad in ["", "ada", "@x", "a@", "a@b@c", "a b@c"] {
-            assert_eq!(email(bad).unwrap_err().status(), 400, "{bad}");
+            assert_eq!(email(bad).unwrap_err().fault(), Fault::invalid("email"), "{bad}");
         }
     }
 }

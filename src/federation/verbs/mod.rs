@@ -1,7 +1,16 @@
 //! The peer-facing verbs under `/api/federation/v1/*`, all behind the mTLS guard.
+//!
+//! - [`list`] and [`get`] read rows, [`search`] ranks them; all three see exactly what
+//!   [`visibility`] lets a grant's subject see, answer a scope denial and leave their audit row
+//!   through [`outcome`], and (list and search) shape their pages through [`page`].
+//! - `capabilities` and `renew` are here.
 
-pub mod read;
+pub mod get;
+pub mod list;
+pub mod outcome;
+pub mod page;
 pub mod search;
+pub mod visibility;
 
 use axum::Extension;
 use axum::extract::State;
@@ -13,20 +22,21 @@ use super::enrollment::{IssuedCertificate, RedeemRequest};
 use crate::app::AppState;
 use crate::http::error::{ApiError, ErrorEnvelope};
 use crate::http::extract::Json;
+use crate::rbac::Resource;
 
 /// Every verb but `list`; these run behind [`super::guard::require_peer`].
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(renew))
         .routes(routes!(capabilities))
-        .routes(routes!(read::get))
+        .routes(routes!(get::get))
         .routes(routes!(search::search))
 }
 
 /// `list`, which runs behind [`super::guard::require_peer_confirmed_by_verb`]: it must confirm
 /// an unconfirmed context in its page statement.
 pub fn list_router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(read::list))
+    OpenApiRouter::new().routes(routes!(list::list))
 }
 
 /// Renew this peer's client certificate with a fresh CSR (mTLS). The previous certificate stays
@@ -46,8 +56,6 @@ pub async fn renew(
 
 /// The verbs this gateway serves.
 pub const SUPPORTED_VERBS: [&str; 5] = ["list", "get", "search", "capabilities", "renew"];
-/// Resources native RBAC can serve at all; `credentials` and `api_keys` never are.
-pub const READABLE_RESOURCES: [&str; 3] = ["tasks", "notes", "memory"];
 
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct Capabilities {
@@ -83,20 +91,36 @@ pub async fn capabilities(
     Extension(ctx): Extension<FederationContext>,
 ) -> Json<Capabilities> {
     let scope = &ctx.scope;
-    let resources: Vec<String> =
-        scope.resources.iter().filter(|r| READABLE_RESOURCES.contains(&r.as_str())).cloned().collect();
+    let resources: Vec<Resource> =
+        scope.resources.iter().filter_map(|r| Resource::parse(r)).filter(|r| r.readable()).collect();
     let model = state.config.search.embedding_model.clone();
+    let names: Vec<String> = resources.iter().map(|r| r.as_str().to_string()).collect();
     let search = SearchCapabilities {
-        resources: resources.clone(),
-        modes: resources.iter().map(|r| (r.clone(), search::modes_for(r, model.is_some()))).collect(),
+        resources: names.clone(),
+        modes: resources.iter().map(|r| (r.as_str().to_string(), search::modes_for(*r, model.is_some()))).collect(),
         embedding_dimension: model.as_ref().map(|_| search::DIMENSION as u32),
         embedding_model: model,
     };
     Json(Capabilities {
-        resources,
+        resources: names,
         excluded_resources: scope.excluded_resources.clone(),
         max_rows_per_query: scope.max_rows(),
         supported_verbs: SUPPORTED_VERBS.iter().map(|v| (*v).to_string()).collect(),
         search,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::rbac::Resource;
+
+    /// The `{resource}` path parameters state their values as a pattern (an attribute literal):
+    /// it must name exactly [`Resource::ALL`].
+    #[test]
+    fn the_resource_path_pattern_names_every_resource() {
+        let pattern = format!("^({})$", Resource::NAMES.join("|"));
+        for source in [include_str!("list.rs"), include_str!("get.rs"), include_str!("search.rs")] {
+            assert!(source.contains(&format!("pattern = \"{pattern}\"")), "{pattern}");
+        }
+    }
 }

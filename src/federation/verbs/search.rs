@@ -9,8 +9,8 @@
 //!   only (only insights carry embeddings), and only when `TESSERA_EMBEDDING_MODEL` is set.
 //!   Default: `hybrid` when a vector is given, else `text`.
 //! - **Scope.** Each statement ranks only rows that pass the list verb's own visibility
-//!   predicates ([`super::read::TASKS_VISIBLE`], [`super::read::NOTES_VISIBLE`], memory: the
-//!   subject's own rows when personal is on), bound from the same [`QueryFilter`] the list verb
+//!   predicates ([`super::visibility`]: tasks of visible projects, the subject's own notes,
+//!   memory: the subject's own rows when personal is on), bound from the same [`QueryFilter`] the list verb
 //!   uses: excluded resources, team filters, personal, the row cap and the subject's memberships
 //!   as the guard read them on this request. So a search never returns a row list would not, and
 //!   a revocation or scope edit bites on the next request (the guard reads the grant each time).
@@ -25,7 +25,6 @@ use std::time::Instant;
 
 use axum::Extension;
 use axum::extract::State;
-use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use sqlx::{FromRow, Row as _};
@@ -33,12 +32,16 @@ use utoipa::ToSchema;
 
 use super::super::FederationContext;
 use super::super::scope::{QueryFilter, evaluate};
-use super::read::{
-    LIMIT_CAPPED_HEADER, NOTES_VISIBLE, Outcome, TASKS_VISIBLE, audit_verb, cursor_codec, denial_response,
-};
+use pgvector::Vector;
+use sqlx::{Postgres, QueryBuilder};
+
+use super::outcome::{Outcome, audit_verb, denial_response};
+use super::page::{cursor_codec, respond};
+pub use super::visibility::Visibility;
 use crate::app::AppState;
 use crate::http::error::{ApiError, ErrorEnvelope};
 use crate::http::extract::Path;
+use crate::rbac::Resource;
 use crate::store::rows::{self, NOTE_COLUMNS, TASK_COLUMNS};
 
 /// Dimension of `insights.embedding`.
@@ -140,8 +143,8 @@ impl Search {
 }
 
 /// The modes `resource` supports on a gateway with (or without) an embedding model.
-pub fn modes_for(resource: &str, embeddings: bool) -> Vec<SearchMode> {
-    if resource == "memory" && embeddings {
+pub fn modes_for(resource: Resource, embeddings: bool) -> Vec<SearchMode> {
+    if resource == Resource::Memory && embeddings {
         vec![SearchMode::Text, SearchMode::Vector, SearchMode::Hybrid]
     } else {
         vec![SearchMode::Text]
@@ -153,7 +156,7 @@ pub fn modes_for(resource: &str, embeddings: bool) -> Vec<SearchMode> {
 /// # Errors
 /// 400 naming `query`, `vector` or `mode`.
 pub fn validate(
-    resource: &str,
+    resource: Resource,
     query: Option<&serde_json::Value>,
     vector: Option<&serde_json::Value>,
     mode: Option<&serde_json::Value>,
@@ -232,48 +235,33 @@ pub fn validate(
     Ok(Search { mode, query, vector })
 }
 
-/// Whose rows a statement may rank.
-#[derive(Debug, Clone, Copy)]
-pub enum Visibility {
-    /// A peer's grant: the list verb's predicates, bound from a [`QueryFilter`].
-    Grant,
-    /// The local admin plane: every row (as `/api/admin/federation/query`).
-    Everything,
+/// The text-search hits of memory (insights and preferences) for the tsquery `q.q`, for
+/// visibility `vis`.
+fn push_memory_text_hits(qb: &mut QueryBuilder<Postgres>, vis: Visibility, f: &QueryFilter) {
+    qb.push(format_args!(
+        "select 'insight'::text as kind, i.id, ts_rank({INSIGHT_TSV}, q.q)::float8 as s \
+           from insights i, q where {INSIGHT_TSV} @@ q.q and "
+    ));
+    vis.push_memory(qb, f, "i");
+    qb.push(format_args!(
+        " union all select 'preference'::text, p.id, ts_rank({PREFERENCE_TSV}, q.q)::float8 \
+           from preferences p, q where {PREFERENCE_TSV} @@ q.q and "
+    ));
+    vis.push_memory(qb, f, "p");
 }
 
-impl Visibility {
-    fn tasks(self) -> &'static str {
-        match self {
-            Visibility::Grant => TASKS_VISIBLE,
-            Visibility::Everything => "true",
-        }
-    }
-    fn notes(self) -> &'static str {
-        match self {
-            Visibility::Grant => NOTES_VISIBLE,
-            Visibility::Everything => "mt.notes <> ''",
-        }
-    }
-    /// Memory is personal only, as in the list verb: the subject's rows, when personal is on.
-    fn memory(self, alias: &str) -> String {
-        match self {
-            Visibility::Grant => format!("{alias}.user_id = $1 and $2"),
-            Visibility::Everything => "true".into(),
-        }
-    }
+/// `nearest`: the `window` insights visible under `vis` nearest to `vector`, with distance `d`.
+fn push_nearest(qb: &mut QueryBuilder<Postgres>, vis: Visibility, f: &QueryFilter, vector: &Vector, window: i64) {
+    qb.push("nearest as (select i.id, i.embedding <=> ")
+        .push_bind(vector.clone())
+        .push(" as d from insights i where i.embedding is not null and ");
+    vis.push_memory(qb, f, "i");
+    qb.push(" order by i.embedding <=> ").push_bind(vector.clone()).push(format_args!(" limit {window})"));
 }
 
-/// The text-search hits of memory (insights and preferences), for `q` and visibility `vis`.
-fn memory_text_hits(vis: Visibility) -> String {
-    format!(
-        "select 'insight'::text as kind, i.id, ts_rank({INSIGHT_TSV}, q.q)::float8 as s
-           from insights i, q where {INSIGHT_TSV} @@ q.q and {iv}
-         union all
-         select 'preference'::text, p.id, ts_rank({PREFERENCE_TSV}, q.q)::float8
-           from preferences p, q where {PREFERENCE_TSV} @@ q.q and {pv}",
-        iv = vis.memory("i"),
-        pv = vis.memory("p"),
-    )
+/// `offset … limit …` of a ranking.
+fn push_page(qb: &mut QueryBuilder<Postgres>, offset: i64, n: i64) {
+    qb.push(" offset ").push_bind(offset).push(" limit ").push_bind(n);
 }
 
 /// How many candidates the vector scans take for a page ending at `end`: the next power of two
@@ -286,84 +274,112 @@ pub fn window(end: i64) -> i64 {
     i64::try_from(end.next_power_of_two()).unwrap_or(i64::MAX)
 }
 
-/// The statement for `resource` and `mode`. Parameters: `$1` subject, `$2` include_personal,
-/// `$3` team ids (as the list verb binds them); then text `$4` query, `$5` offset, `$6` rows;
-/// vector `$4` vector, `$5` offset, `$6` rows; hybrid `$4` query, `$5` vector, `$6` offset, `$7`
-/// rows. `window` ([`window`]) bounds each ranking that feeds a vector or hybrid page. Every
-/// statement returns the table's row columns plus `_score` (memory: the columns of insights and
-/// preferences side by side, and `kind`).
-pub fn statement(resource: &str, mode: SearchMode, vis: Visibility, window: i64) -> String {
-    let q = "q as (select websearch_to_tsquery('simple'::regconfig, $4) as q)";
-    match (resource, mode) {
-        ("tasks", _) => format!(
-            "with {q}, ranked as (
-                 select t.id, ts_rank({TASK_TSV}, q.q)::float8 as _score
-                 from tasks t, q where {TASK_TSV} @@ q.q and {v}
-                 order by _score desc, t.id offset $5 limit $6)
-             select {TASK_COLUMNS}, r._score from ranked r join tasks t on t.id = r.id order by r._score desc, r.id",
-            v = vis.tasks()
-        ),
-        ("notes", _) => format!(
-            "with {q}, ranked as (
-                 select mt.id, ts_rank({NOTE_TSV}, q.q)::float8 as _score
-                 from mission_tasks mt, q where {NOTE_TSV} @@ q.q and {v}
-                 order by _score desc, mt.id offset $5 limit $6)
-             select {NOTE_COLUMNS}, r._score from ranked r join mission_tasks mt on mt.id = r.id order by r._score desc, r.id",
-            v = vis.notes()
-        ),
-        (_, SearchMode::Text) => memory_rows(&format!(
-            "with {q}, hits as ({hits}), ranked as (
-                 select kind, id, s as _score from hits order by s desc, kind, id offset $5 limit $6)",
-            hits = memory_text_hits(vis)
-        )),
-        (_, SearchMode::Vector) => memory_rows(&format!(
-            "with nearest as (
-                 select i.id, i.embedding <=> $4 as d
-                 from insights i where i.embedding is not null and {v}
-                 order by i.embedding <=> $4 limit {window}),
-             ranked as (
-                 select 'insight'::text as kind, id, (1 - d)::float8 as _score
-                 from nearest order by d, id offset $5 limit $6)",
-            v = vis.memory("i")
-        )),
+/// The statement of one page of `search` over `f.resource`: `n` rows from `offset`, ranking
+/// only rows visible under `vis`. `window` ([`window`]) bounds each ranking that feeds a vector
+/// or hybrid page. Every statement returns the table's row columns plus `_score` (memory: the
+/// columns of insights and preferences side by side, and `_hit`, the table of the row).
+///
+/// Composed at run time: the mode picks the rankings, the visibility predicates come from
+/// [`super::visibility`], and every value is bound as it is pushed.
+pub fn statement(
+    f: &QueryFilter,
+    search: &Search,
+    vis: Visibility,
+    window: i64,
+    offset: i64,
+    n: i64,
+) -> QueryBuilder<Postgres> {
+    let mut qb = QueryBuilder::new("with ");
+    let vector = Vector::from(search.vector.clone().unwrap_or_default());
+    let text_query = |qb: &mut QueryBuilder<Postgres>| {
+        qb.push("q as (select websearch_to_tsquery('simple'::regconfig, ")
+            .push_bind(search.query.clone())
+            .push(") as q)");
+    };
+    match (f.resource, search.mode) {
+        (Resource::Tasks, _) => {
+            text_query(&mut qb);
+            qb.push(format_args!(
+                ", ranked as (select t.id, ts_rank({TASK_TSV}, q.q)::float8 as _score \
+                 from tasks t, q where {TASK_TSV} @@ q.q and "
+            ));
+            vis.push_tasks(&mut qb, f);
+            qb.push(" order by _score desc, t.id");
+            push_page(&mut qb, offset, n);
+            qb.push(format_args!(
+                ") select {TASK_COLUMNS}, r._score from ranked r join tasks t on t.id = r.id order by r._score desc, r.id"
+            ));
+        }
+        (Resource::Notes, _) => {
+            text_query(&mut qb);
+            qb.push(format_args!(
+                ", ranked as (select mt.id, ts_rank({NOTE_TSV}, q.q)::float8 as _score \
+                 from mission_tasks mt, q where {NOTE_TSV} @@ q.q and "
+            ));
+            vis.push_notes(&mut qb, f);
+            qb.push(" order by _score desc, mt.id");
+            push_page(&mut qb, offset, n);
+            qb.push(format_args!(
+                ") select {NOTE_COLUMNS}, r._score from ranked r join mission_tasks mt on mt.id = r.id order by r._score desc, r.id"
+            ));
+        }
+        (_, SearchMode::Text) => {
+            text_query(&mut qb);
+            qb.push(", hits as (");
+            push_memory_text_hits(&mut qb, vis, f);
+            qb.push("), ranked as (select kind, id, s as _score from hits order by s desc, kind, id");
+            push_page(&mut qb, offset, n);
+            qb.push(")");
+            push_memory_rows(&mut qb);
+        }
+        (_, SearchMode::Vector) => {
+            push_nearest(&mut qb, vis, f, &vector, window);
+            qb.push(", ranked as (select 'insight'::text as kind, id, (1 - d)::float8 as _score from nearest order by d, id");
+            push_page(&mut qb, offset, n);
+            qb.push(")");
+            push_memory_rows(&mut qb);
+        }
         // Hybrid may come with a vector alone: no text ranking then (and no Postgres notice
         // about a query without lexemes).
-        (_, SearchMode::Hybrid) => memory_rows(&format!(
-            "with q as (select case when $4 = '' then null::tsquery
-                                    else websearch_to_tsquery('simple'::regconfig, $4) end as q),
-             hits as ({hits}),
-             by_text as (
-                 select kind, id, row_number() over (order by s desc, kind, id) as r
-                 from hits order by s desc, kind, id limit {window}),
-             nearest as (
-                 select i.id, i.embedding <=> $5 as d
-                 from insights i where i.embedding is not null and {v}
-                 order by i.embedding <=> $5 limit {window}),
-             by_vector as (
-                 select 'insight'::text as kind, id, row_number() over (order by d, id) as r from nearest),
-             ranked as (
-                 select kind, id, sum(1.0 / ({RRF_K} + r))::float8 as _score
-                 from (select * from by_text union all select * from by_vector) u
-                 group by kind, id order by _score desc, kind, id offset $6 limit $7)",
-            hits = memory_text_hits(vis),
-            v = vis.memory("i")
-        )),
+        (_, SearchMode::Hybrid) => {
+            qb.push("q as (select case when ")
+                .push_bind(search.query.clone())
+                .push(" = '' then null::tsquery else websearch_to_tsquery('simple'::regconfig, ")
+                .push_bind(search.query.clone())
+                .push(") end as q), hits as (");
+            push_memory_text_hits(&mut qb, vis, f);
+            qb.push(format_args!(
+                "), by_text as (select kind, id, row_number() over (order by s desc, kind, id) as r \
+                 from hits order by s desc, kind, id limit {window}), "
+            ));
+            push_nearest(&mut qb, vis, f, &vector, window);
+            qb.push(format_args!(
+                ", by_vector as (select 'insight'::text as kind, id, row_number() over (order by d, id) as r from nearest), \
+                 ranked as (select kind, id, sum(1.0 / ({RRF_K} + r))::float8 as _score \
+                 from (select * from by_text union all select * from by_vector) u \
+                 group by kind, id order by _score desc, kind, id"
+            ));
+            push_page(&mut qb, offset, n);
+            qb.push(")");
+            push_memory_rows(&mut qb);
+        }
     }
+    qb
 }
 
-/// Memory rows: insights and preferences side by side, in the columns their list rows read.
-fn memory_rows(with: &str) -> String {
-    format!(
-        "{with}
-         select r.kind as _hit, r._score, coalesce(i.id, p.id) as id,
-                case when r.kind = 'insight' then i.source else p.category end as kind,
-                i.content, i.category, i.relevance_score, i.metadata, p.key, p.value, p.source, p.mutable,
-                coalesce(i.created_at, p.created_at) as created_at, coalesce(i.updated_at, p.updated_at) as updated_at
-         from ranked r
-         left join insights i on r.kind = 'insight' and i.id = r.id
-         left join preferences p on r.kind = 'preference' and p.id = r.id
-         order by r._score desc, r.kind, r.id"
-    )
+/// Memory rows after the `ranked` CTE: insights and preferences side by side, in the columns
+/// their list rows read.
+fn push_memory_rows(qb: &mut QueryBuilder<Postgres>) {
+    qb.push(
+        " select r.kind as _hit, r._score, coalesce(i.id, p.id) as id, \
+                case when r.kind = 'insight' then i.source else p.category end as kind, \
+                i.content, i.category, i.relevance_score, i.metadata, p.key, p.value, p.source, p.mutable, \
+                coalesce(i.created_at, p.created_at) as created_at, coalesce(i.updated_at, p.updated_at) as updated_at \
+         from ranked r \
+         left join insights i on r.kind = 'insight' and i.id = r.id \
+         left join preferences p on r.kind = 'preference' and p.id = r.id \
+         order by r._score desc, r.kind, r.id",
+    );
 }
 
 /// Runs one page of a search: `n` rows from `offset`, shaped as the list verb's rows and tagged
@@ -379,22 +395,14 @@ pub async fn run(
     offset: i64,
     n: i64,
 ) -> Result<Vec<serde_json::Value>, sqlx::Error> {
-    let sql = statement(&f.resource, search.mode, vis, window(offset + n));
-    let q =
-        sqlx::query(sqlx::AssertSqlSafe(sql)).bind(f.subject_user_id).bind(f.include_personal).bind(f.team_ids.clone());
-    let vector = search.vector.clone().map(pgvector::Vector::from);
-    let q = match search.mode {
-        SearchMode::Text => q.bind(search.query.clone()).bind(offset).bind(n),
-        SearchMode::Vector => q.bind(vector).bind(offset).bind(n),
-        SearchMode::Hybrid => q.bind(search.query.clone()).bind(vector).bind(offset).bind(n),
-    };
-    let rows = q.fetch_all(pool).await?;
+    // Binds a vector: unchecked by nature (pgvector's type has no fixed OID).
+    let rows = statement(f, search, vis, window(offset + n), offset, n).build().fetch_all(pool).await?;
     let mut items = Vec::with_capacity(rows.len());
     for row in rows {
         let score: f64 = row.try_get("_score")?;
-        let mut item = match f.resource.as_str() {
-            "tasks" => rows::local_json(rows::Task::from_row(&row)?),
-            "notes" => rows::local_json(rows::Note::from_row(&row)?),
+        let mut item = match f.resource {
+            Resource::Tasks => rows::local_json(rows::Task::from_row(&row)?),
+            Resource::Notes => rows::local_json(rows::Note::from_row(&row)?),
             _ => match row.try_get::<String, _>("_hit")?.as_str() {
                 "insight" => rows::local_json(rows::Insight::from_row(&row)?),
                 _ => rows::local_json(rows::Preference::from_row(&row)?),
@@ -454,7 +462,7 @@ pub async fn search(
     };
     let settings = &state.config.search;
     let mut search = validate(
-        &resource,
+        filter.resource,
         body.query.as_ref(),
         body.vector.as_ref(),
         body.mode.as_ref(),
@@ -499,15 +507,7 @@ pub async fn search(
         ..Default::default()
     };
     audit_verb(&state, &ctx, "search", Some(&resource), o);
-    let mut response = ([(axum::http::header::CONTENT_TYPE, "application/json")], encoded).into_response();
-    let requested = body.limit.as_ref().and_then(|l| match l {
-        serde_json::Value::String(text) => text.trim().parse::<u64>().ok(),
-        other => other.as_u64(),
-    });
-    if requested.is_some_and(|r| r > u64::from(filter.limit)) {
-        response.headers_mut().insert(LIMIT_CAPPED_HEADER, axum::http::HeaderValue::from(filter.limit));
-    }
-    Ok(response)
+    Ok(respond(encoded, body.limit.as_ref(), filter.limit))
 }
 
 fn invalid_cursor(state: &AppState, ctx: &FederationContext, resource: &str) -> ApiError {
@@ -549,27 +549,28 @@ mod tests {
             (json!("x"), None, Some(json!(3)), "mode"),
         ];
         for (q, vec, mode, want) in cases {
-            let e = validate("memory", Some(&q), vec.as_ref(), mode.as_ref(), true, false).unwrap_err();
+            let e = validate(Resource::Memory, Some(&q), vec.as_ref(), mode.as_ref(), true, false).unwrap_err();
             assert_eq!(field(&e), want, "{q} {vec:?} {mode:?}: {}", e.message());
         }
         // Vector modes: memory only, and only with a model.
-        let e = validate("tasks", Some(&json!("x")), Some(&v(DIMENSION)), None, true, false).unwrap_err();
+        let e = validate(Resource::Tasks, Some(&json!("x")), Some(&v(DIMENSION)), None, true, false).unwrap_err();
         assert_eq!(field(&e), "mode");
-        let e = validate("memory", Some(&json!("x")), Some(&v(DIMENSION)), None, false, false).unwrap_err();
+        let e = validate(Resource::Memory, Some(&json!("x")), Some(&v(DIMENSION)), None, false, false).unwrap_err();
         assert_eq!(field(&e), "mode");
         // Query text alone in vector mode needs a provider.
-        let e = validate("memory", Some(&json!("x")), None, Some(&json!("vector")), true, false).unwrap_err();
+        let e = validate(Resource::Memory, Some(&json!("x")), None, Some(&json!("vector")), true, false).unwrap_err();
         assert_eq!(field(&e), "vector");
-        let s = validate("memory", Some(&json!("x")), None, Some(&json!("vector")), true, true).unwrap();
+        let s = validate(Resource::Memory, Some(&json!("x")), None, Some(&json!("vector")), true, true).unwrap();
         assert!(s.needs_vector());
     }
 
     #[test]
     fn the_default_mode_follows_the_vector_and_the_hash_hides_the_text() {
-        let s = validate("memory", Some(&json!(" deploy ")), Some(&json!(vec![0.1; DIMENSION])), None, true, false)
-            .unwrap();
+        let s =
+            validate(Resource::Memory, Some(&json!(" deploy ")), Some(&json!(vec![0.1; DIMENSION])), None, true, false)
+                .unwrap();
         assert_eq!((s.mode, s.query.as_str()), (SearchMode::Hybrid, "deploy"));
-        let t = validate("tasks", Some(&json!("deploy")), None, None, false, false).unwrap();
+        let t = validate(Resource::Tasks, Some(&json!("deploy")), None, None, false, false).unwrap();
         assert_eq!(t.mode, SearchMode::Text);
         assert_ne!(s.hash(), t.hash());
         assert!(!t.hash().contains("deploy") && t.hash().len() == 64);
