@@ -61,6 +61,27 @@ pub trait DomainError: std::error::Error + Send + Sync + 'static {
     fn fault(&self) -> Fault;
 }
 
+/// Input refused before it reaches the domain: `field` names it as the wire spells it, the
+/// message says the rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct InvalidField {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl InvalidField {
+    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
+        Self { field, message: message.into() }
+    }
+}
+
+impl DomainError for InvalidField {
+    fn fault(&self) -> Fault {
+        Fault::invalid(self.field)
+    }
+}
+
 /// Renders an error with its whole `source()` chain, `a: b: c`, for logs and the CLI.
 pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
 

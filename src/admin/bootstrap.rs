@@ -14,9 +14,11 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::credentials::{Secret, mint_token};
-use super::data::records::{self, NewUser, User};
+use super::data::records::{self, NewUser, RecordError, User};
+use super::passwords::PasswordError;
 use super::tokens::TokenCreated;
 use crate::app::AppState;
+use crate::error::{DomainError, Fault};
 use crate::http::error::{ApiError, ErrorEnvelope};
 use crate::http::extract::Json;
 
@@ -82,11 +84,36 @@ pub async fn setup_route(
     Ok((StatusCode::CREATED, Json(created)))
 }
 
+/// Why the first admin was not created.
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    /// A user exists already: setup happens once.
+    #[error("Setup is already done; sign in with an existing admin instead")]
+    AlreadyDone,
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error(transparent)]
+    Password(#[from] PasswordError),
+    #[error("the first admin could not be stored")]
+    Store(#[from] sqlx::Error),
+}
+
+impl DomainError for BootstrapError {
+    fn fault(&self) -> Fault {
+        match self {
+            Self::AlreadyDone => Fault::Conflict { field: None },
+            Self::Record(e) => e.fault(),
+            Self::Password(e) => e.fault(),
+            Self::Store(_) => Fault::Internal,
+        }
+    }
+}
+
 /// The setup itself, shared by the HTTP route and `tessera admin bootstrap`.
 ///
 /// # Errors
-/// 400 for a bad field, 409 once any user exists, database errors.
-pub async fn setup(pool: &PgPool, req: SetupRequest) -> Result<SetupResponse, ApiError> {
+/// A bad field, [`BootstrapError::AlreadyDone`] once any user exists, database errors.
+pub async fn setup(pool: &PgPool, req: SetupRequest) -> Result<SetupResponse, BootstrapError> {
     // Validate and hash before taking the lock: argon2 is the slow part.
     records::email(&req.email)?;
     super::passwords::validate(&req.password)?;
@@ -98,7 +125,7 @@ pub async fn setup(pool: &PgPool, req: SetupRequest) -> Result<SetupResponse, Ap
     sqlx::query!("select pg_advisory_xact_lock($1)", SETUP_LOCK).execute(&mut *tx).await?;
     let any = any_user(&mut *tx).await?;
     if any {
-        return Err(ApiError::conflict("Setup is already done; sign in with an existing admin instead"));
+        return Err(BootstrapError::AlreadyDone);
     }
     let user = records::create_user(&mut tx, new).await?;
     sqlx::query!("update users set password_hash = $2 where id = $1", user.id, password_hash).execute(&mut *tx).await?;

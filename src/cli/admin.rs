@@ -385,14 +385,14 @@ pub async fn bootstrap(command: AdminCommand, config: &Config) -> ExitCode {
                 crate::store::migrate(&db.pool).await.map_err(|e| CliError::new(Exit::for_error(&e), format!("{e:#}")))?;
                 let req = crate::admin::bootstrap::SetupRequest { email: email.clone(), name, password };
                 crate::admin::bootstrap::setup(&db.pool, req).await.map_err(|e| {
-                    // 409: already done (the database refused); 4xx: the input is invalid (a
-                    // short password, a bad email), a usage error; anything else could not run.
-                    let exit = match e.status().as_u16() {
-                        409 => Exit::Refused,
-                        400..=499 => Exit::Usage,
-                        _ => Exit::Unreachable,
-                    };
-                    CliError::new(exit, format!("Bootstrap refused: {}", e.message()))
+                    // Already done: refused; invalid input (a short password, a bad email) is a
+                    // usage error; anything else could not run, and its cause is printed.
+                    use crate::error::{Chain, DomainError as _, Fault};
+                    match e.fault() {
+                        Fault::Conflict { .. } => CliError::new(Exit::Refused, format!("Bootstrap refused: {e}")),
+                        Fault::Invalid { .. } => CliError::new(Exit::Usage, format!("Bootstrap refused: {e}")),
+                        _ => CliError::new(Exit::Unreachable, format!("Bootstrap failed: {}", Chain(&e))),
+                    }
                 })
             }
             .await;

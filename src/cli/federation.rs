@@ -857,21 +857,12 @@ async fn federation_inner(
         }
         FederationCommand::Query { resource, source, limit, json } => {
             let q = crate::federation::query::FederatedQuery { resource, source: Some(source), limit };
-            match crate::federation::query::run(caller, &q).await {
-                Ok(r) => {
-                    print(json, &r, |r| {
-                        let mut lines: Vec<String> = r.items.iter().map(item_line).collect();
-                        lines.extend(
-                            r.errors.iter().map(|e| format!("error from {}: {} ({})", e.source, e.message, e.code)),
-                        );
-                        lines.join("\n")
-                    })?;
-                }
-                Err(e) => {
-                    eprintln!("rejected ({}): {}", e.status().as_u16(), e.message());
-                    return Ok(Exit::Refused.into());
-                }
-            }
+            let r = crate::federation::query::run(caller, &q).await?;
+            print(json, &r, |r| {
+                let mut lines: Vec<String> = r.items.iter().map(item_line).collect();
+                lines.extend(r.errors.iter().map(|e| format!("error from {}: {} ({})", e.source, e.message, e.code)));
+                lines.join("\n")
+            })?;
         }
     }
     Ok(ExitCode::SUCCESS)

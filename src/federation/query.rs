@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 use super::peer_client::PeerCaller;
 use crate::admin::guard::AdminUser;
 use crate::app::AppState;
+use crate::error::{DomainError, Fault, InvalidField};
 use crate::http::error::{ApiError, ErrorEnvelope};
 use crate::http::extract::Json;
 use crate::rbac::Resource;
@@ -47,22 +48,64 @@ pub struct FederatedResult {
     pub errors: Vec<SourceError>,
 }
 
+/// Why a merged query or search was refused or could not run. A peer that fails is not an
+/// error of the whole operation: it is listed in the answer's `errors`.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error(transparent)]
+    Invalid(#[from] InvalidField),
+    #[error("the local read failed")]
+    Store(#[from] sqlx::Error),
+}
+
+impl DomainError for QueryError {
+    fn fault(&self) -> Fault {
+        match self {
+            Self::Invalid(e) => e.fault(),
+            Self::Store(_) => Fault::Internal,
+        }
+    }
+}
+
 /// Which sources a `source` value names.
-enum Sources {
+pub(crate) enum Sources {
     Local,
+    /// Every callable peer (search's `peer`).
+    Peers,
     Peer(String),
     All,
 }
 
-fn parse_source(source: Option<&str>) -> Result<Sources, ApiError> {
-    match source.unwrap_or("all") {
-        "local" => Ok(Sources::Local),
-        "all" => Ok(Sources::All),
-        s => match s.strip_prefix("peer:") {
-            Some(name) if !name.is_empty() => Ok(Sources::Peer(name.to_string())),
-            _ => Err(ApiError::invalid_field("source", "source must be local, peer:<name> or all")),
-        },
+/// The checks a merged query and a merged search share: the resource must be readable, the
+/// limit in 1..=[`MAX_LIMIT`] (`default_limit` when absent), and `source` one the operation
+/// offers (`every_peer`: whether bare `peer` is one).
+pub(crate) fn check_request(
+    resource: &str,
+    limit: Option<u32>,
+    default_limit: u32,
+    source: Option<&str>,
+    every_peer: bool,
+) -> Result<(Resource, u32, Sources), InvalidField> {
+    let Some(resource) = Resource::parse(resource).filter(|r| r.readable()) else {
+        return Err(InvalidField::new("resource", "resource must be tasks, notes or memory"));
+    };
+    let limit = limit.unwrap_or(default_limit);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(InvalidField::new("limit", format!("limit must be between 1 and {MAX_LIMIT}")));
     }
+    let sources = match source.unwrap_or("all") {
+        "local" => Sources::Local,
+        "all" => Sources::All,
+        "peer" if every_peer => Sources::Peers,
+        s => match s.strip_prefix("peer:") {
+            Some(name) if !name.is_empty() && name.chars().count() <= 200 => Sources::Peer(name.to_string()),
+            _ if every_peer => {
+                return Err(InvalidField::new("source", "source must be local, peer, peer:<name> or all"));
+            }
+            _ => return Err(InvalidField::new("source", "source must be local, peer:<name> or all")),
+        },
+    };
+    Ok((resource, limit, sources))
 }
 
 /// This gateway's own rows of `resource`, newest first, in the shapes peers see (`store::rows`).
@@ -104,16 +147,9 @@ fn created_at(v: &serde_json::Value) -> DateTime<Utc> {
 /// Runs a federated query.
 ///
 /// # Errors
-/// 400 for a bad resource, source or limit; database errors.
-pub async fn run(caller: &PeerCaller, q: &FederatedQuery) -> Result<FederatedResult, ApiError> {
-    let Some(resource) = Resource::parse(&q.resource).filter(|r| r.readable()) else {
-        return Err(ApiError::invalid_field("resource", "resource must be tasks, notes or memory"));
-    };
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::invalid_field("limit", format!("limit must be between 1 and {MAX_LIMIT}")));
-    }
-    let sources = parse_source(q.source.as_deref())?;
+/// [`QueryError::Invalid`] for a bad resource, source or limit; database errors.
+pub async fn run(caller: &PeerCaller, q: &FederatedQuery) -> Result<FederatedResult, QueryError> {
+    let (resource, limit, sources) = check_request(&q.resource, q.limit, 50, q.source.as_deref(), false)?;
     let mut items = Vec::new();
     let mut errors = Vec::new();
     if matches!(sources, Sources::Local | Sources::All) {
@@ -122,7 +158,7 @@ pub async fn run(caller: &PeerCaller, q: &FederatedQuery) -> Result<FederatedRes
     let peers: Vec<String> = match &sources {
         Sources::Local => Vec::new(),
         Sources::Peer(name) => vec![name.clone()],
-        Sources::All => callable_peers(&caller.pool).await?,
+        Sources::All | Sources::Peers => callable_peers(&caller.pool).await?,
     };
     for peer in peers {
         match caller.list(&peer, &q.resource, Some(limit), None).await {

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::peer_client::PeerCaller;
-use super::query::SourceError;
+use super::query::{QueryError, SourceError, Sources, check_request};
 use super::scope::QueryFilter;
 use super::verbs::search::{self as verb, RRF_K, SearchMode, Visibility};
 use crate::admin::guard::AdminUser;
@@ -22,8 +22,6 @@ use crate::config::SearchSettings;
 use crate::http::error::{ApiError, ErrorEnvelope};
 use crate::http::extract::Json;
 use crate::rbac::Resource;
-
-const MAX_LIMIT: u32 = 500;
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -58,25 +56,6 @@ pub struct FederatedSearchResult {
     pub errors: Vec<SourceError>,
 }
 
-enum Sources {
-    Local,
-    Peers,
-    Peer(String),
-    All,
-}
-
-fn parse_source(source: Option<&str>) -> Result<Sources, ApiError> {
-    match source.unwrap_or("all") {
-        "local" => Ok(Sources::Local),
-        "peer" => Ok(Sources::Peers),
-        "all" => Ok(Sources::All),
-        s => match s.strip_prefix("peer:") {
-            Some(name) if !name.is_empty() && name.chars().count() <= 200 => Ok(Sources::Peer(name.to_string())),
-            _ => Err(ApiError::invalid_field("source", "source must be local, peer, peer:<name> or all")),
-        },
-    }
-}
-
 /// The local part: every local row, ranked by the verb's statements.
 async fn local(
     pool: &sqlx::PgPool,
@@ -96,7 +75,7 @@ async fn local(
         settings.embedding_model.is_some(),
         settings.embeddings_url.is_some(),
     );
-    let mut search = search.map_err(|e| fail("unsupported", e.message().to_string()))?;
+    let mut search = search.map_err(|e| fail("unsupported", e.message))?;
     if search.needs_vector() {
         let v = super::embeddings::embed_query(settings, &search.query).await;
         search.vector = Some(v.map_err(|e| fail("embeddings_unavailable", e.to_string()))?);
@@ -151,20 +130,14 @@ fn fuse(lists: Vec<Vec<serde_json::Value>>, limit: usize) -> Vec<serde_json::Val
 /// Runs a merged search.
 ///
 /// # Errors
-/// 400 for a bad resource, source, limit, query, vector or mode; database errors.
+/// [`QueryError::Invalid`] for a bad resource, source, limit, query, vector or mode; database
+/// errors.
 pub async fn run(
     caller: &PeerCaller,
     settings: &SearchSettings,
     q: &FederatedSearch,
-) -> Result<FederatedSearchResult, ApiError> {
-    let Some(resource) = Resource::parse(&q.resource).filter(|r| r.readable()) else {
-        return Err(ApiError::invalid_field("resource", "resource must be tasks, notes or memory"));
-    };
-    let limit = q.limit.unwrap_or(20);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::invalid_field("limit", format!("limit must be between 1 and {MAX_LIMIT}")));
-    }
-    let sources = parse_source(q.source.as_deref())?;
+) -> Result<FederatedSearchResult, QueryError> {
+    let (resource, limit, sources) = check_request(&q.resource, q.limit, 20, q.source.as_deref(), true)?;
     // The body's own shape is checked here whatever the sources do: a bad vector or an empty
     // query is the caller's error, not a source's (mode support is per source).
     let query = q.query.clone().map(serde_json::Value::String);

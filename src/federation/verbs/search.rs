@@ -39,6 +39,7 @@ use super::outcome::{Outcome, audit_verb, denial_response};
 use super::page::{cursor_codec, respond};
 pub use super::visibility::Visibility;
 use crate::app::AppState;
+use crate::error::InvalidField;
 use crate::http::error::{ApiError, ErrorEnvelope};
 use crate::http::extract::Path;
 use crate::rbac::Resource;
@@ -162,20 +163,20 @@ pub fn validate(
     mode: Option<&serde_json::Value>,
     embeddings: bool,
     provider: bool,
-) -> Result<Search, ApiError> {
+) -> Result<Search, InvalidField> {
     let query = match query {
         None | Some(serde_json::Value::Null) => String::new(),
         Some(serde_json::Value::String(q)) => q.trim().to_string(),
-        Some(_) => return Err(ApiError::invalid_field("query", "query must be a string")),
+        Some(_) => return Err(InvalidField::new("query", "query must be a string")),
     };
     if query.chars().count() > MAX_QUERY_CHARS {
-        return Err(ApiError::invalid_field("query", format!("query must be at most {MAX_QUERY_CHARS} characters")));
+        return Err(InvalidField::new("query", format!("query must be at most {MAX_QUERY_CHARS} characters")));
     }
     let vector = match vector {
         None | Some(serde_json::Value::Null) => None,
         Some(serde_json::Value::Array(xs)) => {
             if xs.len() != DIMENSION {
-                return Err(ApiError::invalid_field(
+                return Err(InvalidField::new(
                     "vector",
                     format!("vector must have {DIMENSION} dimensions, got {}", xs.len()),
                 ));
@@ -184,15 +185,15 @@ pub fn validate(
             for x in xs {
                 match x.as_f64().map(|x| x as f32) {
                     Some(x) if x.is_finite() => v.push(x),
-                    _ => return Err(ApiError::invalid_field("vector", "vector must hold finite numbers only")),
+                    _ => return Err(InvalidField::new("vector", "vector must hold finite numbers only")),
                 }
             }
             if v.iter().all(|x| *x == 0.0) {
-                return Err(ApiError::invalid_field("vector", "vector must not be all zeros (no direction)"));
+                return Err(InvalidField::new("vector", "vector must not be all zeros (no direction)"));
             }
             Some(v)
         }
-        Some(_) => return Err(ApiError::invalid_field("vector", "vector must be an array of numbers")),
+        Some(_) => return Err(InvalidField::new("vector", "vector must be an array of numbers")),
     };
     let mode = match mode {
         None | Some(serde_json::Value::Null) => {
@@ -206,9 +207,9 @@ pub fn validate(
             "text" => SearchMode::Text,
             "vector" => SearchMode::Vector,
             "hybrid" => SearchMode::Hybrid,
-            _ => return Err(ApiError::invalid_field("mode", "mode must be text, vector or hybrid")),
+            _ => return Err(InvalidField::new("mode", "mode must be text, vector or hybrid")),
         },
-        Some(_) => return Err(ApiError::invalid_field("mode", "mode must be text, vector or hybrid")),
+        Some(_) => return Err(InvalidField::new("mode", "mode must be text, vector or hybrid")),
     };
     if !modes_for(resource, embeddings).contains(&mode) {
         let why = if embeddings {
@@ -216,11 +217,11 @@ pub fn validate(
         } else {
             format!("mode {} is off: this gateway has no embedding model configured", mode.as_str())
         };
-        return Err(ApiError::invalid_field("mode", why));
+        return Err(InvalidField::new("mode", why));
     }
     match mode {
         SearchMode::Text if query.is_empty() => {
-            return Err(ApiError::invalid_field("query", "query must not be empty unless a vector is given"));
+            return Err(InvalidField::new("query", "query must not be empty unless a vector is given"));
         }
         SearchMode::Vector | SearchMode::Hybrid if vector.is_none() && (query.is_empty() || !provider) => {
             let why = if provider {
@@ -228,7 +229,7 @@ pub fn validate(
             } else {
                 "vector is required: this gateway has no embedding provider to embed the query"
             };
-            return Err(ApiError::invalid_field(if query.is_empty() { "query" } else { "vector" }, why));
+            return Err(InvalidField::new(if query.is_empty() { "query" } else { "vector" }, why));
         }
         _ => {}
     }
@@ -527,12 +528,8 @@ mod tests {
 
     use super::*;
 
-    fn field(e: &ApiError) -> String {
-        let debug = format!("{e:?}");
-        ["vector", "query", "mode"]
-            .iter()
-            .find(|f| debug.contains(&format!("String(\"{f}\")")))
-            .map_or_else(String::new, |f| (*f).to_string())
+    fn field(e: &InvalidField) -> &'static str {
+        e.field
     }
 
     #[test]
@@ -550,7 +547,7 @@ mod tests {
         ];
         for (q, vec, mode, want) in cases {
             let e = validate(Resource::Memory, Some(&q), vec.as_ref(), mode.as_ref(), true, false).unwrap_err();
-            assert_eq!(field(&e), want, "{q} {vec:?} {mode:?}: {}", e.message());
+            assert_eq!(field(&e), want, "{q} {vec:?} {mode:?}: {}", e.message);
         }
         // Vector modes: memory only, and only with a model.
         let e = validate(Resource::Tasks, Some(&json!("x")), Some(&v(DIMENSION)), None, true, false).unwrap_err();
