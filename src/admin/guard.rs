@@ -19,6 +19,7 @@ use uuid::Uuid;
 use super::credentials::{Secret, hashes_match};
 use crate::app::AppState;
 use crate::http::error::ApiError;
+use crate::rbac::Role;
 
 /// Name of the session cookie.
 pub const SESSION_COOKIE: &str = "tessera_session";
@@ -36,7 +37,7 @@ pub enum Credential {
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub user_id: Uuid,
-    pub role: String,
+    pub role: Role,
     pub credential: Credential,
 }
 
@@ -54,7 +55,7 @@ struct CredentialRow {
     expires_at: Option<DateTime<Utc>>,
     revoked_at: Option<DateTime<Utc>>,
     last_used_at: Option<DateTime<Utc>>,
-    role: String,
+    role: Role,
     disabled_at: Option<DateTime<Utc>>,
 }
 
@@ -84,7 +85,7 @@ impl FromRequestParts<AppState> for AdminUser {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let caller = Caller::from_request_parts(parts, state).await?;
-        if caller.role != "admin" {
+        if caller.role != Role::Admin {
             return Err(ApiError::forbidden(NOT_ADMIN));
         }
         Ok(Self { user_id: caller.user_id, credential: caller.credential })
@@ -99,9 +100,9 @@ async fn authenticate_token(state: &AppState, secret: &Secret) -> Result<Caller,
     let hash = secret.hash();
     let row = sqlx::query_as!(
         CredentialRow,
-        "select t.id, t.user_id, t.token_hash, t.expires_at, t.revoked_at, t.last_used_at, u.role, u.disabled_at
+        r#"select t.id, t.user_id, t.token_hash, t.expires_at, t.revoked_at, t.last_used_at, u.role as "role: Role", u.disabled_at
          from admin_tokens t join users u on u.id = t.user_id
-         where t.token_hash = $1",
+         where t.token_hash = $1"#,
         hash
     )
     .fetch_optional(&state.pool)
@@ -125,7 +126,7 @@ async fn authenticate_session(state: &AppState, secret: &Secret) -> Result<Calle
     let row = sqlx::query_as!(
         CredentialRow,
         r#"select s.id, s.user_id, s.token_hash, s.expires_at as "expires_at?", s.revoked_at,
-                null::timestamptz as last_used_at, u.role, u.disabled_at
+                null::timestamptz as last_used_at, u.role as "role: Role", u.disabled_at
          from sessions s join users u on u.id = s.user_id
          where s.token_hash = $1"#,
         hash

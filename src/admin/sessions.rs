@@ -40,6 +40,7 @@ use crate::app::AppState;
 use crate::http::error::{ApiError, ErrorEnvelope};
 use crate::http::extract::{Json, Path};
 use crate::ratelimit::Decision;
+use crate::rbac::Role;
 use crate::tls::ConnectionInfo;
 
 /// How long a session lives.
@@ -79,7 +80,7 @@ pub struct SessionUser {
     pub id: Uuid,
     pub email: String,
     pub name: String,
-    pub role: String,
+    pub role: Role,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -144,7 +145,7 @@ struct SignInRow {
     id: Uuid,
     email: String,
     name: String,
-    role: String,
+    role: Role,
     password_hash: Option<String>,
     disabled_at: Option<DateTime<Utc>>,
 }
@@ -199,7 +200,7 @@ pub async fn sign_in(
 
     let row = sqlx::query_as!(
         SignInRow,
-        "select id, email, name, role, password_hash, disabled_at from users where lower(email) = $1",
+        r#"select id, email, name, role as "role: Role", password_hash, disabled_at from users where lower(email) = $1"#,
         email
     )
     .fetch_optional(&state.pool)
@@ -270,9 +271,13 @@ pub async fn sign_out(caller: Caller, State(state): State<AppState>) -> Result<R
     ),
     security(("bearer" = []), ("session" = [])))]
 pub async fn current(caller: Caller, State(state): State<AppState>) -> Result<Json<CurrentSession>, ApiError> {
-    let user = sqlx::query_as!(SessionUser, "select id, email, name, role from users where id = $1", caller.user_id)
-        .fetch_one(&state.pool)
-        .await?;
+    let user = sqlx::query_as!(
+        SessionUser,
+        r#"select id, email, name, role as "role: Role" from users where id = $1"#,
+        caller.user_id
+    )
+    .fetch_one(&state.pool)
+    .await?;
     let credential = match caller.credential {
         Credential::Token(id) => CurrentCredential { kind: "token".into(), id },
         Credential::Session(id) => CurrentCredential { kind: "session".into(), id },
