@@ -164,6 +164,32 @@ pub async fn preference_records(
 
 // ---------------------------------------------------------------- as peers see them
 
+/// A checked statement yielding [`rows::Insight`]s: the peers' insight columns from `insights i`,
+/// then `$tail` (the macros take literal SQL only, so the column list is spliced in here).
+macro_rules! peer_insights {
+    ($tail:tt $(, $arg:expr)* $(,)?) => {
+        sqlx::query_as!(
+            rows::Insight,
+            "select i.id, i.source as kind, i.content, i.category, i.relevance_score, i.metadata, i.created_at,
+                    i.updated_at from insights i " + $tail
+            $(, $arg)*
+        )
+    };
+}
+
+/// A checked statement yielding [`rows::Preference`]s: the peers' preference columns from
+/// `preferences p`, then `$tail`.
+macro_rules! peer_preferences {
+    ($tail:tt $(, $arg:expr)* $(,)?) => {
+        sqlx::query_as!(
+            rows::Preference,
+            "select p.id, p.category as kind, p.key, p.value, p.source, p.mutable, p.created_at, p.updated_at
+               from preferences p " + $tail
+            $(, $arg)*
+        )
+    };
+}
+
 /// Up to `n` of `user_id`'s insights before `after`, newest first, in the peers' shape.
 ///
 /// # Errors
@@ -174,10 +200,8 @@ pub async fn insight_page(
     after: (DateTime<Utc>, Uuid),
     n: i64,
 ) -> Result<Vec<rows::Insight>, sqlx::Error> {
-    sqlx::query_as!(
-        rows::Insight,
-        "select i.id, i.source as kind, i.content, i.category, i.relevance_score, i.metadata, i.created_at, i.updated_at
-         from insights i where user_id = $1 and (created_at, id) < ($2, $3)
+    peer_insights!(
+        "where user_id = $1 and (created_at, id) < ($2, $3)
          order by created_at desc, id desc limit $4",
         user_id,
         after.0,
@@ -198,10 +222,8 @@ pub async fn preference_page(
     after: (DateTime<Utc>, Uuid),
     n: i64,
 ) -> Result<Vec<rows::Preference>, sqlx::Error> {
-    sqlx::query_as!(
-        rows::Preference,
-        "select p.id, p.category as kind, p.key, p.value, p.source, p.mutable, p.created_at, p.updated_at
-         from preferences p where user_id = $1 and (created_at, id) < ($2, $3)
+    peer_preferences!(
+        "where user_id = $1 and (created_at, id) < ($2, $3)
          order by created_at desc, id desc limit $4",
         user_id,
         after.0,
@@ -221,10 +243,8 @@ pub async fn insight_of(
     user_id: Uuid,
     id: Uuid,
 ) -> Result<Option<rows::Insight>, sqlx::Error> {
-    sqlx::query_as!(
-        rows::Insight,
-        "select i.id, i.source as kind, i.content, i.category, i.relevance_score, i.metadata, i.created_at, i.updated_at
-         from insights i where i.id = $1 and i.user_id = $2",
+    peer_insights!(
+        "where i.id = $1 and i.user_id = $2",
         id,
         user_id,
     )
@@ -241,10 +261,8 @@ pub async fn preference_of(
     user_id: Uuid,
     id: Uuid,
 ) -> Result<Option<rows::Preference>, sqlx::Error> {
-    sqlx::query_as!(
-        rows::Preference,
-        "select p.id, p.category as kind, p.key, p.value, p.source, p.mutable, p.created_at, p.updated_at
-         from preferences p where p.id = $1 and p.user_id = $2",
+    peer_preferences!(
+        "where p.id = $1 and p.user_id = $2",
         id,
         user_id,
     )
@@ -275,18 +293,14 @@ pub async fn latest(
     pool: &sqlx::PgPool,
     limit: i64,
 ) -> Result<(Vec<rows::Insight>, Vec<rows::Preference>), sqlx::Error> {
-    let insights = sqlx::query_as!(
-        rows::Insight,
-        "select i.id, i.source as kind, i.content, i.category, i.relevance_score, i.metadata, i.created_at, i.updated_at
-         from insights i order by created_at desc, id desc limit $1",
+    let insights = peer_insights!(
+        "order by created_at desc, id desc limit $1",
         limit
     )
     .fetch_all(pool)
     .await?;
-    let preferences = sqlx::query_as!(
-        rows::Preference,
-        "select p.id, p.category as kind, p.key, p.value, p.source, p.mutable, p.created_at, p.updated_at
-         from preferences p order by created_at desc, id desc limit $1",
+    let preferences = peer_preferences!(
+        "order by created_at desc, id desc limit $1",
         limit
     )
     .fetch_all(pool)
