@@ -59,6 +59,12 @@ impl Fault {
 /// `source()` chain holds the internal cause.
 pub trait DomainError: std::error::Error + Send + Sync + 'static {
     fn fault(&self) -> Fault;
+
+    /// The envelope's `details` when the field alone does not say enough (the constraint a
+    /// write broke, for example). Replaces `{"field": …}`.
+    fn details(&self) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 /// Input refused before it reaches the domain: `field` names it as the wire spells it, the

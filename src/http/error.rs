@@ -146,6 +146,7 @@ impl From<anyhow::Error> for ApiError {
 impl<E: DomainError> From<E> for ApiError {
     fn from(e: E) -> Self {
         let message = e.to_string();
+        let details = e.details();
         let (mut error, field) = match e.fault() {
             Fault::Invalid { field } => (Self::invalid_request(message), field),
             Fault::NotFound { field } => (Self::not_found(message), field),
@@ -155,7 +156,9 @@ impl<E: DomainError> From<E> for ApiError {
             Fault::Unavailable { retry_after_secs } => (Self::unavailable(message, retry_after_secs), None),
             Fault::Internal => return Self::internal(anyhow::Error::new(e)),
         };
-        if let Some(field) = field.filter(|f| !f.is_empty()) {
+        if let Some(details) = details {
+            error = error.with_details(details);
+        } else if let Some(field) = field.filter(|f| !f.is_empty()) {
             error = error.with_details(serde_json::json!({ "field": field }));
         }
         error

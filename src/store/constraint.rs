@@ -46,6 +46,14 @@ impl crate::error::DomainError for Violation {
     fn fault(&self) -> Fault {
         Violation::fault(self)
     }
+
+    /// A check or not-null violation names its constraint, since it names no field.
+    fn details(&self) -> Option<serde_json::Value> {
+        match self {
+            Self::Invalid { constraint } => Some(serde_json::json!({ "constraint": constraint })),
+            _ => None,
+        }
+    }
 }
 
 /// Unique constraints a caller can run into, with the field and the message to give.
@@ -116,6 +124,17 @@ mod tests {
     fn columns_become_camel_case_fields() {
         assert_eq!(camel_case("owner_user_id"), "ownerUserId");
         assert_eq!(camel_case("id"), "id");
+    }
+
+    #[test]
+    fn violations_reach_the_envelope_with_their_field_or_constraint() {
+        use crate::http::error::ApiError;
+        let taken: ApiError = Violation::Taken { field: "email".into(), message: "taken".into() }.into();
+        assert_eq!((taken.status().as_u16(), taken.message()), (409, "taken"));
+        assert!(format!("{taken:?}").contains(r#""field": String("email")"#));
+        let check: ApiError = Violation::Invalid { constraint: "tasks_title_check".into() }.into();
+        assert_eq!(check.status().as_u16(), 400);
+        assert!(format!("{check:?}").contains(r#""constraint": String("tasks_title_check")"#));
     }
 
     #[test]

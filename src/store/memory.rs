@@ -243,13 +243,7 @@ pub async fn insight_of(
     user_id: Uuid,
     id: Uuid,
 ) -> Result<Option<rows::Insight>, sqlx::Error> {
-    peer_insights!(
-        "where i.id = $1 and i.user_id = $2",
-        id,
-        user_id,
-    )
-    .fetch_optional(db)
-    .await
+    peer_insights!("where i.id = $1 and i.user_id = $2", id, user_id).fetch_optional(db).await
 }
 
 /// `user_id`'s preference `id`, in the peers' shape.
@@ -261,13 +255,7 @@ pub async fn preference_of(
     user_id: Uuid,
     id: Uuid,
 ) -> Result<Option<rows::Preference>, sqlx::Error> {
-    peer_preferences!(
-        "where p.id = $1 and p.user_id = $2",
-        id,
-        user_id,
-    )
-    .fetch_optional(db)
-    .await
+    peer_preferences!("where p.id = $1 and p.user_id = $2", id, user_id).fetch_optional(db).await
 }
 
 /// How many insights and preferences `user_id` has.
@@ -293,17 +281,7 @@ pub async fn latest(
     pool: &sqlx::PgPool,
     limit: i64,
 ) -> Result<(Vec<rows::Insight>, Vec<rows::Preference>), sqlx::Error> {
-    let insights = peer_insights!(
-        "order by created_at desc, id desc limit $1",
-        limit
-    )
-    .fetch_all(pool)
-    .await?;
-    let preferences = peer_preferences!(
-        "order by created_at desc, id desc limit $1",
-        limit
-    )
-    .fetch_all(pool)
-    .await?;
+    let insights = peer_insights!("order by created_at desc, id desc limit $1", limit).fetch_all(pool).await?;
+    let preferences = peer_preferences!("order by created_at desc, id desc limit $1", limit).fetch_all(pool).await?;
     Ok((insights, preferences))
 }

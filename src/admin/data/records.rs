@@ -73,6 +73,13 @@ impl DomainError for RecordError {
             Self::Database(_) => Fault::Internal,
         }
     }
+
+    fn details(&self) -> Option<serde_json::Value> {
+        match self {
+            Self::Violation(v) => v.details(),
+            _ => None,
+        }
+    }
 }
 
 /// Length of an insight embedding (`vector(384)`).
