@@ -729,13 +729,13 @@ pub enum FederationCommand {
 
 /// Exit 1 when the peer cannot be reached (like an unreachable gateway), 2 when trust failed
 /// either way (its certificate, or ours refused), 3 when it refused the request.
-fn peer_failed(e: &crate::federation::peer_client::PeerError) -> ExitCode {
-    use crate::federation::peer_client::PeerError;
+fn peer_failed(e: &crate::federation::peer_client::CallError) -> ExitCode {
+    use crate::federation::peer_client::CallError;
     eprintln!("{} ({})", e, e.code());
     match e {
-        PeerError::Network(..) => Exit::Unreachable,
-        PeerError::Untrusted(..) | PeerError::CertificateRefused(..) => Exit::Trust,
-        PeerError::Http(_, 401 | 403, _) => Exit::Trust,
+        CallError::Network(..) => Exit::Unreachable,
+        CallError::Untrusted(..) | CallError::CertificateRefused(..) => Exit::Trust,
+        CallError::Http(_, 401 | 403, _) => Exit::Trust,
         _ => Exit::Refused,
     }
     .into()

@@ -23,9 +23,10 @@ use crate::sealing::SealingKey;
 pub const FAILURES_TO_OPEN: u32 = 3;
 pub const OPEN_FOR: Duration = Duration::from_secs(30);
 
-/// Why a peer call failed.
+/// Why a call to a peer failed (the reader side; [`super::peers::PeerError`] is about the peer
+/// records themselves).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PeerError {
+pub enum CallError {
     #[error("no peer named '{0}'")]
     NotFound(String),
     #[error("peer '{0}' is not active")]
@@ -44,7 +45,7 @@ pub enum PeerError {
     InvalidResponse(String, String),
 }
 
-impl PeerError {
+impl CallError {
     /// The stable code of DESIGN §5.
     pub fn code(&self) -> String {
         match self {
@@ -129,12 +130,12 @@ impl Breakers {
         (recent.len(), pick(0.5), pick(0.99))
     }
 
-    fn check(&self, peer: &str) -> Result<(), PeerError> {
+    fn check(&self, peer: &str) -> Result<(), CallError> {
         let mut map = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let circuit = map.entry(peer.to_lowercase()).or_default();
         match circuit.open_until {
             Some(until) if Instant::now() < until => {
-                Err(PeerError::Network(peer.to_string(), "circuit open after repeated failures; failing fast".into()))
+                Err(CallError::Network(peer.to_string(), "circuit open after repeated failures; failing fast".into()))
             }
             Some(_) => {
                 // Half-open: let this call probe; a failure re-opens at once.
@@ -146,7 +147,7 @@ impl Breakers {
         }
     }
 
-    fn record(&self, peer: &str, result: Result<(), &PeerError>) {
+    fn record(&self, peer: &str, result: Result<(), &CallError>) {
         let mut map = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let circuit = map.entry(peer.to_lowercase()).or_default();
         match result {
@@ -180,19 +181,19 @@ pub struct PeerCaller {
 }
 
 impl PeerCaller {
-    async fn peer(&self, name: &str) -> Result<OutboundPeer, PeerError> {
+    async fn peer(&self, name: &str) -> Result<OutboundPeer, CallError> {
         let state = crate::store::peers::state_by_name(&self.pool, name)
             .await
-            .map_err(|e| PeerError::Misconfigured(name.into(), e.to_string()))?;
+            .map_err(|e| CallError::Misconfigured(name.into(), e.to_string()))?;
         match state {
-            None => return Err(PeerError::NotFound(name.into())),
+            None => return Err(CallError::NotFound(name.into())),
             Some(state) if state.is_callable() => {}
-            Some(_) => return Err(PeerError::Inactive(name.into())),
+            Some(_) => return Err(CallError::Inactive(name.into())),
         }
         match outbound_peer(&self.pool, &self.sealing, name).await {
             Ok(Some(peer)) => Ok(peer),
-            Ok(None) => Err(PeerError::NotFound(name.into())),
-            Err(e) => Err(PeerError::Misconfigured(name.into(), format!("{e:#}"))),
+            Ok(None) => Err(CallError::NotFound(name.into())),
+            Err(e) => Err(CallError::Misconfigured(name.into(), format!("{e:#}"))),
         }
     }
 
@@ -213,7 +214,7 @@ impl PeerCaller {
         method: reqwest::Method,
         path: &str,
         body: Option<serde_json::Value>,
-    ) -> Result<serde_json::Value, PeerError> {
+    ) -> Result<serde_json::Value, CallError> {
         use super::peer_status::{CallOutcome, record_call};
         if let Err(e) = self.breakers.check(name) {
             record_call(&self.pool, &self.breakers.successes, name, CallOutcome::CircuitOpen, None).await;
@@ -226,18 +227,18 @@ impl PeerCaller {
         let outcome = match &result {
             Ok(_) => Some(CallOutcome::Ok),
             // A name we do not know is not a peer: no row to record in, and no label to mint.
-            Err(PeerError::NotFound(_)) => None,
-            Err(PeerError::Inactive(_)) => Some(CallOutcome::Inactive),
-            Err(PeerError::Misconfigured(..)) => Some(CallOutcome::Misconfigured),
-            Err(PeerError::Network(..)) => Some(CallOutcome::Network),
+            Err(CallError::NotFound(_)) => None,
+            Err(CallError::Inactive(_)) => Some(CallOutcome::Inactive),
+            Err(CallError::Misconfigured(..)) => Some(CallOutcome::Misconfigured),
+            Err(CallError::Network(..)) => Some(CallOutcome::Network),
             // Our certificate refused at the handshake (expired, revoked): the peer refuses us.
-            Err(PeerError::CertificateRefused(..)) => Some(CallOutcome::Refused),
+            Err(CallError::CertificateRefused(..)) => Some(CallOutcome::Refused),
             // The peer's certificate is not signed by the CA we pinned: we cannot call it.
-            Err(PeerError::Untrusted(..)) => Some(CallOutcome::Misconfigured),
-            Err(PeerError::Http(_, 401 | 403, _)) => Some(CallOutcome::Refused),
-            Err(PeerError::Http(_, 429, _)) => Some(CallOutcome::RateLimited),
-            Err(PeerError::Http(..)) => Some(CallOutcome::HttpError),
-            Err(PeerError::InvalidResponse(..)) => Some(CallOutcome::InvalidResponse),
+            Err(CallError::Untrusted(..)) => Some(CallOutcome::Misconfigured),
+            Err(CallError::Http(_, 401 | 403, _)) => Some(CallOutcome::Refused),
+            Err(CallError::Http(_, 429, _)) => Some(CallOutcome::RateLimited),
+            Err(CallError::Http(..)) => Some(CallOutcome::HttpError),
+            Err(CallError::InvalidResponse(..)) => Some(CallOutcome::InvalidResponse),
         };
         let span = tracing::Span::current();
         match &result {
@@ -259,7 +260,7 @@ impl PeerCaller {
         method: reqwest::Method,
         path: &str,
         body: Option<serde_json::Value>,
-    ) -> Result<serde_json::Value, PeerError> {
+    ) -> Result<serde_json::Value, CallError> {
         let peer = self.peer(name).await?;
         let mut req = crate::telemetry::inject(peer.client.request(method, format!("{}{path}", peer.endpoint_url)));
         if let Some(body) = body {
@@ -272,7 +273,7 @@ impl PeerCaller {
             // hold: name it rather than the race.
             match peer.cert_not_after {
                 Some(not_after) if not_after <= chrono::Utc::now() => {
-                    PeerError::CertificateRefused(peer.name.clone(), format!("it expired at {not_after}; {REJOIN}"))
+                    CallError::CertificateRefused(peer.name.clone(), format!("it expired at {not_after}; {REJOIN}"))
                 }
                 _ => transport_error(&peer.name, &e),
             }
@@ -297,22 +298,22 @@ impl PeerCaller {
                 ),
                 _ => message,
             };
-            return Err(PeerError::Http(peer.name, status.as_u16(), message));
+            return Err(CallError::Http(peer.name, status.as_u16(), message));
         }
-        serde_json::from_str(&text).map_err(|e| PeerError::InvalidResponse(peer.name, e.to_string()))
+        serde_json::from_str(&text).map_err(|e| CallError::InvalidResponse(peer.name, e.to_string()))
     }
 
     /// One page of `resource` from `peer`, each row's `_source` set to the peer's name.
     ///
     /// # Errors
-    /// See [`PeerError`].
+    /// See [`CallError`].
     pub async fn list(
         &self,
         peer: &str,
         resource: &str,
         limit: Option<u32>,
         cursor: Option<&str>,
-    ) -> Result<PeerPage, PeerError> {
+    ) -> Result<PeerPage, CallError> {
         let body = list_body(limit, cursor);
         let value =
             self.call(peer, reqwest::Method::POST, &format!("/api/federation/v1/list/{resource}"), Some(body)).await?;
@@ -323,8 +324,8 @@ impl PeerCaller {
     /// row's `_source` set to the peer's name.
     ///
     /// # Errors
-    /// See [`PeerError`].
-    pub async fn search(&self, peer: &str, resource: &str, body: serde_json::Value) -> Result<PeerPage, PeerError> {
+    /// See [`CallError`].
+    pub async fn search(&self, peer: &str, resource: &str, body: serde_json::Value) -> Result<PeerPage, CallError> {
         let value = self
             .call(peer, reqwest::Method::POST, &format!("/api/federation/v1/search/{resource}"), Some(body))
             .await?;
@@ -334,15 +335,15 @@ impl PeerCaller {
     /// One row by id from `peer`, tagged with the peer's name.
     ///
     /// # Errors
-    /// See [`PeerError`].
-    pub async fn get(&self, peer: &str, resource: &str, id: &str) -> Result<serde_json::Value, PeerError> {
+    /// See [`CallError`].
+    pub async fn get(&self, peer: &str, resource: &str, id: &str) -> Result<serde_json::Value, CallError> {
         let mut value =
             self.call(peer, reqwest::Method::POST, &format!("/api/federation/v1/get/{resource}/{id}"), None).await?;
         match value.get_mut("item").and_then(serde_json::Value::as_object_mut) {
             Some(obj) => {
                 obj.insert("_source".into(), peer.into());
             }
-            None => return Err(PeerError::InvalidResponse(peer.into(), "no item".into())),
+            None => return Err(CallError::InvalidResponse(peer.into(), "no item".into())),
         }
         Ok(value)
     }
@@ -350,8 +351,8 @@ impl PeerCaller {
     /// The peer's capabilities for our grant.
     ///
     /// # Errors
-    /// See [`PeerError`].
-    pub async fn capabilities(&self, peer: &str) -> Result<serde_json::Value, PeerError> {
+    /// See [`CallError`].
+    pub async fn capabilities(&self, peer: &str) -> Result<serde_json::Value, CallError> {
         self.call(peer, reqwest::Method::GET, "/api/federation/v1/capabilities", None).await
     }
 }
@@ -362,33 +363,33 @@ pub const REJOIN: &str = "ask the data holder for `tessera grant reenroll <grant
 
 /// A failed call classified by its cause, with what to do about it. Messages never carry the URL
 /// (reqwest's `Display` embeds it, query string included).
-pub fn transport_error(peer: &str, e: &reqwest::Error) -> PeerError {
+pub fn transport_error(peer: &str, e: &reqwest::Error) -> CallError {
     use crate::connect_failure::ConnectFailure;
     let failure = ConnectFailure::classify(e);
     let name = peer.to_string();
     match &failure {
         ConnectFailure::CertificateRefused { expired: true, .. } => {
-            PeerError::CertificateRefused(name, format!("it has expired; {REJOIN}"))
+            CallError::CertificateRefused(name, format!("it has expired; {REJOIN}"))
         }
-        ConnectFailure::CertificateRefused { alert, .. } => PeerError::CertificateRefused(
+        ConnectFailure::CertificateRefused { alert, .. } => CallError::CertificateRefused(
             name,
             format!("TLS alert {alert} (revoked, superseded or from another CA); {REJOIN}"),
         ),
-        ConnectFailure::UntrustedServer(_) | ConnectFailure::NameMismatch(_) => PeerError::Untrusted(
+        ConnectFailure::UntrustedServer(_) | ConnectFailure::NameMismatch(_) => CallError::Untrusted(
             name,
             format!(
                 "{failure}. The CA pinned at enrollment no longer matches: if the peer replaced its CA, \
                  enroll again with a fresh enrollment URL (`tessera peer add <url>`)"
             ),
         ),
-        ConnectFailure::ServerCertificateExpired(_) => PeerError::Untrusted(
+        ConnectFailure::ServerCertificateExpired(_) => CallError::Untrusted(
             name,
             format!("{failure}. Check both clocks; the peer issues a fresh server certificate when it restarts"),
         ),
         ConnectFailure::ConnectionRefused | ConnectFailure::Timeout | ConnectFailure::Dns(_) => {
-            PeerError::Network(name, format!("{failure}; check that the peer is running and its endpoint URL"))
+            CallError::Network(name, format!("{failure}; check that the peer is running and its endpoint URL"))
         }
-        ConnectFailure::Other(detail) => PeerError::Network(name, strip_url(detail)),
+        ConnectFailure::Other(detail) => CallError::Network(name, strip_url(detail)),
     }
 }
 
@@ -415,12 +416,12 @@ fn strip_url(message: &str) -> String {
 }
 
 /// A page of list or search from `peer`, each item's `_source` set to the peer's name.
-fn tagged_page(peer: &str, value: serde_json::Value) -> Result<PeerPage, PeerError> {
+fn tagged_page(peer: &str, value: serde_json::Value) -> Result<PeerPage, CallError> {
     let mut page: PeerPage =
-        serde_json::from_value(value).map_err(|e| PeerError::InvalidResponse(peer.into(), e.to_string()))?;
+        serde_json::from_value(value).map_err(|e| CallError::InvalidResponse(peer.into(), e.to_string()))?;
     for item in &mut page.items {
         let Some(obj) = item.as_object_mut() else {
-            return Err(PeerError::InvalidResponse(peer.into(), "an item is not an object".into()));
+            return Err(CallError::InvalidResponse(peer.into(), "an item is not an object".into()));
         };
         obj.insert("_source".into(), peer.into());
     }
@@ -434,7 +435,7 @@ mod tests {
     #[test]
     fn the_circuit_opens_after_repeated_outages_and_half_opens_later() {
         let b = Breakers::default();
-        let down = PeerError::Network("b".into(), "refused".into());
+        let down = CallError::Network("b".into(), "refused".into());
         for _ in 0..FAILURES_TO_OPEN {
             assert!(b.check("b").is_ok());
             b.record("b", Err(&down));
@@ -446,7 +447,7 @@ mod tests {
         // A 404 from a live peer is not an outage.
         let c = Breakers::default();
         for _ in 0..5 {
-            c.record("b", Err(&PeerError::Http("b".into(), 404, "x".into())));
+            c.record("b", Err(&CallError::Http("b".into(), 404, "x".into())));
         }
         assert!(c.check("b").is_ok());
         // After the cool-down one probe goes through; success closes the circuit.
@@ -465,12 +466,12 @@ mod tests {
 
     #[test]
     fn codes_follow_the_design() {
-        assert_eq!(PeerError::NotFound("x".into()).code(), "peer_not_found");
-        assert_eq!(PeerError::Inactive("x".into()).code(), "peer_inactive");
-        assert_eq!(PeerError::Misconfigured("x".into(), "y".into()).code(), "peer_misconfigured");
-        assert_eq!(PeerError::Http("x".into(), 403, "y".into()).code(), "http_403");
-        assert_eq!(PeerError::Untrusted("x".into(), "y".into()).code(), "peer_untrusted");
-        assert_eq!(PeerError::CertificateRefused("x".into(), "y".into()).code(), "certificate_refused");
-        assert_eq!(PeerError::InvalidResponse("x".into(), "y".into()).code(), "invalid_response");
+        assert_eq!(CallError::NotFound("x".into()).code(), "peer_not_found");
+        assert_eq!(CallError::Inactive("x".into()).code(), "peer_inactive");
+        assert_eq!(CallError::Misconfigured("x".into(), "y".into()).code(), "peer_misconfigured");
+        assert_eq!(CallError::Http("x".into(), 403, "y".into()).code(), "http_403");
+        assert_eq!(CallError::Untrusted("x".into(), "y".into()).code(), "peer_untrusted");
+        assert_eq!(CallError::CertificateRefused("x".into(), "y".into()).code(), "certificate_refused");
+        assert_eq!(CallError::InvalidResponse("x".into(), "y".into()).code(), "invalid_response");
     }
 }
