@@ -18,6 +18,7 @@ use sha2::Digest;
 use sqlx::PgPool;
 
 use crate::sealing::SealingKey;
+use crate::store;
 
 /// Sealing context of the CA key: a sealed value only opens in the column it was made for.
 const SEAL_CONTEXT: &str = "gateway-ca-key";
@@ -55,16 +56,9 @@ impl GatewayCa {
         }
         let (cert_pem, key, not_after) = generate_ca()?;
         let sealed = sealing.seal(SEAL_CONTEXT, key.serialize_pem().as_bytes());
-        sqlx::query!(
-            "insert into gateway_ca (id, cert_pem, sealed_key, not_after) values (1, $1, $2, $3)
-             on conflict (id) do nothing",
-            &cert_pem,
-            &sealed,
-            not_after,
-        )
-        .execute(pool)
-        .await
-        .context("cannot store the gateway CA")?;
+        store::ca::insert_if_absent(pool, &cert_pem, &sealed, not_after)
+            .await
+            .context("cannot store the gateway CA")?;
         tracing::info!("created the gateway CA (first boot)");
         // Another replica may have won the insert; everyone uses the stored row.
         Self::load(pool, sealing).await?.map(Arc::new).context("gateway CA vanished after insert")
@@ -82,10 +76,7 @@ impl GatewayCa {
     }
 
     async fn load(pool: &PgPool, sealing: &SealingKey) -> anyhow::Result<Option<Self>> {
-        let row = sqlx::query!("select cert_pem, sealed_key, not_after from gateway_ca where id = 1")
-            .fetch_optional(pool)
-            .await
-            .context("cannot read the gateway CA")?;
+        let row = store::ca::load(pool).await.context("cannot read the gateway CA")?;
         let Some(row) = row else { return Ok(None) };
         let (cert_pem, sealed_key, not_after) = (row.cert_pem, row.sealed_key, row.not_after);
         let key_pem = sealing

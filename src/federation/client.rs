@@ -31,6 +31,7 @@ struct IssuedCertificate {
 }
 use super::identity::{FederationOids, parse_issued};
 use crate::sealing::SealingKey;
+use crate::store;
 
 /// Sealing context of the client keys A stores for the peers it calls.
 pub const CLIENT_KEY_CONTEXT: &str = "peer-client-key";
@@ -237,65 +238,30 @@ pub async fn add_peer(pool: &PgPool, sealing: &SealingKey, opts: &AddPeer<'_>) -
     // The same gateway (its CA, whatever address it was reached at) and grant as a peer we
     // already hold: a re-enrollment. That row keeps its name and gets the new certificate; what
     // it replaces is reported.
-    let known: Option<(Uuid, String, Option<String>)> = sqlx::query!(
-        "select id, name, client_cert_pem from federation_peers where ca_fingerprint = $1 and remote_grant_id = $2",
-        &fingerprint,
-        identity.grant_id,
-    )
-    .fetch_optional(pool)
-    .await?
-    .map(|r| (r.id, r.name, r.client_cert_pem));
-    let replaced = known.as_ref().and_then(|(_, _, pem)| pem.as_deref()).and_then(|pem| {
+    let credentials = store::peers::ClientCredentials {
+        endpoint_url: &url.origin,
+        pinned_ca_pem: &ca_pem,
+        ca_fingerprint: &fingerprint,
+        client_cert_pem: &issued.cert_pem,
+        sealed_client_key: &sealed_key,
+        client_cert_not_after: identity.not_after,
+    };
+    let known = store::peers::find_enrolled(pool, &fingerprint, identity.grant_id).await?;
+    let replaced = known.as_ref().and_then(|k| k.client_cert_pem.as_deref()).and_then(|pem| {
         let der = CertificateDer::from_pem_slice(pem.as_bytes()).ok()?;
         let old = parse_issued(der.as_ref(), opts.oids).ok()?;
         Some(ReplacedCertificate { serial: old.serial, not_after: old.not_after })
     });
     let (id, name) = match known {
-        Some((id, name, _)) => {
-            sqlx::query!(
-                "update federation_peers set
-                    state = 'active', pinned_ca_pem = $2, ca_fingerprint = $3, client_cert_pem = $4,
-                    sealed_client_key = $5, client_cert_not_after = $6, endpoint_url = $7, updated_at = now()
-                 where id = $1",
-                id,
-                &ca_pem,
-                &fingerprint,
-                &issued.cert_pem,
-                &sealed_key,
-                identity.not_after,
-                &url.origin,
-            )
-            .execute(pool)
-            .await
-            .context("could not store the peer")?;
-            (id, name)
+        Some(known) => {
+            store::peers::reenroll(pool, known.id, &credentials).await.context("could not store the peer")?;
+            (known.id, known.name)
         }
         None => {
             let name = opts.name.unwrap_or(&url.host).to_string();
-            let id: Uuid = sqlx::query_scalar!(
-                "insert into federation_peers
-                    (id, name, state, endpoint_url, remote_grant_id, pinned_ca_pem, ca_fingerprint, client_cert_pem,
-                     sealed_client_key, client_cert_not_after)
-                 values ($1, $2, 'active', $3, $4, $5, $6, $7, $8, $9)
-                 on conflict (lower(name)) do update set
-                    state = 'active', endpoint_url = excluded.endpoint_url, remote_grant_id = excluded.remote_grant_id,
-                    pinned_ca_pem = excluded.pinned_ca_pem, ca_fingerprint = excluded.ca_fingerprint,
-                    client_cert_pem = excluded.client_cert_pem, sealed_client_key = excluded.sealed_client_key,
-                    client_cert_not_after = excluded.client_cert_not_after, updated_at = now()
-                 returning id",
-                Uuid::now_v7(),
-                &name,
-                &url.origin,
-                identity.grant_id,
-                &ca_pem,
-                &fingerprint,
-                &issued.cert_pem,
-                &sealed_key,
-                identity.not_after,
-            )
-            .fetch_one(pool)
-            .await
-            .context("could not store the peer")?;
+            let id = store::peers::enroll(pool, &name, identity.grant_id, &credentials)
+                .await
+                .context("could not store the peer")?;
             (id, name)
         }
     };
@@ -355,13 +321,7 @@ pub struct OutboundPeer {
 /// # Errors
 /// Unknown peer, a peer without credentials, or a key that does not unseal.
 pub async fn outbound_peer(pool: &PgPool, sealing: &SealingKey, name: &str) -> anyhow::Result<Option<OutboundPeer>> {
-    let row = sqlx::query!(
-        "select id, name, endpoint_url, pinned_ca_pem, client_cert_pem, client_cert_not_after, sealed_client_key
-         from federation_peers where lower(name) = lower($1)",
-        name
-    )
-    .fetch_optional(pool)
-    .await?;
+    let row = store::peers::outbound(pool, name).await?;
     let Some(row) = row else { return Ok(None) };
     let (id, name, not_after) = (row.id, row.name, row.client_cert_not_after);
     let (endpoint, ca, cert, sealed) =
@@ -466,22 +426,16 @@ pub async fn renew_with(
     let received_at = Utc::now();
     let renew_at = super::peer_status::CertLife::new(&facts, Some(received_at)).renew_point_jittered();
     // A renewal is also a successful call: it ends a refusal streak and a failure streak.
-    sqlx::query!(
-        "update federation_peers
-            set client_cert_pem = $2, sealed_client_key = $3, client_cert_not_after = $4,
-                client_cert_received_at = $5, renew_at = $6, renewal_failures = 0, renewal_lease_until = null,
-                last_renewed_at = $5, last_success_at = $5, refusing_since = null, updated_at = now()
-          where id = $1",
-        peer.id,
-        &issued.cert_pem,
-        sealing.seal(CLIENT_KEY_CONTEXT, key.serialize_pem().as_bytes()),
-        facts.not_after,
+    let renewed = store::peers::RenewedCertificate {
+        cert_pem: &issued.cert_pem,
+        sealed_key: &sealing.seal(CLIENT_KEY_CONTEXT, key.serialize_pem().as_bytes()),
+        not_after: facts.not_after,
         received_at,
         renew_at,
-    )
-    .execute(pool)
-    .await
-    .map_err(|e| RenewalFailure::other(format!("could not store the renewed certificate: {e}")))?;
+    };
+    store::peers::record_renewal(pool, peer.id, &renewed)
+        .await
+        .map_err(|e| RenewalFailure::other(format!("could not store the renewed certificate: {e}")))?;
     Ok(facts.not_after)
 }
 
@@ -524,18 +478,7 @@ pub async fn renew_due(pool: &PgPool, sealing: &SealingKey, within: Duration) ->
             days: 0,
             microseconds: i64::try_from(left.as_micros()).unwrap_or(i64::MAX),
         };
-        let next: Result<Option<(Uuid, DateTime<Utc>)>, _> = sqlx::query!(
-            r#"select id, renew_at as "renew_at!" from federation_peers
-                where state in ('active', 'degraded') and client_cert_pem is not null
-                  and client_cert_not_after > now() and renew_at <= now() + $1
-                  and (renewal_lease_until is null or renewal_lease_until < now())
-                order by renew_at limit 1"#,
-            within
-        )
-        .fetch_optional(pool)
-        .await
-        .map(|row| row.map(|r| (r.id, r.renew_at)));
-        let (id, due) = match next {
+        let (id, due) = match store::peers::next_due_renewal(pool, within).await {
             Ok(Some(next)) => next,
             Ok(None) => break,
             Err(e) => {
@@ -562,16 +505,7 @@ pub async fn renew_due(pool: &PgPool, sealing: &SealingKey, within: Duration) ->
 /// Claims one due peer and renews it: `Some(true)` renewed, `Some(false)` failed (recorded),
 /// `None` when another job holds it or it is no longer due.
 async fn renew_claimed(pool: &PgPool, sealing: &SealingKey, id: Uuid) -> Result<Option<bool>, sqlx::Error> {
-    let claimed = sqlx::query!(
-        r#"update federation_peers set renewal_lease_until = now() + make_interval(secs => $2)
-            where id = $1 and renew_at <= now() and client_cert_not_after > now()
-              and (renewal_lease_until is null or renewal_lease_until < now())
-            returning name, renewal_failures, client_cert_not_after as "not_after!""#,
-        id,
-        RENEWAL_LEASE_SECS,
-    )
-    .fetch_optional(pool)
-    .await?;
+    let claimed = store::peers::claim_renewal(pool, id, RENEWAL_LEASE_SECS).await?;
     let Some(claimed) = claimed else { return Ok(None) };
     let (name, failures, not_after) = (claimed.name, claimed.renewal_failures, claimed.not_after);
     let label = super::peer_status::peer_label(&name);
@@ -612,20 +546,7 @@ async fn record_renewal_failure(
     let retry = super::peer_status::retry_at(failures, Utc::now(), not_after);
     tracing::warn!(peer = %name, failures, retry_at = %retry, cause = %failure.cause, "certificate renewal failed");
     let mut tx = pool.begin().await?;
-    sqlx::query!(
-        "update federation_peers
-            set renewal_failures = $2, renew_at = $3, renewal_lease_until = null,
-                last_error = $4, last_error_at = now(),
-                refusing_since = case when $5 then coalesce(refusing_since, now()) else refusing_since end
-          where id = $1",
-        id,
-        failures,
-        retry,
-        &failure.cause,
-        failure.refused,
-    )
-    .execute(&mut *tx)
-    .await?;
+    store::peers::record_renewal_failure(&mut tx, id, failures, retry, &failure.cause, failure.refused).await?;
     let payload = serde_json::json!({
         "peerId": id,
         "peer": name,
@@ -647,13 +568,7 @@ pub const CERTIFICATE_EXPIRING_EVENT: &str = "peer.certificate_expiring";
 /// Gives every client certificate stored since the last pass (by `peer add`, or any path that
 /// left the schedule empty) its renewal moment.
 async fn schedule_new_certificates(pool: &PgPool) -> Result<(), sqlx::Error> {
-    let rows = sqlx::query!(
-        r#"select id, client_cert_pem as "pem!", client_cert_received_at from federation_peers
-            where client_cert_pem is not null and renew_at is null"#
-    )
-    .fetch_all(pool)
-    .await?;
-    for (id, pem, received_at) in rows.into_iter().map(|r| (r.id, r.pem, r.client_cert_received_at)) {
+    for (id, pem, received_at) in store::peers::unscheduled_certificates(pool).await? {
         let facts = match super::peer_status::cert_facts(&pem) {
             Ok(f) => f,
             Err(e) => {
@@ -663,14 +578,7 @@ async fn schedule_new_certificates(pool: &PgPool) -> Result<(), sqlx::Error> {
         };
         let renew_at = super::peer_status::CertLife::new(&facts, received_at).renew_point_jittered();
         // Only if the certificate is still the one read: a concurrent renewal wins.
-        sqlx::query!(
-            "update federation_peers set renew_at = $2 where id = $1 and client_cert_pem = $3 and renew_at is null",
-            id,
-            renew_at,
-            &pem,
-        )
-        .execute(pool)
-        .await?;
+        store::peers::schedule_renewal(pool, id, renew_at, &pem).await?;
     }
     Ok(())
 }
@@ -678,13 +586,7 @@ async fn schedule_new_certificates(pool: &PgPool) -> Result<(), sqlx::Error> {
 /// Emits `peer.certificate_expiring` once per certificate that entered the last sixth of its
 /// life, in the transaction that marks it announced. Returns how many it announced.
 async fn announce_expiring(pool: &PgPool) -> Result<u32, sqlx::Error> {
-    let rows = sqlx::query!(
-        r#"select id, name, client_cert_pem as "pem!", client_cert_received_at, renewal_failures, last_error
-             from federation_peers
-            where client_cert_pem is not null and expiring_notified_at is null and state in ('active', 'degraded')"#
-    )
-    .fetch_all(pool)
-    .await?;
+    let rows = store::peers::unannounced_certificates(pool).await?;
     let mut announced = 0;
     let now = Utc::now();
     for row in rows {
@@ -695,16 +597,7 @@ async fn announce_expiring(pool: &PgPool) -> Result<u32, sqlx::Error> {
             continue;
         }
         let mut tx = pool.begin().await?;
-        let marked = sqlx::query!(
-            "update federation_peers set expiring_notified_at = now()
-              where id = $1 and client_cert_pem = $2 and expiring_notified_at is null",
-            id,
-            &pem,
-        )
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if marked == 1 {
+        if store::peers::mark_expiry_announced(&mut tx, id, &pem).await? {
             let payload = serde_json::json!({
                 "peerId": id,
                 "peer": name,

@@ -182,18 +182,14 @@ async fn mint_for(
     }
     let token = new_token();
     let expires_at = Utc::now() + Duration::seconds(ttl);
-    sqlx::query!(
-        "insert into federation_enrollment_tokens (id, token_hash, grant_id, peer_id, expires_at, reenroll)
-         values ($1, $2, $3, $4, $5, $6)",
-        Uuid::now_v7(),
-        &token.hash(),
-        grant.id,
-        grant.peer_id,
+    let new = store::enrollment::NewToken {
+        token_hash: &token.hash(),
+        grant_id: grant.id,
+        peer_id: grant.peer_id,
         expires_at,
-        kind == TokenKind::Reenroll,
-    )
-    .execute(pool)
-    .await?;
+        reenroll: kind == TokenKind::Reenroll,
+    };
+    store::enrollment::insert_token(pool, &new).await?;
     let enrollment_url =
         format!("{}/api/federation/enrollment/{}#sha256={}", public_url, token.expose(), ca.fingerprint_sha256());
     Ok(EnrollmentToken { token: token.expose().to_string(), expires_at, enrollment_url })
@@ -284,23 +280,13 @@ pub async fn redeem_token(state: &AppState, token: &str, csr_pem: &str) -> Resul
     let mut tx = state.pool.begin().await?;
     // The claim comes first: concurrent redeemers serialise on this row and all but one see
     // `used_at` set.
-    let claimed = sqlx::query!(
-        "update federation_enrollment_tokens set used_at = now()
-         where token_hash = $1 and used_at is null and expires_at > now()
-         returning grant_id, peer_id, reenroll",
-        &hash,
-    )
-    .fetch_optional(&mut *tx)
-    .await?;
+    let claimed = store::enrollment::claim_token(&mut tx, &hash).await?;
     let Some(claimed) = claimed else {
-        let known =
-            sqlx::query!("select grant_id, peer_id from federation_enrollment_tokens where token_hash = $1", &hash)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let known = store::enrollment::token_holder(&mut tx, &hash).await?;
         drop(tx);
         return Err(match known {
-            Some(k) => {
-                enrollment_failed(state, "token_used_or_expired", Some((k.grant_id, k.peer_id))).await;
+            Some(ids) => {
+                enrollment_failed(state, "token_used_or_expired", Some(ids)).await;
                 EnrollmentError::TokenSpent
             }
             None => {
@@ -430,15 +416,14 @@ async fn issue_recorded(
             },
         )
         .map_err(EnrollmentError::Issue)?;
-    sqlx::query!(
-        "insert into federation_issued_certs (serial, peer_id, grant_id, not_before, not_after) values ($1, $2, $3, $4, $5)",
+    store::enrollment::insert_issued_cert(
+        &mut *conn,
         &cert.serial,
         holder.peer_id,
         holder.grant_id,
         cert.not_before,
         cert.not_after,
     )
-    .execute(&mut *conn)
     .await?;
     let entry = AuditEntry {
         grant_id: Some(holder.grant_id),
@@ -543,15 +528,7 @@ async fn refuse_superseded(
 #[utoipa::path(get, path = "/api/federation/crl", tag = "federation",
     responses((status = 200, description = "DER-encoded X.509 CRL", content_type = "application/pkix-crl", body = Vec<u8>)))]
 pub async fn crl(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let revoked: Vec<(String, DateTime<Utc>)> = sqlx::query!(
-        r#"select serial, revoked_at as "revoked_at!" from federation_issued_certs
-            where revoked_at is not null order by revoked_at, serial"#
-    )
-    .fetch_all(&state.pool)
-    .await?
-    .into_iter()
-    .map(|r| (r.serial, r.revoked_at))
-    .collect();
+    let revoked = store::enrollment::revoked_certificates(&state.pool).await?;
     // A CRL number that grows with every revocation, so relying parties can order CRLs.
     let number = revoked.iter().map(|(_, at)| at.timestamp_micros()).max().unwrap_or(0).max(0);
     let der = state.ca.crl_der(&revoked, u64::try_from(number).unwrap_or(0))?;

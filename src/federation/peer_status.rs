@@ -29,6 +29,8 @@ use serde::Serialize;
 use sqlx::PgPool;
 use utoipa::ToSchema;
 
+use crate::store;
+
 /// Failed renewals in a row from which the reader is `renewal_failing` and the doctor warns.
 pub const RENEWAL_FAILURES_WARN: i32 = 3;
 /// First retry after a failed renewal; it doubles up to [`RETRY_CAP`].
@@ -349,27 +351,12 @@ pub async fn record_call(pool: &PgPool, memo: &SuccessMemo, name: &str, outcome:
             if !memo.should_write(&label) {
                 return;
             }
-            sqlx::query!(
-                "update federation_peers set last_success_at = now(), refusing_since = null
-                  where lower(name) = lower($1)",
-                name
-            )
-            .execute(pool)
-            .await
+            store::peers::record_call_success(pool, name).await
         }
         failed => {
             memo.forget(&label);
-            sqlx::query!(
-                "update federation_peers
-                    set last_error = $2, last_error_at = now(),
-                        refusing_since = case when $3 then coalesce(refusing_since, now()) else refusing_since end
-                  where lower(name) = lower($1)",
-                name,
-                short_cause(cause.unwrap_or(failed.as_str())),
-                failed == CallOutcome::Refused,
-            )
-            .execute(pool)
-            .await
+            let cause = short_cause(cause.unwrap_or(failed.as_str()));
+            store::peers::record_call_failure(pool, name, &cause, failed == CallOutcome::Refused).await
         }
     };
     if let Err(e) = result {
@@ -382,17 +369,10 @@ pub async fn record_call(pool: &PgPool, memo: &SuccessMemo, name: &str, outcome:
 /// # Errors
 /// Database errors.
 pub async fn refresh_expiry_gauges(pool: &PgPool) -> Result<(), sqlx::Error> {
-    let peers = sqlx::query!(
-        r#"select name, client_cert_not_after as "not_after!" from federation_peers
-            where client_cert_pem is not null and client_cert_not_after is not null"#
-    )
-    .fetch_all(pool)
-    .await?;
-    for peer in peers {
-        metrics::gauge!(PEER_CERT_EXPIRY_METRIC, "peer" => peer_label(&peer.name))
-            .set(peer.not_after.timestamp() as f64);
+    for (name, not_after) in store::peers::client_cert_expiries(pool).await? {
+        metrics::gauge!(PEER_CERT_EXPIRY_METRIC, "peer" => peer_label(&name)).set(not_after.timestamp() as f64);
     }
-    let ca = sqlx::query_scalar!("select not_after from gateway_ca where id = 1").fetch_optional(pool).await?;
+    let ca = store::ca::not_after(pool).await?;
     if let Some(ca) = ca {
         metrics::gauge!(CA_EXPIRY_METRIC).set(ca.timestamp() as f64);
     }

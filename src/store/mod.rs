@@ -1,7 +1,8 @@
 //! Database access: the pool, the start-up checks, the embedded migrations, and one module per
 //! aggregate that owns its rows and queries (`users`, `teams`, `projects`, `tasks`, `notes`,
-//! `memory`, `peers`, `grants`, `audit`), plus the row shapes peers see (`rows`), constraint
-//! violations in the caller's terms (`constraint`), the demo seed and the tier move (`transfer`).
+//! `memory`, `peers`, `grants`, `enrollment`, `ca`, `audit`), plus the row shapes peers see
+//! (`rows`), constraint violations in the caller's terms (`constraint`), the demo seed and the
+//! tier move (`transfer`).
 //!
 //! Static SQL goes through sqlx's compile-time checked macros (`query!`, `query_as!`,
 //! `query_scalar!`). Builds read the committed `.sqlx/` offline data, so building needs no
@@ -12,8 +13,10 @@
 //! `&mut PgConnection`, so the caller owns the transaction.
 pub mod advertised_url;
 pub mod audit;
+pub mod ca;
 pub mod constraint;
 pub mod demo;
+pub mod enrollment;
 pub mod grants;
 pub mod memory;
 pub mod notes;

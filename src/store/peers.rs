@@ -2,8 +2,9 @@
 //!
 //! Peer rules (name syntax, what a view shows) live in `federation::peers`; this module only
 //! stores, with checked queries, and writes the column list of [`PeerRow`] once
-//! ([`peer_rows!`]). The reader's renewal bookkeeping (`federation::client`,
-//! `federation::peer_status`) still writes its own columns where it runs.
+//! ([`peer_rows!`]). The reader's side (enrollment, renewal bookkeeping, call outcomes: the
+//! statements of `federation::client` and `federation::peer_status`) is the `reader` section
+//! at the end; its rules (when to renew, what to announce) stay in those modules.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -180,4 +181,387 @@ pub async fn record_issued_certificate(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+// ---- reader: the peers this gateway calls -------------------------------------------------
+
+/// What a reader stores after an enrollment with a peer: the pinned CA and our client credentials.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientCredentials<'a> {
+    pub endpoint_url: &'a str,
+    pub pinned_ca_pem: &'a str,
+    pub ca_fingerprint: &'a str,
+    pub client_cert_pem: &'a str,
+    pub sealed_client_key: &'a str,
+    pub client_cert_not_after: DateTime<Utc>,
+}
+
+/// A peer already enrolled with the same gateway (CA) and grant.
+#[derive(Debug, Clone)]
+pub struct EnrolledPeer {
+    pub id: Uuid,
+    pub name: String,
+    pub client_cert_pem: Option<String>,
+}
+
+/// The peer enrolled with the gateway whose CA has `fingerprint` under its grant `grant_id`.
+///
+/// # Errors
+/// Database errors.
+pub async fn find_enrolled(
+    db: impl PgExecutor<'_>,
+    fingerprint: &str,
+    grant_id: Uuid,
+) -> Result<Option<EnrolledPeer>, sqlx::Error> {
+    sqlx::query_as!(
+        EnrolledPeer,
+        "select id, name, client_cert_pem from federation_peers where ca_fingerprint = $1 and remote_grant_id = $2",
+        fingerprint,
+        grant_id,
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// A re-enrollment: the peer `id` becomes active with new credentials (its name stays).
+///
+/// # Errors
+/// Database errors.
+pub async fn reenroll(db: impl PgExecutor<'_>, id: Uuid, new: &ClientCredentials<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "update federation_peers set
+                    state = 'active', pinned_ca_pem = $2, ca_fingerprint = $3, client_cert_pem = $4,
+                    sealed_client_key = $5, client_cert_not_after = $6, endpoint_url = $7, updated_at = now()
+                 where id = $1",
+        id,
+        new.pinned_ca_pem,
+        new.ca_fingerprint,
+        new.client_cert_pem,
+        new.sealed_client_key,
+        new.client_cert_not_after,
+        new.endpoint_url,
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// A first enrollment under `name`: inserts the peer active, or takes over the row of that name
+/// (case-insensitively). Returns the row's id.
+///
+/// # Errors
+/// Database errors.
+pub async fn enroll(
+    db: impl PgExecutor<'_>,
+    name: &str,
+    remote_grant_id: Uuid,
+    new: &ClientCredentials<'_>,
+) -> Result<Uuid, sqlx::Error> {
+    sqlx::query_scalar!(
+        "insert into federation_peers
+                    (id, name, state, endpoint_url, remote_grant_id, pinned_ca_pem, ca_fingerprint, client_cert_pem,
+                     sealed_client_key, client_cert_not_after)
+                 values ($1, $2, 'active', $3, $4, $5, $6, $7, $8, $9)
+                 on conflict (lower(name)) do update set
+                    state = 'active', endpoint_url = excluded.endpoint_url, remote_grant_id = excluded.remote_grant_id,
+                    pinned_ca_pem = excluded.pinned_ca_pem, ca_fingerprint = excluded.ca_fingerprint,
+                    client_cert_pem = excluded.client_cert_pem, sealed_client_key = excluded.sealed_client_key,
+                    client_cert_not_after = excluded.client_cert_not_after, updated_at = now()
+                 returning id",
+        Uuid::now_v7(),
+        name,
+        new.endpoint_url,
+        remote_grant_id,
+        new.pinned_ca_pem,
+        new.ca_fingerprint,
+        new.client_cert_pem,
+        new.sealed_client_key,
+        new.client_cert_not_after,
+    )
+    .fetch_one(db)
+    .await
+}
+
+/// A peer we call, with what an mTLS client for it needs (any of it may be missing).
+#[derive(Debug, Clone)]
+pub struct OutboundRow {
+    pub id: Uuid,
+    pub name: String,
+    pub endpoint_url: Option<String>,
+    pub pinned_ca_pem: Option<String>,
+    pub client_cert_pem: Option<String>,
+    pub client_cert_not_after: Option<DateTime<Utc>>,
+    pub sealed_client_key: Option<String>,
+}
+
+/// The client credentials of the peer named `name` (case-insensitively).
+///
+/// # Errors
+/// Database errors.
+pub async fn outbound(db: impl PgExecutor<'_>, name: &str) -> Result<Option<OutboundRow>, sqlx::Error> {
+    sqlx::query_as!(
+        OutboundRow,
+        "select id, name, endpoint_url, pinned_ca_pem, client_cert_pem, client_cert_not_after, sealed_client_key
+         from federation_peers where lower(name) = lower($1)",
+        name
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// A renewed client certificate and when it renews next.
+#[derive(Debug, Clone, Copy)]
+pub struct RenewedCertificate<'a> {
+    pub cert_pem: &'a str,
+    pub sealed_key: &'a str,
+    pub not_after: DateTime<Utc>,
+    pub received_at: DateTime<Utc>,
+    pub renew_at: DateTime<Utc>,
+}
+
+/// Stores a renewed certificate. A renewal is also a successful call: it ends a refusal streak
+/// and a failure streak, and releases the lease.
+///
+/// # Errors
+/// Database errors.
+pub async fn record_renewal(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    new: &RenewedCertificate<'_>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "update federation_peers
+            set client_cert_pem = $2, sealed_client_key = $3, client_cert_not_after = $4,
+                client_cert_received_at = $5, renew_at = $6, renewal_failures = 0, renewal_lease_until = null,
+                last_renewed_at = $5, last_success_at = $5, refusing_since = null, updated_at = now()
+          where id = $1",
+        id,
+        new.cert_pem,
+        new.sealed_key,
+        new.not_after,
+        new.received_at,
+        new.renew_at,
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// The callable peer whose unleased renewal falls due first, if it does within `within` from
+/// now: its id and renewal moment.
+///
+/// # Errors
+/// Database errors.
+pub async fn next_due_renewal(
+    db: impl PgExecutor<'_>,
+    within: sqlx::postgres::types::PgInterval,
+) -> Result<Option<(Uuid, DateTime<Utc>)>, sqlx::Error> {
+    let row = sqlx::query!(
+        r#"select id, renew_at as "renew_at!" from federation_peers
+                where state in ('active', 'degraded') and client_cert_pem is not null
+                  and client_cert_not_after > now() and renew_at <= now() + $1
+                  and (renewal_lease_until is null or renewal_lease_until < now())
+                order by renew_at limit 1"#,
+        within
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|r| (r.id, r.renew_at)))
+}
+
+/// A peer whose renewal this job holds the lease of.
+#[derive(Debug, Clone)]
+pub struct RenewalClaim {
+    pub name: String,
+    pub renewal_failures: i32,
+    pub not_after: DateTime<Utc>,
+}
+
+/// Takes the renewal lease of peer `id` for `lease_secs` when it is due and nobody holds it.
+///
+/// # Errors
+/// Database errors.
+pub async fn claim_renewal(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    lease_secs: f64,
+) -> Result<Option<RenewalClaim>, sqlx::Error> {
+    sqlx::query_as!(
+        RenewalClaim,
+        r#"update federation_peers set renewal_lease_until = now() + make_interval(secs => $2)
+            where id = $1 and renew_at <= now() and client_cert_not_after > now()
+              and (renewal_lease_until is null or renewal_lease_until < now())
+            returning name, renewal_failures, client_cert_not_after as "not_after!""#,
+        id,
+        lease_secs,
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// Records a failed renewal (the streak's length `failures`, the retry at `retry`), releases the
+/// lease, and starts a refusal streak when the peer `refused`.
+///
+/// # Errors
+/// Database errors.
+pub async fn record_renewal_failure(
+    conn: &mut PgConnection,
+    id: Uuid,
+    failures: i32,
+    retry: DateTime<Utc>,
+    cause: &str,
+    refused: bool,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "update federation_peers
+            set renewal_failures = $2, renew_at = $3, renewal_lease_until = null,
+                last_error = $4, last_error_at = now(),
+                refusing_since = case when $5 then coalesce(refusing_since, now()) else refusing_since end
+          where id = $1",
+        id,
+        failures,
+        retry,
+        cause,
+        refused,
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A stored client certificate: peer id, PEM, and when it was received (if known).
+pub type StoredCertificate = (Uuid, String, Option<DateTime<Utc>>);
+
+/// Client certificates that have no renewal moment yet.
+///
+/// # Errors
+/// Database errors.
+pub async fn unscheduled_certificates(db: impl PgExecutor<'_>) -> Result<Vec<StoredCertificate>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"select id, client_cert_pem as "pem!", client_cert_received_at from federation_peers
+            where client_cert_pem is not null and renew_at is null"#
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.id, r.pem, r.client_cert_received_at)).collect())
+}
+
+/// Sets the renewal moment of peer `id`, only if its certificate is still `pem` and has none (a
+/// concurrent renewal wins).
+///
+/// # Errors
+/// Database errors.
+pub async fn schedule_renewal(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    renew_at: DateTime<Utc>,
+    pem: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "update federation_peers set renew_at = $2 where id = $1 and client_cert_pem = $3 and renew_at is null",
+        id,
+        renew_at,
+        pem,
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// A callable peer's client certificate whose expiry was not announced yet.
+#[derive(Debug, Clone)]
+pub struct UnannouncedCertificate {
+    pub id: Uuid,
+    pub name: String,
+    pub pem: String,
+    pub client_cert_received_at: Option<DateTime<Utc>>,
+    pub renewal_failures: i32,
+    pub last_error: Option<String>,
+}
+
+/// Client certificates of callable peers whose expiry was not announced yet.
+///
+/// # Errors
+/// Database errors.
+pub async fn unannounced_certificates(db: impl PgExecutor<'_>) -> Result<Vec<UnannouncedCertificate>, sqlx::Error> {
+    sqlx::query_as!(
+        UnannouncedCertificate,
+        r#"select id, name, client_cert_pem as "pem!", client_cert_received_at, renewal_failures, last_error
+             from federation_peers
+            where client_cert_pem is not null and expiring_notified_at is null and state in ('active', 'degraded')"#
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// Marks the expiry of peer `id`'s certificate `pem` announced; `false` when it changed or was
+/// announced meanwhile.
+///
+/// # Errors
+/// Database errors.
+pub async fn mark_expiry_announced(conn: &mut PgConnection, id: Uuid, pem: &str) -> Result<bool, sqlx::Error> {
+    let marked = sqlx::query!(
+        "update federation_peers set expiring_notified_at = now()
+              where id = $1 and client_cert_pem = $2 and expiring_notified_at is null",
+        id,
+        pem,
+    )
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(marked == 1)
+}
+
+/// A call to the peer named `name` succeeded: it ends a refusal streak.
+///
+/// # Errors
+/// Database errors.
+pub async fn record_call_success(db: impl PgExecutor<'_>, name: &str) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "update federation_peers set last_success_at = now(), refusing_since = null
+                  where lower(name) = lower($1)",
+        name
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// A call to the peer named `name` failed with `cause`; a refusal starts (or continues) a
+/// refusal streak.
+///
+/// # Errors
+/// Database errors.
+pub async fn record_call_failure(
+    db: impl PgExecutor<'_>,
+    name: &str,
+    cause: &str,
+    refused: bool,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "update federation_peers
+                    set last_error = $2, last_error_at = now(),
+                        refusing_since = case when $3 then coalesce(refusing_since, now()) else refusing_since end
+                  where lower(name) = lower($1)",
+        name,
+        cause,
+        refused,
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Every stored client certificate's expiry, by peer name.
+///
+/// # Errors
+/// Database errors.
+pub async fn client_cert_expiries(db: impl PgExecutor<'_>) -> Result<Vec<(String, DateTime<Utc>)>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"select name, client_cert_not_after as "not_after!" from federation_peers
+            where client_cert_pem is not null and client_cert_not_after is not null"#
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.name, r.not_after)).collect())
 }
