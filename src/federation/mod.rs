@@ -106,10 +106,7 @@ pub fn register_jobs(
 /// # Errors
 /// Database errors.
 pub async fn cleanup_enrollment_tokens(pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
-    sqlx::query!("delete from federation_enrollment_tokens where expires_at < now() - interval '1 day'")
-        .execute(pool)
-        .await?;
-    Ok(())
+    crate::store::enrollment::delete_expired_tokens(pool).await
 }
 
 /// The peer-facing verbs as declared (their OpenAPI entries), without the guard.

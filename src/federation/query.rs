@@ -133,11 +133,7 @@ async fn local_rows(
 /// # Errors
 /// Database errors.
 pub async fn callable_peers(pool: &sqlx::PgPool) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar!(
-        "select name from federation_peers where client_cert_pem is not null and state in ('active', 'degraded') order by name"
-    )
-    .fetch_all(pool)
-    .await
+    crate::store::peers::callable_names(pool).await
 }
 
 fn created_at(v: &serde_json::Value) -> DateTime<Utc> {

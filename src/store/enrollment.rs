@@ -113,3 +113,14 @@ pub async fn revoked_certificates(db: impl PgExecutor<'_>) -> Result<Vec<(String
     .await?;
     Ok(rows.into_iter().map(|r| (r.serial, r.revoked_at)).collect())
 }
+
+/// Deletes enrollment tokens a day past their expiry (used or not).
+///
+/// # Errors
+/// Database errors.
+pub async fn delete_expired_tokens(db: impl PgExecutor<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query!("delete from federation_enrollment_tokens where expires_at < now() - interval '1 day'")
+        .execute(db)
+        .await?;
+    Ok(())
+}

@@ -565,3 +565,15 @@ pub async fn client_cert_expiries(db: impl PgExecutor<'_>) -> Result<Vec<(String
     .await?;
     Ok(rows.into_iter().map(|r| (r.name, r.not_after)).collect())
 }
+
+/// The names of the peers this gateway can call now (a client certificate, active or degraded).
+///
+/// # Errors
+/// Database errors.
+pub async fn callable_names(db: impl PgExecutor<'_>) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar!(
+        "select name from federation_peers where client_cert_pem is not null and state in ('active', 'degraded') order by name"
+    )
+    .fetch_all(db)
+    .await
+}
