@@ -13,12 +13,13 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::grants::GrantRefusal;
-use super::scope::{GrantScope, KNOWN_RESOURCES, ScopeError, evaluate};
+use super::scope::{GrantScope, ScopeError, evaluate};
 use crate::admin::guard::AdminUser;
 use crate::app::AppState;
 use crate::error::{DomainError, Fault};
 use crate::http::error::{ApiError, ErrorEnvelope};
 use crate::http::extract::{Json, Path};
+use crate::rbac::Resource;
 use crate::store::peers::PeerState;
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -113,7 +114,7 @@ async fn explain(
 ) -> Result<Explanation, ExplainError> {
     let subject = subject(pool, subject_user_id).await?;
     let mut resources = Vec::new();
-    for resource in KNOWN_RESOURCES {
+    for resource in Resource::NAMES {
         let mut item = ResourceExplanation {
             resource: resource.to_string(),
             allowed: false,

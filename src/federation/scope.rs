@@ -22,10 +22,6 @@ pub const MAX_ROWS_CAP: u32 = 10_000;
 /// `max_rows_per_query` when the scope does not set it.
 pub const DEFAULT_MAX_ROWS: u32 = 100;
 
-/// The resources a grant may name ([`Resource::NAMES`]). `credentials` and `api_keys` are valid
-/// names (Mosaic scopes carry them) but native RBAC always denies them.
-pub const KNOWN_RESOURCES: [&str; 5] = Resource::NAMES;
-
 /// A grant's scope as stored (`federation_grants.scope`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -104,7 +100,7 @@ impl GrantScope {
             if Resource::parse(r).is_none() {
                 return Err(err(
                     format!("scope.resources[{i}]"),
-                    format!("unknown resource '{r}' (expected one of {})", KNOWN_RESOURCES.join(", ")),
+                    format!("unknown resource '{r}' (expected one of {})", Resource::NAMES.join(", ")),
                 ));
             }
             if self.resources[..i].contains(r) {

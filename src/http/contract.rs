@@ -76,7 +76,7 @@ fn cross_field_rules(doc: &mut serde_json::Value) {
                    `excluded_resources`, and `filters` may only name resources in `resources`."
             ),
         );
-        let known = json!({"type": "string", "enum": crate::federation::scope::KNOWN_RESOURCES});
+        let known = json!({"type": "string", "enum": crate::rbac::Resource::NAMES});
         if let Some(props) = scope.get_mut("properties") {
             props["resources"]["minItems"] = json!(1);
             props["resources"]["uniqueItems"] = json!(true);
